@@ -1,0 +1,15 @@
+# The two front-door commands: `make train` (main job) and `make test` (the suite CI runs).
+PY := .venv/bin/python
+
+.PHONY: setup train test lint
+setup:
+	@bash scripts/bootstrap.sh
+
+train: setup
+	$(PY) -m compactlm train tiny workdir=runs/tiny
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check compactlm tests && $(PY) -m ruff format --check compactlm tests

@@ -1,0 +1,1 @@
+"""compactlm: a JAX research framework for small language models."""

@@ -1,0 +1,1 @@
+"""Post-training compression: quantization and pruning."""

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, compression baselines, benchmarks, reports."""

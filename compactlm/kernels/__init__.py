@@ -1,0 +1,1 @@
+"""Triton kernels and their pure-JAX references (the specification)."""

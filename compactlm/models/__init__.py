@@ -1,0 +1,1 @@
+"""The compact Transformer: layers, model, adapters, quantized layers, generation."""

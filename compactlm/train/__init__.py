@@ -1,0 +1,1 @@
+"""Training: step, losses, optimizer, checkpoints, loop, device mesh."""

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.12 where pyenv has it) and install compactlm with its test extras.
+# Idempotent: a second run only checks that the package imports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  if command -v pyenv >/dev/null 2>&1 && pyenv versions --bare 2>/dev/null | grep -qx '3.12.1'; then
+    PYENV_VERSION=3.12.1 python -m venv "$VENV"
+  elif command -v python3.12 >/dev/null 2>&1; then
+    python3.12 -m venv "$VENV"
+  else
+    python3 -m venv "$VENV"
+  fi
+fi
+if ! "$VENV/bin/python" -c "import compactlm, jax_triton" >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[test]" "jax[cpu]==0.11.2" "triton==3.6.0"
+  # jax-triton's declared deps would pull another jax; it needs none beyond what is installed.
+  "$VENV/bin/python" -m pip install -q --no-deps "jax-triton==0.4.1"
+fi

@@ -1,0 +1,31 @@
+"""compactlm: a JAX research framework for small language models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="compactlm",
+    version="0.1.0",
+    description="Compact Transformers in Flax NNX: training, LoRA/QLoRA, distillation, "
+    "quantization, 2:4 pruning and Triton kernels.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["compactlm", "compactlm.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "numpy<2.4",  # triton 3.6's interpreter breaks on runtime-bounded loops under numpy>=2.4
+        "triton>=3.6",
+        "tokenizers>=0.20",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # jax-triton is installed --no-deps by scripts/bootstrap.sh: its pinned deps would replace jax.
+        "gpu": ["jax-triton>=0.4.1"],
+        "test": ["pytest>=8", "jaxtyping>=0.2.36"],
+        "dev": ["pytest>=8", "jaxtyping>=0.2.36", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["compactlm=compactlm.cli:main"]},
+)
