@@ -1,0 +1,11 @@
+"""Test-session set-up that must happen before jax or any kernel module is imported."""
+
+import os
+
+# Eight host devices so mesh/sharding tests run in-process on a CPU machine; tests that do not
+# build a mesh still run on device 0 only.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The Triton interpreter is chosen at @triton.jit decoration time, so it must be on before any
+# compactlm.kernels module is imported (DESIGN.md §2).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
