@@ -19,3 +19,9 @@ if ! "$VENV/bin/python" -c "import compactlm, jax_triton" >/dev/null 2>&1; then
   # jax-triton's declared deps would pull another jax; it needs none beyond what is installed.
   "$VENV/bin/python" -m pip install -q --no-deps "jax-triton==0.4.1"
 fi
+# The CUDA 13 plugin (--no-deps: no CUDA libraries) registers the "cuda" lowering of
+# jax-triton's custom call, so tests/kernels/test_export.py can jax.export the real Triton path
+# on a CPU-only machine. JAX_PLATFORMS=cpu keeps it from initialising (it would log a cuDNN error).
+if ! "$VENV/bin/python" -c "import jax_cuda13_plugin" >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip install -q --no-deps "jax-cuda13-plugin==0.11.2" "jax-cuda13-pjrt==0.11.2"
+fi

@@ -1,8 +1,374 @@
-"""Storage contracts of the packed weight formats (int4 / nf4 / fp4 / 2:4), bit-exact, pure jnp."""
+"""Storage contracts for packed weights: int4 (sym/affine), NF4, FP4 and 2:4, bit-exact, pure jnp.
+
+Data contract (DESIGN.md §3; GEMM letters, W is [K, N] like Flax's Linear.kernel, packed along K):
+
+- ``qweight[K/8, N]`` int32: eight 4-bit codes per word, the code of row ``k`` sits in bits
+  ``4·(k % 8)`` of word ``qweight[k // 8, n]``.
+- int4 symmetric: the code is a signed nibble ``q ∈ [-8, 7]`` (two's complement), ``w = q · s``.
+- int4 affine: the code is unsigned ``q ∈ [0, 15]``, ``w = (q − z) · s`` with a (float, integer
+  valued) zero point ``z``.
+- ``scales[K/G, N]`` (and ``zeros[K/G, N]``) in f32 or bf16; group g covers rows ``[g·G, (g+1)·G)``.
+  G ∈ {32, 64, 128, 256} or G = K (per-channel, ``group_size=None``).
+- NF4 / FP4: the unsigned code indexes a 16-entry code book normalised to [-1, 1]
+  (NF4: the QLoRA paper's table; FP4: E2M1 / 6); ``w = codebook[q] · absmax`` with the per-block
+  absmax stored as ``scales[K/G, N]`` (block 64 by default).
+- Double quantization (QLoRA §3): the absmax constants are quantized again to int8 in blocks of
+  256 after subtracting their mean; ``bits_per_parameter`` reports the resulting storage cost.
+
+The functions take jax or numpy arrays and return jax arrays; the reference matmuls in
+``int4_matmul.py`` are built on ``dequantize``. Sources: QLoRA (Dettmers et al. 2023, §3 and
+Appendix E for NF4), the OCP MX spec for E2M1, GPTQ/gemlite for the int32 nibble layout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+Format = Literal["int4", "nf4", "fp4"]
+FORMATS: tuple[str, ...] = ("int4", "nf4", "fp4")
+GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)  # or None / K for per-channel
+DEFAULT_GROUP_SIZE = {"int4": 128, "nf4": 64, "fp4": 64}
+DOUBLE_QUANT_BLOCK = 256
+CODES_PER_WORD = 8
+
+# QLoRA's NF4 table (bitsandbytes `create_normal_map(0.9677083)`): 16 quantiles of N(0, 1),
+# asymmetric so that zero is exact, normalised to [-1, 1]. Code 7 is 0.
+NF4_CODEBOOK = np.array(
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ],
+    dtype=np.float32,
+)
+
+# E2M1: bit 3 sign, bits 2..1 exponent (bias 1), bit 0 mantissa; magnitudes
+# 0, 0.5, 1, 1.5, 2, 3, 4, 6 (code 8 is -0). Divided by 6 so that absmax maps to ±1.
+FP4_E2M1_VALUES = np.array(
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+    dtype=np.float32,
+)
+FP4_CODEBOOK = FP4_E2M1_VALUES / np.float32(6.0)
+
+CODEBOOKS: dict[str, np.ndarray] = {"nf4": NF4_CODEBOOK, "fp4": FP4_CODEBOOK}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; valid formats: {', '.join(FORMATS)}")
+
+
+def resolve_group_size(k: int, group_size: int | None) -> int:
+    """Validate (K, G) and return G (``None`` or ``K`` mean one group per column)."""
+    if k % CODES_PER_WORD:
+        raise ValueError(
+            f"K={k} must be divisible by 8: eight 4-bit codes are packed per int32 along K"
+        )
+    if group_size is None or group_size == k:
+        return k
+    if group_size not in GROUP_SIZES:
+        raise ValueError(
+            f"group_size={group_size} is not supported; valid choices: "
+            f"{', '.join(map(str, GROUP_SIZES))}, or None / K={k} for per-channel"
+        )
+    if k % group_size:
+        raise ValueError(f"K={k} is not divisible by group_size={group_size}")
+    return group_size
+
+
+def _check_float(w, what: str) -> None:
+    if not jnp.issubdtype(w.dtype, jnp.floating):
+        raise ValueError(f"{what} must be a float array (f32, bf16, f16), got dtype {w.dtype}")
+
+
+def _check_2d(a, what: str) -> None:
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be 2-D, got shape {tuple(a.shape)}")
+
+
+def check_packed(qweight, scales, zeros=None, *, group_size: int | None = None) -> int:
+    """Validate packed operands against each other; return the group size G."""
+    _check_2d(qweight, "qweight")
+    _check_2d(scales, "scales")
+    if qweight.dtype != jnp.int32:
+        raise ValueError(f"qweight must be int32 (eight nibbles per word), got {qweight.dtype}")
+    k, n = qweight.shape[0] * CODES_PER_WORD, qweight.shape[1]
+    if scales.shape[1] != n or k % scales.shape[0]:
+        raise ValueError(
+            f"scales shape {tuple(scales.shape)} does not fit qweight {tuple(qweight.shape)} "
+            f"(K={k}, N={n}): expected [K/G, N]"
+        )
+    g = k // scales.shape[0]
+    if group_size is not None and resolve_group_size(k, group_size) != g:
+        raise ValueError(
+            f"group_size={group_size} disagrees with scales shape {tuple(scales.shape)} "
+            f"(K={k} gives G={g})"
+        )
+    if zeros is not None and tuple(zeros.shape) != tuple(scales.shape):
+        raise ValueError(f"zeros shape {tuple(zeros.shape)} must equal scales {scales.shape}")
+    return g
+
+
+# ----------------------------------------------------------------------------- pack / unpack
+
+
+def pack_int4(codes) -> jnp.ndarray:
+    """Pack integer codes ``[K, N]`` (signed [-8, 7] or unsigned [0, 15]) into ``[K/8, N]`` int32.
+
+    Only the low nibble of each code is kept, so signed codes are stored in two's complement.
+    """
+    _check_2d(codes, "codes")
+    if not jnp.issubdtype(codes.dtype, jnp.integer):
+        raise ValueError(f"codes must be an integer array, got dtype {codes.dtype}")
+    k, n = codes.shape
+    resolve_group_size(k, None)
+    nib = (jnp.asarray(codes).astype(jnp.int32) & 0xF).reshape(k // 8, 8, n)
+    shifts = (4 * jnp.arange(8, dtype=jnp.int32))[None, :, None]
+    # Disjoint bit fields, so OR == sum; uint32 avoids signed overflow of code 7 << 28 etc.
+    words = jnp.sum(nib.astype(jnp.uint32) << shifts.astype(jnp.uint32), axis=1, dtype=jnp.uint32)
+    return words.view(jnp.int32) if hasattr(words, "view") else words.astype(jnp.int32)
+
+
+def unpack_int4(qweight, *, signed: bool) -> jnp.ndarray:
+    """Inverse of ``pack_int4``: ``[K/8, N]`` int32 → ``[K, N]`` int8 codes."""
+    _check_2d(qweight, "qweight")
+    if qweight.dtype != jnp.int32:
+        raise ValueError(f"qweight must be int32, got dtype {qweight.dtype}")
+    qweight = jnp.asarray(qweight)
+    k8, n = qweight.shape
+    shifts = (4 * jnp.arange(8, dtype=jnp.int32))[None, :, None]
+    if signed:
+        # Move the nibble to the top, then an arithmetic shift sign-extends it.
+        q = (qweight[:, None, :] << (28 - shifts)) >> 28
+    else:
+        q = (qweight[:, None, :] >> shifts) & 0xF
+    return q.reshape(k8 * 8, n).astype(jnp.int8)
+
+
+def _expand_groups(a, g: int):
+    """``[K/G, N]`` → ``[K, N]`` by repeating each group row G times."""
+    return jnp.repeat(jnp.asarray(a), g, axis=0)
+
+
+# ----------------------------------------------------------------------------- int4
+
+
+def quantize_int4(
+    w, group_size: int | None = 128, *, symmetric: bool = True, scale_dtype=jnp.float32
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+    """Round-to-nearest int4 quantization of ``w[K, N]`` → ``(qweight, scales, zeros | None)``.
+
+    Symmetric: ``s = absmax / 7``, ``q = clip(round(w / s), -8, 7)`` (code −8 is valid storage
+    but never produced by RTN). Affine: ``s = (max − min) / 15``, ``z = clip(round(−min / s),
+    0, 15)``, ``q = clip(round(w / s) + z, 0, 15)``. Groups with s = 0 get s = 1 (all codes
+    then dequantize to exactly 0).
+    """
+    _check_2d(w, "w")
+    _check_float(w, "w")
+    k, n = w.shape
+    g = resolve_group_size(k, group_size)
+    wg = jnp.asarray(w, jnp.float32).reshape(k // g, g, n)
+    if symmetric:
+        s = jnp.max(jnp.abs(wg), axis=1) / 7.0
+        s = jnp.where(s == 0, 1.0, s).astype(scale_dtype)
+        sf = s.astype(jnp.float32)[:, None, :]
+        q = jnp.clip(jnp.round(wg / sf), -8, 7)
+        zeros = None
+    else:
+        lo = jnp.minimum(jnp.min(wg, axis=1), 0.0)
+        hi = jnp.maximum(jnp.max(wg, axis=1), 0.0)
+        s = (hi - lo) / 15.0
+        s = jnp.where(s == 0, 1.0, s).astype(scale_dtype)
+        sf = s.astype(jnp.float32)
+        z = jnp.clip(jnp.round(-lo / sf), 0, 15)
+        q = jnp.clip(jnp.round(wg / sf[:, None, :]) + z[:, None, :], 0, 15)
+        zeros = z.astype(scale_dtype)
+    qweight = pack_int4(q.reshape(k, n).astype(jnp.int32))
+    return qweight, s, zeros
+
+
+def dequantize_int4(qweight, scales, zeros=None, *, group_size: int | None = None) -> jnp.ndarray:
+    """``w = (q − z) · s`` in f32; symmetric (signed codes, z = 0) when ``zeros`` is None."""
+    g = check_packed(qweight, scales, zeros, group_size=group_size)
+    q = unpack_int4(qweight, signed=zeros is None).astype(jnp.float32)
+    if zeros is not None:
+        q = q - _expand_groups(zeros, g).astype(jnp.float32)
+    return q * _expand_groups(scales, g).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- NF4 / FP4
+
+
+def quantize_codebook(
+    w, format: Literal["nf4", "fp4"], block_size: int | None = 64, *, scale_dtype=jnp.float32
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-block absmax + nearest code book entry: ``w[K, N]`` → ``(qweight, absmax[K/G, N])``."""
+    if format not in CODEBOOKS:
+        raise ValueError(f"unknown code book format {format!r}; valid: {', '.join(CODEBOOKS)}")
+    _check_2d(w, "w")
+    _check_float(w, "w")
+    k, n = w.shape
+    g = resolve_group_size(k, block_size)
+    wg = jnp.asarray(w, jnp.float32).reshape(k // g, g, n)
+    absmax = jnp.max(jnp.abs(wg), axis=1).astype(scale_dtype)
+    am = absmax.astype(jnp.float32)
+    wn = wg / jnp.where(am == 0, 1.0, am)[:, None, :]
+    book = jnp.asarray(CODEBOOKS[format])
+    # Ties go to the lower code (argmin's first hit); K·N·16 floats is fine for weight sizes here.
+    q = jnp.argmin(jnp.abs(wn[..., None] - book), axis=-1)
+    return pack_int4(q.reshape(k, n).astype(jnp.int32)), absmax
+
+
+def dequantize_codebook(
+    qweight, absmax, format: Literal["nf4", "fp4"], *, group_size: int | None = None
+) -> jnp.ndarray:
+    """``w = codebook[q] · absmax`` in f32."""
+    if format not in CODEBOOKS:
+        raise ValueError(f"unknown code book format {format!r}; valid: {', '.join(CODEBOOKS)}")
+    g = check_packed(qweight, absmax, group_size=group_size)
+    q = unpack_int4(qweight, signed=False).astype(jnp.int32)
+    return jnp.asarray(CODEBOOKS[format])[q] * _expand_groups(absmax, g).astype(jnp.float32)
+
+
+def quantize_nf4(w, block_size: int | None = 64, **kw):
+    return quantize_codebook(w, "nf4", block_size, **kw)
+
+
+def quantize_fp4(w, block_size: int | None = 64, **kw):
+    return quantize_codebook(w, "fp4", block_size, **kw)
+
+
+def dequantize_nf4(qweight, absmax, *, group_size: int | None = None):
+    return dequantize_codebook(qweight, absmax, "nf4", group_size=group_size)
+
+
+def dequantize_fp4(qweight, absmax, *, group_size: int | None = None):
+    return dequantize_codebook(qweight, absmax, "fp4", group_size=group_size)
+
+
+# ----------------------------------------------------------------------------- any format
+
+
+def quantize(
+    w, format: Format = "int4", group_size: int | None = None, *, symmetric: bool = True, **kw
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+    """Quantize ``w[K, N]`` in any 4-bit format → ``(qweight, scales, zeros | None)``."""
+    check_format(format)
+    g = DEFAULT_GROUP_SIZE[format] if group_size is None else group_size
+    if format == "int4":
+        return quantize_int4(w, g, symmetric=symmetric, **kw)
+    if not symmetric:
+        raise ValueError(f"format {format!r} is a symmetric code book; affine needs format='int4'")
+    return (*quantize_codebook(w, format, g, **kw), None)
+
+
+def dequantize(
+    qweight, scales, zeros=None, *, format: Format = "int4", group_size: int | None = None
+) -> jnp.ndarray:
+    """The one dequantization rule every kernel must reproduce; f32 ``[K, N]``."""
+    check_format(format)
+    if format == "int4":
+        return dequantize_int4(qweight, scales, zeros, group_size=group_size)
+    if zeros is not None:
+        raise ValueError(f"format {format!r} has no zero point; pass zeros=None")
+    return dequantize_codebook(qweight, scales, format, group_size=group_size)
+
+
+# ----------------------------------------------------------------------------- double quant
+
+
+class DoubleQuantized(NamedTuple):
+    """Absmax constants quantized again (QLoRA §3): int8 codes, one f32 scale per block, a mean."""
+
+    codes: jnp.ndarray  # int8, same shape as the absmax array
+    scales: jnp.ndarray  # f32 [ceil(numel / block)], absmax of (c − mean) per block / 127
+    mean: jnp.ndarray  # f32 scalar; absmax values are positive, centring uses the int8 range
+
+
+def double_quantize(absmax, block_size: int = DOUBLE_QUANT_BLOCK) -> DoubleQuantized:
+    """Quantize the absmax constants to int8 in flat blocks of ``block_size`` (row-major)."""
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    c = jnp.asarray(absmax, jnp.float32)
+    mean = jnp.mean(c)
+    flat = (c - mean).reshape(-1)
+    pad = (-flat.size) % block_size
+    blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
+    s = jnp.max(jnp.abs(blocks), axis=1) / 127.0
+    s = jnp.where(s == 0, 1.0, s)
+    q = jnp.clip(jnp.round(blocks / s[:, None]), -127, 127).astype(jnp.int8)
+    return DoubleQuantized(q.reshape(-1)[: flat.size].reshape(c.shape), s, mean)
+
+
+def double_dequantize(dq: DoubleQuantized, block_size: int = DOUBLE_QUANT_BLOCK) -> jnp.ndarray:
+    """Recover the f32 absmax constants from ``double_quantize``'s output."""
+    flat = dq.codes.reshape(-1).astype(jnp.float32)
+    if dq.scales.size != -(-flat.size // block_size):
+        raise ValueError(
+            f"{dq.scales.size} block scales do not fit {flat.size} codes in blocks of "
+            f"{block_size}; pass the block_size used by double_quantize"
+        )
+    s = jnp.repeat(dq.scales, block_size)[: flat.size]
+    return (flat * s + dq.mean).reshape(dq.codes.shape)
+
+
+def bits_per_parameter(
+    format: Format = "nf4",
+    group_size: int = 64,
+    *,
+    affine: bool = False,
+    double_quant: bool = False,
+    scale_bits: int = 32,
+    dq_block_size: int = DOUBLE_QUANT_BLOCK,
+    shape: tuple[int, int] | None = None,
+) -> float:
+    """Storage bits per weight: 4-bit codes + scales (+ zeros) (+ double-quant overhead).
+
+    Without ``shape`` the asymptotic cost (QLoRA §3: NF4, G=64, fp32 absmax → 4.5; with double
+    quantization 4 + 8/64 + 32/(64·256) ≈ 4.127). With ``shape=(K, N)`` the exact count,
+    including the padded last double-quant block and the f32 mean.
+    """
+    check_format(format)
+    if affine and format != "int4":
+        raise ValueError(f"affine zero points exist only for format='int4', not {format!r}")
+    if shape is None:
+        per_group = (8 + 32 / dq_block_size) if double_quant else scale_bits
+        if affine:
+            per_group += scale_bits
+        return 4 + per_group / group_size
+    k, n = shape
+    g = resolve_group_size(k, group_size)
+    n_groups = (k // g) * n
+    bits = 4 * k * n
+    if double_quant:
+        bits += 8 * n_groups + 32 * math.ceil(n_groups / dq_block_size) + 32
+    else:
+        bits += scale_bits * n_groups
+    if affine:
+        bits += scale_bits * n_groups
+    return bits / (k * n)
+
 
 # ==================================================================================================
 # 2:4 structured sparsity
