@@ -1,0 +1,214 @@
+"""Byte-level and locally trained byte-level BPE tokenizers: one interface, exact round trip."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from compactlm.data.corpus import DataError
+
+if TYPE_CHECKING:
+    from compactlm.data.dataset import DataConfig
+
+# Special tokens sit after the ordinary vocabulary, in this order, for both tokenizers. They are
+# never produced by encode() from text (a literal "<|eos|>" in the corpus stays ordinary bytes),
+# so encode/decode round-trip any string exactly.
+SPECIAL_TOKENS = ("<|eos|>", "<|pad|>", "<|bos|>")
+TOKENIZER_FILE = "tokenizer.json"  # the file save()/load_tokenizer() use inside a directory
+
+
+class Tokenizer(Protocol):
+    """What the rest of compactlm relies on; both implementations below satisfy it."""
+
+    kind: str
+    vocab_size: int  # ordinary tokens + specials; the model's embedding needs at least this
+    eos_id: int
+    pad_id: int
+    bos_id: int
+
+    def encode(self, text: str) -> np.ndarray: ...
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
+    def decode(self, ids) -> str: ...
+    def token_byte_lengths(self) -> np.ndarray: ...
+    def fingerprint(self) -> str: ...
+    def save(self, directory: str | os.PathLike) -> Path: ...
+
+
+class _SpecialsMixin:
+    n_base: int  # ordinary tokens; specials are n_base, n_base + 1, ...
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_base + len(SPECIAL_TOKENS)
+
+    @property
+    def eos_id(self) -> int:
+        return self.n_base
+
+    @property
+    def pad_id(self) -> int:
+        return self.n_base + 1
+
+    @property
+    def bos_id(self) -> int:
+        return self.n_base + 2
+
+    def _base_ids(self, ids) -> np.ndarray:
+        """Ordinary ids of `ids` (specials dropped); out-of-range ids are an error, not skipped."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)][:5].tolist()
+            raise ValueError(f"token ids {bad} outside the vocabulary [0, {self.vocab_size})")
+        return ids[ids < self.n_base]
+
+    def fingerprint(self) -> str:
+        """sha256 of the saved form: equal fingerprints tokenize identically (cache keys use it)."""
+        return hashlib.sha256(self._serialize().encode()).hexdigest()
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `directory/tokenizer.json` atomically; load_tokenizer(directory) restores it."""
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self._serialize())
+        return path
+
+    def _serialize(self) -> str:
+        raise NotImplementedError
+
+
+class ByteTokenizer(_SpecialsMixin):
+    """ids 0..255 are the UTF-8 bytes, then the specials: no training, no files, any text."""
+
+    kind = "byte"
+    n_base = 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        # Sampled ids can form invalid UTF-8 (half a multi-byte character): replace, don't crash.
+        return self._base_ids(ids).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for (0 for specials): bytes covered = lengths[ids].sum()."""
+        return np.concatenate([np.ones(256, np.int64), np.zeros(len(SPECIAL_TOKENS), np.int64)])
+
+    def _serialize(self) -> str:
+        return json.dumps({"compactlm_tokenizer": "byte", "special_tokens": SPECIAL_TOKENS})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByteTokenizer)
+
+    def __hash__(self) -> int:
+        return hash("byte")
+
+
+class BpeTokenizer(_SpecialsMixin):
+    """Byte-level BPE (GPT-2 style) from Hugging Face `tokenizers`, trained on our own text.
+
+    The byte-level pre-tokenizer maps every byte to a visible character and all 256 of them are
+    in the initial alphabet, so any text encodes without <unk>; the ByteLevel decoder maps back
+    and decodes the bytes with replacement, so decode(encode(s)) == s for every string.
+    Specials are kept out of the Hugging Face model (ids after it, handled here) so that text
+    containing "<|eos|>" literally is not turned into the special token.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, hf_tokenizer) -> None:
+        self._tok = hf_tokenizer
+        self.n_base = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def train(cls, texts: list[str], *, vocab_size: int, min_frequency: int = 2) -> BpeTokenizer:
+        """Train on `texts` (the training split only). Deterministic for the same input."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        n_base = vocab_size - len(SPECIAL_TOKENS)
+        if n_base < 256:
+            raise DataError(
+                f"data.bpe_vocab_size={vocab_size} is too small: byte-level BPE needs at least "
+                f"{256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+            )
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=n_base,
+            min_frequency=min_frequency,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encs = self._tok.encode_batch(texts, add_special_tokens=False)  # multi-threaded in Rust
+        return [np.asarray(e.ids, dtype=np.int32) for e in encs]
+
+    def decode(self, ids) -> str:
+        # The ByteLevel decoder decodes its bytes lossily: invalid UTF-8 becomes U+FFFD.
+        return self._tok.decode(self._base_ids(ids).tolist(), skip_special_tokens=False)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for (0 for specials): bytes covered = lengths[ids].sum()."""
+        lengths = np.zeros(self.vocab_size, np.int64)
+        for piece, i in self._tok.get_vocab().items():
+            lengths[i] = len(piece)  # one byte-level character per byte
+        return lengths
+
+    def _serialize(self) -> str:
+        return self._tok.to_str()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BpeTokenizer) and self._serialize() == other._serialize()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+
+def make_tokenizer(cfg: DataConfig, train_texts: list[str]) -> ByteTokenizer | BpeTokenizer:
+    """The tokenizer `cfg.tokenizer` names; BPE is trained on `train_texts` (training split)."""
+    if cfg.tokenizer == "byte":
+        return ByteTokenizer()
+    if cfg.tokenizer == "bpe":
+        return BpeTokenizer.train(train_texts, vocab_size=cfg.bpe_vocab_size)
+    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; valid: 'byte', 'bpe'")
+
+
+def load_tokenizer(directory: str | os.PathLike) -> ByteTokenizer | BpeTokenizer:
+    """The tokenizer saved in `directory` (a run directory) by `save()`."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise DataError(f"no tokenizer saved in {str(directory)!r} (expected {path.name})")
+    text = path.read_text(encoding="utf-8")
+    if json.loads(text).get("compactlm_tokenizer") == "byte":
+        return ByteTokenizer()
+    from tokenizers import Tokenizer as HFTokenizer
+
+    return BpeTokenizer(HFTokenizer.from_str(text))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and os.replace: never a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
