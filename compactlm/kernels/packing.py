@@ -497,3 +497,31 @@ def decompress_24(values: jax.Array, meta: jax.Array) -> jax.Array:
 # The family names every format has (DESIGN §3): pack_<fmt> / unpack_<fmt>.
 pack_24 = compress_24
 unpack_24 = decompress_24
+
+
+def quantize_sparse24_int4(
+    w,
+    group_size: int | None = 128,
+    *,
+    symmetric: bool = True,
+    scale_dtype=jnp.float32,
+    check: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """2:4-sparse W[K, N] → (qvalues[K/16, N] int32, meta[K/32, N], scales, zeros | None).
+
+    compress_24, then quantize_int4 of the kept values along the compressed axis: the group size G
+    counts compressed rows (one group spans 2·G dense rows), scales / zeros are [K/2/G, N]. Padding
+    slots hold 0, which both int4 schemes represent exactly (z is integer valued).
+    """
+    values, meta = compress_24(w, check=check)
+    qvalues, scales, zeros = quantize_int4(
+        values, group_size, symmetric=symmetric, scale_dtype=scale_dtype
+    )
+    return qvalues, meta, scales, zeros
+
+
+def dequantize_sparse24_int4(
+    qvalues, meta, scales, zeros=None, *, group_size: int | None = None
+) -> jax.Array:
+    """Dense f32 W[K, N] from the int4+2:4 format: dequantize_int4 the values, then decompress."""
+    return decompress_24(dequantize_int4(qvalues, scales, zeros, group_size=group_size), meta)
