@@ -1,0 +1,230 @@
+"""Decoder building blocks: the linear factory, RMSNorm, RoPE, GQA attention, SwiGLU MLP."""
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+if TYPE_CHECKING:
+    from compactlm.models.transformer import ModelConfig
+
+# The one list of storage formats make_linear can build. Later work (LoRA, int4, nf4, sparse24)
+# adds its format here, to ModelConfig.weight_format's Literal, and a branch in make_linear.
+WEIGHT_FORMATS: tuple[str, ...] = ("dense",)
+
+
+def param_init(std: float, axes: tuple[str | None, ...]) -> nnx.Initializer:
+    """Normal(0, std) initializer carrying mesh-axis names for nnx.get_partition_spec.
+
+    eager_sharding=False: flax >= 0.12 otherwise shards annotated variables at creation and then
+    *requires* a mesh context, so a plain single-device `Transformer(cfg, rngs=...)` would fail.
+    Sharded creation goes through `create_sharded_model` (jit + with_sharding_constraint).
+    """
+    return nnx.with_partitioning(nnx.initializers.normal(stddev=std), axes, eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """Dense y = x @ kernel, no bias; kernel [in, out] (Flax / DESIGN §3 orientation)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        param_dtype: jnp.dtype,
+        compute_dtype: jnp.dtype,
+        out_dtype: jnp.dtype,
+        init_std: float,
+        kernel_axes: tuple[str | None, str | None],
+        rngs: nnx.Rngs,
+    ):
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype, self.out_dtype = compute_dtype, out_dtype
+        init = param_init(init_std, kernel_axes)
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), param_dtype))
+
+    def __call__(self, x: Float[Array, "... I"]) -> Float[Array, "... O"]:
+        # f32 accumulation even for bf16 operands (bf16 sums lose ~3 digits at K=4096).
+        y = jnp.einsum(
+            "...i,io->...o",
+            x.astype(self.compute_dtype),
+            self.kernel[...].astype(self.compute_dtype),
+            preferred_element_type=jnp.float32,
+        )
+        return y.astype(self.out_dtype)
+
+
+def make_linear(
+    in_features: int,
+    out_features: int,
+    *,
+    cfg: ModelConfig,
+    rngs: nnx.Rngs,
+    kernel_axes: tuple[str | None, str | None],
+    init_std: float | None = None,
+    out_dtype: str | None = None,
+) -> nnx.Module:
+    """THE factory for every linear layer of the model; `cfg.weight_format` picks the kind.
+
+    kernel_axes names the mesh axes of kernel [in, out]; init_std defaults to cfg.init_std;
+    out_dtype defaults to cfg.compute_dtype (the LM head asks for float32 logits).
+    """
+    fmt = cfg.weight_format
+    if fmt == "dense":
+        return Linear(
+            in_features,
+            out_features,
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            compute_dtype=jnp.dtype(cfg.compute_dtype),
+            out_dtype=jnp.dtype(out_dtype or cfg.compute_dtype),
+            init_std=cfg.init_std if init_std is None else init_std,
+            kernel_axes=kernel_axes,
+            rngs=rngs,
+        )
+    raise ValueError(f"unknown weight_format {fmt!r}; valid formats: {', '.join(WEIGHT_FORMATS)}")
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in f32, learned scale init 1."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype: jnp.dtype, compute_dtype: jnp.dtype):
+        self.eps, self.compute_dtype = eps, compute_dtype
+        self.scale = nnx.Param(
+            jnp.ones((dim,), param_dtype), out_sharding=(None,), eager_sharding=False
+        )
+
+    def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
+        # f32 statistics: mean of squares in bf16 has 8 mantissa bits, too coarse for 1/rms.
+        x32 = x.astype(jnp.float32)
+        inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * inv_rms * self.scale[...].astype(jnp.float32)).astype(self.compute_dtype)
+
+
+def rope_sin_cos(
+    positions_BT: Int[Array, "B T"], head_dim: int, theta: float
+) -> tuple[Float[Array, "B T H2"], Float[Array, "B T H2"]]:
+    """sin/cos of position * theta^(-2j/H), j < H/2, in f32 — computed once per forward pass.
+
+    Computed from the positions rather than a stored [max_seq_len, H/2] table: it costs B*T*H
+    transcendentals per forward (nothing next to the matmuls), keeps no non-parameter state in the
+    model's checkpoint, and works for any position (decode, packed sequences).
+    """
+    inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angle = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.sin(angle), jnp.cos(angle)
+
+
+def apply_rope(
+    x_BTNH: Float[Array, "B T N H"],
+    sin_BTH2: Float[Array, "B T H2"],
+    cos_BTH2: Float[Array, "B T H2"],
+) -> Float[Array, "B T N H"]:
+    """Rotary embedding (Su et al. 2021), rotate-half layout (GPT-NeoX / HF Llama).
+
+    Pair j is (x[j], x[j + H/2]), i.e. the complex number x[j] + i·x[j + H/2], multiplied by
+    exp(i·pos·theta^(-2j/H)). (Meta's original Llama interleaves pairs (x[2j], x[2j+1]); the two
+    differ only by a fixed permutation of the q/k projection columns.)
+    """
+    x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+    sin, cos = sin_BTH2[:, :, None, :], cos_BTH2[:, :, None, :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTNH.dtype)
+
+
+def resolve_attention_impl(impl: str, dtype: jnp.dtype, head_dim: int) -> str | None:
+    """Map cfg.attention_impl to jax.nn.dot_product_attention's `implementation`.
+
+    jax 0.11's implementation=None means XLA (it does not pick cuDNN by itself), so "auto" picks
+    cuDNN flash attention on a GPU when its constraints hold (fp16/bf16, head_dim % 8 == 0, <= 128)
+    and XLA otherwise. An explicit "cudnn" that cannot run raises inside jax.
+    """
+    if impl == "auto":
+        cudnn_ok = (
+            jax.default_backend() == "gpu"
+            and dtype in (jnp.bfloat16, jnp.float16)
+            and head_dim % 8 == 0
+            and head_dim <= 128
+        )
+        return "cudnn" if cudnn_ok else "xla"
+    return impl
+
+
+class Attention(nnx.Module):
+    """Causal grouped-query attention (Ainslie et al. 2023): N query heads share K kv heads."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = N, K, H
+        self.impl = resolve_attention_impl(cfg.attention_impl, jnp.dtype(cfg.compute_dtype), H)
+        col, row = ("fsdp", "tensor"), ("tensor", "fsdp")
+        self.q_proj = make_linear(D, N * H, cfg=cfg, rngs=rngs, kernel_axes=col)
+        self.k_proj = make_linear(D, K * H, cfg=cfg, rngs=rngs, kernel_axes=col)
+        self.v_proj = make_linear(D, K * H, cfg=cfg, rngs=rngs, kernel_axes=col)
+        self.o_proj = make_linear(
+            N * H, D, cfg=cfg, rngs=rngs, kernel_axes=row, init_std=cfg.residual_init_std
+        )
+
+    def __call__(
+        self,
+        x_BTD: Float[Array, "B T D"],
+        sin_BTH2: Float[Array, "B T H2"],
+        cos_BTH2: Float[Array, "B T H2"],
+        cache_kv: tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None = None,
+        cache_index: Int[Array, ""] | None = None,
+        mask_BTS: Bool[Array, "B T S"] | None = None,
+    ) -> tuple[
+        Float[Array, "B T D"], tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None
+    ]:
+        """Without a cache: causal self-attention over T. With one: write the T new keys/values
+        at cache_index, attend to the whole cache under mask_BTS, return the updated cache."""
+        B, T, _ = x_BTD.shape
+        N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
+        q_BTNH = apply_rope(self.q_proj(x_BTD).reshape(B, T, N, H), sin_BTH2, cos_BTH2)
+        k_BTKH = apply_rope(self.k_proj(x_BTD).reshape(B, T, K, H), sin_BTH2, cos_BTH2)
+        v_BTKH = self.v_proj(x_BTD).reshape(B, T, K, H)
+        if cache_kv is None:
+            # jax.nn.dot_product_attention does GQA itself (K divides N): no repeat of k/v.
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=self.impl
+            )
+            new_cache = None
+        else:
+            k_BSKH, v_BSKH = cache_kv
+            start = (0, cache_index, 0, 0)
+            k_BSKH = jax.lax.dynamic_update_slice(k_BSKH, k_BTKH.astype(k_BSKH.dtype), start)
+            v_BSKH = jax.lax.dynamic_update_slice(v_BSKH, v_BTKH.astype(v_BSKH.dtype), start)
+            # Decode is memory bound and uses an explicit mask: always the XLA path.
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH,
+                k_BSKH.astype(q_BTNH.dtype),
+                v_BSKH.astype(q_BTNH.dtype),
+                mask=mask_BTS[:, None, :, :],
+                implementation="xla",
+            )
+            new_cache = (k_BSKH, v_BSKH)
+        return self.o_proj(out_BTNH.reshape(B, T, N * H)), new_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D, F = cfg.d_model, cfg.d_ff
+        self.gate_proj = make_linear(D, F, cfg=cfg, rngs=rngs, kernel_axes=("fsdp", "tensor"))
+        self.up_proj = make_linear(D, F, cfg=cfg, rngs=rngs, kernel_axes=("fsdp", "tensor"))
+        self.down_proj = make_linear(
+            F,
+            D,
+            cfg=cfg,
+            rngs=rngs,
+            kernel_axes=("tensor", "fsdp"),
+            init_std=cfg.residual_init_std,
+        )
+
+    def __call__(self, x_BTD: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))

@@ -1,0 +1,307 @@
+"""ModelConfig and the Llama-style decoder Transformer (embed → blocks → norm → logits)."""
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
+
+# Shape suffixes (one legend for all model code; einsum strings use the same letters):
+#   B batch            T query positions     S key positions (KV-cache length)
+#   D d_model          N query heads         K kv heads          H head dim    (H2 = H / 2)
+#   F MLP hidden       V vocab               R LoRA rank         L layers (the scan axis)
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from compactlm.models.layers import (
+    MLP,
+    WEIGHT_FORMATS,
+    Attention,
+    RMSNorm,
+    make_linear,
+    param_init,
+    rope_sin_cos,
+)
+
+DType = Literal["float32", "bfloat16"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Decoder shape and numerics. Defaults are the `tiny` preset (828,544 params at V=320)."""
+
+    # Token vocabulary incl. specials, padded by the caller to a multiple of 64 so it divides the
+    # tensor axis. 320 = 256 bytes + specials, padded: the default byte-level tokenizer.
+    vocab_size: int = 320
+    # Residual-stream width (units). 128 keeps `tiny` near 0.8M params: fast CPU tests and runs.
+    d_model: int = 128
+    # Decoder blocks. 4: enough depth for scan/remat to matter while compiling in seconds.
+    n_layers: int = 4
+    # Query heads. 4 heads of 32 dims.
+    n_heads: int = 4
+    # Key/value heads (GQA); must divide n_heads. 2 so the default exercises real GQA.
+    n_kv_heads: int = 2
+    # Per-head width; None → d_model // n_heads. 32 at the default shape.
+    head_dim: int | None = None
+    # SwiGLU hidden width. 3 × d_model ≈ Llama's 8/3 × d_model rounded up to a multiple of 64.
+    d_ff: int = 384
+    # Longest sequence (tokens) trained on / the default KV-cache length. RoPE has no table, so
+    # this only bounds the cache and the data pipeline.
+    max_seq_len: int = 256
+    # RoPE base wavelength (Su et al. 2021; Llama 1/2 use 10_000).
+    rope_theta: float = 10_000.0
+    # RMSNorm epsilon added to mean(x²). 1e-5 as Llama 2; harmless in f32 statistics.
+    norm_eps: float = 1e-5
+    # Logits reuse the embedding matrix (saves V·D params; at tiny shapes that's 5% of the model).
+    tie_embeddings: bool = True
+    # Storage dtype of parameters. f32 so optimizer updates don't underflow; bf16 to halve memory.
+    param_dtype: DType = "float32"
+    # Matmul/activation dtype. f32 on CPU (bf16 is emulated, slow); set "bfloat16" on GPU/TPU.
+    compute_dtype: DType = "float32"
+    # Stack the blocks and run them with lax.scan: compile time independent of n_layers.
+    scan_layers: bool = True
+    # Rematerialization per block: "none" stores all activations, "block" stores only block
+    # inputs (recompute everything, ~+33% FLOPs), "dots" saves matmul outputs, recomputes the rest.
+    remat: Literal["none", "block", "dots"] = "none"
+    # Std of the normal init for embeddings and linear kernels (GPT-2 / Llama use 0.02). Residual
+    # output projections (o, down) get init_std / sqrt(2·n_layers) (GPT-2 §2.3).
+    init_std: float = 0.02
+    # Storage of linear-layer weights; the linear factory (layers.make_linear) builds the layer.
+    weight_format: Literal["dense"] = "dense"
+    # Attention kernel: "auto" = cuDNN flash attention on GPU with bf16/fp16, else XLA.
+    attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            valid = _literal_values(f.type)
+            if valid and getattr(self, f.name) not in valid:
+                raise ValueError(
+                    f"ModelConfig.{f.name}={getattr(self, f.name)!r}; valid: {', '.join(valid)}"
+                )
+        if self.weight_format not in WEIGHT_FORMATS:  # Literal and factory must agree
+            raise ValueError(f"weight_format: valid formats are {', '.join(WEIGHT_FORMATS)}")
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "d_ff",
+            "max_seq_len",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} (GQA)"
+            )
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "set head_dim explicitly"
+            )
+        if self.resolved_head_dim % 2:
+            raise ValueError(f"head_dim={self.resolved_head_dim} must be even (RoPE pairs)")
+        if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise ValueError("init_std, norm_eps and rope_theta must be > 0")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """head_dim, or d_model // n_heads when head_dim is None."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def residual_init_std(self) -> float:
+        """Init std of the projections that write into the residual stream (o, down)."""
+        return self.init_std / (2 * self.n_layers) ** 0.5
+
+
+def _literal_values(tp: object) -> tuple:
+    """The allowed values of a (string-annotated) Literal field type, else ()."""
+    if isinstance(tp, str):
+        tp = eval(tp, globals())  # `from __future__ import annotations` keeps types as strings
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    return ()
+
+
+class KVCache(NamedTuple):
+    """Keys/values of all layers, stacked on L, and how many positions are filled."""
+
+    k_LBSKH: Float[Array, "L B S K H"]
+    v_LBSKH: Float[Array, "L B S K H"]
+    index: Int[Array, ""]  # next position to write; all rows of the batch share it
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BTD, sin_BTH2, cos_BTH2, cache_kv=None, cache_index=None, mask_BTS=None):
+        h_BTD, cache_kv = self.attn(
+            self.attn_norm(x_BTD), sin_BTH2, cos_BTH2, cache_kv, cache_index, mask_BTS
+        )
+        x_BTD = x_BTD + h_BTD
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD)), cache_kv
+
+
+def _remat(fn, mode: str):
+    if mode == "none":
+        return fn
+    policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if mode == "dots" else None
+    return jax.checkpoint(fn, policy=policy)
+
+
+class Transformer(nnx.Module):
+    """Llama-style decoder: token embedding, n_layers pre-norm blocks, final RMSNorm, logits."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        V, D = cfg.vocab_size, cfg.d_model
+        # [V, D] with V over "tensor", D over "fsdp" (MaxText's vocab/embed layout).
+        init = param_init(cfg.init_std, ("tensor", "fsdp"))
+        self.embedding = nnx.Param(init(rngs.params(), (V, D), jnp.dtype(cfg.param_dtype)))
+        if cfg.scan_layers:
+            # One Block per slice of a stacked [L, ...] state; the layer axis is unsharded (None).
+            @nnx.split_rngs(splits=cfg.n_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+            def make_blocks(rngs: nnx.Rngs) -> Block:
+                return Block(cfg, rngs=rngs)
+
+            self.layers = make_blocks(rngs)
+        else:
+            self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(
+            D,
+            eps=cfg.norm_eps,
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            compute_dtype=jnp.dtype(cfg.compute_dtype),
+        )
+        self.lm_head = None
+        if not cfg.tie_embeddings:
+            self.lm_head = make_linear(
+                D, V, cfg=cfg, rngs=rngs, kernel_axes=("fsdp", "tensor"), out_dtype="float32"
+            )
+
+    def init_cache(
+        self, batch_size: int, max_len: int | None = None, dtype: str | None = None
+    ) -> KVCache:
+        """An empty cache of max_len (default cfg.max_seq_len) positions in dtype (compute)."""
+        cfg = self.cfg
+        shape = (
+            cfg.n_layers,
+            batch_size,
+            max_len or cfg.max_seq_len,
+            cfg.n_kv_heads,
+            cfg.resolved_head_dim,
+        )
+        dt = jnp.dtype(dtype or cfg.compute_dtype)
+        return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((), jnp.int32))
+
+    def __call__(
+        self,
+        tokens_BT: Int[Array, "B T"],
+        *,
+        positions_BT: Int[Array, "B T"] | None = None,
+        cache: KVCache | None = None,
+    ) -> Float[Array, "B T V"] | tuple[Float[Array, "B T V"], KVCache]:
+        """float32 logits. Without a cache: causal over tokens_BT (training / scoring).
+
+        With a cache: tokens_BT are positions cache.index … cache.index+T-1 (a prefill, or T=1 for
+        one decode step); they attend to everything cached so far; returns (logits, new cache).
+        Shapes are static, so one jitted step serves every decode position.
+        """
+        cfg = self.cfg
+        B, T = tokens_BT.shape
+        if positions_BT is None:
+            start = 0 if cache is None else cache.index
+            positions_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+        x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cfg.compute_dtype)
+        sin_BTH2, cos_BTH2 = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta)
+        index = mask_BTS = None
+        if cache is not None:
+            index = cache.index
+            S = cache.k_LBSKH.shape[2]
+            mask_BTS = jnp.arange(S)[None, None, :] <= positions_BT[:, :, None]
+
+        def apply_block(graphdef, state, x_BTD, cache_kv):
+            block = nnx.merge(graphdef, state)
+            return block(x_BTD, sin_BTH2, cos_BTH2, cache_kv, index, mask_BTS)
+
+        apply_block = _remat(apply_block, cfg.remat)
+        kv = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
+        if cfg.scan_layers:
+            graphdef, state = nnx.split(self.layers)
+
+            def body(x_BTD, xs):
+                layer_state, cache_kv = xs
+                return apply_block(graphdef, layer_state, x_BTD, cache_kv)
+
+            x_BTD, kv = jax.lax.scan(body, x_BTD, (state, kv))
+        else:
+            new_k, new_v = [], []
+            for i, layer in enumerate(self.layers):
+                graphdef, state = nnx.split(layer)
+                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv)
+                if layer_kv is not None:
+                    new_k.append(layer_kv[0])
+                    new_v.append(layer_kv[1])
+            kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+
+        x_BTD = self.final_norm(x_BTD)
+        if self.lm_head is None:
+            logits_BTV = jnp.einsum(
+                "btd,vd->btv",
+                x_BTD,
+                self.embedding[...].astype(cfg.compute_dtype),
+                preferred_element_type=jnp.float32,
+            )
+        else:
+            logits_BTV = self.lm_head(x_BTD)
+        logits_BTV = logits_BTV.astype(jnp.float32)
+        if cache is None:
+            return logits_BTV
+        return logits_BTV, KVCache(kv[0], kv[1], cache.index + T)
+
+
+def create_sharded_model(
+    cfg: ModelConfig, mesh: jax.sharding.Mesh, rngs_seed: int = 0
+) -> Transformer:
+    """Initialize a Transformer directly into its shards on an Auto-axis `mesh` ("fsdp", "tensor").
+
+    Flax's GSPMD recipe: under jit, build the model, constrain its state to the NamedShardings
+    from the parameters' annotations, so no device ever holds the full unsharded model.
+    """
+    if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+        # jax.make_mesh defaults to Explicit axes, where every gather/einsum of the forward pass
+        # would need an out_sharding; the model is written for GSPMD propagation (Auto).
+        raise ValueError(
+            f"mesh axis_types must all be AxisType.Auto, got {mesh.axis_types}; build it with "
+            "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))"
+        )
+    missing = {"fsdp", "tensor"} - set(mesh.axis_names)
+    if missing:
+        raise ValueError(f"mesh needs axes 'fsdp' and 'tensor' (size 1 is fine); missing {missing}")
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(rngs_seed)))
+    shardings = nnx.get_named_sharding(nnx.state(abstract), mesh)
+
+    @nnx.jit
+    def create() -> Transformer:
+        model = Transformer(cfg, rngs=nnx.Rngs(rngs_seed))
+        state = jax.lax.with_sharding_constraint(nnx.state(model), shardings)
+        nnx.update(model, state)
+        return model
+
+    with jax.set_mesh(mesh):
+        return create()
