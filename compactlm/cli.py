@@ -1,0 +1,117 @@
+"""`compactlm <command> [preset|RUN_DIR] key=value ...`: parse and dispatch only.
+
+    compactlm train [preset] [key=value ...] [workdir=DIR] [--dry-run]
+    compactlm eval RUN_DIR [key=value ...]
+    compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
+    compactlm info [preset]
+    compactlm bench train [preset] [key=value ...]
+    compactlm bench kernels [--formats ...] [--shapes ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+USAGE = __doc__.split("\n\n", 1)[1]
+
+COMMANDS = ("train", "eval", "generate", "info", "bench")
+
+
+def _split_args(args: Sequence[str]) -> tuple[str | None, list[str], dict[str, str]]:
+    """(first positional, key=value overrides, special keys such as workdir=)."""
+    positional = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    special = {}
+    for key in ("workdir",):
+        for item in list(overrides):
+            if item.startswith(f"{key}="):
+                special[key] = item.split("=", 1)[1]
+                overrides.remove(item)
+    if len(positional) > 1:
+        raise _usage_error(f"unexpected arguments {positional[1:]}")
+    return (positional[0] if positional else None), overrides, special
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage_error(msg: str) -> _UsageError:
+    return _UsageError(msg)
+
+
+def _cmd_train(args: list[str]) -> int:
+    from compactlm import commands
+
+    dry_run = "--dry-run" in args
+    args = [a for a in args if a != "--dry-run"]
+    preset, overrides, special = _split_args(args)
+    return commands.train(preset or "tiny", overrides, workdir=special.get("workdir"), dry_run=dry_run)
+
+
+def _cmd_eval(args: list[str]) -> int:
+    from compactlm import commands
+
+    run_dir, overrides, _ = _split_args(args)
+    if run_dir is None:
+        raise _usage_error("eval needs a RUN_DIR")
+    return commands.evaluate(run_dir, overrides)
+
+
+def _cmd_generate(args: list[str]) -> int:
+    from compactlm import commands
+
+    run_dir, overrides, _ = _split_args(args)
+    if run_dir is None:
+        raise _usage_error("generate needs a RUN_DIR")
+    return commands.generate(run_dir, overrides)
+
+
+def _cmd_info(args: list[str]) -> int:
+    from compactlm import commands
+
+    preset, overrides, _ = _split_args(args)
+    return commands.info(preset, overrides)
+
+
+def _cmd_bench(args: list[str]) -> int:
+    from compactlm import commands
+
+    if not args or args[0] not in ("train", "kernels"):
+        raise _usage_error("bench needs a target: train or kernels")
+    if args[0] == "train":
+        preset, overrides, _ = _split_args(args[1:])
+        return commands.bench_train(preset or "tiny", overrides)
+    parser = argparse.ArgumentParser(prog="compactlm bench kernels")
+    parser.add_argument("--formats", nargs="*", default=None, help="formats to run (default all)")
+    parser.add_argument("--shapes", nargs="*", default=None, help="NxK shapes, e.g. 4096x4096")
+    parser.add_argument("--ms", nargs="*", type=int, default=None, help="M values (batch rows)")
+    parser.add_argument("--out", default="bench_out", help="output folder (CSV, markdown, PNG)")
+    ns = parser.parse_args(args[1:])
+    return commands.bench_kernels(ns.formats, ns.shapes, ns.ms, ns.out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"compactlm: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        sys.exit(2)
+    from compactlm.commands import USER_ERRORS
+
+    handler = globals()[f"_cmd_{command}"]
+    try:
+        code = handler(rest)
+    except _UsageError as e:
+        print(f"compactlm {command}: {e}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    except USER_ERRORS as e:
+        print(f"compactlm {command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

@@ -1,0 +1,159 @@
+"""The CLI's commands as importable functions: train, evaluate, generate, info, bench."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from compactlm.config import ConfigError, apply_overrides, from_json, make_config
+from compactlm.data import DataError
+from compactlm.train.checkpoint import CheckpointError
+from compactlm.train.loop import TrainingDiverged
+
+# Exceptions that are the user's input, reported as one line with exit code 2 (no traceback).
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampleConfig:
+    """Options of `compactlm generate` (and the sample printed after `train`)."""
+
+    prompt: str = "def "  # text the sample continues
+    max_new_tokens: int = 200  # tokens to sample after the prompt
+    temperature: float = 0.8  # softmax temperature; 0 = greedy
+    top_k: int = 50  # keep the k most likely tokens (0 = off)
+    top_p: float = 0.95  # nucleus: smallest set with this much probability (1 = off)
+    seed: int = 0  # sampling RNG seed
+
+
+def _print_kv(title: str, rows: dict) -> None:
+    print(title)
+    for key, value in rows.items():
+        print(f"  {key:<28} {value}")
+
+
+def _sample(trainer, sample: SampleConfig) -> str:
+    from compactlm.models.generate import generate as generate_tokens
+
+    tok = trainer.data.tokenizer
+    prompt_ids = tok.encode(sample.prompt)
+    model = trainer.program.model(trainer.state)
+    out = generate_tokens(
+        model,
+        prompt_ids,
+        max_new_tokens=sample.max_new_tokens,
+        temperature=sample.temperature,
+        top_k=sample.top_k,
+        top_p=sample.top_p,
+        seed=sample.seed,
+        eos_id=tok.eos_id,
+    )
+    return tok.decode(out)
+
+
+def _report_eval(trainer, label: str) -> dict:
+    from compactlm.eval.baselines import compression_bpb
+
+    ev = trainer.evaluate(max_tokens=0)
+    base = compression_bpb(trainer.data.val_text)
+    _print_kv(
+        f"{label} ({trainer.cfg.data.corpus}, {int(ev['tokens']):,} tokens, "
+        f"{int(base['bytes']):,} bytes)",
+        {
+            "loss (nats/token)": f"{ev['loss']:.4f}",
+            "perplexity": f"{ev['ppl']:.3f}",
+            "bits per byte (model)": f"{ev['bpb']:.4f}",
+            "bits per byte (gzip -9)": f"{base['gzip']:.4f}",
+            "bits per byte (xz -9)": f"{base['xz']:.4f}",
+            "bits per byte (bzip2 -9)": f"{base['bz2']:.4f}",
+        },
+    )
+    return {**ev, **{f"baseline/{k}": v for k, v in base.items()}}
+
+
+def train(
+    preset: str, overrides: Sequence[str], *, workdir: str | None = None, dry_run: bool = False
+) -> int:
+    """Train (or resume) a run; then print the validation bpb beside gzip/xz and a sample."""
+    from compactlm.config import to_json
+    from compactlm.models.footprint import count_params
+    from compactlm.train.loop import Trainer, resolve_vocab
+
+    cfg = make_config(preset, overrides)
+    workdir = workdir or f"runs/{preset}"
+    if dry_run:
+        from compactlm.data import ByteTokenizer
+
+        vocab = ByteTokenizer().vocab_size if cfg.data.tokenizer == "byte" else cfg.data.bpe_vocab_size
+        cfg = resolve_vocab(cfg, vocab)
+        print(to_json(cfg))
+        counts = count_params(cfg.model)
+        print(f"parameters: {counts['total']:,} (embedding {counts['embedding']:,}, "
+              f"non-embedding {counts['non_embedding']:,}); workdir: {workdir}")
+        return 0
+    trainer = Trainer(cfg, workdir)
+    trainer.restore_or_init()
+    summary = trainer.train()
+    if summary["status"] != "done":
+        return 0
+    results = _report_eval(trainer, f"validation after step {summary['step']}")
+    (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    sample = SampleConfig()
+    print(f"\nsample (prompt {sample.prompt!r}, temperature {sample.temperature}):")
+    print(sample.prompt + _sample(trainer, sample))
+    return 0
+
+
+def _load_run(run_dir: str, overrides: Sequence[str]):
+    from compactlm.train.loop import Trainer
+
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {run_dir!r} a compactlm run directory?")
+    cfg = apply_overrides(from_json(config_path.read_text()), overrides)
+    trainer = Trainer(cfg, run_dir, readonly=True)
+    trainer.restore_or_init(require_checkpoint=True)
+    return trainer
+
+
+def evaluate(run_dir: str, overrides: Sequence[str]) -> int:
+    trainer = _load_run(run_dir, overrides)
+    _report_eval(trainer, f"validation at step {int(trainer.state.step)}")
+    return 0
+
+
+def generate(run_dir: str, args: Sequence[str]) -> int:
+    sample = apply_overrides(SampleConfig(), args)
+    trainer = _load_run(run_dir, [])
+    text = _sample(trainer, sample)
+    print(sample.prompt + text)
+    return 0
+
+
+def info(preset: str | None, overrides: Sequence[str]) -> int:
+    from compactlm.config import PRESETS
+    from compactlm.eval.report import info_table
+
+    names = [preset] if preset else list(PRESETS)
+    configs = {name: make_config(name, overrides if preset else ()) for name in names}
+    print(info_table(configs))
+    return 0
+
+
+def bench_train(preset: str, overrides: Sequence[str]) -> int:
+    from compactlm.eval.bench import bench_train as run_bench
+
+    run_bench(make_config(preset, overrides))
+    return 0
+
+
+def bench_kernels(formats, shapes, ms, out: str) -> int:
+    from compactlm.eval import bench_kernels as bk
+
+    kwargs = {k: v for k, v in dict(formats=formats, shapes=shapes, ms=ms).items() if v}
+    bk.run(out_dir=out, **kwargs)
+    return 0
+
+

@@ -1,0 +1,288 @@
+"""The training loop: data, sharded state, checkpoints, exact resume, metrics, progress, signals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+
+from compactlm.train import checkpoint as ckpt
+from compactlm.train.mesh import (
+    batch_divisor,
+    batch_sharding,
+    make_mesh,
+    maybe_initialize_distributed,
+    shard_batch,
+)
+from compactlm.train.optim import make_optimizer, make_schedule
+from compactlm.train.step import Program, TrainState, abstract_state, build, init_state
+
+if TYPE_CHECKING:
+    from compactlm.config import Config
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    steps: int = 3000  # optimizer steps; tiny: 3000 x 16 x 256 = 12M tokens, ~1 epoch of pystdlib
+    batch_size: int = 16  # sequences per optimizer step (global, over all devices)
+    seq_len: int = 256  # tokens per sequence (context length used in training)
+    grad_accum: int = 1  # micro-batches per step; batch_size must divide by it
+    seed: int = 0  # parameters, data order and RNG all derive from it
+    z_loss: float = 0.0  # PaLM z-loss coefficient (1e-4 helps bf16 stability; 0 = off)
+    log_every: int = 25  # steps between metrics.jsonl / TensorBoard / progress-bar updates
+    eval_every: int = 500  # steps between validation evaluations (0 = only at the end)
+    eval_tokens: int = 131072  # validation tokens scored at periodic evals (0 = all); final is all
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 3  # most recent checkpoints kept
+    progress: bool = True  # tqdm progress bar (tokens/s, loss, ETA) on stderr
+    tensorboard: bool = True  # TensorBoard event files under RUN_DIR/tb
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} must be divisible by "
+                f"train.grad_accum={self.grad_accum}"
+            )
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradient became NaN/Inf; names the step and the last good checkpoint."""
+
+
+# Keys whose change is allowed when re-running a train command on an existing run directory:
+# they extend or re-instrument the run without changing what the first N steps computed.
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_tokens",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress",
+                     "train.tensorboard")
+
+
+class _StopSignal:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and returns at the next step."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under some test runners)
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # a second Ctrl-C: stop without waiting
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def resolve_vocab(cfg: Config, vocab_size: int) -> Config:
+    """Set model.vocab_size from the tokenizer, padded to a multiple of 64 (divides any tensor
+    axis up to 64 and keeps logits matmuls aligned, as nanoGPT's 50304)."""
+    padded = int(math.ceil(vocab_size / 64) * 64)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=padded))
+
+
+def _check_resume(saved: Config, cfg: Config) -> Config:
+    from compactlm.config import ConfigError, diff
+
+    changes = diff(saved, cfg)
+    bad = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+    if bad:
+        detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in bad.items())
+        raise ConfigError(
+            f"the run directory holds a run with a different config ({detail}); use a new "
+            f"workdir, or change only {', '.join(RESUMABLE_CHANGES)} when resuming"
+        )
+    return cfg
+
+
+class Trainer:
+    """Owns a run directory: builds everything from a config and trains / evaluates it."""
+
+    def __init__(self, cfg: Config, workdir: str | Path, *, readonly: bool = False) -> None:
+        """readonly: load an existing run (eval / generate) without writing into its directory."""
+        from compactlm.config import from_json, to_json
+        from compactlm.data import prepare_data
+
+        maybe_initialize_distributed(cfg.mesh)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data = prepare_data(cfg.data, run_dir=self.workdir)
+        cfg = resolve_vocab(cfg, self.data.tokenizer.vocab_size)
+        config_path = self.workdir / "config.json"
+        if config_path.exists() and not readonly:
+            cfg = _check_resume(from_json(config_path.read_text()), cfg)
+        if jax.process_index() == 0 and not readonly:
+            config_path.write_text(to_json(cfg) + "\n")
+            (self.workdir / "data_split.json").write_text(
+                json.dumps(self.data.split, indent=2, sort_keys=True, default=str) + "\n"
+            )
+        self.cfg = cfg
+        t = cfg.train
+        self.mesh = make_mesh(cfg.mesh)
+        if (t.batch_size // t.grad_accum) % batch_divisor(self.mesh):
+            raise ValueError(
+                f"micro-batch {t.batch_size // t.grad_accum} is not divisible by the "
+                f"data x fsdp mesh size {batch_divisor(self.mesh)}"
+            )
+        self.tx = make_optimizer(cfg.optim, t.steps)
+        self.schedule = make_schedule(cfg.optim, t.steps)
+        self.program: Program = build(
+            cfg.model, self.tx, self.mesh, z_loss=t.z_loss, grad_accum=t.grad_accum,
+            batch_sharding=batch_sharding(self.mesh),
+        )
+        self.manager = ckpt.make_manager(self.workdir, max_to_keep=t.keep_checkpoints)
+        self.state: TrainState | None = None
+
+    # -- state -----------------------------------------------------------------------------
+    def restore_or_init(self, *, require_checkpoint: bool = False) -> TrainState:
+        seed = self.cfg.train.seed
+        if require_checkpoint and ckpt.latest_step(self.manager) is None:
+            raise ckpt.CheckpointError(f"no checkpoint found in {self.manager.directory}")
+        if ckpt.latest_step(self.manager) is not None:
+            target = abstract_state(self.program, self.cfg.model, seed=seed)
+            self.state, _, _ = ckpt.restore(self.manager, target)
+        else:
+            self.state = init_state(self.program, self.cfg.model, seed=seed)
+        return self.state
+
+    def save(self, metrics: dict | None = None) -> Path:
+        from compactlm.config import to_dict
+
+        step = int(self.state.step)
+        meta = {"step": step, "seed": self.cfg.train.seed, "time": time.time(),
+                "metrics": metrics or {}}
+        ckpt.save(self.manager, step, self.state, meta, to_dict(self.cfg))
+        return Path(self.manager.directory) / str(step)
+
+    # -- data ------------------------------------------------------------------------------
+    def batch(self, step: int) -> jax.Array:
+        from compactlm.data import get_batch
+
+        t = self.cfg.train
+        tokens = get_batch(
+            self.data.train_tokens, seed=t.seed, step=step, batch_size=t.batch_size,
+            seq_len=t.seq_len,
+        )
+        tokens = tokens.reshape(t.grad_accum, t.batch_size // t.grad_accum, t.seq_len + 1)
+        sharding = jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec(None, *self.program.batch_sharding.spec)
+        )
+        return shard_batch(tokens, sharding)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, max_tokens: int = 0) -> dict[str, float]:
+        from compactlm.eval.perplexity import evaluate_tokens
+
+        t = self.cfg.train
+        return evaluate_tokens(
+            self.program, self.state, self.data.val_tokens,
+            byte_lengths=self.data.tokenizer.token_byte_lengths(),
+            batch_size=t.batch_size // t.grad_accum, seq_len=t.seq_len, max_tokens=max_tokens,
+        )
+
+    # -- training --------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Train to cfg.train.steps from wherever the run directory is; returns a summary."""
+        from compactlm.train.metrics import MetricsWriter, Progress
+
+        t = self.cfg.train
+        state = self.state if self.state is not None else self.restore_or_init()
+        start = int(state.step)
+        tokens_per_step = t.batch_size * t.seq_len
+        writer = MetricsWriter(self.workdir, tensorboard=t.tensorboard)
+        progress = Progress(total=t.steps, initial=start, enabled=t.progress)
+        last_ckpt = ckpt.latest_step(self.manager)
+        summary: dict[str, Any] = {"start_step": start, "status": "done"}
+        pending: tuple[int, dict] | None = None  # metrics of the step in flight (one-step lag)
+        window_start, window_tokens = time.perf_counter(), 0
+
+        def flush(step: int, metrics: dict) -> None:
+            nonlocal window_start, window_tokens
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(math.isfinite(v) for v in host.values()):
+                where = (f"last good checkpoint: step {last_ckpt} in {self.manager.directory}"
+                         if last_ckpt is not None else "no checkpoint was saved yet")
+                raise TrainingDiverged(
+                    f"non-finite loss/gradient at step {step} ({host}); {where}"
+                )
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.perf_counter()
+                tps = window_tokens / max(now - window_start, 1e-9)
+                window_start, window_tokens = now, 0
+                record = {"step": step, "train/loss": host["loss"], "train/nll": host["nll"],
+                          "lr": float(self.schedule(step - 1)), "grad_norm": host["grad_norm"],
+                          "tokens/s": tps}
+                writer.write(record)
+                progress.update_to(step, loss=host["loss"], tps=tps)
+
+        with _StopSignal() as stop:
+            for step in range(start, t.steps):
+                batch = self.batch(step)
+                state, metrics = self.program.train_step(state, batch)
+                self.state = state
+                window_tokens += tokens_per_step
+                if pending is not None:
+                    flush(*pending)
+                pending = (step + 1, metrics)
+                done = step + 1
+                if t.eval_every and done % t.eval_every == 0 and done < t.steps:
+                    flush(*pending)
+                    pending = None
+                    ev = self.evaluate(max_tokens=t.eval_tokens)
+                    writer.write({"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
+                    progress.note(f"step {done}: eval loss {ev['loss']:.4f} bpb {ev['bpb']:.3f}")
+                if (t.checkpoint_every and done % t.checkpoint_every == 0) or stop.received:
+                    if pending is not None:
+                        flush(*pending)
+                        pending = None
+                    self.save()
+                    last_ckpt = done
+                if stop.received:
+                    progress.close()
+                    print(f"\n{stop.received}: stopped at step {done}; checkpoint saved in "
+                          f"{self.manager.directory}. Re-run the same command to resume.",
+                          file=sys.stderr)
+                    summary.update(status="interrupted", step=done)
+                    writer.close()
+                    return summary
+            if pending is not None:
+                flush(*pending)
+        progress.close()
+        if ckpt.latest_step(self.manager) != int(self.state.step):
+            self.save()
+        summary["step"] = int(self.state.step)
+        writer.close()
+        return summary
+
+
+def run(cfg: Config, workdir: str | Path) -> Trainer:
+    """Train (or resume) the run in `workdir`; returns the Trainer holding the final state."""
+    trainer = Trainer(cfg, workdir)
+    trainer.restore_or_init()
+    trainer.summary = trainer.train()
+    return trainer
+
+
+def load_metrics(workdir: str | Path) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+

@@ -1,0 +1,86 @@
+"""AdamW with warmup + decay schedule, global-norm clipping and a weight-decay mask (optax)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr: float = 3e-3  # peak learning rate; small byte-level models tolerate ~3e-3 (nanoGPT char: 1e-3)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    warmup_steps: int = 100  # linear warmup from 0 (Adam's second moment is noisy early)
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (Chinchilla/Llama use 0.1)
+    b1: float = 0.9
+    b2: float = 0.95  # 0.95 rather than 0.999: more stable for LMs at small batch (Llama, GPT-3)
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW); applied to matrices only, see decay_* below
+    decay_embeddings: bool = False  # decay the embedding table too (off: sparse rows get shrunk)
+    decay_norms: bool = False  # decay RMSNorm scales too (off: they are gains, not weights)
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("min_lr_ratio must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise ValueError("warmup_steps must be >= 0")
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `lr`, then cosine / linear decay to `lr * min_lr_ratio` at `total_steps`."""
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    end = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, warmup + decay_steps, end)
+    if cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.lr, end, decay_steps)
+    else:
+        decay = optax.constant_schedule(cfg.lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def _path_names(path: tuple[Any, ...]) -> list[str]:
+    names = []
+    for p in path:
+        key = getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))
+        names.append(str(key))
+    return names
+
+
+def decay_mask(cfg: OptimConfig, params: Any) -> Any:
+    """True where weight decay applies: matrices; embeddings / norm scales only when asked."""
+
+    def keep(path: tuple[Any, ...], leaf: Any) -> bool:
+        names = [n.lower() for n in _path_names(path)]
+        if any("norm" in n for n in names):
+            return cfg.decay_norms
+        if any("embed" in n for n in names):
+            return cfg.decay_embeddings
+        return getattr(leaf, "ndim", 0) >= 2
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    schedule = make_schedule(cfg, total_steps)
+    chain = []
+    if cfg.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+    chain.append(
+        optax.adamw(
+            schedule,
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=lambda p: decay_mask(cfg, p),
+        )
+    )
+    return optax.chain(*chain)

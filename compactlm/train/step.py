@@ -1,0 +1,163 @@
+"""The train state, its sharded initialisation, and the one jitted train step / eval step.
+
+The model lives as `(graphdef, params, frozen)`: `params` is the trainable filter's state
+(`nnx.Param` for full training; `nnx.LoRAParam` for adapters), `frozen` everything else. The step
+is a pure function of (state, batch) compiled once with `jax.jit` over those states and merged
+back into the NNX module inside the trace (`nnx.merge`), which avoids `nnx.jit`'s per-call
+graph traversal: on the 0.8M model a step is a few ms, so Python overhead matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from compactlm.models.transformer import ModelConfig, Transformer
+from compactlm.train.loss import cross_entropy, summed_nll
+
+Filter = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken (= data position: batches are f(seed, step))
+    params: nnx.State  # trainable
+    frozen: nnx.State  # everything else the model holds
+    opt_state: optax.OptState
+    rng: jax.Array  # uint32[2] raw key data (stochastic regularisers; saved for exact resume)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What the loop needs: the static graph, the optimizer, shardings and compiled functions."""
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    mesh: Mesh
+    state_sharding: Any
+    batch_sharding: NamedSharding
+    train_step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+    eval_step: Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+    def model(self, state: TrainState) -> nnx.Module:
+        return nnx.merge(self.graphdef, state.params, state.frozen)
+
+
+def _is_spec(x: Any) -> bool:
+    return isinstance(x, PartitionSpec)
+
+
+def _shardings(mesh: Mesh, abstract_state: nnx.State) -> Any:
+    specs = nnx.get_partition_spec(abstract_state)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
+
+
+def abstract_model(model_cfg: ModelConfig, seed: int = 0) -> nnx.Module:
+    return nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)))
+
+
+def build(
+    model_cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    trainable: Filter = nnx.Param,
+    z_loss: float = 0.0,
+    grad_accum: int = 1,
+    batch_sharding: NamedSharding,
+) -> Program:
+    """Shapes, shardings and the compiled step functions; no arrays are allocated here."""
+    graphdef, abs_params, abs_frozen = nnx.split(abstract_model(model_cfg), trainable, ...)
+    param_sh = _shardings(mesh, abs_params)
+    frozen_sh = _shardings(mesh, abs_frozen)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abs_opt = jax.eval_shape(tx.init, abs_params)
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, sh: sh, abs_opt, param_sh, transform_non_params=lambda _: replicated
+    )
+    state_sharding = TrainState(
+        step=replicated, params=param_sh, frozen=frozen_sh, opt_state=opt_sh, rng=replicated
+    )
+
+    def loss_fn(params: nnx.State, frozen: nnx.State, tokens_BT1: jax.Array):
+        model = nnx.merge(graphdef, params, frozen)
+        logits_BTV = model(tokens_BT1[:, :-1])
+        return cross_entropy(logits_BTV, tokens_BT1[:, 1:], z_loss=z_loss)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, tokens_ABT1: jax.Array):
+        """tokens [A, B/A, T+1]: A micro-batches whose gradients are averaged (accumulation)."""
+        if grad_accum == 1:
+            (loss, metrics), grads = grad_fn(state.params, state.frozen, tokens_ABT1[0])
+        else:
+
+            def micro(acc, tokens_BT1):
+                (loss, metrics), grads = grad_fn(state.params, state.frozen, tokens_BT1)
+                return jax.tree.map(jnp.add, acc, (loss, metrics, grads)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {"nll": jnp.float32(0)}, state.params))
+            if z_loss:
+                zeros[1]["z_loss"] = jnp.float32(0)
+            total, _ = jax.lax.scan(micro, zeros, tokens_ABT1)
+            loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, total)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    def eval_step(params, frozen, tokens_BT1, mask_BT):
+        model = nnx.merge(graphdef, params, frozen)
+        return summed_nll(model(tokens_BT1[:, :-1]), tokens_BT1[:, 1:], mask_BT)
+
+    accum_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))
+    jit_train = jax.jit(
+        train_step,
+        in_shardings=(state_sharding, accum_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0,
+    )
+    jit_eval = jax.jit(
+        eval_step,
+        in_shardings=(param_sh, frozen_sh, batch_sharding, batch_sharding),
+        out_shardings=replicated,
+    )
+    return Program(graphdef, tx, mesh, state_sharding, batch_sharding, jit_train, jit_eval)
+
+
+def init_state(
+    program: Program, model_cfg: ModelConfig, *, seed: int, trainable: Filter = nnx.Param
+) -> TrainState:
+    """Fresh parameters created directly in their shards (never materialised on one device)."""
+
+    def init() -> TrainState:
+        model = Transformer(model_cfg, rngs=nnx.Rngs(seed))
+        _, params, frozen = nnx.split(model, trainable, ...)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            frozen=frozen,
+            opt_state=program.tx.init(params),
+            rng=jax.random.key_data(jax.random.key(seed + 1)),
+        )
+
+    return jax.jit(init, out_shardings=program.state_sharding)()
+
+
+def abstract_state(program: Program, model_cfg: ModelConfig, *, seed: int, trainable: Filter = nnx.Param):
+    """ShapeDtypeStructs with shardings: the restore target for checkpoints."""
+    shapes = jax.eval_shape(
+        lambda: init_state(program, model_cfg, seed=seed, trainable=trainable)
+    )
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, program.state_sharding
+    )
