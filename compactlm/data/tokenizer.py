@@ -42,10 +42,7 @@ class Tokenizer(Protocol):
 
 class _SpecialsMixin:
     n_base: int  # ordinary tokens; specials are n_base, n_base + 1, ...
-
-    @property
-    def vocab_size(self) -> int:
-        return self.n_base + len(SPECIAL_TOKENS)
+    vocab_size: int  # >= n_base + specials; ids past the specials are unused (decode to "")
 
     @property
     def eos_id(self) -> int:
@@ -65,7 +62,7 @@ class _SpecialsMixin:
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             bad = ids[(ids < 0) | (ids >= self.vocab_size)][:5].tolist()
             raise ValueError(f"token ids {bad} outside the vocabulary [0, {self.vocab_size})")
-        return ids[ids < self.n_base]
+        return ids[ids < self.n_base]  # specials and unused ids are not text
 
     def fingerprint(self) -> str:
         """sha256 of the saved form: equal fingerprints tokenize identically (cache keys use it)."""
@@ -87,6 +84,7 @@ class ByteTokenizer(_SpecialsMixin):
 
     kind = "byte"
     n_base = 256
+    vocab_size = 256 + len(SPECIAL_TOKENS)
 
     def encode(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
@@ -124,9 +122,13 @@ class BpeTokenizer(_SpecialsMixin):
 
     kind = "bpe"
 
-    def __init__(self, hf_tokenizer) -> None:
+    def __init__(self, hf_tokenizer, vocab_size: int | None = None) -> None:
         self._tok = hf_tokenizer
         self.n_base = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        # A small corpus can run out of merges before the requested size; the vocabulary is still
+        # reported at the requested size (ids past the specials unused) so that a model built
+        # from the config alone matches the tokenizer.
+        self.vocab_size = max(vocab_size or 0, self.n_base + len(SPECIAL_TOKENS))
 
     @classmethod
     def train(cls, texts: list[str], *, vocab_size: int, min_frequency: int = 2) -> BpeTokenizer:
@@ -150,7 +152,7 @@ class BpeTokenizer(_SpecialsMixin):
             show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
-        return cls(tok)
+        return cls(tok, vocab_size)
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
@@ -171,7 +173,8 @@ class BpeTokenizer(_SpecialsMixin):
         return lengths
 
     def _serialize(self) -> str:
-        return self._tok.to_str()
+        hf = json.loads(self._tok.to_str())
+        return json.dumps({"compactlm_tokenizer": "bpe", "vocab_size": self.vocab_size, "hf": hf})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BpeTokenizer) and self._serialize() == other._serialize()
@@ -194,12 +197,15 @@ def load_tokenizer(directory: str | os.PathLike) -> ByteTokenizer | BpeTokenizer
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise DataError(f"no tokenizer saved in {str(directory)!r} (expected {path.name})")
-    text = path.read_text(encoding="utf-8")
-    if json.loads(text).get("compactlm_tokenizer") == "byte":
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    kind = saved.get("compactlm_tokenizer")
+    if kind == "byte":
         return ByteTokenizer()
-    from tokenizers import Tokenizer as HFTokenizer
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
 
-    return BpeTokenizer(HFTokenizer.from_str(text))
+        return BpeTokenizer(HFTokenizer.from_str(json.dumps(saved["hf"])), saved["vocab_size"])
+    raise DataError(f"{path} is not a compactlm tokenizer (kind {kind!r}; valid: 'byte', 'bpe')")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,0 +1,155 @@
+"""Tokenizers: exact UTF-8 round trip, lossy decode of invalid bytes, save/load, determinism."""
+
+import random
+
+import numpy as np
+import pytest
+
+from compactlm.data import (
+    SPECIAL_TOKENS,
+    BpeTokenizer,
+    ByteTokenizer,
+    DataConfig,
+    DataError,
+    load_corpus,
+    load_tokenizer,
+    make_tokenizer,
+)
+
+_TRICKY = [
+    "",
+    " ",
+    "  leading spaces",
+    "trailing spaces   ",
+    "\x00null\x00bytes\x00",
+    "crlf\r\nline\rcr\n",
+    "\u0301lone combining mark first, then a\u0301\u0327",
+    "emoji 🎉👩‍👩‍👧‍👦 flags 🇯🇵 skin 👍🏽",
+    "CJK 漢字かなカナ한국어, RTL עברית العربية",
+    "\ttabs\t\tand\u00a0nbsp\u2028line sep\ufeffbom",
+    "literal specials <|eos|><|pad|><|bos|> stay text",
+    "def f(x):\n    return x  # code\n",
+    "\U0010ffff max code point \ue000 private use",
+]
+
+
+def _random_text(rng: random.Random, n: int) -> str:
+    """Random code points from everywhere (no surrogates: they are not valid UTF-8)."""
+    pools = [
+        (0x00, 0x7F),
+        (0x80, 0x7FF),
+        (0x300, 0x36F),  # combining marks
+        (0x4E00, 0x9FFF),  # CJK
+        (0x1F300, 0x1FAFF),  # emoji
+        (0x0, 0x10FFFF),
+    ]
+    out = []
+    while len(out) < n:
+        lo, hi = rng.choice(pools)
+        cp = rng.randint(lo, hi)
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        out.append(chr(cp))
+        if rng.random() < 0.1:
+            out.append(rng.choice([" ", "  ", "\n", "\r\n", "\t"]))
+    return "".join(out)
+
+
+def _cases() -> list[str]:
+    rng = random.Random(1234)
+    return _TRICKY + [_random_text(rng, rng.randint(1, 300)) for _ in range(150)]
+
+
+@pytest.fixture(scope="module")
+def bpe() -> BpeTokenizer:
+    docs = load_corpus("pydocs", max_corpus_bytes=200_000)
+    return BpeTokenizer.train([d.text for d in docs], vocab_size=512)
+
+
+def _roundtrip(tok, text: str) -> None:
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32
+    assert ids.size == 0 or (ids.min() >= 0 and ids.max() < tok.vocab_size)
+    assert not np.isin(ids, [tok.eos_id, tok.pad_id, tok.bos_id]).any()
+    assert tok.decode(ids) == text
+    assert tok.token_byte_lengths()[ids].sum() == len(text.encode("utf-8"))
+
+
+def test_byte_roundtrip_arbitrary_utf8() -> None:
+    tok = ByteTokenizer()
+    for text in _cases():
+        _roundtrip(tok, text)
+        np.testing.assert_array_equal(tok.encode(text), np.frombuffer(text.encode(), np.uint8))
+
+
+def test_bpe_roundtrip_arbitrary_utf8(bpe: BpeTokenizer) -> None:
+    for text in _cases():
+        _roundtrip(bpe, text)
+    batch = _cases()[:40]
+    for text, ids in zip(batch, bpe.encode_batch(batch), strict=True):
+        np.testing.assert_array_equal(ids, bpe.encode(text))
+
+
+def test_bpe_compresses(bpe: BpeTokenizer) -> None:
+    text = load_corpus("pydocs")[0].text
+    assert bpe.encode(text).size < 0.5 * len(text.encode())
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_decode_invalid_utf8_replaces(kind: str, bpe: BpeTokenizer) -> None:
+    tok = ByteTokenizer() if kind == "byte" else bpe
+    ids = tok.encode("é漢🎉")
+    # Drop the final token: the text ends in the middle of a multi-byte character.
+    cut = tok.decode(ids[:-1])
+    assert cut.startswith("é") and cut.endswith("\ufffd")
+    # Specials are not text.
+    assert tok.decode(np.concatenate([[tok.eos_id], ids, [tok.pad_id, tok.bos_id]])) == "é漢🎉"
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_decode_rejects_out_of_vocab_ids(kind: str, bpe: BpeTokenizer) -> None:
+    tok = ByteTokenizer() if kind == "byte" else bpe
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([1, tok.vocab_size])
+
+
+def test_special_ids_follow_vocab(bpe: BpeTokenizer) -> None:
+    byte = ByteTokenizer()
+    assert byte.vocab_size == 256 + len(SPECIAL_TOKENS)
+    assert (byte.eos_id, byte.pad_id, byte.bos_id) == (256, 257, 258)
+    assert bpe.vocab_size == 512
+    assert (bpe.eos_id, bpe.pad_id, bpe.bos_id) == (509, 510, 511)
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_save_load_equal(kind: str, bpe: BpeTokenizer, tmp_path) -> None:
+    tok = ByteTokenizer() if kind == "byte" else bpe
+    tok.save(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert type(loaded) is type(tok) and loaded == tok
+    assert loaded.fingerprint() == tok.fingerprint()
+    for text in _TRICKY:
+        np.testing.assert_array_equal(loaded.encode(text), tok.encode(text))
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]  # no temp files left
+
+
+def test_load_missing_tokenizer(tmp_path) -> None:
+    with pytest.raises(DataError, match="no tokenizer saved"):
+        load_tokenizer(tmp_path)
+
+
+def test_bpe_training_is_deterministic(bpe: BpeTokenizer) -> None:
+    docs = load_corpus("pydocs", max_corpus_bytes=200_000)
+    again = BpeTokenizer.train([d.text for d in docs], vocab_size=512)
+    assert again.fingerprint() == bpe.fingerprint()
+
+
+def test_make_tokenizer_from_config() -> None:
+    assert isinstance(make_tokenizer(DataConfig(tokenizer="byte"), []), ByteTokenizer)
+    tok = make_tokenizer(DataConfig(tokenizer="bpe", bpe_vocab_size=300), ["hello world " * 50])
+    # Far fewer merges exist than requested: the vocabulary is still the configured size.
+    assert isinstance(tok, BpeTokenizer) and tok.n_base < 297 and tok.vocab_size == 300
+    assert tok.decode([tok.n_base + 5, *tok.encode("hello")]) == "hello"  # unused id: no text
+    assert tok.token_byte_lengths().shape == (300,)
+    with pytest.raises(DataError, match="too small"):
+        make_tokenizer(DataConfig(tokenizer="bpe", bpe_vocab_size=100), ["x"])
