@@ -271,11 +271,19 @@ def dequantize_fp4(qweight, absmax, *, group_size: int | None = None):
 
 
 def quantize(
-    w, format: Format = "int4", group_size: int | None = None, *, symmetric: bool = True, **kw
+    w,
+    format: Format = "int4",
+    group_size: int | None | Literal["default"] = "default",
+    *,
+    symmetric: bool = True,
+    **kw,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
-    """Quantize ``w[K, N]`` in any 4-bit format → ``(qweight, scales, zeros | None)``."""
+    """Quantize ``w[K, N]`` in any 4-bit format → ``(qweight, scales, zeros | None)``.
+
+    ``group_size``: ``"default"`` (int4: 128, NF4 / FP4: 64), an int, or None for per-channel.
+    """
     check_format(format)
-    g = DEFAULT_GROUP_SIZE[format] if group_size is None else group_size
+    g = DEFAULT_GROUP_SIZE[format] if group_size == "default" else group_size
     if format == "int4":
         return quantize_int4(w, g, symmetric=symmetric, **kw)
     if not symmetric:
