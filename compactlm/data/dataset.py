@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -82,13 +82,15 @@ class Data:
 
     # 1-D uint16 (uint32 if vocab > 65536) read-only memmaps. Layout: <eos> doc <eos> doc ... <eos>
     # so every document token, and every document end, is a prediction target.
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
+    train_tokens: np.ndarray = field(repr=False)
+    val_tokens: np.ndarray = field(repr=False)
     tokenizer: ByteTokenizer | BpeTokenizer
     train_bytes: int  # UTF-8 bytes of the training text
     val_bytes: int  # UTF-8 bytes of the validation text: bits/byte = nats / ln 2 / val_bytes
-    val_text: str  # the validation documents concatenated (compression baselines use it)
-    split: dict  # JSON-able record of the split; the lead writes it into the run's metadata
+    # The validation documents concatenated (compression baselines use it).
+    val_text: str = field(repr=False)
+    # JSON-able record of the split (corpus hash, validation ids, byte counts) for run metadata.
+    split: dict = field(repr=False)
     cache_key: str  # sha256 naming the token cache directory
     cache_hit: bool  # True when the tokens were read from the cache, not tokenized now
 
