@@ -273,10 +273,10 @@ def batch_offsets(
             f"{n_tokens} tokens are too few for seq_len={seq_len} (need at least {seq_len + 1}); "
             "use a bigger corpus or a shorter sequence"
         )
-    mask = (1 << 64) - 1
-    key = _splitmix64(np.array([seed & mask], np.uint64))
-    key = _splitmix64(key ^ np.uint64(step & mask))
-    rows = np.arange(row_start, row_start + batch_size, dtype=np.uint64)
+    mask = (1 << 64) - 1  # int(): accept numpy / jax integer scalars; & mask: negative seeds
+    key = _splitmix64(np.array([int(seed) & mask], np.uint64))
+    key = _splitmix64(key ^ np.uint64(int(step) & mask))
+    rows = np.arange(int(row_start), int(row_start) + batch_size, dtype=np.uint64)
     # Modulo bias is n_starts / 2**64 < 1e-12 for any corpus that fits on disk.
     return (_splitmix64(key + rows) % np.uint64(n_starts)).astype(np.int64)
 

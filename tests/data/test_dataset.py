@@ -169,3 +169,14 @@ def test_eval_covered_bytes_matches_decode(tmp_path) -> None:
     n = 777
     text = data.tokenizer.decode(data.val_tokens[1:n])
     assert covered_bytes(data.tokenizer, data.val_tokens, max_tokens=n) == len(text.encode())
+
+
+def test_pystdlib_default_split_size(tmp_path) -> None:
+    data = prepare_data(DataConfig(cache_dir=str(tmp_path / "cache")))  # the default corpus
+    assert data.split["corpus"] == "pystdlib" and data.split["mode"] == "documents"
+    assert 200_000 < data.val_bytes < 400_000  # quick to evaluate, big enough to be stable
+    assert data.train_tokens.size == data.train_bytes + data.split["train_docs"] + 1
+    b = get_batch(data.train_tokens, seed=np.int64(2), step=np.int32(7), batch_size=2, seq_len=8)
+    np.testing.assert_array_equal(
+        b, get_batch(data.train_tokens, seed=2, step=7, batch_size=2, seq_len=8)
+    )
