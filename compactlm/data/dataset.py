@@ -1,3 +1,4 @@
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
 """DataConfig, the tokenized-corpus cache, and batches that are pure functions of (seed, step)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
+from jaxtyping import Bool, Int32, Integer
 
 from compactlm.data.corpus import DataError, Document, corpus_fingerprint, load_corpus, split_corpus
 from compactlm.data.tokenizer import (
@@ -282,8 +284,14 @@ def batch_offsets(
 
 
 def get_batch(
-    tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int, row_start: int = 0
-) -> np.ndarray:
+    tokens: Integer[np.ndarray, " N"],
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    seq_len: int,
+    row_start: int = 0,
+) -> Int32[np.ndarray, "B T+1"]:
     """[batch_size, seq_len + 1] int32 windows at random offsets: inputs [:, :-1], targets [:, 1:].
 
     A pure function of (seed, step): a counter-based hash (SplitMix64 of seed, step, row) picks
@@ -308,12 +316,12 @@ class EvalBatch(NamedTuple):
     """tokens [B, T+1] int32 (pad where unused); mask [B, T] bool: which targets tokens[:, 1:]
     to score. Summed over all batches, the mask selects every target exactly once."""
 
-    tokens: np.ndarray
-    mask: np.ndarray
+    tokens: Int32[np.ndarray, "B T+1"]
+    mask: Bool[np.ndarray, "B T"]
 
 
 def eval_batches(
-    tokens: np.ndarray,
+    tokens: Integer[np.ndarray, " N"],
     *,
     batch_size: int,
     seq_len: int,
