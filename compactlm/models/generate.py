@@ -1,0 +1,127 @@
+"""Autoregressive sampling (greedy, temperature, top-k, top-p) with the KV cache."""
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from compactlm.models.transformer import Transformer
+
+
+def sample_logits(
+    logits_BV: Float[Array, "B V"],
+    rng: jax.Array,
+    temperature: float | jax.Array = 1.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
+) -> Int[Array, " B"]:
+    """One token per row. temperature 0 → argmax; top_k 0 and top_p 1.0 switch those filters off.
+
+    Filters apply in the order top-k, then top-p on the temperature-scaled distribution (the
+    order of HF transformers' and llama.cpp's defaults). top-p keeps the minimal nucleus (Holtzman
+    et al. 2020): the most likely tokens whose cumulative probability first reaches top_p; a
+    token is kept iff the mass strictly before it (in descending order) is < top_p, so the top
+    token always survives. Tokens tied with the last kept logit are kept too.
+    temperature and top_p may be traced; top_k is static (lax.top_k needs a static k).
+    """
+    logits_BV = logits_BV.astype(jnp.float32)
+    greedy_B = jnp.argmax(logits_BV, axis=-1)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    scaled_BV = logits_BV / jnp.maximum(temperature, 1e-6)
+    neg_inf = jnp.finfo(jnp.float32).min
+    if top_k and top_k < logits_BV.shape[-1]:
+        kth_B1 = jax.lax.top_k(scaled_BV, top_k)[0][:, -1:]
+        scaled_BV = jnp.where(scaled_BV < kth_B1, neg_inf, scaled_BV)
+    sorted_BV = jnp.sort(scaled_BV, axis=-1)[:, ::-1]  # descending
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    keep_BV = mass_before_BV < top_p
+    # Smallest kept logit in sorted order = the cut-off; index 0 is always kept.
+    n_keep_B = jnp.sum(keep_BV, axis=-1)
+    cutoff_B1 = jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)
+    scaled_BV = jnp.where(scaled_BV < cutoff_B1, neg_inf, scaled_BV)
+    sampled_B = jax.random.categorical(rng, scaled_BV, axis=-1)
+    return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+
+
+@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id"))
+def _generate(
+    model: Transformer,
+    prompt_BP: jax.Array,
+    rng: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    max_new_tokens: int,
+    top_k: int,
+    eos_id: int | None,
+) -> jax.Array:
+    """Prefill the prompt, then lax.while_loop one decode step per token (one compile, no
+    per-token host round trip, early exit once every row has emitted eos_id)."""
+    B, P = prompt_BP.shape
+    cache = model.init_cache(B, P + max_new_tokens)
+    logits_BPV, cache = model(prompt_BP, cache=cache)
+    pad = 0 if eos_id is None else eos_id
+    out_BS = jnp.full((B, P + max_new_tokens), pad, jnp.int32).at[:, :P].set(prompt_BP)
+
+    def cond(carry):
+        i, _, _, _, done_B, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done_B)
+
+    def body(carry):
+        i, out_BS, last_logits_BV, cache, done_B, rng = carry
+        rng, step_rng = jax.random.split(rng)
+        tok_B = sample_logits(last_logits_BV, step_rng, temperature, top_k, top_p)
+        tok_B = jnp.where(done_B, pad, tok_B)
+        out_BS = jax.lax.dynamic_update_slice(out_BS, tok_B[:, None], (0, P + i))
+        if eos_id is not None:
+            done_B = done_B | (tok_B == eos_id)
+        logits_B1V, cache = model(tok_B[:, None], cache=cache)
+        return i + 1, out_BS, logits_B1V[:, 0], cache, done_B, rng
+
+    init = (jnp.int32(0), out_BS, logits_BPV[:, -1], cache, jnp.zeros((B,), bool), rng)
+    return jax.lax.while_loop(cond, body, init)[1]
+
+
+def generate(
+    model: Transformer,
+    prompt_tokens: Int[Array, "B P"],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_id: int | None = None,
+) -> Int[Array, "B P+M"]:
+    """Prompt followed by max_new_tokens sampled tokens (rows that hit eos_id are padded with it).
+
+    All rows share the prompt length P (left-pad ragged prompts yourself). The cache holds exactly
+    P + max_new_tokens positions; one compile per (B, P, max_new_tokens, top_k, eos_id) — a
+    different temperature / top_p / seed reuses it.
+    """
+    prompt_BP = jnp.asarray(prompt_tokens, jnp.int32)
+    if prompt_BP.ndim == 1:
+        prompt_BP = prompt_BP[None]
+    if max_new_tokens < 1:
+        return prompt_BP
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(
+            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got "
+            f"{temperature=}, {top_p=}, {top_k=}"
+        )
+    return _generate(
+        model,
+        prompt_BP,
+        jax.random.key(seed),
+        jnp.float32(temperature),
+        jnp.float32(top_p),
+        max_new_tokens=max_new_tokens,
+        top_k=top_k,
+        eos_id=eos_id,
+    )
