@@ -218,8 +218,9 @@ def split_corpus(docs: list[Document], *, val_fraction: float, seed: int) -> Spl
     Documents are visited in order of `doc_hash(id, seed)`, and each one that still fits is put
     in validation until validation holds `val_fraction` of the corpus' UTF-8 bytes (a greedy fill
     rather than a hash threshold: with ~700 files of very different sizes a threshold makes the
-    validation size vary by ±40%). A corpus where no document fits (one document, or a few big
-    ones) falls back to a tail split: the last `val_fraction` of the text, cut at a line break.
+    validation size swing widely with the seed). A corpus where no document fits (one document,
+    or a few big ones) falls back to a tail split: the last `val_fraction` of the text, cut at a
+    line break.
     """
     if not 0.0 < val_fraction < 0.5:
         raise DataError(f"data.val_fraction must be in (0, 0.5), got {val_fraction}")
