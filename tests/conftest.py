@@ -5,7 +5,13 @@ import os
 # Eight host devices so mesh/sharding tests run in-process on a CPU machine; tests that do not
 # build a mesh still run on device 0 only.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-# The Triton interpreter is chosen at @triton.jit decoration time, so it must be on before any
-# compactlm.kernels module is imported (DESIGN.md §2).
-os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The GPU tier (scripts/gpu_check.sh: COMPACTLM_GPU_TESTS=1 pytest -m gpu) compiles real kernels
+# on the device: no interpreter, no CPU pin.
+GPU_TESTS = os.environ.get("COMPACTLM_GPU_TESTS", "0") == "1"
+if GPU_TESTS:
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    # The Triton interpreter is chosen at @triton.jit decoration time, so it must be on before any
+    # compactlm.kernels module is imported (DESIGN.md §2).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
