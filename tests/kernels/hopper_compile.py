@@ -1,0 +1,69 @@
+"""Compile raw Triton kernels for Hopper (sm_90) without a GPU; run as a script, not collected.
+
+``python tests/kernels/hopper_compile.py specs.json results.json`` with TRITON_INTERPRET=0 (the
+test suite's interpreter would otherwise replace every ``@triton.jit`` at import). Each spec::
+
+    {"id": "gemm_nf4", "module": "compactlm.kernels.int4_matmul",
+     "kernel": "_int4_matmul_kernel", "pointers": {"x_ptr": "bf16", ...},
+     "constexprs": {"BLOCK_SIZE_M": 128, ...}, "num_warps": 8, "num_stages": 3}
+
+Parameters that are neither pointers nor constexprs compile as i32 scalars; pointers are marked
+16-byte aligned, as jax-triton launches them. Each result records the kernel's static shared
+memory, whether the PTX uses wgmma / mma.sync, and the error text if compilation failed. ptxas
+ships in the triton wheel, so this produces a real cubin. Shared by the int4 and 2:4 tests.
+"""
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def compile_one(spec: dict) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    pointers, constexprs = spec["pointers"], spec["constexprs"]
+    signature = {}
+    for name in fn.arg_names:
+        if name in pointers:
+            signature[name] = "*" + pointers[name]
+        elif name in constexprs:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "i32"
+    attrs = {(fn.arg_names.index(p),): [["tt.divisibility", 16]] for p in pointers}
+    src = triton.compiler.ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    options = {k: spec[k] for k in ("num_warps", "num_stages") if k in spec}
+    t0 = time.perf_counter()
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    ptx = compiled.asm["ptx"]
+    return {
+        "ok": True,
+        "shared": compiled.metadata.shared,
+        "wgmma": "wgmma.mma_async" in ptx,
+        "mma_sync": "mma.sync" in ptx,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def main(spec_path: str, out_path: str) -> None:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("run with TRITON_INTERPRET=0: the interpreter replaces @triton.jit")
+    with open(spec_path) as f:
+        specs = json.load(f)
+    results = {}
+    for spec in specs:
+        try:
+            results[spec["id"]] = compile_one(spec)
+        except Exception:  # report every kernel, not just the first failure
+            results[spec["id"]] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
