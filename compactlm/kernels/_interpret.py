@@ -153,7 +153,8 @@ def interpret_call(
 
     ``out_shape``: a ``(shape, dtype)`` pair or object with ``.shape``/``.dtype``, or a list of
     them. Outputs start zero-filled (split-K kernels that accumulate can rely on it).
-    Launch options that mean nothing here (``num_warps``, ``num_stages``, ``num_ctas``) are
+    Launch options that mean nothing here (``num_warps``, ``num_stages``, ``num_ctas``,
+    ``compute_capability``) are
     dropped so the same keyword set can be passed to both launchers.
     """
     if not interpreter_enabled():
@@ -165,7 +166,7 @@ def interpret_call(
     specs = [out_shape] if single else list(out_shape)
     outs = [np.zeros(*_shape_dtype(s)) for s in specs]
     launch_args = [_launch_arg(a) for a in args]
-    for k in ("num_warps", "num_stages", "num_ctas"):
+    for k in ("num_warps", "num_stages", "num_ctas", "compute_capability"):
         meta.pop(k, None)
     if callable(grid):
         grid = grid(dict(meta))

@@ -13,7 +13,9 @@ so kernels declare their output pointers LAST.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -39,6 +41,24 @@ def _jax_triton():
     return jax_triton
 
 
+_TARGET: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def target(compute_capability: int) -> Iterator[None]:
+    """Compile Triton calls for this compute capability (e.g. 90) instead of asking the device.
+
+    For ahead-of-time ``jax.export(..., platforms=["cuda"])`` on a machine without a GPU.
+    """
+    previous = dict(_TARGET)
+    _TARGET["compute_capability"] = compute_capability
+    try:
+        yield
+    finally:
+        _TARGET.clear()
+        _TARGET.update(previous)
+
+
 def triton_call(kernel: Any, grid: Any, *args: Any, out_shape: Any, **meta: Any) -> Any:
     """``jax_triton.triton_call`` with ``interpret_call``'s argument order (kernel, grid first).
 
@@ -56,7 +76,7 @@ def triton_call(kernel: Any, grid: Any, *args: Any, out_shape: Any, **meta: Any)
         kernel=kernel,
         out_type=specs if isinstance(out_shape, list) else specs[0],
         grid=grid,
-        **meta,
+        **{**_TARGET, **meta},
     )
     return out
 
