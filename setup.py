@@ -20,12 +20,13 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "jaxtyping>=0.2.36",  # array annotations at public boundaries (checked only under pytest)
     ],
     extras_require={
         # jax-triton is installed --no-deps by scripts/bootstrap.sh: its pinned deps would replace jax.
         "gpu": ["jax-triton>=0.4.1"],
-        "test": ["pytest>=8", "jaxtyping>=0.2.36"],
-        "dev": ["pytest>=8", "jaxtyping>=0.2.36", "ruff>=0.6"],
+        "test": ["pytest>=8"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["compactlm=compactlm.cli:main"]},
 )

@@ -35,6 +35,10 @@ TOL: dict[tuple[str, str], tuple[float, float]] = {
     # GPU bf16: same W on both sides, f32 sums in another order, then y rounded to bf16: two
     # nearly equal sums can round 1 bf16 ulp apart (2^-7 relative just above a power of two).
     ("sparse24_kernel", "bfloat16"): (1e-2, 1e-2),
+    # Training losses, 8-way (data x fsdp x tensor) vs 1 device, over a few Adam steps: the
+    # all-reduces sum gradients in another order (~1e-7 rel.), Adam's 1/sqrt(v) amplifies it a
+    # little per step; |loss| ~ 5.
+    ("sharded_vs_single", "float32"): (2e-5, 2e-5),
 }
 
 

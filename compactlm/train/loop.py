@@ -130,8 +130,8 @@ class Trainer:
             cfg = _check_resume(from_json(config_path.read_text()), cfg)
         if jax.process_index() == 0 and not readonly:
             config_path.write_text(to_json(cfg) + "\n")
-            (self.workdir / "data_split.json").write_text(
-                json.dumps(self.data.split, indent=2, sort_keys=True, default=str) + "\n"
+            (self.workdir / "data.json").write_text(
+                json.dumps(self.data.info(), indent=2, sort_keys=True, default=str) + "\n"
             )
         self.cfg = cfg
         t = cfg.train

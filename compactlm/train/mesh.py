@@ -17,6 +17,7 @@ class MeshConfig:
     data: int = -1  # data-parallel replicas; -1 = all devices left after fsdp and tensor
     fsdp: int = 1  # parameter/optimizer sharding (ZeRO-3 style); batches are split over it too
     tensor: int = 1  # tensor (model) parallelism over heads / MLP hidden (Megatron layout)
+    devices: int = 0  # use only the first N devices (0 = all): 1-device baselines, benchmarks
     distributed: bool = False  # call jax.distributed.initialize() (multi-host); env vars work too
     coordinator_address: str = ""  # host:port of process 0 when not auto-detected
     num_processes: int = 0  # 0 = auto-detect (SLURM, TPU pods, Kubernetes)
@@ -26,6 +27,8 @@ class MeshConfig:
         for name in ("fsdp", "tensor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mesh.{name} must be >= 1")
+        if self.devices < 0:
+            raise ValueError("mesh.devices must be >= 0 (0 = all devices)")
         if self.data == 0 or self.data < -1:
             raise ValueError("mesh.data must be >= 1, or -1 to use the remaining devices")
 
@@ -59,6 +62,10 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
 def make_mesh(cfg: MeshConfig, devices: list[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh; jax.make_mesh places devices topology-aware on GPU/TPU."""
     devices = list(jax.devices() if devices is None else devices)
+    if cfg.devices:
+        if cfg.devices > len(devices):
+            raise ValueError(f"mesh.devices={cfg.devices} but only {len(devices)} are available")
+        devices = devices[: cfg.devices]
     shape = mesh_shape(cfg, len(devices))
     # Auto axes: shardings propagate through jit (GSPMD) from the annotated params and batches.
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
