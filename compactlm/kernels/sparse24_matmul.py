@@ -93,24 +93,10 @@ def _reference_backward(dy, values, meta, scales, zeros, x_dtype) -> jax.Array:
 
 @triton.jit
 def _load_w_tile(
-    values_ptr,
-    meta_ptr,
-    scales_ptr,
-    zeros_ptr,
-    offs_k,
-    offs_n,
-    K,
-    N,
-    stride_vk,
-    stride_vn,
-    stride_mk,
-    stride_mn,
-    stride_sk,
-    stride_sn,
-    INT4: tl.constexpr,
-    HAS_ZEROS: tl.constexpr,
-    QUANT_GROUP: tl.constexpr,
-):
+    values_ptr, meta_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N,
+    stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+):  # fmt: skip
     """Dense W[offs_k, offs_n] from the compressed storage (values' dtype, or fp32 for int4)."""
     mask = (offs_k[:, None] < K) & (offs_n[None, :] < N)
     group = offs_k // 4  # 2:4 group of each dense row
@@ -157,35 +143,15 @@ def _load_w_tile(
 
 @triton.jit
 def _sparse24_matmul_kernel(
-    x_ptr,
-    values_ptr,
-    meta_ptr,
-    scales_ptr,
-    zeros_ptr,
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_xk,
-    stride_vk,
-    stride_vn,
-    stride_mk,
-    stride_mn,
-    stride_sk,
-    stride_sn,
-    stride_ym,
-    stride_yn,
+    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
+    stride_ym, stride_yn,
     y_ptr,
-    INT4: tl.constexpr,
-    HAS_ZEROS: tl.constexpr,
-    QUANT_GROUP: tl.constexpr,
-    BLOCK_SIZE_M: tl.constexpr,
-    BLOCK_SIZE_N: tl.constexpr,
-    BLOCK_SIZE_K: tl.constexpr,
-    GROUP_SIZE_M: tl.constexpr,
-    DOT_F32: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-):
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
     """y[M, N] = x[M, K] @ W[K, N], W expanded tile by tile from the 2:4 storage."""
     # ---------------------------------------------------------------- pid mapping (tutorial 03)
     # Grouped ordering: GROUP_SIZE_M row tiles sweep the same W column tiles while they are in L2.
@@ -215,7 +181,7 @@ def _sparse24_matmul_kernel(
             stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
             INT4, HAS_ZEROS, QUANT_GROUP,
         ).to(a.dtype)  # fmt: skip
-        if DOT_F32:  # the interpreter's bf16 is wrong; products of f16/bf16 are exact in f32
+        if DOT_FP32:  # the interpreter's bf16 is wrong; products of f16/bf16 are exact in f32
             a = a.to(tl.float32)
             w = w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
@@ -229,36 +195,15 @@ def _sparse24_matmul_kernel(
 
 @triton.jit
 def _sparse24_decode_kernel(
-    x_ptr,
-    values_ptr,
-    meta_ptr,
-    scales_ptr,
-    zeros_ptr,
-    M,
-    N,
-    K,
-    K_PER_SPLIT,
-    stride_xm,
-    stride_xk,
-    stride_vk,
-    stride_vn,
-    stride_mk,
-    stride_mn,
-    stride_sk,
-    stride_sn,
-    stride_ps,
-    stride_pm,
-    stride_pn,
+    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr,
+    M, N, K, K_PER_SPLIT,
+    stride_xm, stride_xk, stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
+    stride_ps, stride_pm, stride_pn,
     partial_ptr,
-    INT4: tl.constexpr,
-    HAS_ZEROS: tl.constexpr,
-    QUANT_GROUP: tl.constexpr,
-    BLOCK_SIZE_M: tl.constexpr,
-    BLOCK_SIZE_N: tl.constexpr,
-    BLOCK_SIZE_K: tl.constexpr,
-    DOT_F32: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-):
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
     """partial[s, M, N] = x[:, Ks] @ W[Ks, :] for the K slice Ks of split s; M ≤ BLOCK_SIZE_M."""
     # ---------------------------------------------------------------- pid mapping
     # One row tile covers all of M; axis 0 walks N tiles, axis 1 the K splits, so a few wide
@@ -283,7 +228,7 @@ def _sparse24_decode_kernel(
             INT4, HAS_ZEROS, QUANT_GROUP,
         ).to(a.dtype)  # fmt: skip
         if BLOCK_SIZE_M >= 16:
-            if DOT_F32:
+            if DOT_FP32:
                 a = a.to(tl.float32)
                 w = w.to(tl.float32)
             acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
@@ -300,35 +245,15 @@ def _sparse24_decode_kernel(
 
 @triton.jit
 def _sparse24_matmul_bwd_kernel(
-    dy_ptr,
-    values_ptr,
-    meta_ptr,
-    scales_ptr,
-    zeros_ptr,
-    M,
-    N,
-    K,
-    stride_dym,
-    stride_dyn,
-    stride_vk,
-    stride_vn,
-    stride_mk,
-    stride_mn,
-    stride_sk,
-    stride_sn,
-    stride_dxm,
-    stride_dxk,
+    dy_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr,
+    M, N, K,
+    stride_dym, stride_dyn, stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
+    stride_dxm, stride_dxk,
     dx_ptr,
-    INT4: tl.constexpr,
-    HAS_ZEROS: tl.constexpr,
-    QUANT_GROUP: tl.constexpr,
-    BLOCK_SIZE_M: tl.constexpr,
-    BLOCK_SIZE_N: tl.constexpr,
-    BLOCK_SIZE_K: tl.constexpr,
-    GROUP_SIZE_M: tl.constexpr,
-    DOT_F32: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-):
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
     """dx[M, K] = dy[M, N] @ W[K, N]ᵀ; here N is the contracted dimension."""
     # ---------------------------------------------------------------- pid mapping (tutorial 03)
     pid = tl.program_id(axis=0)
@@ -357,7 +282,7 @@ def _sparse24_matmul_bwd_kernel(
             stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
             INT4, HAS_ZEROS, QUANT_GROUP,
         ).to(g.dtype)  # fmt: skip
-        if DOT_F32:
+        if DOT_FP32:
             g = g.to(tl.float32)
             w = w.to(tl.float32)
         acc = tl.dot(g, tl.trans(w), acc, input_precision=INPUT_PRECISION)
@@ -395,12 +320,12 @@ def _weight_operands(values, meta, scales, zeros) -> tuple[tuple, tuple, dict[st
     return ptrs, (N, 1, N, 1, *s_strides), constexprs
 
 
-def _precision(dtype, dot_f32: bool) -> str:
+def _precision(dtype, dot_fp32: bool) -> str:
     # f32 operands would silently run as TF32 (10-bit mantissa) on Ampere+; the reference is IEEE.
-    return "ieee" if dot_f32 or jnp.dtype(dtype) == jnp.float32 else "tf32"
+    return "ieee" if dot_fp32 or jnp.dtype(dtype) == jnp.float32 else "tf32"
 
 
-def _launch_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, config, dot_f32=False):
+def _launch_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, config, dot_fp32=False):
     """Tiled GEMM: y[M, N] in out_dtype."""
     (M, K), N = x2.shape, meta.shape[1]
     ptrs, strides, constexprs = _weight_operands(values, meta, scales, zeros)
@@ -409,11 +334,11 @@ def _launch_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
     return call(
         _sparse24_matmul_kernel, grid, x2, *ptrs, M, N, K, K, 1, *strides, N, 1,
         out_shape=jax.ShapeDtypeStruct((M, N), jnp.dtype(out_dtype)),
-        DOT_F32=dot_f32, INPUT_PRECISION=_precision(x2.dtype, dot_f32), **constexprs, **cfg,
+        DOT_FP32=dot_fp32, INPUT_PRECISION=_precision(x2.dtype, dot_fp32), **constexprs, **cfg,
     )  # fmt: skip
 
 
-def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, dot_f32=False):
+def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, dot_fp32=False):
     """M ≤ 16: split-K partials [SPLIT_K, M, N] in fp32, summed here (deterministic order)."""
     (M, K), N = x2.shape, meta.shape[1]
     if M > DECODE_MAX_M:
@@ -432,12 +357,12 @@ def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
         _sparse24_decode_kernel, (triton.cdiv(N, block_n), split_k),
         x2, *ptrs, M, N, K, k_per_split, K, 1, *strides, M * N, N, 1,
         out_shape=jax.ShapeDtypeStruct((split_k, M, N), jnp.float32),
-        DOT_F32=dot_f32, INPUT_PRECISION=_precision(x2.dtype, dot_f32), **constexprs, **cfg,
+        DOT_FP32=dot_fp32, INPUT_PRECISION=_precision(x2.dtype, dot_fp32), **constexprs, **cfg,
     )  # fmt: skip
     return jnp.sum(jnp.asarray(partial), axis=0).astype(out_dtype)
 
 
-def _launch_matmul_bwd(call, dy2, values, meta, scales, zeros, *, config, dot_f32=False):
+def _launch_matmul_bwd(call, dy2, values, meta, scales, zeros, *, config, dot_fp32=False):
     """dx[M, K] = dy @ Wᵀ in dy's dtype (the caller casts dy to x's dtype)."""
     (M, N), K = dy2.shape, meta.shape[0] * 32
     ptrs, strides, constexprs = _weight_operands(values, meta, scales, zeros)
@@ -446,7 +371,7 @@ def _launch_matmul_bwd(call, dy2, values, meta, scales, zeros, *, config, dot_f3
     return call(
         _sparse24_matmul_bwd_kernel, grid, dy2, *ptrs, M, N, K, N, 1, *strides, K, 1,
         out_shape=jax.ShapeDtypeStruct((M, K), dy2.dtype),
-        DOT_F32=dot_f32, INPUT_PRECISION=_precision(dy2.dtype, dot_f32), **constexprs, **cfg,
+        DOT_FP32=dot_fp32, INPUT_PRECISION=_precision(dy2.dtype, dot_fp32), **constexprs, **cfg,
     )  # fmt: skip
 
 
@@ -489,6 +414,8 @@ def _check_operands(x, values, meta, scales, zeros, group_size) -> tuple[int, in
         raise ValueError(f"meta must be [K/32, N] int32, got {meta.shape} {meta.dtype}")
     K, N = meta.shape[0] * 32, meta.shape[1]
     if scales is None:
+        if jnp.dtype(values.dtype) not in FLOAT_DTYPES:
+            raise ValueError(f"values must be bf16, f16 or f32, got {values.dtype}")
         want = (K // 2, N)
     else:
         if values.dtype != jnp.int32:
@@ -503,28 +430,37 @@ def _check_operands(x, values, meta, scales, zeros, group_size) -> tuple[int, in
     return K, N
 
 
-def _unsupported(x, values, meta, scales=None, zeros=None) -> str | None:
-    """Why the Triton path cannot run these operands here, or None if it can."""
-    from compactlm.kernels import _launch
-
-    if not _launch.on_cuda():
-        return f"the Triton kernels need a CUDA device; JAX's backend is {jax.default_backend()!r}"
-    if jnp.dtype(x.dtype) not in FLOAT_DTYPES:
-        return f"x dtype {x.dtype} is not one of bf16, f16, f32"
-    if scales is None and jnp.dtype(values.dtype) not in FLOAT_DTYPES:
-        return f"values dtype {values.dtype} is not one of bf16, f16, f32"
-    if scales is not None and jnp.dtype(scales.dtype) not in FLOAT_DTYPES:
-        return f"scales dtype {scales.dtype} is not one of bf16, f16, f32"
-    try:
-        _launch._jax_triton()
-    except ImportError as e:
-        return str(e)
+def unsupported_reason(shape: tuple[int, int, int], dtype, format: str = "sparse24") -> str | None:
+    """Why the Triton kernels cannot take x[M, K] @ W[K, N] (device aside), or None if they can."""
+    M, N, K = shape
+    if format not in FORMATS:
+        return f"format {format!r} is not one of {FORMATS}"
+    if jnp.dtype(dtype) not in FLOAT_DTYPES:
+        return f"activation dtype {jnp.dtype(dtype).name} is not bf16, f16 or f32"
+    if K % 32:
+        return f"K={K} is not a multiple of 32 (one int32 of 2:4 metadata covers 32 rows)"
+    # Offsets are int32 in the kernels (jax-triton passes sizes as i32).
+    if max(M * K, M * N, K * N // 2) >= 2**31:
+        return f"(M, N, K)={shape} overflows the kernels' int32 offsets"
     return None
 
 
-def supports(x, values, meta, scales=None, zeros=None) -> bool:
-    """True when the Triton path can run (arrays or jax.ShapeDtypeStruct; int4 iff scales)."""
-    return _unsupported(x, values, meta, scales, zeros) is None
+def supports(shape: tuple[int, int, int], dtype, format: str = "sparse24") -> bool:
+    """Whether the Triton kernels handle x[M, K] @ W[K, N] in this format (device aside)."""
+    return unsupported_reason(shape, dtype, format) is None
+
+
+def _triton_reason(shape, dtype, format) -> str | None:
+    from compactlm.kernels import _launch
+    from compactlm.kernels.int4_matmul import _device_reason  # CUDA present, bf16 needs sm_80+
+
+    reason = unsupported_reason(shape, dtype, format) or _device_reason(dtype)
+    if reason is None:
+        try:
+            _launch._jax_triton()
+        except ImportError as e:
+            reason = str(e)
+    return reason
 
 
 def _resolve_impl(impl: str, reason: str | None) -> str:
@@ -579,9 +515,9 @@ _sparse24_core.defvjp(_sparse24_core_fwd, _sparse24_core_bwd)
 
 
 def _dispatch(x, values, meta, scales, zeros, group_size, impl, out_dtype):
-    _check_operands(x, values, meta, scales, zeros, group_size)
-    impl = _resolve_impl(impl, _unsupported(x, values, meta, scales, zeros))
-    x2 = x.reshape(-1, x.shape[-1])
+    K, N = _check_operands(x, values, meta, scales, zeros, group_size)
+    x2 = x.reshape(-1, K)
+    impl = _resolve_impl(impl, _triton_reason((x2.shape[0], N, K), x.dtype, _format(scales)))
     out_dtype = jnp.dtype(out_dtype or x.dtype)
     y2 = _sparse24_core(x2, values, meta, scales, zeros, impl, out_dtype, jnp.dtype(x.dtype))
     return y2.reshape(*x.shape[:-1], y2.shape[-1])

@@ -49,11 +49,11 @@ def numpy_dequantize(qvalues, meta, scales, zeros):
 def numpy_decompress(values, meta):
     K, N = values.shape[0] * 2, values.shape[1]
     w = np.zeros((K, N), values.dtype)
+    cols = np.arange(N)
     for g in range(K // 4):
         nib = (meta[g // 8] >> (4 * (g % 8))) & 0xF
-        for n in range(N):
-            i0, i1 = nib[n] & 3, nib[n] >> 2
-            w[4 * g + i0, n], w[4 * g + i1, n] = values[2 * g, n], values[2 * g + 1, n]
+        w[4 * g + (nib & 3), cols] = values[2 * g]
+        w[4 * g + (nib >> 2), cols] = values[2 * g + 1]
     return w
 
 
@@ -100,10 +100,10 @@ def test_reference_values_dtype_is_kept_bit_exact():
 def launch(path, variant, x, ops, out_dtype=jnp.float32):
     if path == "gemm":
         return S._launch_matmul(
-            interpret_call, x, *ops, out_dtype=out_dtype, config=GEMM, dot_f32=True
+            interpret_call, x, *ops, out_dtype=out_dtype, config=GEMM, dot_fp32=True
         )
     cfg = DECODE_DOT if path == "decode_dot" else DECODE_GEMV
-    return S._launch_decode(interpret_call, x, *ops, out_dtype=out_dtype, config=cfg, dot_f32=True)
+    return S._launch_decode(interpret_call, x, *ops, out_dtype=out_dtype, config=cfg, dot_fp32=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -152,7 +152,7 @@ def test_backward_kernel_vs_reference(variant, M, N, K):
         K = -(-K // (2 * G)) * 2 * G
     dense, ops = make_weight(variant, K, N, seed=7)
     dy = jnp.asarray(np.random.default_rng(8).standard_normal((M, N)).astype(np.float32))
-    dx = S._launch_matmul_bwd(interpret_call, dy, *ops, config=BWD, dot_f32=True)
+    dx = S._launch_matmul_bwd(interpret_call, dy, *ops, config=BWD, dot_fp32=True)
     assert dx.shape == (M, K)
     want = S._reference_backward(dy, *ops, jnp.float32)
     np.testing.assert_allclose(np.asarray(dx), np.asarray(want), **tol("sparse24_kernel"))
@@ -166,7 +166,7 @@ def test_triton_forward_routes_decode_and_gemm():
     for M in (2, 16, 17):
         x = jnp.asarray(np.random.default_rng(M).standard_normal((M, 128)).astype(np.float32))
         y = S._triton_forward(
-            interpret_call, x, *ops, out_dtype=jnp.float32, config=cfg, dot_f32=True
+            interpret_call, x, *ops, out_dtype=jnp.float32, config=cfg, dot_fp32=True
         )
         np.testing.assert_allclose(
             np.asarray(y), np.asarray(reference(x, "int4_affine", ops)), **tol("sparse24_kernel")
@@ -208,7 +208,16 @@ def test_auto_is_reference_on_cpu_and_keeps_dtype():
     np.testing.assert_array_equal(
         np.asarray(y), np.asarray(S.sparse24_matmul(x, ops[0], ops[1], impl="reference"))
     )
-    assert not S.supports(x, ops[0], ops[1])
+
+
+def test_supports_names_constraints():
+    assert S.supports((3, 8, 64), jnp.bfloat16) and S.supports(
+        (1, 8, 64), jnp.float32, "sparse24_int4"
+    )
+    assert "multiple of 32" in S.unsupported_reason((3, 8, 48), jnp.bfloat16)
+    assert "not bf16, f16 or f32" in S.unsupported_reason((3, 8, 64), jnp.int8)
+    assert "format" in S.unsupported_reason((3, 8, 64), jnp.float32, "sparse24_nf4")
+    assert "int32 offsets" in S.unsupported_reason((2**20, 4096, 4096), jnp.bfloat16)
 
 
 def test_dispatch_errors():

@@ -14,11 +14,9 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 def random_24(rng, K, N, dtype=np.float32, *, sparse_groups=0.25):
     """A 2:4 matrix with every kind of group: 2 non-zeros, and (a fraction) 1 or 0 non-zeros."""
     w = rng.standard_normal((K, N)).astype(np.float32)
-    keep = np.zeros((K // 4, 4, N), bool)
-    for g in range(K // 4):
-        for n in range(N):
-            k = 2 if rng.random() > sparse_groups else int(rng.integers(0, 2))
-            keep[g, rng.choice(4, size=k, replace=False), n] = True
+    count = np.where(rng.random((K // 4, N)) > sparse_groups, 2, rng.integers(0, 2, (K // 4, N)))
+    rank = np.argsort(np.argsort(rng.random((K // 4, 4, N)), axis=1), axis=1)  # random positions
+    keep = rank < count[:, None, :]
     return np.where(keep.reshape(K, N), w, 0).astype(dtype)
 
 
