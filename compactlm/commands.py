@@ -50,7 +50,10 @@ def _sample(trainer, sample: SampleConfig) -> str:
         seed=sample.seed,
         eos_id=tok.eos_id,
     )
-    return tok.decode(out)
+    new = [int(t) for t in out[0, len(prompt_ids) :]]
+    if tok.eos_id in new:  # the model ended the document
+        new = new[: new.index(tok.eos_id)]
+    return tok.decode(new)
 
 
 def _report_eval(trainer, label: str) -> dict:

@@ -1,0 +1,93 @@
+"""The command line end to end on `nano`: train → eval → generate, info, dry run, bad input."""
+
+import json
+
+import pytest
+
+from compactlm.cli import main
+
+
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code or 0
+
+
+@pytest.fixture(autouse=True)
+def _token_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("COMPACTLM_CACHE", str(tmp_path_factory.getbasetemp() / "cli_cache"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "nano", "model.dmodel=3"], "unknown config key 'model.dmodel'; valid keys: model."),
+        (["train", "nano", "optim.lr=fast"], "optim.lr='fast' is not a float"),
+        (["train", "nano", "model.remat=all"], "choose one of: 'none' | 'block' | 'dots'"),
+        (["train", "nano", "model.n_kv_heads=3"], "must be a multiple of n_kv_heads=3"),
+        (["train", "huge"], "unknown preset 'huge'; valid presets: nano, tiny, small, base"),
+        (["train", "nano", "data.corpus=/no/such/file.txt"], "/no/such/file.txt"),
+        (["frobnicate"], "unknown command 'frobnicate'; valid commands: train"),
+        (["eval", "/no/such/run"], "a compactlm run directory?"),
+        (["generate", "/no/such/run"], "a compactlm run directory?"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path):
+    if args[0] == "train":
+        args = [*args, f"workdir={tmp_path / 'run'}"]
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_dry_run_prints_config_and_exact_param_count(capsys):
+    from compactlm.config import make_config
+    from compactlm.models.footprint import count_params
+    from compactlm.train.loop import resolve_vocab
+
+    assert cli("train", "nano", "model.d_model=96", "--dry-run") == 0
+    out = capsys.readouterr().out
+    config = json.loads(out[: out.rindex("}") + 1])
+    assert config["model"]["d_model"] == 96 and config["preset"] == "nano"
+    expected = count_params(resolve_vocab(make_config("nano", ["model.d_model=96"]), 259).model)
+    assert f"parameters: {expected['total']:,}" in out
+
+
+def test_info_lists_every_preset(capsys):
+    assert cli("info") == 0
+    out = capsys.readouterr().out
+    for name in ("nano", "tiny", "small", "base"):
+        assert name in out
+    assert "weights int4 (g128)" in out and "KV cache" in out
+
+
+def test_train_eval_generate_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["train.progress=false", "train.eval_every=0", "data.corpus=pydocs"]
+    assert cli("train", "nano", "train.steps=20", *common, f"workdir={run_dir}") == 0
+    out = capsys.readouterr().out
+    assert "bits per byte (gzip -9)" in out and "sample (prompt" in out
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["bpb"] > 0 and report["baseline/gzip"] > 0
+    for name in ("config.json", "data.json", "metrics.jsonl", "tokenizer.json"):
+        assert (run_dir / name).exists(), name
+
+    # eval prints the same numbers from the checkpoint, beside the compressors.
+    assert cli("eval", str(run_dir)) == 0
+    out = capsys.readouterr().out
+    assert f"{report['bpb']:.4f}" in out
+
+    # generate: greedy decoding is deterministic; the prompt is echoed once.
+    args = ["generate", str(run_dir), "prompt=The ", "max_new_tokens=12", "temperature=0"]
+    assert cli(*args) == 0
+    first = capsys.readouterr().out
+    assert cli(*args) == 0
+    assert capsys.readouterr().out == first and first.startswith("The ")
+    assert cli("generate", str(run_dir), "temprature=1") == 2
+    assert "valid keys: prompt, max_new_tokens" in capsys.readouterr().err
+
+    # Re-running with more steps resumes from step 20 instead of starting over.
+    assert cli("train", "nano", "train.steps=25", *common, f"workdir={run_dir}") == 0
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 25 and steps.count(20) == 1
