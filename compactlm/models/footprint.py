@@ -30,7 +30,7 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     """
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     counts = {"embedding": 0, "lm_head": 0, "non_embedding": 0, "linear": 0}
-    for path, var in nnx.state(model, nnx.Param).flat_state():
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         size = int(var.get_value().size)
         if path[0] == "embedding":
             counts["embedding"] += size

@@ -187,11 +187,14 @@ class Transformer(nnx.Module):
             param_dtype=jnp.dtype(cfg.param_dtype),
             compute_dtype=jnp.dtype(cfg.compute_dtype),
         )
-        self.lm_head = None
-        if not cfg.tie_embeddings:
-            self.lm_head = make_linear(
+        # One assignment: a Module here is pytree data, None a static attribute.
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else make_linear(
                 D, V, cfg=cfg, rngs=rngs, kernel_axes=("fsdp", "tensor"), out_dtype="float32"
             )
+        )
 
     def init_cache(
         self, batch_size: int, max_len: int | None = None, dtype: str | None = None

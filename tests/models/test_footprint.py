@@ -1,0 +1,56 @@
+"""Footprint tests: exact parameter counts, FLOPs formula, memory table consistency."""
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from compactlm.models.footprint import count_params, flops_per_token, memory_estimate
+from compactlm.models.transformer import ModelConfig, Transformer
+
+SMALL = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
+
+
+def _actual(model):
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_count_params_matches_model():
+    for cfg in (SMALL, dataclasses.replace(SMALL, tie_embeddings=False, scan_layers=False)):
+        counts = count_params(cfg)
+        assert counts["total"] == _actual(Transformer(cfg, rngs=nnx.Rngs(0)))
+        assert counts["embedding"] == 64 * 32
+        assert counts["lm_head"] == (0 if cfg.tie_embeddings else 64 * 32)
+
+
+def test_count_params_closed_form():
+    D, F, L, V = 32, 64, 2, 64
+    NH, KH = 4 * 8, 2 * 8
+    linear = L * (D * NH + 2 * D * KH + NH * D + 3 * D * F)
+    counts = count_params(SMALL)
+    assert counts["linear"] == linear
+    assert counts["total"] == V * D + linear + (2 * L + 1) * D  # + norm scales
+
+
+def test_default_is_tiny_shape():
+    assert count_params(ModelConfig())["total"] == 828_544
+
+
+def test_flops_per_token():
+    f = flops_per_token(SMALL, seq_len=16)
+    n = count_params(SMALL)["linear"] + 64 * 32
+    attn = 2 * 4 * 8 * 16
+    assert f == {"train": 6 * n + 12 * attn, "inference": 2 * n + 4 * attn, "n_matmul_params": n}
+
+
+def test_memory_estimate_rows():
+    table = memory_estimate(SMALL, batch_size=2, seq_len=16)
+    total = count_params(SMALL)["total"]
+    assert table["weights/float32"] == 4 * total
+    assert table["weights/int4"] < table["weights/int4+sparse24"] * 2
+    assert table["weights/int4+sparse24"] < table["weights/int4"] < table["weights/sparse24"]
+    assert table["weights/sparse24"] < table["weights/bfloat16"]
+    assert table["optimizer/adamw"] == 8 * total
+    assert table["kv_cache/bfloat16"] == 2 * (2 * 2 * 2 * 16 * 2 * 8)
+    acts = [table[f"activations/remat={m}"] for m in ("block", "dots", "none")]
+    assert acts == sorted(acts)

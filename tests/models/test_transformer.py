@@ -1,0 +1,149 @@
+"""Transformer tests: config validation, scan == loop, cache == recompute, remat, sharding."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from compactlm.models.transformer import ModelConfig, Transformer, create_sharded_model
+from tests.tolerances import tol
+
+SMALL = ModelConfig(
+    vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, init_std=0.2
+)
+
+
+@nnx.jit
+def _forward(model, tokens):
+    return model(tokens)
+
+
+def _tokens(B=2, T=8, V=64, seed=0):
+    return jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(n_heads=4, n_kv_heads=3), "multiple of n_kv_heads"),
+        (dict(d_model=30, n_heads=4), "not divisible by n_heads"),
+        (dict(head_dim=7), "must be even"),
+        (dict(remat="full"), "remat=.*valid: none, block, dots"),
+        (dict(compute_dtype="float16"), "valid: float32, bfloat16"),
+        (dict(n_layers=0), "n_layers must be >= 1"),
+        (dict(init_std=0.0), "must be > 0"),
+    ],
+)
+def test_bad_config_raises(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(SMALL, **overrides)
+
+
+def test_config_is_frozen_and_keyword_only():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SMALL.d_model = 8  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ModelConfig(64)  # type: ignore[misc]
+    assert ModelConfig(d_model=96, n_heads=3, n_kv_heads=1).resolved_head_dim == 32
+
+
+def test_forward_shapes_and_dtypes():
+    for cfg in (SMALL, dataclasses.replace(SMALL, compute_dtype="bfloat16", tie_embeddings=False)):
+        model = Transformer(cfg, rngs=nnx.Rngs(0))
+        logits = _forward(model, _tokens())
+        assert logits.shape == (2, 8, 64) and logits.dtype == jnp.float32
+        assert np.isfinite(np.asarray(logits)).all()
+
+
+def _loop_model_from_scan(scan_model: Transformer) -> Transformer:
+    """An unscanned model carrying the scanned model's weights (layer i = slice i)."""
+    loop_model = Transformer(
+        dataclasses.replace(scan_model.cfg, scan_layers=False), rngs=nnx.Rngs(1)
+    )
+    stacked = nnx.state(scan_model.layers)
+    for i, layer in enumerate(loop_model.layers):
+        nnx.update(layer, jax.tree.map(lambda a, i=i: a[i], stacked))
+    loop_model.embedding[...] = scan_model.embedding[...]
+    nnx.update(loop_model.final_norm, nnx.state(scan_model.final_norm))
+    return loop_model
+
+
+def test_scan_layers_equals_loop():
+    scan_model = Transformer(SMALL, rngs=nnx.Rngs(0))
+    loop_model = _loop_model_from_scan(scan_model)
+    tokens = _tokens()
+    np.testing.assert_allclose(
+        _forward(loop_model, tokens), _forward(scan_model, tokens), **tol("model_f32")
+    )
+
+
+def test_remat_same_loss_and_grads():
+    tokens = _tokens()
+
+    def loss(m):
+        return jnp.mean(jax.nn.log_softmax(m(tokens))[..., 0])
+
+    grad = nnx.jit(nnx.grad(loss))
+    want = grad(Transformer(SMALL, rngs=nnx.Rngs(0)))
+    for remat in ("block", "dots"):
+        got = grad(Transformer(dataclasses.replace(SMALL, remat=remat), rngs=nnx.Rngs(0)))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, **tol("model_f32"))
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_cached_prefill_and_decode_match_full_forward(scan_layers):
+    model = Transformer(dataclasses.replace(SMALL, scan_layers=scan_layers), rngs=nnx.Rngs(0))
+    tokens = _tokens(T=10)
+    full = _forward(model, tokens)
+    step = nnx.jit(lambda m, t, c: m(t, cache=c))
+    logits, cache = step(model, tokens[:, :6], model.init_cache(2, 16))  # prefill 6
+    np.testing.assert_allclose(logits, full[:, :6], **tol("model_f32"))
+    for t in range(6, 10):  # one jitted step per token, same shapes every time
+        logits, cache = step(model, tokens[:, t : t + 1], cache)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], **tol("model_f32"))
+    assert int(cache.index) == 10
+
+
+def test_partition_specs():
+    specs = nnx.get_partition_spec(nnx.state(Transformer(SMALL, rngs=nnx.Rngs(0))))
+    flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(specs)}
+    assert flat["embedding"] == P("tensor", "fsdp")
+    assert flat["final_norm/scale"] == P(None)
+    # Stacked layers: the leading L axis is unsharded.
+    assert flat["layers/attn/q_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert flat["layers/attn/o_proj/kernel"] == P(None, "tensor", "fsdp")
+    assert flat["layers/mlp/gate_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert flat["layers/mlp/down_proj/kernel"] == P(None, "tensor", "fsdp")
+    assert flat["layers/attn_norm/scale"] == P(None, None)
+
+
+def test_sharded_creation_matches_unsharded():
+    auto = (AxisType.Auto,) * 3
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=auto)
+    cfg = dataclasses.replace(SMALL, tie_embeddings=False)
+    model = create_sharded_model(cfg, mesh, rngs_seed=0)
+    ref = Transformer(cfg, rngs=nnx.Rngs(0))
+    q = nnx.state(model)["layers"]["attn"]["q_proj"]["kernel"].get_value()
+    assert q.sharding.spec == P(None, "fsdp", "tensor") and len(q.sharding.device_set) == 8
+    # jit vs eager init: XLA's fused erf_inv may differ in the last ulp.
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(ref)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, **tol("f32_reorder"))
+    tokens = _tokens(B=4)
+    with jax.set_mesh(mesh):
+        sharded_tokens = jax.device_put(tokens, NamedSharding(mesh, P(("data", "fsdp"))))
+        got = nnx.jit(lambda m, t: m(t))(model, sharded_tokens)
+    np.testing.assert_allclose(got, _forward(ref, tokens), **tol("model_f32"))
+
+
+def test_sharded_creation_rejects_explicit_mesh():
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(AxisType.Explicit,) * 3)
+    with pytest.raises(ValueError, match="AxisType.Auto"):
+        create_sharded_model(SMALL, mesh)
