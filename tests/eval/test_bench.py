@@ -1,0 +1,26 @@
+"""bench_train smoke test: sane fields and a FLOP count matching an independent calculation."""
+
+import math
+
+from compactlm.config import make_config
+from compactlm.eval.bench import bench_train
+
+
+def test_bench_train_nano_fields_and_flops(tmp_path) -> None:
+    cfg = make_config("nano", ["mesh.devices=1"])
+    out = tmp_path / "bench.json"
+    r = bench_train(cfg, steps=2, warmup=1, out=out, peak_tflops=1.0, verbose=False)
+    m, t = cfg.model, cfg.train
+    D, L, N, K, F, V, T = m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff, m.vocab_size, t.seq_len
+    H = D // N
+    # Per block: q and o (D·N·H each), k and v (D·K·H each), gate, up, down (D·F each); plus the
+    # tied logit matmul V·D. Training: 6 FLOPs per matmul parameter per token (2 forward, 4
+    # backward) + 12·L·N·H·T for QKᵀ and AV (PaLM appendix B).
+    n_matmul = L * (2 * D * N * H + 2 * D * K * H + 3 * D * F) + V * D
+    assert r["model_flops_per_token"] == 6 * n_matmul + 12 * L * N * H * T
+    assert r["tokens_per_s"] > 0 and r["step_ms_median"] > 0 and r["compile_s"] > 0
+    assert r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
+    assert math.isclose(r["tokens_per_s"], t.batch_size * T / (r["step_ms_median"] / 1e3))
+    assert math.isclose(r["mfu"], r["achieved_tflops"] / r["peak_tflops"])
+    assert math.isfinite(r["final_loss"]) and r["peak_source"] == "given"
+    assert out.exists()
