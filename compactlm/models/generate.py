@@ -13,6 +13,37 @@ from jaxtyping import Array, Float, Int
 from compactlm.models.transformer import Transformer
 
 
+def filter_logits(
+    logits_BV: Float[Array, "B V"],
+    temperature: float | jax.Array = 1.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
+) -> Float[Array, "B V"]:
+    """logits / temperature with the tokens top-k and then top-p remove set to finfo.min.
+
+    Order top-k, then top-p on the temperature-scaled distribution (HF transformers' and
+    llama.cpp's order). top-p keeps the minimal nucleus (Holtzman et al. 2020): the most likely
+    tokens whose cumulative probability first reaches top_p — a token is kept iff the mass
+    strictly before it (descending order) is < top_p, so the top token always survives; tokens
+    tied with the last kept logit are kept too. top_k 0 and top_p >= 1 switch a filter off.
+    """
+    temperature = jnp.asarray(temperature, jnp.float32)
+    scaled_BV = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+    removed = jnp.finfo(jnp.float32).min
+    if top_k and top_k < logits_BV.shape[-1]:
+        kth_B1 = jax.lax.top_k(scaled_BV, top_k)[0][:, -1:]
+        scaled_BV = jnp.where(scaled_BV < kth_B1, removed, scaled_BV)
+    sorted_BV = jnp.sort(scaled_BV, axis=-1)[:, ::-1]  # descending
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    # top_p >= 1 keeps all: f32 cumsum can reach 1.0 before the far tail does.
+    keep_BV = (mass_before_BV < top_p) | (jnp.asarray(top_p) >= 1.0)
+    # Smallest kept logit in sorted order = the cut-off; index 0 is always kept.
+    n_keep_B = jnp.sum(keep_BV, axis=-1)
+    cutoff_B1 = jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)
+    return jnp.where(scaled_BV < cutoff_B1, removed, scaled_BV)
+
+
 def sample_logits(
     logits_BV: Float[Array, "B V"],
     rng: jax.Array,
@@ -20,33 +51,16 @@ def sample_logits(
     top_k: int = 0,
     top_p: float | jax.Array = 1.0,
 ) -> Int[Array, " B"]:
-    """One token per row. temperature 0 → argmax; top_k 0 and top_p 1.0 switch those filters off.
+    """One token per row from filter_logits' distribution; temperature 0 → argmax.
 
-    Filters apply in the order top-k, then top-p on the temperature-scaled distribution (the
-    order of HF transformers' and llama.cpp's defaults). top-p keeps the minimal nucleus (Holtzman
-    et al. 2020): the most likely tokens whose cumulative probability first reaches top_p; a
-    token is kept iff the mass strictly before it (in descending order) is < top_p, so the top
-    token always survives. Tokens tied with the last kept logit are kept too.
-    temperature and top_p may be traced; top_k is static (lax.top_k needs a static k).
+    temperature and top_p may be traced (one compile serves all values); top_k is static
+    (lax.top_k needs a static k).
     """
-    logits_BV = logits_BV.astype(jnp.float32)
     greedy_B = jnp.argmax(logits_BV, axis=-1)
-    temperature = jnp.asarray(temperature, jnp.float32)
-    scaled_BV = logits_BV / jnp.maximum(temperature, 1e-6)
-    neg_inf = jnp.finfo(jnp.float32).min
-    if top_k and top_k < logits_BV.shape[-1]:
-        kth_B1 = jax.lax.top_k(scaled_BV, top_k)[0][:, -1:]
-        scaled_BV = jnp.where(scaled_BV < kth_B1, neg_inf, scaled_BV)
-    sorted_BV = jnp.sort(scaled_BV, axis=-1)[:, ::-1]  # descending
-    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-    keep_BV = mass_before_BV < top_p
-    # Smallest kept logit in sorted order = the cut-off; index 0 is always kept.
-    n_keep_B = jnp.sum(keep_BV, axis=-1)
-    cutoff_B1 = jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)
-    scaled_BV = jnp.where(scaled_BV < cutoff_B1, neg_inf, scaled_BV)
-    sampled_B = jax.random.categorical(rng, scaled_BV, axis=-1)
-    return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+    sampled_B = jax.random.categorical(
+        rng, filter_logits(logits_BV, temperature, top_k, top_p), axis=-1
+    )
+    return jnp.where(jnp.asarray(temperature) > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
 @functools.partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id"))
