@@ -18,9 +18,14 @@ TOL: dict[tuple[str, str], tuple[float, float]] = {
     # f16 activations in the interpreter: the kernel keeps dequantized W in f32 (DOT_FP32), the
     # reference casts W to f16 first (rel. error 2^-11 per weight), and y is stored as f16.
     ("int4_kernel", "float16"): (4e-3, 2e-2),
-    # GPU bf16: W cast to bf16 (8-bit mantissa, rel. 2^-9) on both sides but summed in a
-    # different order in f32, then y rounded to bf16 (rel. 2^-9): a few bf16 ulps of |y|.
-    ("int4_kernel", "bfloat16"): (2e-2, 5e-2),
+    # GPU, |y| ~ 1 (x scaled by 1/sqrt(K)), K up to 11008. bf16: W cast to bf16 on both sides,
+    # summed in a different order in f32, then y rounded to bf16 (rel. 2^-9): a few ulps.
+    ("int4_kernel_gpu", "bfloat16"): (2e-2, 2e-2),
+    # f16: 11-bit mantissa, same argument as bf16 with 8x smaller ulps.
+    ("int4_kernel_gpu", "float16"): (4e-3, 4e-3),
+    # f32 activations: tl.dot runs TF32 (10-bit mantissa, rel. 2^-11 per product) while XLA's
+    # f32 dot may not; the TF32 rounding error of a K-term sum grows like sqrt(K)·2^-11·|x||w|.
+    ("int4_kernel_gpu", "float32"): (1e-2, 1e-2),
     # RoPE in f32 vs complex rotation in f64: the f32 angle pos·θ_j carries ~pos·2^-24 rad of
     # error (positions <= 40 here → ~3e-6 rad), times |x| ~ 3.
     ("rope_angle", "float32"): (1e-5, 2e-5),
@@ -35,10 +40,11 @@ TOL: dict[tuple[str, str], tuple[float, float]] = {
     # GPU bf16: same W on both sides, f32 sums in another order, then y rounded to bf16: two
     # nearly equal sums can round 1 bf16 ulp apart (2^-7 relative just above a power of two).
     ("sparse24_kernel", "bfloat16"): (1e-2, 1e-2),
-    # Training losses, 8-way (data x fsdp x tensor) vs 1 device, over a few Adam steps: the
+    # Training losses along two summation orders over a few Adam steps (8-way data x fsdp x
+    # tensor vs 1 device; 4 accumulated micro-batches vs one batch): the
     # all-reduces sum gradients in another order (~1e-7 rel.), Adam's 1/sqrt(v) amplifies it a
     # little per step; |loss| ~ 5.
-    ("sharded_vs_single", "float32"): (2e-5, 2e-5),
+    ("train_loss_reordered", "float32"): (2e-5, 2e-5),
 }
 
 

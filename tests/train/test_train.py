@@ -88,7 +88,7 @@ def test_sharded_8_devices_matches_1_device(tmp_path):
     run(nano(*steps, "mesh.devices=1"), tmp_path / "one")
     sharded = run(nano(*steps, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), tmp_path / "eight")
     a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
-    np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], **tol("sharded_vs_single"))
+    np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], **tol("train_loss_reordered"))
     # The parameters really are split: an fsdp x tensor kernel lives in 4 distinct shards.
     kernel = next(
         x for x in jax.tree.leaves(sharded.state.params) if x.ndim >= 2 and x.shape[-1] >= 64
@@ -126,3 +126,11 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     trainer = Trainer(nano("train.steps=2"), tmp_path)
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint found"):
         trainer.restore_or_init(require_checkpoint=True)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    steps = ["train.steps=3", "train.log_every=1", "train.checkpoint_every=0", "mesh.devices=1"]
+    run(nano(*steps), tmp_path / "one")
+    run(nano(*steps, "train.grad_accum=4"), tmp_path / "four")
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "four")
+    np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], **tol("train_loss_reordered"))
