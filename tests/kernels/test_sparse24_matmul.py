@@ -21,20 +21,20 @@ BWD = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=16, BLOCK_SIZE_K=128, GROUP_SIZE_M=2)
 G = 32  # int4 group over the compressed axis: K/2 must be a multiple
 
 
-def make_weight(variant, K, N, seed=0, values_dtype=np.float32):
+def make_weight(variant, K, N, seed=0, values_dtype=np.float32, group_size=G):
     """(dense W in f32 as the kernels see it, weight operands for the launchers)."""
     w = random_24(np.random.default_rng(seed), K, N, values_dtype)
     if variant == "values":
         values, meta = packing.compress_24(jnp.asarray(w))
         return w.astype(np.float32), (values, meta, None, None)
     qvalues, meta, scales, zeros = packing.quantize_sparse24_int4(
-        jnp.asarray(w), G, symmetric=variant == "int4_sym"
+        jnp.asarray(w), group_size, symmetric=variant == "int4_sym"
     )
-    dense = numpy_dequantize(qvalues, meta, scales, zeros)
+    dense = numpy_dequantize(qvalues, meta, scales, zeros, group_size or K // 2)
     return dense, (qvalues, meta, scales, zeros)
 
 
-def numpy_dequantize(qvalues, meta, scales, zeros):
+def numpy_dequantize(qvalues, meta, scales, zeros, group_size=G):
     """Independent NumPy reading of the int4+2:4 contract (nibbles, groups, 2:4 positions)."""
     q, meta, s = np.asarray(qvalues), np.asarray(meta), np.asarray(scales, np.float32)
     K2, N = q.shape[0] * 8, q.shape[1]
@@ -42,8 +42,9 @@ def numpy_dequantize(qvalues, meta, scales, zeros):
     if zeros is None:
         codes = np.where(codes >= 8, codes - 16, codes).astype(np.float32)
     else:
-        codes = codes.astype(np.float32) - np.repeat(np.asarray(zeros, np.float32), G, axis=0)
-    return numpy_decompress(codes * np.repeat(s, G, axis=0), meta)
+        zeros = np.repeat(np.asarray(zeros, np.float32), group_size, axis=0)
+        codes = codes.astype(np.float32) - zeros
+    return numpy_decompress(codes * np.repeat(s, group_size, axis=0), meta)
 
 
 def numpy_decompress(values, meta):
@@ -127,6 +128,31 @@ def test_kernel_vs_reference(variant, path, M, N, K):
     assert y.shape == (M, N)
     np.testing.assert_allclose(np.asarray(y), np.asarray(reference(x, variant, ops)), **tol(
         "sparse24_kernel"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "K,group_size",
+    [
+        (256, 64),  # 2·G = BLOCK_SIZE_K: one scale row per tile
+        (96, None),  # per-channel, K/2 = 48 < BLOCK_SIZE_K / 2 and not a power of 2
+        (320, None),  # per-channel, K/2 = 160, ragged K
+    ],
+)
+@pytest.mark.parametrize("path", ["gemm", "decode_dot", "decode_gemv", "bwd"])
+def test_kernel_int4_group_sizes(K, group_size, path):
+    dense, ops = make_weight("int4_affine", K, 20, seed=K, group_size=group_size)
+    M = 3 if path.startswith("decode") else 21
+    x = jnp.asarray(np.random.default_rng(K).standard_normal((M, K)).astype(np.float32))
+    if path == "bwd":
+        dy = jnp.asarray(np.random.default_rng(1).standard_normal((M, 20)).astype(np.float32))
+        got = S._launch_matmul_bwd(interpret_call, dy, *ops, config=BWD, dot_fp32=True)
+        want = S._reference_backward(dy, *ops, jnp.float32)
+    else:
+        got, want = launch(path, "int4_affine", x, ops), reference(x, "int4_affine", ops)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol("sparse24_kernel"))
+    np.testing.assert_allclose(
+        np.asarray(reference(x, "int4_affine", ops)), np.asarray(x) @ dense, **tol("f32_reorder")
+    )
 
 
 @pytest.mark.parametrize("values_dtype", [ml_dtypes.bfloat16, np.float16])
