@@ -45,6 +45,12 @@ TOL: dict[tuple[str, str], tuple[float, float]] = {
     # all-reduces sum gradients in another order (~1e-7 rel.), Adam's 1/sqrt(v) amplifies it a
     # little per step; |loss| ~ 5.
     ("train_loss_reordered", "float32"): (2e-5, 2e-5),
+    # cuDNN flash attention vs XLA, bf16 operands/outputs (GPU): both round |out| <~ 1 to bf16
+    # (ulp 2^-8) but flash's online softmax rescales and sums in another order: a few ulps.
+    ("attention", "bfloat16"): (2e-2, 2e-2),
+    # Whole model at bf16 compute (GPU), cuDNN vs XLA attention: those few-ulp differences pass
+    # through every later bf16 layer and the residual stream before the f32 logits.
+    ("model_attention", "bfloat16"): (5e-2, 5e-2),
 }
 
 
