@@ -104,7 +104,7 @@ def _generate(
 
 def generate(
     model: Transformer,
-    prompt_tokens: Int[Array, "B P"],
+    prompt_tokens: Int[Array, "B P"] | Int[Array, " P"],
     *,
     max_new_tokens: int,
     temperature: float = 1.0,
