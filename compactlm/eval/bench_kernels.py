@@ -40,6 +40,7 @@ SHAPES: dict[str, tuple[int, int]] = {
 }
 MS = (1, 4, 16, 64, 256, 1024)
 ROTATE_BYTES = 56 * 2**20
+MAX_COPIES = 32
 
 
 class KernelFormat(NamedTuple):
@@ -131,6 +132,16 @@ def _device_kind() -> str:
     return _launch.device_kind() if jax.default_backend() == "gpu" else jax.default_backend()
 
 
+def _parse_shape(name: str) -> tuple[int, int]:
+    """A name from ``SHAPES`` or ``"KxN"`` (e.g. ``"256x128"``)."""
+    if name in SHAPES:
+        return SHAPES[name]
+    parts = name.split("x")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}, or 'KxN'")
+
+
 def run(
     formats: Sequence[str] = ("int4", "int4_affine", "nf4", "fp4"),
     shapes: Sequence[str] | dict[str, tuple[int, int]] = ("4096x4096", "8192x8192"),
@@ -153,10 +164,7 @@ def run(
     if unknown:
         raise ValueError(f"unknown formats {unknown}; registered: {', '.join(FORMATS)}")
     if not isinstance(shapes, dict):
-        bad = [s for s in shapes if s not in SHAPES]
-        if bad:
-            raise ValueError(f"unknown shapes {bad}; known: {', '.join(SHAPES)} (or pass a dict)")
-        shapes = {s: SHAPES[s] for s in shapes}
+        shapes = {s: _parse_shape(s) for s in shapes}
     kind = _device_kind()
     peak = PEAK_BANDWIDTH_TBS.get(kind)
     rng = np.random.default_rng(seed)
@@ -169,12 +177,16 @@ def run(
         w = (rng.standard_normal((k, n)) / math.sqrt(k)).astype(np.float32)
         prepared = {f: FORMATS[f].prepare(w) for f in ("bf16", *formats) if f in FORMATS}
         for m in ms:
+            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                print(f"bench_kernels: time budget reached, skipping {shape_name} M={m}")
+                continue
             x = jnp.asarray(rng.standard_normal((m, k)), dtype)
             base_t = None
             for f in ("bf16", *[f for f in formats if f != "bf16"]):
                 fmt, weights = FORMATS[f], prepared[f]
                 wbytes = sum(a.nbytes for a in weights if a is not None)
-                n_copies = max(2, math.ceil(rotate_bytes / max(wbytes, 1)))
+                # Capped: the sweep is unrolled in one jit; tiny weights then stay in L2.
+                n_copies = min(MAX_COPIES, max(2, math.ceil(rotate_bytes / max(wbytes, 1))))
                 copies = [weights] + [
                     tuple(None if a is None else a.copy() for a in weights)
                     for _ in range(n_copies - 1)
@@ -238,8 +250,11 @@ def write_report(rows: list[dict[str, Any]], out_dir: str | Path, *, peak, kind:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, kind: str) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the GPU image may not ship it; CSV and markdown still written
+        print("bench_kernels: matplotlib not installed, no plot")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
