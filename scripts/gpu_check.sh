@@ -60,7 +60,7 @@ tail -5 "$OUT/pytest_gpu.log"
 ELAPSED=$(( $(date +%s) - T0 ))
 BUDGET=${BENCH_BUDGET_S:-$(( 420 - ELAPSED > 60 ? 420 - ELAPSED : 60 ))}
 timeout $(( BUDGET + 60 )) "$PYTHON" -m compactlm.eval.bench_kernels \
-  --formats "${BENCH_FORMATS:-int4,int4_affine,nf4,fp4}" \
+  --formats "${BENCH_FORMATS:-int4,int4_affine,nf4,fp4,sparse24,sparse24_int4}" \
   --shapes "${BENCH_SHAPES:-4096x4096,8192x8192,llama3_8b_mlp_up,llama3_8b_mlp_down}" \
   --ms "${BENCH_MS:-1,4,16,64,256,1024}" \
   --time-budget-s "$BUDGET" --out "$OUT/bench" >"$OUT/bench.log" 2>&1

@@ -97,11 +97,39 @@ def _packed_format(format: str, symmetric: bool, group_size: int) -> KernelForma
     return KernelFormat(prepare, op, nbytes)
 
 
+def _sparse24_format(int4: bool, group_size: int = 128) -> KernelFormat:
+    """2:4 along K (magnitude-pruned W): bf16 values, or int4 values (symmetric, bf16 scales)."""
+    from compactlm.kernels import packing
+    from compactlm.kernels.sparse24_matmul import sparse24_int4_matmul, sparse24_matmul
+
+    def prepare(w):
+        w24 = packing.mask_24_magnitude(jnp.asarray(w))
+        if not int4:
+            return packing.compress_24(w24.astype(jnp.bfloat16))
+        q, meta, s, _ = packing.quantize_sparse24_int4(w24, group_size)
+        return q, meta, s.astype(jnp.bfloat16)
+
+    def op(x, weights, impl):
+        if not int4:
+            return sparse24_matmul(x, *weights, impl=impl)
+        return sparse24_int4_matmul(x, *weights, impl=impl)
+
+    def nbytes(m, n, k):
+        meta = k // 32 * n * 4  # one int32 of 2-bit position pairs per 32 rows
+        values = k * n // 4 + 2 * (k // 2 // group_size) * n if int4 else k * n  # K/2 rows
+        # vs bf16's 2·K·N: 56.25% (bf16 values), 19.1% (int4, bf16 scales; 19.5% with f32).
+        return values + meta + _act_bytes(m, n, k)
+
+    return KernelFormat(prepare, op, nbytes)
+
+
 register_format("bf16", _bf16_format())
 register_format("int4", _packed_format("int4", True, 128))
 register_format("int4_affine", _packed_format("int4", False, 128))
 register_format("nf4", _packed_format("nf4", True, 64))
 register_format("fp4", _packed_format("fp4", True, 64))
+register_format("sparse24", _sparse24_format(int4=False))
+register_format("sparse24_int4", _sparse24_format(int4=True))
 
 
 # ----------------------------------------------------------------------------- timing
@@ -283,7 +311,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, kind: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--formats", default="int4,int4_affine,nf4,fp4")
+    p.add_argument("--formats", default="int4,int4_affine,nf4,fp4,sparse24,sparse24_int4")
     p.add_argument("--shapes", default="4096x4096,8192x8192")
     p.add_argument("--ms", default=",".join(map(str, MS)))
     p.add_argument("--out", default="runs/bench_kernels")
