@@ -10,8 +10,8 @@ Kernels (raw ``@triton.jit``, launched through ``_launch.triton_call`` on CUDA o
 ``_interpret.interpret_call`` in tests; output pointers last):
 
 - ``_int4_matmul_kernel``: tiled GEMM after Triton tutorial 03 (grouped pid ordering, masks on
-  every edge); the 4-bit tile is expanded in registers as in gemlite / GPTQ-Triton (each k row
-  loads its int32 word, shifts out its nibble).
+  every edge); the packed ``[BK/8, BN]`` words are loaded once and unpacked in registers
+  (broadcast over the 8 nibbles, shift, reshape; the idea of gemlite's bitpacking).
 - ``_int4_splitk_kernel``: decode path for M ≤ 16 — memory bound, so the grid is split along K
   (Marlin's split-K idea) to fill the SMs; each split writes an f32 partial ``[SPLIT_K, M, N]``
   and a second stage sums them (deterministic, no atomics, no zero-initialised output).
@@ -75,14 +75,28 @@ def reference_int4_matmul_bwd(
 
 
 @triton.jit
-def _dequant_tile(words, shift, scale, zero, codebook_ptr, FMT: tl.constexpr):
-    """int32 words ``[BK, BN]`` (row k holds word k // 8) → f32 weights, as packing.dequantize."""
-    if FMT == 0:  # symmetric: signed nibble; shift it to the top, arithmetic shift sign-extends
-        w = ((words << (28 - shift)) >> 28).to(tl.float32) * scale
+def _dequant_tile(
+    words, scale, zero, codebook_ptr,
+    FMT: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
+):  # fmt: skip
+    """Packed words ``[BK/8, BN]`` → f32 weights ``[BK, BN]``, exactly as packing.dequantize.
+
+    Each word is loaded once and broadcast over its 8 nibbles ([BK/8, 8, BN]); the row-major
+    reshape puts nibble j of word i at row 8·i + j, i.e. row k — the packing contract.
+    """
+    shifts = (tl.arange(0, 8) * 4)[None, :, None]
+    w3 = words[:, None, :]
+    if FMT == 0:  # symmetric: move the nibble to the top, the arithmetic shift sign-extends
+        q = (w3 << (28 - shifts)) >> 28
+    else:
+        q = (w3 >> shifts) & 0xF
+    q = tl.reshape(q, (BLOCK_SIZE_K, BLOCK_SIZE_N))
+    if FMT == 0:
+        w = q.to(tl.float32) * scale
     elif FMT == 1:  # affine
-        w = (((words >> shift) & 0xF).to(tl.float32) - zero) * scale
+        w = (q.to(tl.float32) - zero) * scale
     else:  # NF4 / FP4: 16-entry code book (64 bytes, stays in L1)
-        w = tl.load(codebook_ptr + ((words >> shift) & 0xF)) * scale
+        w = tl.load(codebook_ptr + q) * scale
     return w
 
 
@@ -114,10 +128,9 @@ def _int4_matmul_kernel(
     offs_k = tl.arange(0, BLOCK_SIZE_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    offs_kw = tl.arange(0, BLOCK_SIZE_K // 8)  # packed rows: one int32 word per 8 k
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    # Every k row points at its packed word; the 8 rows sharing a word hit the same cache line.
-    q_ptrs = qweight_ptr + (offs_k[:, None] // 8) * stride_qk + offs_n[None, :] * stride_qn
-    shift = (offs_k[:, None] % 8) * 4
+    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
 
     # -------------------------------------------------------------- K loop
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
@@ -125,7 +138,7 @@ def _int4_matmul_kernel(
         k0 = kb * BLOCK_SIZE_K
         mask_k = offs_k < K - k0
         x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0)
+        words = tl.load(q_ptrs, mask=(offs_kw[:, None] * 8 < K - k0) & mask_n[None, :], other=0)
         if GROUP_SIZE % BLOCK_SIZE_K == 0:  # the whole K tile lies in one group: one scale row
             s_off = (k0 // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
             s_mask = mask_n[None, :]
@@ -136,7 +149,7 @@ def _int4_matmul_kernel(
         zero = 0.0
         if FMT == 1:
             zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, shift, scale, zero, codebook_ptr, FMT)
+        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
         if DOT_FP32:  # interpreter: its bf16 arithmetic is wrong, keep both operands f32
             acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
         else:
@@ -171,19 +184,20 @@ def _int4_splitk_kernel(
     offs_m = tl.arange(0, BLOCK_SIZE_M)  # all of M (≤ 16) in one tile
     offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
     offs_k = k_begin + tl.arange(0, BLOCK_SIZE_K)
+    offs_kw = k_begin // 8 + tl.arange(0, BLOCK_SIZE_K // 8)
     mask_m = offs_m < M
     mask_n = offs_n < N
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    q_ptrs = qweight_ptr + (offs_k[:, None] // 8) * stride_qk + offs_n[None, :] * stride_qn
-    shift = (offs_k[:, None] % 8) * 4
+    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
 
     # -------------------------------------------------------------- K loop (this split only)
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
     for kb in range(0, k_tiles_per_split):
         k0 = k_begin + kb * BLOCK_SIZE_K
         mask_k = offs_k < K - kb * BLOCK_SIZE_K
+        mask_kw = offs_kw * 8 < K - kb * BLOCK_SIZE_K
         x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0)
+        words = tl.load(q_ptrs, mask=mask_kw[:, None] & mask_n[None, :], other=0)
         if GROUP_SIZE % BLOCK_SIZE_K == 0:
             s_off = (k0 // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
             s_mask = mask_n[None, :] & (k0 < K)
@@ -195,7 +209,7 @@ def _int4_splitk_kernel(
         zero = 0.0
         if FMT == 1:
             zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, shift, scale, zero, codebook_ptr, FMT)
+        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
         if DOT_FP32:
             acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
         else:
@@ -237,9 +251,10 @@ def _int4_matmul_bwd_kernel(
     offs_n = tl.arange(0, BLOCK_SIZE_N)
     mask_m = offs_m < M
     mask_k = offs_k < K
+    offs_kw = pid_k * (BLOCK_SIZE_K // 8) + tl.arange(0, BLOCK_SIZE_K // 8)
+    mask_kw = offs_kw * 8 < K
     dy_ptrs = dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn
-    q_ptrs = qweight_ptr + (offs_k[:, None] // 8) * stride_qk + offs_n[None, :] * stride_qn
-    shift = (offs_k[:, None] % 8) * 4
+    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
     if GROUP_SIZE % BLOCK_SIZE_K == 0:  # this K tile lies in one group: one scale row
         s_rows = (pid_k * BLOCK_SIZE_K // GROUP_SIZE) * stride_sg + tl.zeros((1, 1), tl.int32)
     else:
@@ -251,7 +266,7 @@ def _int4_matmul_bwd_kernel(
         n0 = nb * BLOCK_SIZE_N
         mask_n = offs_n < N - n0
         dy = tl.load(dy_ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0)
+        words = tl.load(q_ptrs, mask=mask_kw[:, None] & mask_n[None, :], other=0)
         s_off = s_rows + (n0 + offs_n[None, :]) * stride_sn
         if GROUP_SIZE % BLOCK_SIZE_K == 0:
             s_mask = mask_n[None, :]
@@ -261,7 +276,7 @@ def _int4_matmul_bwd_kernel(
         zero = 0.0
         if FMT == 1:
             zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, shift, scale, zero, codebook_ptr, FMT)  # [BK, BN]
+        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
         if DOT_FP32:
             acc = tl.dot(dy.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
         else:
