@@ -131,14 +131,16 @@ def test_kernel_vs_reference(variant, path, M, N, K):
 
 
 @pytest.mark.parametrize(
-    "K,group_size",
+    "K,group_size,path",
     [
-        (256, 64),  # 2·G = BLOCK_SIZE_K: one scale row per tile
-        (96, None),  # per-channel, K/2 = 48 < BLOCK_SIZE_K / 2 and not a power of 2
-        (320, None),  # per-channel, K/2 = 160, ragged K
+        (256, 64, "gemm"),  # 2·G = BLOCK_SIZE_K: one scale row per tile
+        (256, 64, "decode_dot"),
+        (96, None, "decode_gemv"),  # per-channel, K/2 = 48 < BLOCK_SIZE_K / 2, not a power of 2
+        (96, None, "bwd"),
+        (320, None, "gemm"),  # per-channel, K/2 = 160, ragged K
+        (320, None, "bwd"),
     ],
 )
-@pytest.mark.parametrize("path", ["gemm", "decode_dot", "decode_gemv", "bwd"])
 def test_kernel_int4_group_sizes(K, group_size, path):
     dense, ops = make_weight("int4_affine", K, 20, seed=K, group_size=group_size)
     M = 3 if path.startswith("decode") else 21
@@ -155,8 +157,10 @@ def test_kernel_int4_group_sizes(K, group_size, path):
     )
 
 
-@pytest.mark.parametrize("values_dtype", [ml_dtypes.bfloat16, np.float16])
-@pytest.mark.parametrize("path", ["gemm", "decode_dot", "decode_gemv"])
+@pytest.mark.parametrize(
+    "values_dtype,path",
+    [(ml_dtypes.bfloat16, "gemm"), (np.float16, "decode_dot"), (ml_dtypes.bfloat16, "decode_gemv")],
+)
 def test_kernel_f16_activations_and_16bit_values(values_dtype, path):
     """f16 x, 16-bit values cast to f16 (exact for f16, rounding for bf16) as the spec says."""
     M = 33 if path == "gemm" else 4
