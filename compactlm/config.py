@@ -63,14 +63,14 @@ def nano() -> Config:
     """~0.2M params: the test preset (seconds per hundred steps on a CPU)."""
     return _replace(
         Config(preset="nano"),
-        model=dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=176, max_seq_len=128),
+        model=dict(d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=192, max_seq_len=128),
         train=dict(steps=300, batch_size=16, seq_len=128, eval_every=100, checkpoint_every=100),
         optim=dict(lr=3e-3, warmup_steps=30),
     )
 
 
 def small() -> Config:
-    """~15M params: a longer CPU run or a quick GPU run."""
+    """~12.7M params: a longer CPU run or a quick GPU run."""
     return _replace(
         Config(preset="small"),
         model=dict(d_model=384, n_layers=8, n_heads=6, n_kv_heads=2, d_ff=1024, max_seq_len=512),
@@ -80,11 +80,11 @@ def small() -> Config:
 
 
 def base() -> Config:
-    """~125M params (GPT-2 small scale, BPE vocab): a GPU preset."""
+    """~122M params (GPT-2 small scale, BPE vocab 32k): a GPU preset."""
     return _replace(
         Config(preset="base"),
         model=dict(
-            d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048, max_seq_len=1024,
+            d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2816, max_seq_len=1024,
             compute_dtype="bfloat16",
         ),
         data=dict(tokenizer="bpe", bpe_vocab_size=32768),
