@@ -45,7 +45,8 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from compactlm.kernels import int4_configs, packing
+from compactlm.kernels import _launch, int4_configs, packing
+from compactlm.kernels.int4_matmul import _device_reason  # CUDA present, bf16 dots need sm_80+
 
 Impl = Literal["auto", "triton", "reference"]
 FORMATS = ("sparse24", "sparse24_int4")
@@ -390,7 +391,7 @@ def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
     cfg["BLOCK_SIZE_M"] = triton.next_power_of_2(M) if M <= gemv_max_m else DECODE_MAX_M
     block_n, block_k = cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if split_k is None:
-        split_k = int4_configs.split_k_for(_device_kind(), N, K, block_n, block_k)
+        split_k = int4_configs.split_k_for(_launch.device_kind(), N, K, block_n, block_k)
     k_per_split = triton.cdiv(triton.cdiv(K, block_k), split_k) * block_k
     split_k = triton.cdiv(K, k_per_split)  # no empty splits
     partial = call(
@@ -415,15 +416,9 @@ def _launch_matmul_bwd(call, dy2, values, meta, scales, zeros, *, config, dot_fp
     )  # fmt: skip
 
 
-def _device_kind() -> str:
-    from compactlm.kernels import _launch
-
-    return _launch.device_kind()
-
-
 def _config(M: int, N: int, K: int, fmt: str, *, backward: bool = False) -> dict[str, Any]:
     """Launch config from the per-GPU tables in int4_configs (data; nothing is tuned here)."""
-    return int4_configs.get_config(_device_kind(), M, N, K, fmt, backward=backward)
+    return int4_configs.get_config(_launch.device_kind(), M, N, K, fmt, backward=backward)
 
 
 def _triton_forward(call, x2, values, meta, scales, zeros, *, out_dtype, config=None, **kw):
@@ -491,9 +486,6 @@ def supports(shape: tuple[int, int, int], dtype, format: str = "sparse24") -> bo
 
 
 def _triton_reason(shape, dtype, format) -> str | None:
-    from compactlm.kernels import _launch
-    from compactlm.kernels.int4_matmul import _device_reason  # CUDA present, bf16 needs sm_80+
-
     reason = unsupported_reason(shape, dtype, format) or _device_reason(dtype)
     if reason is None:
         try:
@@ -503,12 +495,12 @@ def _triton_reason(shape, dtype, format) -> str | None:
     return reason
 
 
-def _resolve_impl(impl: str, reason: str | None) -> str:
+def _resolve_impl(impl: str, reason: str | None, op: str) -> str:
     if impl == "reference":
         return "reference"
     if impl == "triton":
         if reason is not None:
-            raise ValueError(f"impl='triton' cannot run: {reason}")
+            raise ValueError(f"{op}(impl='triton') cannot run: {reason}")
         return "triton"
     if impl == "auto":
         return "triton" if reason is None else "reference"
@@ -520,8 +512,6 @@ def _sparse24_core(x2, values, meta, scales, zeros, impl, out_dtype, x_dtype):
     if impl == "reference":
         w = _reference_dense_w(values, meta, scales, zeros, x_dtype)
         return jnp.dot(x2, w, preferred_element_type=jnp.float32).astype(out_dtype)
-    from compactlm.kernels import _launch
-
     call = _launch.triton_call
     return _triton_forward(call, x2, values, meta, scales, zeros, out_dtype=out_dtype)
 
@@ -536,8 +526,6 @@ def _sparse24_core_bwd(impl, out_dtype, x_dtype, residuals, dy):
     if impl == "reference":
         dx = _reference_backward(dy, values, meta, scales, zeros, x_dtype)
     else:
-        from compactlm.kernels import _launch
-
         dy2 = dy.astype(x_dtype)
         dx = _triton_backward(_launch.triton_call, dy2, values, meta, scales, zeros)
 
@@ -557,7 +545,9 @@ _sparse24_core.defvjp(_sparse24_core_fwd, _sparse24_core_bwd)
 def _dispatch(x, values, meta, scales, zeros, group_size, impl, out_dtype):
     K, N = _check_operands(x, values, meta, scales, zeros, group_size)
     x2 = x.reshape(-1, K)
-    impl = _resolve_impl(impl, _triton_reason((x2.shape[0], N, K), x.dtype, _format(scales)))
+    fmt = _format(scales)
+    op = "sparse24_matmul" if scales is None else "sparse24_int4_matmul"
+    impl = _resolve_impl(impl, _triton_reason((x2.shape[0], N, K), x.dtype, fmt), op)
     out_dtype = jnp.dtype(out_dtype or x.dtype)
     y2 = _sparse24_core(x2, values, meta, scales, zeros, impl, out_dtype, jnp.dtype(x.dtype))
     return y2.reshape(*x.shape[:-1], y2.shape[-1])

@@ -253,7 +253,7 @@ def test_supports_names_constraints():
 def test_dispatch_errors():
     _, (values, meta, _, _) = make_weight("values", 64, 8)
     x = jnp.ones((2, 64))
-    with pytest.raises(ValueError, match="impl='triton' cannot run: .*CUDA device"):
+    with pytest.raises(ValueError, match=r"matmul\(impl='triton'\) cannot run: .*CUDA device"):
         S.sparse24_matmul(x, values, meta, impl="triton")
     with pytest.raises(ValueError, match="impl must be one of"):
         S.sparse24_matmul(x, values, meta, impl="cuda")
