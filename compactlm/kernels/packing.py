@@ -471,6 +471,8 @@ def compress_24(w: jax.Array, *, check: bool = True) -> tuple[jax.Array, jax.Arr
     non-zeros in row order and silently drops the rest.
     """
     K, N = _check_24_shape(w.shape)
+    if check and isinstance(w, jax.core.Tracer):
+        raise ValueError("compress_24(check=True) needs a concrete W; under jit pass check=False")
     if check and (msg := find_24_violation(w)) is not None:
         raise ValueError(msg)
     w_g = w.reshape(K // SPARSE24_GROUP, SPARSE24_GROUP, N)

@@ -148,6 +148,8 @@ def test_mask_24_magnitude_keeps_two_largest_ties_to_lower_rows():
 def test_compress_traces_under_jit_without_check():
     w = jnp.asarray(random_24(np.random.default_rng(2), 64, 5))
     values, meta = jax.jit(lambda a: packing.compress_24(a, check=False))(w)
+    with pytest.raises(ValueError, match="under jit pass check=False"):
+        jax.jit(packing.compress_24)(w)
     np.testing.assert_array_equal(np.asarray(packing.decompress_24(values, meta)), np.asarray(w))
 
 
