@@ -48,7 +48,7 @@ def _close(got, want, dtype):
                                **tol("sparse24_kernel", jnp.dtype(dtype).name))  # fmt: skip
 
 
-@pytest.mark.parametrize("m", [1, 7, 16, 64, 333])  # GEMV, decode tl.dot, GEMM tiers
+@pytest.mark.parametrize("m", [1, 7, 333])  # GEMV, 16-row tl.dot decode, GEMM (compiles add up)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_bf16_4096(variant, m):
     ops = _weights(4096, 4096, variant)
