@@ -21,7 +21,10 @@ if ! "$VENV/bin/python" -c "import compactlm, jax_triton" >/dev/null 2>&1; then
 fi
 # The CUDA 13 plugin (--no-deps: no CUDA libraries) registers the "cuda" lowering of
 # jax-triton's custom call, so tests/kernels/test_export.py can jax.export the real Triton path
-# on a CPU-only machine. JAX_PLATFORMS=cpu keeps it from initialising (it would log a cuDNN error).
-if ! "$VENV/bin/python" -c "import jax_cuda13_plugin" >/dev/null 2>&1; then
-  "$VENV/bin/python" -m pip install -q --no-deps "jax-cuda13-plugin==0.11.2" "jax-cuda13-pjrt==0.11.2"
+# on a CPU-only machine. It goes into its own folder, not site-packages: only the export tests put
+# it on PYTHONPATH, so plain CPU runs never discover it (it would log a cuDNN error at start-up).
+PLUGIN_DIR="$VENV/cuda-export"
+if [ ! -d "$PLUGIN_DIR/jax_cuda13_plugin" ]; then
+  "$VENV/bin/python" -m pip install -q --no-deps --target "$PLUGIN_DIR" \
+    "jax-cuda13-plugin==0.11.2" "jax-cuda13-pjrt==0.11.2"
 fi

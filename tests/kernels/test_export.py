@@ -1,22 +1,10 @@
 """jax.export of the real jax-triton int4 path for platform "cuda" works on a CPU-only machine."""
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.kernels.export_support import check_case, requires_plugin, run_export_script
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("jax_cuda13_plugin") is None
-    or importlib.util.find_spec("jax_triton") is None,
-    reason="needs jax-cuda13-plugin==0.11.2 and jax-triton installed --no-deps "
-    "(scripts/bootstrap.sh installs both; CI runs this test)",
-)
+pytestmark = requires_plugin
 
 CASES = {
     "gemm_int4_affine_bf16": ["bfloat16[64,256]"],
@@ -27,21 +15,9 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "out.json"
-    # The interpreter must be off so the kernels stay JITFunctions that jax-triton can lower.
-    env = dict(os.environ, TRITON_INTERPRET="0", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests/kernels/cuda_export.py"), str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return run_export_script("cuda_export.py", tmp_path_factory.mktemp("export") / "out.json")
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_export_for_cuda(exported, case):
-    r = exported[case]
-    assert r["ok"], r.get("error")
-    assert r["platforms"] == ["cuda"]
-    assert r["triton_calls"] == r["expected_calls"], r
-    assert r["out_avals"] == CASES[case]
+    check_case(exported[case], CASES[case])
