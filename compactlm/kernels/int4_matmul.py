@@ -6,8 +6,8 @@ for affine int4, ``zeros[K/G, N]``; ``y[..., N]`` in x's dtype. Every kernel deq
 exactly like ``packing.dequantize``, casts W to the activation dtype for the tensor-core dot (the
 reference does the same) and accumulates in f32.
 
-Kernels (raw ``@triton.jit``, launched through ``_launch.triton_call`` on CUDA or
-``_interpret.interpret_call`` in tests; output pointers last):
+Kernels (raw ``@triton.jit`` in ``int4_kernels.py``, launched through ``_launch.triton_call`` on
+CUDA or ``_interpret.interpret_call`` in tests; output pointers last):
 
 - ``_int4_matmul_kernel``: tiled GEMM after Triton tutorial 03 (grouped pid ordering, masks on
   every edge); the packed ``[BK/8, BN]`` words are loaded once and unpacked in registers
@@ -24,30 +24,18 @@ Kernels (raw ``@triton.jit``, launched through ``_launch.triton_call`` on CUDA o
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import triton
-import triton.language as tl
 
 from compactlm.kernels import _launch, int4_configs
-from compactlm.kernels.packing import (
-    CODEBOOKS,
-    FORMATS,
-    check_format,
-    check_packed,
-    dequantize,
-)
+from compactlm.kernels._dispatch import Impl, check_impl, device_reason, resolve_impl
+from compactlm.kernels.int4_kernels import launch_int4_matmul, launch_int4_matmul_bwd
+from compactlm.kernels.packing import FORMATS, check_format, check_packed, dequantize
 
-Impl = Literal["auto", "triton", "reference"]
-IMPLS = ("auto", "triton", "reference")
 ACTIVATION_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 DECODE_MAX_M = 16
-
-# In-kernel format codes (constexpr FMT).
-FMT_INT4_SYM, FMT_INT4_AFFINE, FMT_CODEBOOK = 0, 1, 2
 
 
 # ============================================================================ reference (the spec)
@@ -69,303 +57,6 @@ def reference_int4_matmul_bwd(
     w = dequantize(qweight, scales, zeros, format=format, group_size=group_size)
     dx = jnp.dot(dy, w.astype(dy.dtype).T, preferred_element_type=jnp.float32)
     return dx.astype(dy.dtype)
-
-
-# ============================================================================ Triton kernels
-
-
-@triton.jit
-def _dequant_tile(
-    words, scale, zero, codebook_ptr,
-    FMT: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
-):  # fmt: skip
-    """Packed words ``[BK/8, BN]`` → f32 weights ``[BK, BN]``, exactly as packing.dequantize.
-
-    Each word is loaded once and broadcast over its 8 nibbles ([BK/8, 8, BN]); the row-major
-    reshape puts nibble j of word i at row 8·i + j, i.e. row k — the packing contract.
-    """
-    shifts = (tl.arange(0, 8) * 4)[None, :, None]
-    w3 = words[:, None, :]
-    if FMT == 0:  # symmetric: move the nibble to the top, the arithmetic shift sign-extends
-        q = (w3 << (28 - shifts)) >> 28
-    else:
-        q = (w3 >> shifts) & 0xF
-    q = tl.reshape(q, (BLOCK_SIZE_K, BLOCK_SIZE_N))
-    if FMT == 0:
-        w = q.to(tl.float32) * scale
-    elif FMT == 1:  # affine
-        w = (q.to(tl.float32) - zero) * scale
-    else:  # NF4 / FP4: 16-entry code book (64 bytes, stays in L1)
-        w = tl.load(codebook_ptr + q) * scale
-    return w
-
-
-@triton.jit
-def _int4_matmul_kernel(
-    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, codebook_ptr,
-    M, N, K,
-    stride_xm, stride_xk, stride_qk, stride_qn, stride_sg, stride_sn, stride_ym, stride_yn,
-    y_ptr,
-    GROUP_SIZE: tl.constexpr, FMT: tl.constexpr,
-    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr,
-):  # fmt: skip
-    # -------------------------------------------------------------- pid mapping (tutorial 03)
-    # Grouped ordering: GROUP_SIZE_M row tiles share each column tile of W while it is in L2.
-    pid = tl.program_id(axis=0)
-    num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
-    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
-    num_pid_in_group = GROUP_SIZE_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_SIZE_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
-
-    # -------------------------------------------------------------- pointer setup
-    offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
-    offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
-    offs_k = tl.arange(0, BLOCK_SIZE_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    offs_kw = tl.arange(0, BLOCK_SIZE_K // 8)  # packed rows: one int32 word per 8 k
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
-
-    # -------------------------------------------------------------- K loop
-    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
-    for kb in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
-        k0 = kb * BLOCK_SIZE_K
-        mask_k = offs_k < K - k0
-        x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=(offs_kw[:, None] * 8 < K - k0) & mask_n[None, :], other=0)
-        if GROUP_SIZE % BLOCK_SIZE_K == 0:  # the whole K tile lies in one group: one scale row
-            s_off = (k0 // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
-            s_mask = mask_n[None, :]
-        else:  # groups smaller than the tile (or per-channel with ragged K): gather per row
-            s_off = ((k0 + offs_k[:, None]) // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
-            s_mask = mask_k[:, None] & mask_n[None, :]
-        scale = tl.load(scales_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        zero = 0.0
-        if FMT == 1:
-            zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
-        if DOT_FP32:  # interpreter: its bf16 arithmetic is wrong, keep both operands f32
-            acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w.to(x.dtype), acc)
-        x_ptrs += BLOCK_SIZE_K * stride_xk
-        q_ptrs += (BLOCK_SIZE_K // 8) * stride_qk
-
-    # -------------------------------------------------------------- epilogue
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _int4_splitk_kernel(
-    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, codebook_ptr,
-    M, N, K,
-    stride_xm, stride_xk, stride_qk, stride_qn, stride_sg, stride_sn,
-    stride_ps, stride_pm, stride_pn,
-    partial_ptr,
-    GROUP_SIZE: tl.constexpr, FMT: tl.constexpr,
-    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, DOT_FP32: tl.constexpr,
-):  # fmt: skip
-    # -------------------------------------------------------------- pid mapping
-    # axis 0: column tile of W; axis 1: which contiguous K range (split) this program reduces.
-    pid_n = tl.program_id(axis=0)
-    pid_k = tl.program_id(axis=1)
-    k_tiles_per_split = tl.cdiv(tl.cdiv(K, BLOCK_SIZE_K), SPLIT_K)
-    k_begin = pid_k * k_tiles_per_split * BLOCK_SIZE_K
-
-    # -------------------------------------------------------------- pointer setup
-    offs_m = tl.arange(0, BLOCK_SIZE_M)  # all of M (≤ 16) in one tile
-    offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
-    offs_k = k_begin + tl.arange(0, BLOCK_SIZE_K)
-    offs_kw = k_begin // 8 + tl.arange(0, BLOCK_SIZE_K // 8)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
-
-    # -------------------------------------------------------------- K loop (this split only)
-    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
-    for kb in range(0, k_tiles_per_split):
-        k0 = k_begin + kb * BLOCK_SIZE_K
-        mask_k = offs_k < K - kb * BLOCK_SIZE_K
-        mask_kw = offs_kw * 8 < K - kb * BLOCK_SIZE_K
-        x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=mask_kw[:, None] & mask_n[None, :], other=0)
-        if GROUP_SIZE % BLOCK_SIZE_K == 0:
-            s_off = (k0 // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
-            s_mask = mask_n[None, :] & (k0 < K)
-        else:
-            s_off = ((offs_k[:, None] + kb * BLOCK_SIZE_K) // GROUP_SIZE) * stride_sg
-            s_off += offs_n[None, :] * stride_sn
-            s_mask = mask_k[:, None] & mask_n[None, :]
-        scale = tl.load(scales_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        zero = 0.0
-        if FMT == 1:
-            zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
-        if DOT_FP32:
-            acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w.to(x.dtype), acc)
-        x_ptrs += BLOCK_SIZE_K * stride_xk
-        q_ptrs += (BLOCK_SIZE_K // 8) * stride_qk
-
-    # -------------------------------------------------------------- epilogue: f32 partial
-    p_ptrs = partial_ptr + pid_k * stride_ps + offs_m[:, None] * stride_pm
-    p_ptrs += offs_n[None, :] * stride_pn
-    tl.store(p_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _int4_matmul_bwd_kernel(
-    dy_ptr, qweight_ptr, scales_ptr, zeros_ptr, codebook_ptr,
-    M, N, K,
-    stride_dym, stride_dyn, stride_qk, stride_qn, stride_sg, stride_sn, stride_dxm, stride_dxk,
-    dx_ptr,
-    GROUP_SIZE: tl.constexpr, FMT: tl.constexpr,
-    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr,
-):  # fmt: skip
-    # -------------------------------------------------------------- pid mapping
-    # Output dx[M, K]: tiles over (M, K), grouped along M as in the forward; N is contracted.
-    pid = tl.program_id(axis=0)
-    num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
-    num_pid_k = tl.cdiv(K, BLOCK_SIZE_K)
-    num_pid_in_group = GROUP_SIZE_M * num_pid_k
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_SIZE_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_k = (pid % num_pid_in_group) // group_size_m
-
-    # -------------------------------------------------------------- pointer setup
-    offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
-    offs_k = pid_k * BLOCK_SIZE_K + tl.arange(0, BLOCK_SIZE_K)
-    offs_n = tl.arange(0, BLOCK_SIZE_N)
-    mask_m = offs_m < M
-    mask_k = offs_k < K
-    offs_kw = pid_k * (BLOCK_SIZE_K // 8) + tl.arange(0, BLOCK_SIZE_K // 8)
-    mask_kw = offs_kw * 8 < K
-    dy_ptrs = dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn
-    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
-    if GROUP_SIZE % BLOCK_SIZE_K == 0:  # this K tile lies in one group: one scale row
-        s_rows = (pid_k * BLOCK_SIZE_K // GROUP_SIZE) * stride_sg + tl.zeros((1, 1), tl.int32)
-    else:
-        s_rows = (offs_k[:, None] // GROUP_SIZE) * stride_sg
-
-    # -------------------------------------------------------------- N loop (contracted)
-    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_K), dtype=tl.float32)
-    for nb in range(0, tl.cdiv(N, BLOCK_SIZE_N)):
-        n0 = nb * BLOCK_SIZE_N
-        mask_n = offs_n < N - n0
-        dy = tl.load(dy_ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=mask_kw[:, None] & mask_n[None, :], other=0)
-        s_off = s_rows + (n0 + offs_n[None, :]) * stride_sn
-        if GROUP_SIZE % BLOCK_SIZE_K == 0:
-            s_mask = mask_n[None, :]
-        else:
-            s_mask = mask_k[:, None] & mask_n[None, :]
-        scale = tl.load(scales_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        zero = 0.0
-        if FMT == 1:
-            zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
-        if DOT_FP32:
-            acc = tl.dot(dy.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(dy, tl.trans(w.to(dy.dtype)), acc)
-        dy_ptrs += BLOCK_SIZE_N * stride_dyn
-        q_ptrs += BLOCK_SIZE_N * stride_qn
-
-    # -------------------------------------------------------------- epilogue
-    dx_ptrs = dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_k[None, :])
-
-
-# ============================================================================ launch builders
-# Written once against triton_call's convention; `launch` is _launch.triton_call on CUDA or
-# _interpret.interpret_call in the tests, so the interpreter exercises this exact argument list.
-
-
-def _fmt_code(format: str, zeros) -> int:
-    if format == "int4":
-        return FMT_INT4_SYM if zeros is None else FMT_INT4_AFFINE
-    return FMT_CODEBOOK
-
-
-def _codebook(format: str):
-    return np.asarray(CODEBOOKS.get(format, np.zeros(16, np.float32)), np.float32)
-
-
-def launch_int4_matmul(
-    launch, x, qweight, scales, zeros, *, format: str, config: dict, dot_fp32: bool = False
-):
-    """Forward ``y[M, N] = x[M, K] @ W``: the split-K decode kernel when ``config`` has
-    ``SPLIT_K`` (M ≤ BLOCK_SIZE_M), else the tiled GEMM."""
-    m, k = x.shape
-    n = qweight.shape[1]
-    g = k // scales.shape[0]
-    cfg = dict(config)
-    common = (x, qweight, scales, scales if zeros is None else zeros, _codebook(format), m, n, k)
-    meta = dict(GROUP_SIZE=g, FMT=_fmt_code(format, zeros), DOT_FP32=dot_fp32)
-    if "SPLIT_K" in cfg:  # the decode configuration (int4_configs bucket "decode")
-        if m > cfg["BLOCK_SIZE_M"]:
-            raise ValueError(
-                f"decode kernel takes M <= BLOCK_SIZE_M={cfg['BLOCK_SIZE_M']}, got {m}"
-            )
-        split = cfg.pop("SPLIT_K")
-        partial = launch(
-            _int4_splitk_kernel,
-            (triton.cdiv(n, cfg["BLOCK_SIZE_N"]), split),
-            *common,
-            k, 1, n, 1, n, 1,
-            m * n, n, 1,
-            out_shape=((split, m, n), np.float32),
-            SPLIT_K=split,
-            **meta,
-            **cfg,
-        )  # fmt: skip
-        return partial.sum(axis=0).astype(x.dtype)
-    grid = (triton.cdiv(m, cfg["BLOCK_SIZE_M"]) * triton.cdiv(n, cfg["BLOCK_SIZE_N"]),)
-    return launch(
-        _int4_matmul_kernel,
-        grid,
-        *common,
-        k, 1, n, 1, n, 1, n, 1,
-        out_shape=((m, n), x.dtype),
-        **meta,
-        **cfg,
-    )  # fmt: skip
-
-
-def launch_int4_matmul_bwd(
-    launch, dy, qweight, scales, zeros, *, format: str, config: dict, dot_fp32: bool = False
-):
-    """Backward ``dx[M, K] = dy[M, N] @ W^T`` with the packed W."""
-    m, n = dy.shape
-    k = qweight.shape[0] * 8
-    g = k // scales.shape[0]
-    cfg = dict(config)
-    grid = (triton.cdiv(m, cfg["BLOCK_SIZE_M"]) * triton.cdiv(k, cfg["BLOCK_SIZE_K"]),)
-    return launch(
-        _int4_matmul_bwd_kernel,
-        grid,
-        dy, qweight, scales, scales if zeros is None else zeros, _codebook(format),
-        m, n, k,
-        n, 1, n, 1, n, 1, k, 1,
-        out_shape=((m, k), dy.dtype),
-        GROUP_SIZE=g,
-        FMT=_fmt_code(format, zeros),
-        DOT_FP32=dot_fp32,
-        **cfg,
-    )  # fmt: skip
 
 
 def _config(m: int, n: int, k: int, format: str, *, backward: bool = False) -> dict:
@@ -398,15 +89,6 @@ def unsupported_reason(shape: tuple[int, int, int], dtype, format: str = "int4")
 def supports(shape: tuple[int, int, int], dtype, format: str = "int4") -> bool:
     """Whether the Triton kernels handle ``x[M, K] @ W[K, N]`` (device aside)."""
     return unsupported_reason(shape, dtype, format) is None
-
-
-def _device_reason(dtype) -> str | None:
-    if not _launch.on_cuda():
-        return f"needs a CUDA device, JAX's default backend is {jax.default_backend()!r}"
-    cc = _launch.compute_capability()
-    if cc is not None and cc < (8, 0) and jnp.dtype(dtype) == jnp.bfloat16:
-        return f"bf16 tensor-core dots need compute capability >= 8.0, found {cc}"
-    return None
 
 
 def _forward(x2, qweight, scales, zeros, format, impl):
@@ -464,8 +146,7 @@ def int4_matmul(
     ``impl="triton"`` raises ValueError naming the constraint when it cannot run.
     """
     check_format(format)
-    if impl not in IMPLS:
-        raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    check_impl(impl)
     if format != "int4" and zeros is not None:
         raise ValueError(f"format {format!r} has no zero point; pass zeros=None")
     check_packed(qweight, scales, zeros, group_size=group_size)
@@ -473,14 +154,8 @@ def int4_matmul(
     if x.shape[-1] != k:
         raise ValueError(f"x has {x.shape[-1]} features but the packed weight has K={k}")
     x2 = x.reshape(-1, k)
-    shape = (x2.shape[0], n, k)
-    if impl == "auto":
-        ok = _launch.on_cuda() and supports(shape, x.dtype, format) and not _device_reason(x.dtype)
-        impl = "triton" if ok else "reference"
-    elif impl == "triton":
-        reason = unsupported_reason(shape, x.dtype, format) or _device_reason(x.dtype)
-        if reason:
-            raise ValueError(f"int4_matmul(impl='triton') cannot run: {reason}")
+    reason = unsupported_reason((x2.shape[0], n, k), x.dtype, format) or device_reason(x.dtype)
+    impl = resolve_impl(impl, "int4_matmul", reason)
     y = _int4_matmul_vjp(x2, qweight, scales, zeros, format, impl)
     return y.reshape(*x.shape[:-1], n)
 
@@ -491,6 +166,4 @@ __all__ = [
     "reference_int4_matmul_bwd",
     "supports",
     "unsupported_reason",
-    "launch_int4_matmul",
-    "launch_int4_matmul_bwd",
 ]

@@ -22,6 +22,7 @@ def main(out_path: str) -> None:
     from jax import export
 
     from compactlm.kernels import _launch, int4_configs, packing
+    from compactlm.kernels import int4_kernels as IK
     from compactlm.kernels import int4_matmul as I
 
     rng = np.random.default_rng(0)
@@ -37,7 +38,7 @@ def main(out_path: str) -> None:
     cases = {}
     qw, s, z = packed("int4", False, 128)
     cases["gemm_int4_affine_bf16"] = (
-        lambda x, qw, s, z: I.launch_int4_matmul(
+        lambda x, qw, s, z: IK.launch_int4_matmul(
             _launch.triton_call, x, qw, s, z, format="int4",
             config=int4_configs.get_config("h100", 64, n, k, "int4"),
         ),
@@ -46,7 +47,7 @@ def main(out_path: str) -> None:
     qw4, s4, _ = packed("nf4", True, 64)
     decode_cfg = dict(int4_configs.get_config("h100", 4, n, k, "nf4"), SPLIT_K=4)
     cases["decode_nf4_splitk"] = (
-        lambda x, qw, s: I.launch_int4_matmul(
+        lambda x, qw, s: IK.launch_int4_matmul(
             _launch.triton_call, x, qw, s, None, format="nf4", config=decode_cfg
         ),
         (jax.ShapeDtypeStruct((4, k), jnp.bfloat16), sds(qw4), sds(s4)), 1,

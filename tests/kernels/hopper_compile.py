@@ -3,7 +3,7 @@
 ``python tests/kernels/hopper_compile.py specs.json results.json`` with TRITON_INTERPRET=0 (the
 test suite's interpreter would otherwise replace every ``@triton.jit`` at import). Each spec::
 
-    {"id": "gemm_nf4", "module": "compactlm.kernels.int4_matmul",
+    {"id": "gemm_nf4", "module": "compactlm.kernels.int4_kernels",
      "kernel": "_int4_matmul_kernel", "pointers": {"x_ptr": "bf16", ...},
      "constexprs": {"BLOCK_SIZE_M": 128, ...}, "num_warps": 8, "num_stages": 3}
 

@@ -21,6 +21,7 @@ def main(out_path: str) -> None:
     from jax import export
 
     from compactlm.kernels import _launch, packing
+    from compactlm.kernels import sparse24_kernels as SK
     from compactlm.kernels import sparse24_matmul as S
 
     k, n = 512, 256
@@ -32,7 +33,10 @@ def main(out_path: str) -> None:
 
     def forward(*weights):
         def f(x):
-            return S._triton_forward(_launch.triton_call, x, *weights, out_dtype=x.dtype)
+            cfg = S._config(x.shape[0], n, k, S._format(weights[2]))
+            return SK.launch_sparse24_matmul(
+                _launch.triton_call, x, *weights, out_dtype=x.dtype, config=cfg
+            )
 
         return f
 

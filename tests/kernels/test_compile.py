@@ -11,7 +11,7 @@ import pytest
 from compactlm.kernels import int4_configs
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = "compactlm.kernels.int4_matmul"
+MODULE = "compactlm.kernels.int4_kernels"
 # Opt-in dynamic + static shared memory per block on sm_90 (228 KB per SM, 1 KB reserved).
 HOPPER_SMEM_PER_BLOCK = 227 * 1024
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from compactlm.kernels import int4_kernels as IK
 from compactlm.kernels import int4_matmul as I
 from compactlm.kernels import packing as P
 from compactlm.kernels._interpret import interpret_call
@@ -48,7 +49,7 @@ def test_gemm_kernel_matches_reference(rng, variant, m_n_k_g):
     (format, symmetric), (m, n, k, g) = variant, m_n_k_g
     qw, s, z = _weights(rng, k, n, format, symmetric, g)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    got = I.launch_int4_matmul(
+    got = IK.launch_int4_matmul(
         interpret_call, x, qw, s, z, format=format, config=GEMM, dot_fp32=True
     )
     want = I.reference_int4_matmul(jnp.asarray(x), qw, s, z, format=format)
@@ -64,7 +65,7 @@ def test_decode_kernel_matches_reference(rng, variant, m):
     for n, k, g in [(24, 200, None), (40, 192, 64)]:
         qw, s, z = _weights(rng, k, n, format, symmetric, g)
         x = rng.standard_normal((m, k)).astype(np.float32)
-        got = I.launch_int4_matmul(
+        got = IK.launch_int4_matmul(
             interpret_call, x, qw, s, z, format=format, config=DECODE, dot_fp32=True
         )
         want = I.reference_int4_matmul(jnp.asarray(x), qw, s, z, format=format)
@@ -77,7 +78,7 @@ def test_backward_kernel_matches_reference(rng, variant, m_n_k_g):
     (format, symmetric), (m, n, k, g) = variant, m_n_k_g
     qw, s, z = _weights(rng, k, n, format, symmetric, g)
     dy = rng.standard_normal((m, n)).astype(np.float32)
-    got = I.launch_int4_matmul_bwd(
+    got = IK.launch_int4_matmul_bwd(
         interpret_call, dy, qw, s, z, format=format, config=BWD, dot_fp32=True
     )
     want = I.reference_int4_matmul_bwd(jnp.asarray(dy), qw, s, z, format=format)
@@ -87,7 +88,7 @@ def test_backward_kernel_matches_reference(rng, variant, m_n_k_g):
 def test_gemm_kernel_f16_activations(rng):
     qw, s, z = _weights(rng, 64, 24, "int4", False, 32)
     x = rng.standard_normal((19, 64)).astype(np.float16)
-    got = I.launch_int4_matmul(
+    got = IK.launch_int4_matmul(
         interpret_call, x, qw, s, z, format="int4", config=GEMM, dot_fp32=True
     )
     assert got.dtype == np.float16
@@ -101,7 +102,9 @@ def test_gemm_kernel_big_tiles_small_problem(rng):
     qw, s, z = _weights(rng, 64, 8, "nf4", True, 64)
     x = rng.standard_normal((3, 64)).astype(np.float32)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=32, BLOCK_SIZE_K=128, GROUP_SIZE_M=1)
-    got = I.launch_int4_matmul(interpret_call, x, qw, s, z, format="nf4", config=cfg, dot_fp32=True)
+    got = IK.launch_int4_matmul(
+        interpret_call, x, qw, s, z, format="nf4", config=cfg, dot_fp32=True
+    )
     want = I.reference_int4_matmul(jnp.asarray(x), qw, s, z, format="nf4")
     np.testing.assert_allclose(got, want, **tol("int4_kernel"))
 

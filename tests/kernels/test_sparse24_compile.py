@@ -11,7 +11,7 @@ import pytest
 from compactlm.kernels import int4_configs
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = "compactlm.kernels.sparse24_matmul"
+MODULE = "compactlm.kernels.sparse24_kernels"
 HOPPER_SMEM_PER_BLOCK = 227 * 1024  # opt-in shared memory per block on sm_90
 OUT = {
     "_sparse24_matmul_kernel": "y_ptr",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from compactlm.kernels import packing
+from compactlm.kernels import sparse24_kernels as SK
 from compactlm.kernels import sparse24_matmul as S
 from compactlm.kernels._interpret import interpret_call
 from tests.kernels.test_sparse24_packing import random_24
@@ -106,11 +107,13 @@ def test_reference_values_dtype_is_kept_bit_exact():
 
 def launch(path, variant, x, ops, out_dtype=jnp.float32):
     if path == "gemm":
-        return S._launch_matmul(
+        return SK._launch_matmul(
             interpret_call, x, *ops, out_dtype=out_dtype, config=GEMM, dot_fp32=True
         )
     cfg = DECODE_DOT if path == "decode_dot" else DECODE_GEMV
-    return S._launch_decode(interpret_call, x, *ops, out_dtype=out_dtype, config=cfg, dot_fp32=True)
+    return SK._launch_decode(
+        interpret_call, x, *ops, out_dtype=out_dtype, config=cfg, dot_fp32=True
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -153,7 +156,7 @@ def test_kernel_int4_group_sizes(K, group_size, path):
     x = jnp.asarray(np.random.default_rng(K).standard_normal((M, K)).astype(np.float32))
     if path == "bwd":
         dy = jnp.asarray(np.random.default_rng(1).standard_normal((M, 20)).astype(np.float32))
-        got = S._launch_matmul_bwd(interpret_call, dy, *ops, config=BWD, dot_fp32=True)
+        got = SK._launch_matmul_bwd(interpret_call, dy, *ops, config=BWD, dot_fp32=True)
         want = S._reference_backward(dy, *ops, jnp.float32)
     else:
         got, want = launch(path, "int4_affine", x, ops), reference(x, "int4_affine", ops)
@@ -188,7 +191,7 @@ def test_backward_kernel_vs_reference(variant, M, N, K):
         K = -(-K // (2 * G)) * 2 * G
     dense, ops = make_weight(variant, K, N, seed=7)
     dy = jnp.asarray(np.random.default_rng(8).standard_normal((M, N)).astype(np.float32))
-    dx = S._launch_matmul_bwd(interpret_call, dy, *ops, config=BWD, dot_fp32=True)
+    dx = SK._launch_matmul_bwd(interpret_call, dy, *ops, config=BWD, dot_fp32=True)
     assert dx.shape == (M, K)
     want = S._reference_backward(dy, *ops, jnp.float32)
     np.testing.assert_allclose(np.asarray(dx), np.asarray(want), **tol("sparse24_kernel"))
@@ -201,13 +204,15 @@ def test_triton_forward_routes_decode_and_gemm():
     cfg = {**GEMM, "SPLIT_K": 2}
     for M in (2, 16, 17):
         x = jnp.asarray(np.random.default_rng(M).standard_normal((M, 128)).astype(np.float32))
-        y = S._triton_forward(
+        y = SK.launch_sparse24_matmul(
             interpret_call, x, *ops, out_dtype=jnp.float32, config=cfg, dot_fp32=True
         )
         np.testing.assert_allclose(
             np.asarray(y), np.asarray(reference(x, "int4_affine", ops)), **tol("sparse24_kernel")
         )
-    assert S._triton_forward(interpret_call, x[:0], *ops, out_dtype=jnp.float32).shape == (0, 20)
+    assert SK.launch_sparse24_matmul(
+        interpret_call, x[:0], *ops, out_dtype=jnp.float32, config=cfg
+    ).shape == (0, 20)
 
 
 # ------------------------------------------------------------------------------ dispatch + vjp
@@ -261,7 +266,7 @@ def test_dispatch_errors():
     x = jnp.ones((2, 64))
     with pytest.raises(ValueError, match=r"matmul\(impl='triton'\) cannot run: .*CUDA device"):
         S.sparse24_matmul(x, values, meta, impl="triton")
-    with pytest.raises(ValueError, match="impl must be one of"):
+    with pytest.raises(ValueError, match="unknown impl 'cuda'; valid: auto, triton, reference"):
         S.sparse24_matmul(x, values, meta, impl="cuda")
     with pytest.raises(ValueError, match="x has 32 features but the 2:4 weight has K=64"):
         S.sparse24_matmul(jnp.ones((2, 32)), values, meta)
@@ -273,6 +278,6 @@ def test_dispatch_errors():
     with pytest.raises(ValueError, match="qvalues must be int32"):
         S.sparse24_int4_matmul(jnp.ones((2, 128)), s, m, s, z)
     with pytest.raises(ValueError, match="decode kernel serves M <= 16"):
-        S._launch_decode(
+        SK._launch_decode(
             interpret_call, jnp.ones((17, 128)), q, m, s, z, out_dtype=jnp.float32, config=GEMM
         )
