@@ -1,9 +1,9 @@
-"""Launch configurations for the int4 / NF4 / FP4 kernels: data per GPU kind, never tuned at import.
+"""Launch configurations for the int4 / NF4 / FP4 and 2:4 kernels: data per GPU kind, not tuned.
 
 Keys are ``(m_bucket, N, K, format)`` with ``m_bucket`` from ``m_bucket(M)``; ``"*"`` in a key
 position matches anything. Values are the constexpr meta-parameters of the raw kernels plus the
-launch options ``num_warps`` / ``num_stages``. Lookup order: exact key, then wildcards, then the
-kind's ``"default"`` entry per bucket, then ``DEFAULTS``.
+launch options ``num_warps`` / ``num_stages``. Lookup order: exact key, then ``(N, K)`` for any
+format, then the format for any shape, then ``(bucket, "*", "*", "*")``, then ``DEFAULTS``.
 
 The entries below are priors from the Triton matmul tutorial, gemlite's and Marlin's published
 tile choices for Hopper (decode: narrow N tiles and split-K so that ≥ 132 SMs have work; GEMM:
@@ -29,52 +29,34 @@ def m_bucket(m: int) -> str:
     return "large"
 
 
+def _tiles(m: int, n: int, k: int, warps: int, stages: int, *, group_m: int | None = 8) -> Config:
+    """A config row: BLOCK_SIZE_M/N/K, num_warps, num_stages and (GEMM only) GROUP_SIZE_M."""
+    cfg = dict(BLOCK_SIZE_M=m, BLOCK_SIZE_N=n, BLOCK_SIZE_K=k, num_warps=warps, num_stages=stages)
+    return cfg if group_m is None else dict(cfg, GROUP_SIZE_M=group_m)
+
+
 DEFAULTS: dict[str, Config] = {
     # Decode: one 16-row tile (tl.dot's minimum), wide K tiles so each program streams
     # contiguous qweight rows; SPLIT_K chosen at launch to fill the SMs (see split_k_for).
-    "decode": dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, num_warps=4, num_stages=4),
-    "small": dict(
-        BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, GROUP_SIZE_M=8, num_warps=4, num_stages=4
-    ),
-    "medium": dict(
-        BLOCK_SIZE_M=64,
-        BLOCK_SIZE_N=128,
-        BLOCK_SIZE_K=64,
-        GROUP_SIZE_M=8,
-        num_warps=4,
-        num_stages=4,
-    ),
-    "large": dict(
-        BLOCK_SIZE_M=128,
-        BLOCK_SIZE_N=128,
-        BLOCK_SIZE_K=64,
-        GROUP_SIZE_M=8,
-        num_warps=8,
-        num_stages=3,
-    ),
+    "decode": _tiles(16, 64, 128, 4, 4, group_m=None),
+    "small": _tiles(64, 64, 64, 4, 4),
+    "medium": _tiles(64, 128, 64, 4, 4),
+    "large": _tiles(128, 128, 64, 8, 3),
     # Backward dx = dy @ W^T (training, M = tokens per batch: large).
-    "backward": dict(
-        BLOCK_SIZE_M=128,
-        BLOCK_SIZE_N=64,
-        BLOCK_SIZE_K=128,
-        GROUP_SIZE_M=8,
-        num_warps=8,
-        num_stages=3,
-    ),
+    "backward": _tiles(128, 64, 128, 8, 3),
+}
+
+# H100 and H200 share the SM (132 SMs, 227 KB shared memory per block); the H200's larger, faster
+# HBM moves the decode roofline but not the tile shapes, so they start from the same rows (two
+# tables: measured rows for one kind must not leak into the other).
+_HOPPER: dict[tuple[str, int | str, int | str, str], Config] = {
+    ("decode", "*", "*", "*"): _tiles(16, 64, 128, 4, 4, group_m=None),
 }
 
 # Per device kind (``_launch.device_kind()``): (m_bucket, N, K, format) → config.
 CONFIGS: dict[str, dict[tuple[str, int | str, int | str, str], Config]] = {
-    "h100": {
-        ("decode", "*", "*", "*"): dict(
-            BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, num_warps=4, num_stages=4
-        ),
-    },
-    "h200": {
-        ("decode", "*", "*", "*"): dict(
-            BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, num_warps=4, num_stages=4
-        ),
-    },
+    "h100": _HOPPER,
+    "h200": dict(_HOPPER),
 }
 
 NUM_SMS = {"h100": 132, "h200": 132, "a100": 108}

@@ -19,39 +19,62 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from compactlm.kernels._tile_ops import dot_acc, grouped_pid, nibble
 from compactlm.kernels.packing import CODEBOOKS
 
-# In-kernel format codes (constexpr FMT).
+# In-kernel format codes (constexpr FMT; the kernels compare against the literals, since a
+# @triton.jit function may only read tl.constexpr globals).
 FMT_INT4_SYM, FMT_INT4_AFFINE, FMT_CODEBOOK = 0, 1, 2
 
 
-# ============================================================================ Triton kernels
+# ============================================================================ W tile
 
 
 @triton.jit
-def _dequant_tile(
-    words, scale, zero, codebook_ptr,
-    FMT: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
+def _load_int4_tile(
+    qweight_ptr, scales_ptr, zeros_ptr, codebook_ptr, k_start, offs_n, K, N,
+    stride_qk, stride_qn, stride_sg, stride_sn,
+    GROUP_SIZE: tl.constexpr, FMT: tl.constexpr,
+    BLOCK_SIZE_K: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
 ):  # fmt: skip
-    """Packed words ``[BK/8, BN]`` → f32 weights ``[BK, BN]``, exactly as packing.dequantize.
+    """f32 W[k_start : k_start + BLOCK_SIZE_K, offs_n], exactly as packing.dequantize; 0 outside.
 
-    Each word is loaded once and broadcast over its 8 nibbles ([BK/8, 8, BN]); the row-major
-    reshape puts nibble j of word i at row 8·i + j, i.e. row k — the packing contract.
+    k_start is a multiple of BLOCK_SIZE_K (itself a multiple of 8). Each packed word is loaded
+    once and broadcast over its 8 nibbles ([BK/8, 8, BN]); the row-major reshape puts nibble j
+    of word i at row 8·i + j, i.e. row k — the packing contract.
     """
+    n_ok = offs_n[None, :] < N
+    # ---- codes: one int32 word per 8 rows of k
+    offs_kw = k_start // 8 + tl.arange(0, BLOCK_SIZE_K // 8)
+    words = tl.load(
+        qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn,
+        mask=(offs_kw[:, None] * 8 < K) & n_ok,
+        other=0,
+    )
     shifts = (tl.arange(0, 8) * 4)[None, :, None]
-    w3 = words[:, None, :]
-    if FMT == 0:  # symmetric: move the nibble to the top, the arithmetic shift sign-extends
-        q = (w3 << (28 - shifts)) >> 28
-    else:
-        q = (w3 >> shifts) & 0xF
+    q = nibble(words[:, None, :], shifts, FMT == 0)  # FMT_INT4_SYM: signed codes
     q = tl.reshape(q, (BLOCK_SIZE_K, BLOCK_SIZE_N))
-    if FMT == 0:
+    # ---- scales (and zeros) of the tile's quantization groups
+    if GROUP_SIZE % BLOCK_SIZE_K == 0:  # the whole tile lies in one group: one scale row
+        s_off = (k_start // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
+        s_mask = n_ok & (k_start < K)
+    else:  # groups smaller than the tile (or per-channel with ragged K): gather per row
+        offs_k = k_start + tl.arange(0, BLOCK_SIZE_K)
+        s_off = (offs_k[:, None] // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
+        s_mask = (offs_k[:, None] < K) & n_ok
+    scale = tl.load(scales_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
+    # ---- dequantize
+    if FMT == 0:  # FMT_INT4_SYM
         w = q.to(tl.float32) * scale
-    elif FMT == 1:  # affine
+    elif FMT == 1:  # FMT_INT4_AFFINE
+        zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
         w = (q.to(tl.float32) - zero) * scale
     else:  # NF4 / FP4: 16-entry code book (64 bytes, stays in L1)
         w = tl.load(codebook_ptr + q) * scale
     return w
+
+
+# ============================================================================ kernels
 
 
 @triton.jit
@@ -64,56 +87,34 @@ def _int4_matmul_kernel(
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr,
 ):  # fmt: skip
+    """y[M, N] = x[M, K] @ W[K, N], W dequantized tile by tile."""
     # -------------------------------------------------------------- pid mapping (tutorial 03)
-    # Grouped ordering: GROUP_SIZE_M row tiles share each column tile of W while it is in L2.
-    pid = tl.program_id(axis=0)
-    num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
-    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
-    num_pid_in_group = GROUP_SIZE_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_SIZE_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_pid(
+        tl.program_id(axis=0), tl.cdiv(M, BLOCK_SIZE_M), tl.cdiv(N, BLOCK_SIZE_N), GROUP_SIZE_M
+    )
 
     # -------------------------------------------------------------- pointer setup
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
     offs_k = tl.arange(0, BLOCK_SIZE_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    offs_kw = tl.arange(0, BLOCK_SIZE_K // 8)  # packed rows: one int32 word per 8 k
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
 
     # -------------------------------------------------------------- K loop
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
     for kb in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
-        k0 = kb * BLOCK_SIZE_K
-        mask_k = offs_k < K - k0
-        x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=(offs_kw[:, None] * 8 < K - k0) & mask_n[None, :], other=0)
-        if GROUP_SIZE % BLOCK_SIZE_K == 0:  # the whole K tile lies in one group: one scale row
-            s_off = (k0 // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
-            s_mask = mask_n[None, :]
-        else:  # groups smaller than the tile (or per-channel with ragged K): gather per row
-            s_off = ((k0 + offs_k[:, None]) // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
-            s_mask = mask_k[:, None] & mask_n[None, :]
-        scale = tl.load(scales_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        zero = 0.0
-        if FMT == 1:
-            zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
-        if DOT_FP32:  # interpreter: its bf16 arithmetic is wrong, keep both operands f32
-            acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w.to(x.dtype), acc)
+        k_start = kb * BLOCK_SIZE_K
+        x = tl.load(x_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < K - k_start), other=0.0)
+        w = _load_int4_tile(
+            qweight_ptr, scales_ptr, zeros_ptr, codebook_ptr, k_start, offs_n, K, N,
+            stride_qk, stride_qn, stride_sg, stride_sn, GROUP_SIZE, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N,
+        )  # fmt: skip
+        acc = dot_acc(x, w.to(x.dtype), acc, DOT_FP32)
         x_ptrs += BLOCK_SIZE_K * stride_xk
-        q_ptrs += (BLOCK_SIZE_K // 8) * stride_qk
 
     # -------------------------------------------------------------- epilogue
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    y_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 @triton.jit
@@ -127,6 +128,7 @@ def _int4_splitk_kernel(
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
     SPLIT_K: tl.constexpr, DOT_FP32: tl.constexpr,
 ):  # fmt: skip
+    """partial[s, M, N] = x[:, Ks] @ W[Ks, :] for the K range Ks of split s; M ≤ BLOCK_SIZE_M."""
     # -------------------------------------------------------------- pid mapping
     # axis 0: column tile of W; axis 1: which contiguous K range (split) this program reduces.
     pid_n = tl.program_id(axis=0)
@@ -138,43 +140,25 @@ def _int4_splitk_kernel(
     offs_m = tl.arange(0, BLOCK_SIZE_M)  # all of M (≤ 16) in one tile
     offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
     offs_k = k_begin + tl.arange(0, BLOCK_SIZE_K)
-    offs_kw = k_begin // 8 + tl.arange(0, BLOCK_SIZE_K // 8)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
 
     # -------------------------------------------------------------- K loop (this split only)
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
     for kb in range(0, k_tiles_per_split):
-        k0 = k_begin + kb * BLOCK_SIZE_K
-        mask_k = offs_k < K - kb * BLOCK_SIZE_K
-        mask_kw = offs_kw * 8 < K - kb * BLOCK_SIZE_K
-        x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=mask_kw[:, None] & mask_n[None, :], other=0)
-        if GROUP_SIZE % BLOCK_SIZE_K == 0:
-            s_off = (k0 // GROUP_SIZE) * stride_sg + offs_n[None, :] * stride_sn
-            s_mask = mask_n[None, :] & (k0 < K)
-        else:
-            s_off = ((offs_k[:, None] + kb * BLOCK_SIZE_K) // GROUP_SIZE) * stride_sg
-            s_off += offs_n[None, :] * stride_sn
-            s_mask = mask_k[:, None] & mask_n[None, :]
-        scale = tl.load(scales_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        zero = 0.0
-        if FMT == 1:
-            zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
-        if DOT_FP32:
-            acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w.to(x.dtype), acc)
+        k_start = k_begin + kb * BLOCK_SIZE_K
+        x_mask = (offs_m[:, None] < M) & (offs_k[None, :] < K - kb * BLOCK_SIZE_K)
+        x = tl.load(x_ptrs, mask=x_mask, other=0.0)
+        w = _load_int4_tile(
+            qweight_ptr, scales_ptr, zeros_ptr, codebook_ptr, k_start, offs_n, K, N,
+            stride_qk, stride_qn, stride_sg, stride_sn, GROUP_SIZE, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N,
+        )  # fmt: skip
+        acc = dot_acc(x, w.to(x.dtype), acc, DOT_FP32)
         x_ptrs += BLOCK_SIZE_K * stride_xk
-        q_ptrs += (BLOCK_SIZE_K // 8) * stride_qk
 
     # -------------------------------------------------------------- epilogue: f32 partial
     p_ptrs = partial_ptr + pid_k * stride_ps + offs_m[:, None] * stride_pm
     p_ptrs += offs_n[None, :] * stride_pn
-    tl.store(p_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(p_ptrs, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
 @triton.jit
@@ -187,75 +171,53 @@ def _int4_matmul_bwd_kernel(
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr,
 ):  # fmt: skip
-    # -------------------------------------------------------------- pid mapping
-    # Output dx[M, K]: tiles over (M, K), grouped along M as in the forward; N is contracted.
-    pid = tl.program_id(axis=0)
-    num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
-    num_pid_k = tl.cdiv(K, BLOCK_SIZE_K)
-    num_pid_in_group = GROUP_SIZE_M * num_pid_k
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_SIZE_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_k = (pid % num_pid_in_group) // group_size_m
+    """dx[M, K] = dy[M, N] @ W[K, N]ᵀ; here N is the contracted dimension."""
+    # -------------------------------------------------------------- pid mapping (tutorial 03)
+    # Output tiles over (M, K), grouped along M as in the forward.
+    pid_m, pid_k = grouped_pid(
+        tl.program_id(axis=0), tl.cdiv(M, BLOCK_SIZE_M), tl.cdiv(K, BLOCK_SIZE_K), GROUP_SIZE_M
+    )
 
     # -------------------------------------------------------------- pointer setup
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     offs_k = pid_k * BLOCK_SIZE_K + tl.arange(0, BLOCK_SIZE_K)
     offs_n = tl.arange(0, BLOCK_SIZE_N)
-    mask_m = offs_m < M
-    mask_k = offs_k < K
-    offs_kw = pid_k * (BLOCK_SIZE_K // 8) + tl.arange(0, BLOCK_SIZE_K // 8)
-    mask_kw = offs_kw * 8 < K
     dy_ptrs = dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn
-    q_ptrs = qweight_ptr + offs_kw[:, None] * stride_qk + offs_n[None, :] * stride_qn
-    if GROUP_SIZE % BLOCK_SIZE_K == 0:  # this K tile lies in one group: one scale row
-        s_rows = (pid_k * BLOCK_SIZE_K // GROUP_SIZE) * stride_sg + tl.zeros((1, 1), tl.int32)
-    else:
-        s_rows = (offs_k[:, None] // GROUP_SIZE) * stride_sg
 
     # -------------------------------------------------------------- N loop (contracted)
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_K), dtype=tl.float32)
     for nb in range(0, tl.cdiv(N, BLOCK_SIZE_N)):
-        n0 = nb * BLOCK_SIZE_N
-        mask_n = offs_n < N - n0
-        dy = tl.load(dy_ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=mask_kw[:, None] & mask_n[None, :], other=0)
-        s_off = s_rows + (n0 + offs_n[None, :]) * stride_sn
-        if GROUP_SIZE % BLOCK_SIZE_K == 0:
-            s_mask = mask_n[None, :]
-        else:
-            s_mask = mask_k[:, None] & mask_n[None, :]
-        scale = tl.load(scales_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        zero = 0.0
-        if FMT == 1:
-            zero = tl.load(zeros_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        w = _dequant_tile(words, scale, zero, codebook_ptr, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N)
-        if DOT_FP32:
-            acc = tl.dot(dy.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(dy, tl.trans(w.to(dy.dtype)), acc)
+        n = nb * BLOCK_SIZE_N + offs_n
+        dy = tl.load(dy_ptrs, mask=(offs_m[:, None] < M) & (n[None, :] < N), other=0.0)
+        w = _load_int4_tile(
+            qweight_ptr, scales_ptr, zeros_ptr, codebook_ptr, pid_k * BLOCK_SIZE_K, n, K, N,
+            stride_qk, stride_qn, stride_sg, stride_sn, GROUP_SIZE, FMT, BLOCK_SIZE_K, BLOCK_SIZE_N,
+        )  # fmt: skip
+        acc = dot_acc(dy, tl.trans(w.to(dy.dtype)), acc, DOT_FP32)
         dy_ptrs += BLOCK_SIZE_N * stride_dyn
-        q_ptrs += BLOCK_SIZE_N * stride_qn
 
     # -------------------------------------------------------------- epilogue
     dx_ptrs = dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_k[None, :])
+    dx_mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=dx_mask)
 
 
 # ============================================================================ launch builders
 # Written once against triton_call's convention; `launch` is _launch.triton_call on CUDA or
 # _interpret.interpret_call in the tests, so the interpreter exercises this exact argument list.
+# Operands are contiguous row-major, so every stride pair is (columns, 1).
 
 
-def _fmt_code(format: str, zeros) -> int:
+def _weight_operands(qweight, scales, zeros, format: str) -> tuple[tuple, dict]:
+    """(pointer operands, constexprs) of the packed W; zeros_ptr is never read unless affine."""
+    k = qweight.shape[0] * 8
     if format == "int4":
-        return FMT_INT4_SYM if zeros is None else FMT_INT4_AFFINE
-    return FMT_CODEBOOK
-
-
-def _codebook(format: str):
-    return np.asarray(CODEBOOKS.get(format, np.zeros(16, np.float32)), np.float32)
+        fmt = FMT_INT4_SYM if zeros is None else FMT_INT4_AFFINE
+    else:
+        fmt = FMT_CODEBOOK
+    codebook = np.asarray(CODEBOOKS.get(format, np.zeros(16, np.float32)), np.float32)
+    ptrs = (qweight, scales, scales if zeros is None else zeros, codebook)
+    return ptrs, dict(GROUP_SIZE=k // scales.shape[0], FMT=fmt)
 
 
 def launch_int4_matmul(
@@ -263,12 +225,10 @@ def launch_int4_matmul(
 ):
     """Forward ``y[M, N] = x[M, K] @ W``: the split-K decode kernel when ``config`` has
     ``SPLIT_K`` (M ≤ BLOCK_SIZE_M), else the tiled GEMM."""
-    m, k = x.shape
-    n = qweight.shape[1]
-    g = k // scales.shape[0]
-    cfg = dict(config)
-    common = (x, qweight, scales, scales if zeros is None else zeros, _codebook(format), m, n, k)
-    meta = dict(GROUP_SIZE=g, FMT=_fmt_code(format, zeros), DOT_FP32=dot_fp32)
+    (m, k), n = x.shape, qweight.shape[1]
+    ptrs, meta = _weight_operands(qweight, scales, zeros, format)
+    common = (x, *ptrs, m, n, k)
+    cfg = dict(config, DOT_FP32=dot_fp32)
     if "SPLIT_K" in cfg:  # the decode configuration (int4_configs bucket "decode")
         if m > cfg["BLOCK_SIZE_M"]:
             raise ValueError(
@@ -276,26 +236,15 @@ def launch_int4_matmul(
             )
         split = cfg.pop("SPLIT_K")
         partial = launch(
-            _int4_splitk_kernel,
-            (triton.cdiv(n, cfg["BLOCK_SIZE_N"]), split),
-            *common,
-            k, 1, n, 1, n, 1,
-            m * n, n, 1,
-            out_shape=((split, m, n), np.float32),
-            SPLIT_K=split,
-            **meta,
-            **cfg,
+            _int4_splitk_kernel, (triton.cdiv(n, cfg["BLOCK_SIZE_N"]), split),
+            *common, k, 1, n, 1, n, 1, m * n, n, 1,
+            out_shape=((split, m, n), np.float32), SPLIT_K=split, **meta, **cfg,
         )  # fmt: skip
         return partial.sum(axis=0).astype(x.dtype)
     grid = (triton.cdiv(m, cfg["BLOCK_SIZE_M"]) * triton.cdiv(n, cfg["BLOCK_SIZE_N"]),)
     return launch(
-        _int4_matmul_kernel,
-        grid,
-        *common,
-        k, 1, n, 1, n, 1, n, 1,
-        out_shape=((m, n), x.dtype),
-        **meta,
-        **cfg,
+        _int4_matmul_kernel, grid, *common, k, 1, n, 1, n, 1, n, 1,
+        out_shape=((m, n), x.dtype), **meta, **cfg,
     )  # fmt: skip
 
 
@@ -303,20 +252,10 @@ def launch_int4_matmul_bwd(
     launch, dy, qweight, scales, zeros, *, format: str, config: dict, dot_fp32: bool = False
 ):
     """Backward ``dx[M, K] = dy[M, N] @ W^T`` with the packed W."""
-    m, n = dy.shape
-    k = qweight.shape[0] * 8
-    g = k // scales.shape[0]
-    cfg = dict(config)
-    grid = (triton.cdiv(m, cfg["BLOCK_SIZE_M"]) * triton.cdiv(k, cfg["BLOCK_SIZE_K"]),)
+    (m, n), k = dy.shape, qweight.shape[0] * 8
+    ptrs, meta = _weight_operands(qweight, scales, zeros, format)
+    grid = (triton.cdiv(m, config["BLOCK_SIZE_M"]) * triton.cdiv(k, config["BLOCK_SIZE_K"]),)
     return launch(
-        _int4_matmul_bwd_kernel,
-        grid,
-        dy, qweight, scales, scales if zeros is None else zeros, _codebook(format),
-        m, n, k,
-        n, 1, n, 1, n, 1, k, 1,
-        out_shape=((m, k), dy.dtype),
-        GROUP_SIZE=g,
-        FMT=_fmt_code(format, zeros),
-        DOT_FP32=dot_fp32,
-        **cfg,
+        _int4_matmul_bwd_kernel, grid, dy, *ptrs, m, n, k, n, 1, n, 1, n, 1, k, 1,
+        out_shape=((m, k), dy.dtype), DOT_FP32=dot_fp32, **meta, **config,
     )  # fmt: skip

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from compactlm.kernels import _launch, int4_configs
+from compactlm.kernels._tile_ops import dot_acc, grouped_pid, nibble, repeat_rows
 
 DECODE_MAX_M = 16  # rows served by the decode kernel; tl.dot's smallest tile is 16
 
@@ -28,12 +29,6 @@ DECODE_MAX_M = 16  # rows served by the decode kernel; tl.dot's smallest tile is
 # ==================================================================================================
 # Triton kernels
 # ==================================================================================================
-
-
-@triton.jit
-def _repeat_rows(t, R: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """[ROWS/R, COLS] → [ROWS, COLS], each row repeated R times, in registers."""
-    return tl.reshape(tl.broadcast_to(t[:, None, :], (ROWS // R, R, COLS)), (ROWS, COLS))
 
 
 @triton.jit
@@ -61,7 +56,7 @@ def _load_w_tile(
         mask=(offs_w[:, None] < K // 32) & n_ok,
         other=0,
     )
-    word = _repeat_rows(word, 8, GROUPS, BLOCK_SIZE_N)
+    word = repeat_rows(word, 8, GROUPS, BLOCK_SIZE_N)
     nib = (word >> ((offs_g % 8) * 4)[:, None]) & 0xF  # & drops the arithmetic shift's sign bits
     g_ok = (offs_g[:, None] < K // 4) & n_ok
     # ---- the group's two kept values: compressed rows 2g and 2g + 1
@@ -72,14 +67,10 @@ def _load_w_tile(
             mask=(offs_q[:, None] < K // 16) & n_ok,
             other=0,
         )
-        q = _repeat_rows(q, 4, GROUPS, BLOCK_SIZE_N)
+        q = repeat_rows(q, 4, GROUPS, BLOCK_SIZE_N)
         shift = (((2 * offs_g) % 8) * 4)[:, None]  # codes 2g, 2g + 1 at bits shift, shift + 4
-        if HAS_ZEROS:  # affine: unsigned codes
-            v0 = ((q >> shift) & 0xF).to(tl.float32)
-            v1 = ((q >> (shift + 4)) & 0xF).to(tl.float32)
-        else:  # symmetric: signed nibble, sign-extended by moving it to the top of the word
-            v0 = ((q << (28 - shift)) >> 28).to(tl.float32)
-            v1 = ((q << (24 - shift)) >> 28).to(tl.float32)
+        v0 = nibble(q, shift, not HAS_ZEROS).to(tl.float32)  # symmetric codes are signed
+        v1 = nibble(q, shift + 4, not HAS_ZEROS).to(tl.float32)
         # Scale rows cover QUANT_GROUP compressed rows = QUANT_GROUP / 2 groups.
         if 2 * QUANT_GROUP >= BLOCK_SIZE_K:  # one scale row for the whole (aligned) tile
             s_row = k_start // (2 * QUANT_GROUP)
@@ -95,10 +86,10 @@ def _load_w_tile(
             s_off = offs_s[:, None] * stride_sk + offs_n[None, :] * stride_sn
             s_ok = (offs_s[:, None] * (2 * QUANT_GROUP) < K) & n_ok
             s = tl.load(scales_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
-            s = _repeat_rows(s, QUANT_GROUP // 2, GROUPS, BLOCK_SIZE_N)
+            s = repeat_rows(s, QUANT_GROUP // 2, GROUPS, BLOCK_SIZE_N)
             if HAS_ZEROS:
                 z = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
-                z = _repeat_rows(z, QUANT_GROUP // 2, GROUPS, BLOCK_SIZE_N)
+                z = repeat_rows(z, QUANT_GROUP // 2, GROUPS, BLOCK_SIZE_N)
                 v0 -= z
                 v1 -= z
         v0 = v0 * s  # (q − z) · s in this order, exactly as packing.dequantize_int4
@@ -108,9 +99,9 @@ def _load_w_tile(
         v0 = tl.load(v_ptrs, mask=g_ok, other=0.0)
         v1 = tl.load(v_ptrs + stride_vk, mask=g_ok, other=0.0)
     # ---- expand to the dense tile: row 4g + p holds v0 if p == i0, v1 if p == i1, else 0
-    v0 = _repeat_rows(v0, 4, BLOCK_SIZE_K, BLOCK_SIZE_N)
-    v1 = _repeat_rows(v1, 4, BLOCK_SIZE_K, BLOCK_SIZE_N)
-    nib = _repeat_rows(nib, 4, BLOCK_SIZE_K, BLOCK_SIZE_N)
+    v0 = repeat_rows(v0, 4, BLOCK_SIZE_K, BLOCK_SIZE_N)
+    v1 = repeat_rows(v1, 4, BLOCK_SIZE_K, BLOCK_SIZE_N)
+    nib = repeat_rows(nib, 4, BLOCK_SIZE_K, BLOCK_SIZE_N)
     pos = (tl.arange(0, BLOCK_SIZE_K) % 4)[:, None]
     return tl.where(pos == (nib & 3), v0, tl.where(pos == (nib >> 2), v1, tl.zeros_like(v0)))
 
@@ -124,20 +115,14 @@ def _sparse24_matmul_kernel(
     y_ptr,
     INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr,
 ):  # fmt: skip
     """y[M, N] = x[M, K] @ W[K, N], W expanded tile by tile from the 2:4 storage."""
     # ---------------------------------------------------------------- pid mapping (tutorial 03)
     # Grouped ordering: GROUP_SIZE_M row tiles sweep the same W column tiles while they are in L2.
-    pid = tl.program_id(axis=0)
-    num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
-    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
-    num_pid_in_group = GROUP_SIZE_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_SIZE_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_pid(
+        tl.program_id(axis=0), tl.cdiv(M, BLOCK_SIZE_M), tl.cdiv(N, BLOCK_SIZE_N), GROUP_SIZE_M
+    )
 
     # ---------------------------------------------------------------- pointer setup
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
@@ -156,10 +141,7 @@ def _sparse24_matmul_kernel(
             stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
             INT4, HAS_ZEROS, QUANT_GROUP, BLOCK_SIZE_K, BLOCK_SIZE_N,
         ).to(a.dtype)  # fmt: skip
-        if DOT_FP32:  # the interpreter's bf16 is wrong; products of f16/bf16 are exact in f32
-            a = a.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
+        acc = dot_acc(a, w, acc, DOT_FP32)
         x_ptrs += BLOCK_SIZE_K * stride_xk
 
     # ---------------------------------------------------------------- epilogue
@@ -177,7 +159,7 @@ def _sparse24_decode_kernel(
     partial_ptr,
     INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):  # fmt: skip
     """partial[s, M, N] = x[:, Ks] @ W[Ks, :] for the K slice Ks of split s; M ≤ BLOCK_SIZE_M."""
     # ---------------------------------------------------------------- pid mapping
@@ -205,10 +187,7 @@ def _sparse24_decode_kernel(
             INT4, HAS_ZEROS, QUANT_GROUP, BLOCK_SIZE_K, BLOCK_SIZE_N,
         ).to(a.dtype)  # fmt: skip
         if BLOCK_SIZE_M >= 16:
-            if DOT_FP32:
-                a = a.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
+            acc = dot_acc(a, w, acc, DOT_FP32)
         else:  # GEMV: too few rows for an MMA tile; fp32 products, reduce over K in registers
             prod = a.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :]
             acc += tl.sum(prod, axis=1)
@@ -229,19 +208,14 @@ def _sparse24_matmul_bwd_kernel(
     dx_ptr,
     INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr, DOT_FP32: tl.constexpr,
 ):  # fmt: skip
     """dx[M, K] = dy[M, N] @ W[K, N]ᵀ; here N is the contracted dimension."""
     # ---------------------------------------------------------------- pid mapping (tutorial 03)
-    pid = tl.program_id(axis=0)
-    num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
-    num_pid_k = tl.cdiv(K, BLOCK_SIZE_K)
-    num_pid_in_group = GROUP_SIZE_M * num_pid_k
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_SIZE_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_k = (pid % num_pid_in_group) // group_size_m
+    # Output tiles over (M, K), grouped along M as in the forward.
+    pid_m, pid_k = grouped_pid(
+        tl.program_id(axis=0), tl.cdiv(M, BLOCK_SIZE_M), tl.cdiv(K, BLOCK_SIZE_K), GROUP_SIZE_M
+    )
 
     # ---------------------------------------------------------------- pointer setup
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
@@ -259,10 +233,7 @@ def _sparse24_matmul_bwd_kernel(
             stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
             INT4, HAS_ZEROS, QUANT_GROUP, BLOCK_SIZE_K, BLOCK_SIZE_N,
         ).to(g.dtype)  # fmt: skip
-        if DOT_FP32:
-            g = g.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(g, tl.trans(w), acc, input_precision=INPUT_PRECISION)
+        acc = dot_acc(g, tl.trans(w), acc, DOT_FP32)
         dy_ptrs += BLOCK_SIZE_N * stride_dyn
 
     # ---------------------------------------------------------------- epilogue
@@ -295,11 +266,6 @@ def _weight_operands(values, meta, scales, zeros) -> tuple[tuple, tuple, dict[st
     return ptrs, (N, 1, N, 1, *s_strides), constexprs
 
 
-def _precision(dtype, dot_fp32: bool) -> str:
-    # f32 operands would silently run as TF32 (10-bit mantissa) on Ampere+; the reference is IEEE.
-    return "ieee" if dot_fp32 or jnp.dtype(dtype) == jnp.float32 else "tf32"
-
-
 def _launch_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, config, dot_fp32=False):
     """Tiled GEMM: y[M, N] in out_dtype."""
     (M, K), N = x2.shape, meta.shape[1]
@@ -309,7 +275,7 @@ def _launch_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
     return call(
         _sparse24_matmul_kernel, grid, x2, *ptrs, M, N, K, K, 1, *strides, N, 1,
         out_shape=jax.ShapeDtypeStruct((M, N), jnp.dtype(out_dtype)),
-        DOT_FP32=dot_fp32, INPUT_PRECISION=_precision(x2.dtype, dot_fp32), **constexprs, **cfg,
+        DOT_FP32=dot_fp32, **constexprs, **cfg,
     )  # fmt: skip
 
 
@@ -332,7 +298,7 @@ def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
         _sparse24_decode_kernel, (triton.cdiv(N, block_n), split_k),
         x2, *ptrs, M, N, K, k_per_split, K, 1, *strides, M * N, N, 1,
         out_shape=jax.ShapeDtypeStruct((split_k, M, N), jnp.float32),
-        DOT_FP32=dot_fp32, INPUT_PRECISION=_precision(x2.dtype, dot_fp32), **constexprs, **cfg,
+        DOT_FP32=dot_fp32, **constexprs, **cfg,
     )  # fmt: skip
     return jnp.sum(jnp.asarray(partial), axis=0).astype(out_dtype)
 
@@ -346,7 +312,7 @@ def _launch_matmul_bwd(call, dy2, values, meta, scales, zeros, *, config, dot_fp
     return call(
         _sparse24_matmul_bwd_kernel, grid, dy2, *ptrs, M, N, K, N, 1, *strides, K, 1,
         out_shape=jax.ShapeDtypeStruct((M, K), dy2.dtype),
-        DOT_FP32=dot_fp32, INPUT_PRECISION=_precision(dy2.dtype, dot_fp32), **constexprs, **cfg,
+        DOT_FP32=dot_fp32, **constexprs, **cfg,
     )  # fmt: skip
 
 

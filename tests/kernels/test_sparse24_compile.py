@@ -31,9 +31,8 @@ def _spec(id_, kernel, act, values, scale, zeros, bucket, extra=None):
     pointers = {first: act, "values_ptr": values, "meta_ptr": "i32",
                 "scales_ptr": scale if int4 else "i32", "zeros_ptr": scale if int4 else "i32",
                 out: "fp32" if out == "partial_ptr" else act}  # fmt: skip
-    precision = "ieee" if act == "fp32" else "tf32"
     constexprs = dict(cfg, INT4=int4, HAS_ZEROS=zeros, QUANT_GROUP=128 if int4 else 1,
-                      DOT_FP32=False, INPUT_PRECISION=precision)  # fmt: skip
+                      DOT_FP32=False)  # fmt: skip
     constexprs.update(extra or {})
     return dict(id=id_, module=MODULE, kernel=kernel, pointers=pointers, constexprs=constexprs,
                 **launch)  # fmt: skip
