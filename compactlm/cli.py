@@ -5,12 +5,11 @@
     compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
     compactlm info [preset]
     compactlm bench train [preset] [key=value ...]
-    compactlm bench kernels [--formats ...] [--shapes ...] [--out DIR]
+    compactlm bench kernels [--formats int4,nf4,...] [--shapes 4096x4096,...] [--ms 1,16]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
@@ -84,13 +83,10 @@ def _cmd_bench(args: list[str]) -> int:
     if args[0] == "train":
         preset, overrides, _ = _split_args(args[1:])
         return commands.bench_train(preset or "tiny", overrides)
-    parser = argparse.ArgumentParser(prog="compactlm bench kernels")
-    parser.add_argument("--formats", nargs="*", default=None, help="formats to run (default all)")
-    parser.add_argument("--shapes", nargs="*", default=None, help="NxK shapes, e.g. 4096x4096")
-    parser.add_argument("--ms", nargs="*", type=int, default=None, help="M values (batch rows)")
-    parser.add_argument("--out", default="bench_out", help="output folder (CSV, markdown, PNG)")
-    ns = parser.parse_args(args[1:])
-    return commands.bench_kernels(ns.formats, ns.shapes, ns.ms, ns.out)
+    from compactlm.eval import bench_kernels
+
+    bench_kernels.main(args[1:], prog="compactlm bench kernels")  # its own flags: --help
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -150,13 +150,3 @@ def bench_train(preset: str, overrides: Sequence[str]) -> int:
 
     run_bench(make_config(preset, overrides))
     return 0
-
-
-def bench_kernels(formats, shapes, ms, out: str) -> int:
-    from compactlm.eval import bench_kernels as bk
-
-    kwargs = {k: v for k, v in dict(formats=formats, shapes=shapes, ms=ms).items() if v}
-    bk.run(out_dir=out, **kwargs)
-    return 0
-
-

@@ -309,8 +309,8 @@ def _plot(rows: list[dict[str, Any]], path: Path, kind: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--formats", default="int4,int4_affine,nf4,fp4,sparse24,sparse24_int4")
     p.add_argument("--shapes", default="4096x4096,8192x8192")
     p.add_argument("--ms", default=",".join(map(str, MS)))
