@@ -24,13 +24,13 @@ requires_plugin = pytest.mark.skipif(
 )
 
 
-def run_export_script(script: str, out: Path) -> dict:
-    """Run tests/kernels/<script> OUT.json with the interpreter off and the plugin importable."""
+def run_export_script(suite: str, out: Path) -> dict:
+    """Run tests/kernels/cuda_export.py SUITE OUT.json: interpreter off, plugin importable."""
     # The interpreter must be off so the kernels stay JITFunctions that jax-triton can lower.
     env = dict(os.environ, TRITON_INTERPRET="0", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(ROOT), str(PLUGIN_DIR)]))  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests/kernels" / script), str(out)],
+        [sys.executable, str(ROOT / "tests/kernels/cuda_export.py"), suite, str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,7 +1,8 @@
-"""Compile raw Triton kernels for Hopper (sm_90) without a GPU; run as a script, not collected.
+"""Compile raw Triton kernels for Hopper (sm_90) without a GPU: the script and its test runner.
 
 ``python tests/kernels/hopper_compile.py specs.json results.json`` with TRITON_INTERPRET=0 (the
-test suite's interpreter would otherwise replace every ``@triton.jit`` at import). Each spec::
+test suite's interpreter would otherwise replace every ``@triton.jit`` at import); the compile
+tests call ``compile_for_hopper`` (the script in a subprocess) and ``check_compiled``. Each spec::
 
     {"id": "gemm_nf4", "module": "compactlm.kernels.int4_kernels",
      "kernel": "_int4_matmul_kernel", "pointers": {"x_ptr": "bf16", ...},
@@ -16,9 +17,45 @@ ships in the triton wheel, so this produces a real cubin. Shared by the int4 and
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# Opt-in dynamic + static shared memory per block on sm_90 (228 KB per SM, 1 KB reserved).
+HOPPER_SMEM_PER_BLOCK = 227 * 1024
+
+
+def split_config(cfg: dict) -> tuple[dict, dict]:
+    """An int4_configs row → (constexprs, launch options num_warps / num_stages)."""
+    launch = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    return {k: v for k, v in cfg.items() if k not in launch}, launch
+
+
+def compile_for_hopper(specs: list[dict], tmp: Path) -> dict:
+    """Run this script on ``specs`` in a subprocess (interpreter off); results by spec id."""
+    (tmp / "specs.json").write_text(json.dumps(specs))
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT),
+               TRITON_CACHE_DIR=str(tmp / "cache"))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, __file__, str(tmp / "specs.json"), str(tmp / "out.json")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp / "out.json").read_text())
+
+
+def check_compiled(result: dict, mma: str) -> None:
+    """It compiled, fits Hopper's shared memory, and tl.dot lowered to ``mma``: "wgmma"; "mma"
+    (wgmma or mma.sync: tiles of 16 rows sit below wgmma's m64 shape); "fma" (no tensor-core
+    instruction: a GEMV, or IEEE f32, which has none)."""
+    assert result["ok"], result.get("error")
+    assert 0 < result["shared"] <= HOPPER_SMEM_PER_BLOCK, result
+    tensor_core = result["wgmma"] or result["mma_sync"]
+    expected = {"wgmma": result["wgmma"], "mma": tensor_core, "fma": not tensor_core}[mma]
+    assert expected, f"expected {mma}: {result}"
 
 
 def compile_one(spec: dict) -> dict:

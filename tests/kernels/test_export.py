@@ -15,7 +15,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    return run_export_script("cuda_export.py", tmp_path_factory.mktemp("export") / "out.json")
+    return run_export_script("int4", tmp_path_factory.mktemp("export") / "out.json")
 
 
 @pytest.mark.parametrize("case", list(CASES))

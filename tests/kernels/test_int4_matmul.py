@@ -24,12 +24,22 @@ VARIANT_IDS = ["int4_sym", "int4_affine", "nf4", "fp4"]
 # Small explicit tiles (STYLE: tests call the raw kernel with small blocks).
 GEMM = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=16, BLOCK_SIZE_K=32, GROUP_SIZE_M=2)
 DECODE = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=16, BLOCK_SIZE_K=32, SPLIT_K=2)
-BWD = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=16, BLOCK_SIZE_K=32, GROUP_SIZE_M=2)
+KERNELS = {  # path: (launcher, config, reference); bwd takes dy[M, N] where the others take x[M, K]
+    "gemm": (IK.launch_int4_matmul, GEMM, I.reference_int4_matmul),
+    "decode": (IK.launch_int4_matmul, DECODE, I.reference_int4_matmul),
+    "bwd": (IK.launch_int4_matmul_bwd, GEMM, I.reference_int4_matmul_bwd),
+}
 
-# (M, N, K, group size): ragged in every dimension w.r.t. the 16 × 16 × 32 tiles; the first
-# has groups smaller than BLOCK_SIZE_K's multiple structure (G=32 == tile: one scale row per
-# tile), the second per-channel groups with ragged K (scales gathered per row).
-SHAPES = [(37, 40, 128, 32), (21, 24, 136, None)]
+# Ragged in every dimension w.r.t. the 16 × 16 × 32 tiles. G = 32 == BLOCK_SIZE_K: one scale
+# row per tile; per-channel groups (None) with ragged K: scales gathered per row.
+SHAPES_GEMM = [(37, 40, 128, 32), (21, 24, 136, None)]  # (M, N, K, G)
+# K = 200 with SPLIT_K = 2 leaves the second split a ragged last tile; G = 64 on K = 192
+# broadcasts a scale row.
+SHAPES_DECODE = [(24, 200, None), (40, 192, 64)]  # (N, K, G); M in 1, 3, 16
+CASES = [  # (path, M, N, K, G)
+    *[(path, m, n, k, g) for path in ("gemm", "bwd") for m, n, k, g in SHAPES_GEMM],
+    *[("decode", m, n, k, g) for m in (1, 3, 16) for n, k, g in SHAPES_DECODE],
+]
 
 
 def _weights(rng, k, n, format, symmetric, group_size):
@@ -43,45 +53,15 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.mark.parametrize("m_n_k_g", SHAPES, ids=["G32", "per_channel_ragged_k"])
+@pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_gemm_kernel_matches_reference(rng, variant, m_n_k_g):
-    (format, symmetric), (m, n, k, g) = variant, m_n_k_g
+def test_kernel_matches_reference(rng, variant, case):
+    (format, symmetric), (path, m, n, k, g) = variant, case
+    launch, config, reference = KERNELS[path]
     qw, s, z = _weights(rng, k, n, format, symmetric, g)
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    got = IK.launch_int4_matmul(
-        interpret_call, x, qw, s, z, format=format, config=GEMM, dot_fp32=True
-    )
-    want = I.reference_int4_matmul(jnp.asarray(x), qw, s, z, format=format)
-    np.testing.assert_allclose(got, want, **tol("int4_kernel"))
-
-
-@pytest.mark.parametrize("m", [1, 3, 16])
-@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_decode_kernel_matches_reference(rng, variant, m):
-    format, symmetric = variant
-    # K = 200 with SPLIT_K = 2 and 32-row tiles: the second split has a ragged last tile;
-    # G = 200 (per channel) gathers scales per row, G = 64 on K = 192 broadcasts a scale row.
-    for n, k, g in [(24, 200, None), (40, 192, 64)]:
-        qw, s, z = _weights(rng, k, n, format, symmetric, g)
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        got = IK.launch_int4_matmul(
-            interpret_call, x, qw, s, z, format=format, config=DECODE, dot_fp32=True
-        )
-        want = I.reference_int4_matmul(jnp.asarray(x), qw, s, z, format=format)
-        np.testing.assert_allclose(got, want, **tol("int4_kernel"))
-
-
-@pytest.mark.parametrize("m_n_k_g", SHAPES, ids=["G32", "per_channel_ragged_k"])
-@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_backward_kernel_matches_reference(rng, variant, m_n_k_g):
-    (format, symmetric), (m, n, k, g) = variant, m_n_k_g
-    qw, s, z = _weights(rng, k, n, format, symmetric, g)
-    dy = rng.standard_normal((m, n)).astype(np.float32)
-    got = IK.launch_int4_matmul_bwd(
-        interpret_call, dy, qw, s, z, format=format, config=BWD, dot_fp32=True
-    )
-    want = I.reference_int4_matmul_bwd(jnp.asarray(dy), qw, s, z, format=format)
+    a = rng.standard_normal((m, n if path == "bwd" else k)).astype(np.float32)
+    got = launch(interpret_call, a, qw, s, z, format=format, config=config, dot_fp32=True)
+    want = reference(jnp.asarray(a), qw, s, z, format=format)
     np.testing.assert_allclose(got, want, **tol("int4_kernel"))
 
 

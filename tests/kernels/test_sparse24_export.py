@@ -18,9 +18,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    return run_export_script(
-        "sparse24_cuda_export.py", tmp_path_factory.mktemp("export24") / "out.json"
-    )
+    return run_export_script("sparse24", tmp_path_factory.mktemp("export24") / "out.json")
 
 
 @pytest.mark.parametrize("case", list(CASES))
