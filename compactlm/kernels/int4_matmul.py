@@ -59,7 +59,11 @@ def reference_int4_matmul_bwd(
     return dx.astype(dy.dtype)
 
 
+# ============================================================================ launch configuration
+
+
 def _config(m: int, n: int, k: int, format: str, *, backward: bool = False) -> dict:
+    """Per-GPU data from int4_configs; decode (M <= 16) gets a SPLIT_K that fills the SMs."""
     kind = _launch.device_kind()
     cfg = int4_configs.get_config(kind, m, n, k, format, backward=backward)
     if not backward and m <= DECODE_MAX_M and "SPLIT_K" not in cfg:
