@@ -11,7 +11,8 @@ def test_bench_train_nano_fields_and_flops(tmp_path) -> None:
     out = tmp_path / "bench.json"
     r = bench_train(cfg, steps=2, warmup=1, out=out, peak_tflops=1.0, verbose=False)
     m, t = cfg.model, cfg.train
-    D, L, N, K, F, V, T = m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff, m.vocab_size, t.seq_len
+    D, L, N, K, F = m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff
+    V, T = m.vocab_size, t.seq_len
     H = D // N
     # Per block: q and o (D·N·H each), k and v (D·K·H each), gate, up, down (D·F each); plus the
     # tied logit matmul V·D. Training: 6 FLOPs per matmul parameter per token (2 forward, 4
