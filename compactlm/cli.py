@@ -1,11 +1,11 @@
 """`compactlm <command> [preset|RUN_DIR] key=value ...`: parse and dispatch only.
 
-    compactlm train [preset] [key=value ...] [workdir=DIR] [--dry-run]
-    compactlm eval RUN_DIR [key=value ...]
-    compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
-    compactlm info [preset]
-    compactlm bench train [preset] [key=value ...]
-    compactlm bench kernels [--formats int4,nf4,...] [--shapes 4096x4096,...] [--ms 1,16]
+compactlm train [preset] [key=value ...] [workdir=DIR] [--dry-run]
+compactlm eval RUN_DIR [key=value ...]
+compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
+compactlm info [preset]
+compactlm bench train [preset] [key=value ...]
+compactlm bench kernels [--formats int4,nf4,...] [--shapes 4096x4096,...] [--ms 1,16]
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def _cmd_train(args: list[str]) -> int:
     dry_run = "--dry-run" in args
     args = [a for a in args if a != "--dry-run"]
     preset, overrides, special = _split_args(args)
-    return commands.train(preset or "tiny", overrides, workdir=special.get("workdir"), dry_run=dry_run)
+    return commands.train(
+        preset or "tiny", overrides, workdir=special.get("workdir"), dry_run=dry_run
+    )
 
 
 def _cmd_eval(args: list[str]) -> int:
@@ -96,8 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0)
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"compactlm: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"compactlm: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     from compactlm.commands import USER_ERRORS
 

@@ -89,12 +89,16 @@ def train(
     if dry_run:
         from compactlm.data import ByteTokenizer
 
-        vocab = ByteTokenizer().vocab_size if cfg.data.tokenizer == "byte" else cfg.data.bpe_vocab_size
+        vocab = (
+            ByteTokenizer().vocab_size if cfg.data.tokenizer == "byte" else cfg.data.bpe_vocab_size
+        )
         cfg = resolve_vocab(cfg, vocab)
         print(to_json(cfg))
         counts = count_params(cfg.model)
-        print(f"parameters: {counts['total']:,} (embedding {counts['embedding']:,}, "
-              f"non-embedding {counts['non_embedding']:,}); workdir: {workdir}")
+        print(
+            f"parameters: {counts['total']:,} (embedding {counts['embedding']:,}, "
+            f"non-embedding {counts['non_embedding']:,}); workdir: {workdir}"
+        )
         return 0
     trainer = Trainer(cfg, workdir)
     trainer.restore_or_init()
@@ -114,7 +118,9 @@ def _load_run(run_dir: str, overrides: Sequence[str]):
 
     config_path = Path(run_dir) / "config.json"
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {run_dir!r} a compactlm run directory?")
+        raise FileNotFoundError(
+            f"{config_path} not found: is {run_dir!r} a compactlm run directory?"
+        )
     cfg = apply_overrides(from_json(config_path.read_text()), overrides)
     trainer = Trainer(cfg, run_dir, readonly=True)
     trainer.restore_or_init(require_checkpoint=True)

@@ -50,7 +50,11 @@ class Config:
 
 def _replace(cfg: Config, **sections: dict[str, Any]) -> Config:
     return dataclasses.replace(
-        cfg, **{name: dataclasses.replace(getattr(cfg, name), **delta) for name, delta in sections.items()}
+        cfg,
+        **{
+            name: dataclasses.replace(getattr(cfg, name), **delta)
+            for name, delta in sections.items()
+        },
     )
 
 
@@ -87,7 +91,12 @@ def base() -> Config:
     return _replace(
         Config(preset="base"),
         model=dict(
-            d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2816, max_seq_len=1024,
+            d_model=768,
+            n_layers=12,
+            n_heads=12,
+            n_kv_heads=4,
+            d_ff=2816,
+            max_seq_len=1024,
             compute_dtype="bfloat16",
         ),
         data=dict(tokenizer="bpe", bpe_vocab_size=32768),
@@ -96,7 +105,12 @@ def base() -> Config:
     )
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"nano": nano, "tiny": tiny, "small": small, "base": base}
+PRESETS: dict[str, Callable[[], Config]] = {
+    "nano": nano,
+    "tiny": tiny,
+    "small": small,
+    "base": base,
+}
 
 
 def get_preset(name: str) -> Config:
@@ -132,7 +146,9 @@ def _parse_value(text: str, tp: Any, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         for choice in choices:
-            if str(choice) == text or (isinstance(choice, bool) and text.lower() == str(choice).lower()):
+            if str(choice) == text or (
+                isinstance(choice, bool) and text.lower() == str(choice).lower()
+            ):
                 return choice
         raise ConfigError(f"{key}={text!r} is not valid; choose one of: {_describe(tp)}")
     if origin in (typing.Union, types.UnionType):
@@ -186,7 +202,7 @@ def _parse_value(text: str, tp: Any, key: str) -> Any:
 
 def _valid_keys(cfg: Any, prefix: str = "") -> list[str]:
     keys = []
-    for name, tp in _field_types(type(cfg)).items():
+    for name in _field_types(type(cfg)):
         value = getattr(cfg, name)
         if dataclasses.is_dataclass(value):
             keys.extend(_valid_keys(value, f"{prefix}{name}."))

@@ -21,7 +21,10 @@ def _token_cache(tmp_path_factory, monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "nano", "model.dmodel=3"], "unknown config key 'model.dmodel'; valid keys: model."),
+        (
+            ["train", "nano", "model.dmodel=3"],
+            "unknown config key 'model.dmodel'; valid keys: model.",
+        ),
         (["train", "nano", "optim.lr=fast"], "optim.lr='fast' is not a float"),
         (["train", "nano", "model.remat=all"], "choose one of: 'none' | 'block' | 'dots'"),
         (["train", "nano", "model.n_kv_heads=3"], "must be a multiple of n_kv_heads=3"),
@@ -89,5 +92,7 @@ def test_train_eval_generate_resume(tmp_path, capsys):
 
     # Re-running with more steps resumes from step 20 instead of starting over.
     assert cli("train", "nano", "train.steps=25", *common, f"workdir={run_dir}") == 0
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps[-1] == 25 and steps.count(20) == 1

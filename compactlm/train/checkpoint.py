@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the whole train state (model, optimizer, step = data position, RNG) + config.
+"""Orbax checkpoints of the train state (model, optimizer, step = data position, RNG) + config.
 
 A checkpoint is one orbax step directory with three items: `state` (the sharded TrainState),
 `meta` (step, seed, wall-clock, metrics at save) and `config` (the resolved config). Orbax writes
@@ -31,7 +31,13 @@ def make_manager(workdir: str | os.PathLike, *, max_to_keep: int = 3) -> ocp.Che
 
 
 def save(
-    manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, config: dict, *, force: bool = False
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    meta: dict,
+    config: dict,
+    *,
+    force: bool = False,
 ) -> bool:
     """Save and wait until it is committed; returns False when orbax skipped it (same step)."""
     if step in manager.all_steps():
@@ -56,14 +62,16 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
 def restore(
     manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
 ) -> tuple[Any, dict, dict]:
-    """(state, meta, config) of `step` (default: latest) restored into `abstract_state`'s shardings."""
+    """(state, meta, config) of `step` (default: latest), restored into `abstract_state`'s
+    shapes, dtypes and shardings."""
     step = manager.latest_step() if step is None else step
     where = manager.directory
     if step is None:
         raise CheckpointError(f"no checkpoint found in {where}")
     if step not in manager.all_steps():
         raise CheckpointError(
-            f"no checkpoint for step {step} in {where}; available steps: {list(manager.all_steps())}"
+            f"no checkpoint for step {step} in {where}; "
+            f"available steps: {list(manager.all_steps())}"
         )
     try:
         restored = manager.restore(

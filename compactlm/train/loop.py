@@ -61,9 +61,16 @@ class TrainingDiverged(RuntimeError):
 
 # Keys whose change is allowed when re-running a train command on an existing run directory:
 # they extend or re-instrument the run without changing what the first N steps computed.
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_tokens",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress",
-                     "train.tensorboard")
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_tokens",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.progress",
+    "train.tensorboard",
+)
 
 
 class _StopSignal:
@@ -144,7 +151,11 @@ class Trainer:
         self.tx = make_optimizer(cfg.optim, t.steps)
         self.schedule = make_schedule(cfg.optim, t.steps)
         self.program: Program = build(
-            cfg.model, self.tx, self.mesh, z_loss=t.z_loss, grad_accum=t.grad_accum,
+            cfg.model,
+            self.tx,
+            self.mesh,
+            z_loss=t.z_loss,
+            grad_accum=t.grad_accum,
             batch_sharding=batch_sharding(self.mesh),
         )
         self.manager = ckpt.make_manager(self.workdir, max_to_keep=t.keep_checkpoints)
@@ -166,8 +177,12 @@ class Trainer:
         from compactlm.config import to_dict
 
         step = int(self.state.step)
-        meta = {"step": step, "seed": self.cfg.train.seed, "time": time.time(),
-                "metrics": metrics or {}}
+        meta = {
+            "step": step,
+            "seed": self.cfg.train.seed,
+            "time": time.time(),
+            "metrics": metrics or {},
+        }
         ckpt.save(self.manager, step, self.state, meta, to_dict(self.cfg))
         return Path(self.manager.directory) / str(step)
 
@@ -177,7 +192,10 @@ class Trainer:
 
         t = self.cfg.train
         tokens = get_batch(
-            self.data.train_tokens, seed=t.seed, step=step, batch_size=t.batch_size,
+            self.data.train_tokens,
+            seed=t.seed,
+            step=step,
+            batch_size=t.batch_size,
             seq_len=t.seq_len,
         )
         tokens = tokens.reshape(t.grad_accum, t.batch_size // t.grad_accum, t.seq_len + 1)
@@ -192,9 +210,13 @@ class Trainer:
 
         t = self.cfg.train
         return evaluate_tokens(
-            self.program, self.state, self.data.val_tokens,
+            self.program,
+            self.state,
+            self.data.val_tokens,
             byte_lengths=self.data.tokenizer.token_byte_lengths(),
-            batch_size=t.batch_size // t.grad_accum, seq_len=t.seq_len, max_tokens=max_tokens,
+            batch_size=t.batch_size // t.grad_accum,
+            seq_len=t.seq_len,
+            max_tokens=max_tokens,
         )
 
     # -- training --------------------------------------------------------------------------
@@ -217,18 +239,24 @@ class Trainer:
             nonlocal window_start, window_tokens
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not all(math.isfinite(v) for v in host.values()):
-                where = (f"last good checkpoint: step {last_ckpt} in {self.manager.directory}"
-                         if last_ckpt is not None else "no checkpoint was saved yet")
-                raise TrainingDiverged(
-                    f"non-finite loss/gradient at step {step} ({host}); {where}"
+                where = (
+                    f"last good checkpoint: step {last_ckpt} in {self.manager.directory}"
+                    if last_ckpt is not None
+                    else "no checkpoint was saved yet"
                 )
+                raise TrainingDiverged(f"non-finite loss/gradient at step {step} ({host}); {where}")
             if step % t.log_every == 0 or step == t.steps:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
                 window_start, window_tokens = now, 0
-                record = {"step": step, "train/loss": host["loss"], "train/nll": host["nll"],
-                          "lr": float(self.schedule(step - 1)), "grad_norm": host["grad_norm"],
-                          "tokens/s": tps}
+                record = {
+                    "step": step,
+                    "train/loss": host["loss"],
+                    "train/nll": host["nll"],
+                    "lr": float(self.schedule(step - 1)),
+                    "grad_norm": host["grad_norm"],
+                    "tokens/s": tps,
+                }
                 writer.write(record)
                 progress.update_to(step, loss=host["loss"], tps=tps)
 
@@ -256,9 +284,11 @@ class Trainer:
                     last_ckpt = done
                 if stop.received:
                     progress.close()
-                    print(f"\n{stop.received}: stopped at step {done}; checkpoint saved in "
-                          f"{self.manager.directory}. Re-run the same command to resume.",
-                          file=sys.stderr)
+                    print(
+                        f"\n{stop.received}: stopped at step {done}; checkpoint saved in "
+                        f"{self.manager.directory}. Re-run the same command to resume.",
+                        file=sys.stderr,
+                    )
                     summary.update(status="interrupted", step=done)
                     writer.close()
                     return summary
@@ -285,4 +315,3 @@ def load_metrics(workdir: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-

@@ -1,4 +1,4 @@
-"""The device mesh (data, fsdp, tensor), batch shardings and multi-host start-up via jax.sharding."""
+"""The device mesh (data, fsdp, tensor), batch shardings and multi-host start-up (jax.sharding)."""
 
 from __future__ import annotations
 

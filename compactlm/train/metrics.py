@@ -52,8 +52,14 @@ class Progress:
         if enabled and jax.process_index() == 0:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                             file=sys.stderr, smoothing=0.1)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                smoothing=0.1,
+            )
 
     def update_to(self, step: int, *, loss: float, tps: float) -> None:
         if self._bar is None:

@@ -11,7 +11,9 @@ import optax
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    lr: float = 3e-3  # peak learning rate; small byte-level models tolerate ~3e-3 (nanoGPT char: 1e-3)
+    lr: float = (
+        3e-3  # peak learning rate; small byte-level models tolerate ~3e-3 (nanoGPT char: 1e-3)
+    )
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
     warmup_steps: int = 100  # linear warmup from 0 (Adam's second moment is noisy early)
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (Chinchilla/Llama use 0.1)

@@ -52,7 +52,8 @@ def test_cross_entropy_and_z_loss_match_numpy():
     nll = log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
     expected_nll = (nll * mask).sum() / mask.sum()
     expected_z = 1e-2 * (log_z**2 * mask).sum() / mask.sum()
-    loss, metrics = cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask),
-                                  z_loss=1e-2)
+    loss, metrics = cross_entropy(
+        jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask), z_loss=1e-2
+    )
     np.testing.assert_allclose(float(metrics["nll"]), expected_nll, rtol=1e-6)
     np.testing.assert_allclose(float(loss), expected_nll + expected_z, rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Training properties on the `nano` preset: learning, exact resume, checkpoints, sharding, errors."""
+"""Training properties on `nano`: learning, exact resume, checkpoints, sharding, errors."""
 
 import os
 import signal
@@ -97,8 +97,13 @@ def test_sharded_8_devices_matches_1_device(tmp_path):
 
 
 def test_nan_stops_with_step_and_last_checkpoint(tmp_path):
-    cfg = nano("train.steps=30", "train.checkpoint_every=2", "optim.lr=1e30",
-               "optim.warmup_steps=0", "optim.grad_clip=0")
+    cfg = nano(
+        "train.steps=30",
+        "train.checkpoint_every=2",
+        "optim.lr=1e30",
+        "optim.warmup_steps=0",
+        "optim.grad_clip=0",
+    )
     with pytest.raises(TrainingDiverged, match=r"non-finite .* at step \d+.*checkpoint"):
         run(cfg, tmp_path)
 
