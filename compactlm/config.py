@@ -142,6 +142,9 @@ def _describe(tp: Any) -> str:
 
 def _parse_value(text: str, tp: Any, key: str) -> Any:
     """Parse `text` as a value of type `tp`; raise ConfigError naming the key and the valid form."""
+    if tp is str:
+        return text
+    text = text.strip()
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -241,7 +244,9 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, text = item.split("=", 1)
-        cfg = _set(cfg, key.strip().split("."), text.strip(), key.strip())
+        # The value is kept verbatim: a str field (a prompt) may need its spaces and newlines;
+        # _parse_value strips it for every other type.
+        cfg = _set(cfg, key.strip().split("."), text, key.strip())
     return cfg
 
 

@@ -13,7 +13,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
 fi
-if ! "$VENV/bin/python" -c "import compactlm, jax_triton" >/dev/null 2>&1; then
+# The console script marks an installed package (`import compactlm` alone would also succeed from
+# the repo root without any install).
+if [ ! -x "$VENV/bin/compactlm" ] || ! "$VENV/bin/python" -c "import jax_triton" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e ".[test]" "jax[cpu]==0.11.2" "triton==3.6.0"
   # jax-triton's declared deps would pull another jax; it needs none beyond what is installed.

@@ -1,0 +1,62 @@
+"""The override language and config.json round trip, against the dataclasses themselves."""
+
+import pytest
+
+from compactlm.commands import SampleConfig
+from compactlm.config import (
+    PRESETS,
+    ConfigError,
+    apply_overrides,
+    diff,
+    from_json,
+    make_config,
+    to_json,
+)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_json_round_trip_of_every_preset(preset):
+    cfg = make_config(preset)
+    assert from_json(to_json(cfg)) == cfg
+
+
+def test_overrides_parse_against_field_types():
+    cfg = make_config(
+        "nano",
+        ["model.d_model=96", "optim.lr=2e-3", "model.tie_embeddings=false", "train.steps=1e3",
+         "data.max_corpus_bytes=1_000_000", "model.head_dim=none", "model.remat=dots"],
+    )  # fmt: skip
+    assert cfg.model.d_model == 96 and cfg.optim.lr == 2e-3 and cfg.model.tie_embeddings is False
+    assert cfg.train.steps == 1000 and cfg.data.max_corpus_bytes == 1_000_000
+    assert cfg.model.head_dim is None and cfg.model.remat == "dots"
+    assert set(diff(make_config("nano"), cfg)) == {
+        "model.d_model", "optim.lr", "model.tie_embeddings", "train.steps",
+        "data.max_corpus_bytes", "model.remat",
+    }  # fmt: skip
+
+
+def test_later_overrides_win_and_strings_are_kept_verbatim():
+    cfg = make_config("nano", ["optim.lr=1", "optim.lr=0.5"])
+    assert cfg.optim.lr == 0.5
+    sample = apply_overrides(SampleConfig(), ["prompt=  def f():\n", "top_k= 7 "])
+    assert sample.prompt == "  def f():\n" and sample.top_k == 7
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model", "is not of the form key.sub=value"),
+        ("model=3", "'model' is a section; set one of its fields: model.vocab_size"),
+        ("model.d_model.x=3", "'d_model' has no sub-fields"),
+        ("train.steps=1.5", "is not an int"),
+        ("model.tie_embeddings=maybe", "is not a bool; use true or false"),
+        ("data.tokenizer=wordpiece", "choose one of: 'byte' | 'bpe'"),
+        ("train.grad_accum=3", "must be divisible by train.grad_accum=3"),
+        ("mesh.fsdp=0", "mesh.fsdp must be >= 1"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError) as info:
+        make_config("nano", [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
