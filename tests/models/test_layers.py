@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from compactlm.models.layers import (
+    MLP,
     Attention,
     Linear,
     RMSNorm,
@@ -49,10 +50,15 @@ def _attention_reference(x, attn, pos):
     """Plain multi-head attention in numpy (float64): repeat kv heads, causal softmax."""
     B, T, _ = x.shape
     N, K, H = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    wq, wk, wv, wo = (
-        np.asarray(p.kernel[...], np.float64)
-        for p in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
+    G = N // K
+    # The fused kernel's columns are (kv head k, slot j, h): j < G query head k·G + j, then k, v.
+    w = np.asarray(attn.qkv_proj.kernel[...], np.float64).reshape(-1, K, G + 2, H)
+    wq, wk, wv = (
+        w[:, :, :G].reshape(-1, N * H),
+        w[:, :, G].reshape(-1, K * H),
+        w[:, :, G + 1].reshape(-1, K * H),
     )
+    wo = np.asarray(attn.o_proj.kernel[...], np.float64)
     sin, cos = rope_sin_cos(jnp.asarray(pos), H, 10_000.0)
     q = np.asarray(apply_rope(jnp.asarray((x @ wq).reshape(B, T, N, H), jnp.float32), sin, cos))
     k = np.asarray(apply_rope(jnp.asarray((x @ wk).reshape(B, T, K, H), jnp.float32), sin, cos))
@@ -66,9 +72,10 @@ def _attention_reference(x, attn, pos):
     return out @ wo
 
 
+@pytest.mark.parametrize("impl", ["xla", "blocked"])
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])  # MHA, GQA, MQA
-def test_attention_matches_einsum_reference(n_kv_heads):
-    cfg = ModelConfig(**{**SMALL, "n_kv_heads": n_kv_heads}, attention_impl="xla", init_std=0.2)
+def test_attention_matches_einsum_reference(n_kv_heads, impl):
+    cfg = ModelConfig(**{**SMALL, "n_kv_heads": n_kv_heads}, attention_impl=impl, init_std=0.2)
     attn = Attention(cfg, rngs=nnx.Rngs(0))
     B, T = 2, 6
     x = np.random.default_rng(2).normal(size=(B, T, cfg.d_model)).astype(np.float32)
@@ -76,6 +83,17 @@ def test_attention_matches_einsum_reference(n_kv_heads):
     sin, cos = rope_sin_cos(jnp.asarray(pos), cfg.resolved_head_dim, cfg.rope_theta)
     got, _ = attn(jnp.asarray(x), sin, cos)
     np.testing.assert_allclose(got, _attention_reference(x, attn, pos), **tol("f32_reorder"))
+
+
+def test_mlp_matches_swiglu_reference():
+    cfg = ModelConfig(**SMALL, init_std=0.2)
+    mlp = MLP(cfg, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(4).normal(size=(2, 5, cfg.d_model))
+    # Fused kernel [D, 2F]: gate = columns [0, F), up = [F, 2F).
+    w = np.asarray(mlp.gate_up_proj.kernel[...], np.float64)
+    gate, up = x @ w[:, : cfg.d_ff], x @ w[:, cfg.d_ff :]
+    want = (gate / (1 + np.exp(-gate)) * up) @ np.asarray(mlp.down_proj.kernel[...], np.float64)
+    np.testing.assert_allclose(mlp(jnp.asarray(x, jnp.float32)), want, **tol("f32_reorder"))
 
 
 def test_block_is_causal():

@@ -116,9 +116,9 @@ def test_partition_specs():
     assert flat["embedding"] == P("tensor", "fsdp")
     assert flat["final_norm/scale"] == P(None)
     # Stacked layers: the leading L axis is unsharded.
-    assert flat["layers/attn/q_proj/kernel"] == P(None, "fsdp", "tensor")
     assert flat["layers/attn/o_proj/kernel"] == P(None, "tensor", "fsdp")
-    assert flat["layers/mlp/gate_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert flat["layers/attn/qkv_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert flat["layers/mlp/gate_up_proj/kernel"] == P(None, "fsdp", None)  # see MLP
     assert flat["layers/mlp/down_proj/kernel"] == P(None, "tensor", "fsdp")
     assert flat["layers/attn_norm/scale"] == P(None, None)
 
@@ -129,7 +129,7 @@ def test_sharded_creation_matches_unsharded():
     cfg = dataclasses.replace(SMALL, tie_embeddings=False)
     model = create_sharded_model(cfg, mesh, rngs_seed=0)
     ref = Transformer(cfg, rngs=nnx.Rngs(0))
-    q = nnx.state(model)["layers"]["attn"]["q_proj"]["kernel"].get_value()
+    q = nnx.state(model)["layers"]["attn"]["qkv_proj"]["kernel"].get_value()
     assert q.sharding.spec == P(None, "fsdp", "tensor") and len(q.sharding.device_set) == 8
     # jit vs eager init: XLA's fused erf_inv may differ in the last ulp.
     for a, b in zip(
