@@ -28,7 +28,8 @@ Filter = Any
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array  # int32 scalar: optimizer steps taken (= data position: batches are f(seed, step))
+    # int32 scalar: optimizer steps taken (= the data position: batches are f(seed, step))
+    step: jax.Array
     params: nnx.State  # trainable
     frozen: nnx.State  # everything else the model holds
     opt_state: optax.OptState
@@ -104,7 +105,9 @@ def build(
                 (loss, metrics), grads = grad_fn(state.params, state.frozen, tokens_BT1)
                 return jax.tree.map(jnp.add, acc, (loss, metrics, grads)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {"nll": jnp.float32(0)}, state.params))
+            zeros = jax.tree.map(
+                jnp.zeros_like, (jnp.float32(0), {"nll": jnp.float32(0)}, state.params)
+            )
             if z_loss:
                 zeros[1]["z_loss"] = jnp.float32(0)
             total, _ = jax.lax.scan(micro, zeros, tokens_ABT1)
@@ -153,11 +156,13 @@ def init_state(
     return jax.jit(init, out_shardings=program.state_sharding)()
 
 
-def abstract_state(program: Program, model_cfg: ModelConfig, *, seed: int, trainable: Filter = nnx.Param):
+def abstract_state(
+    program: Program, model_cfg: ModelConfig, *, seed: int, trainable: Filter = nnx.Param
+):
     """ShapeDtypeStructs with shardings: the restore target for checkpoints."""
-    shapes = jax.eval_shape(
-        lambda: init_state(program, model_cfg, seed=seed, trainable=trainable)
-    )
+    shapes = jax.eval_shape(lambda: init_state(program, model_cfg, seed=seed, trainable=trainable))
     return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, program.state_sharding
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        shapes,
+        program.state_sharding,
     )
