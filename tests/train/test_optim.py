@@ -30,8 +30,10 @@ def test_warmup_cosine_schedule_matches_formula():
 def test_decay_mask_skips_embeddings_and_norms_unless_asked():
     model = Transformer(make_config("nano").model, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
-    flat = {"/".join(map(str, p)): v for p, v in params.flat_state()}
-    mask = {"/".join(map(str, p)): v for p, v in decay_mask(OptimConfig(), params).flat_state()}
+    flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
+    mask = {
+        "/".join(map(str, p)): v for p, v in nnx.to_flat_state(decay_mask(OptimConfig(), params))
+    }
     for path in flat:
         decays = bool(mask[path].get_value())
         if "embedding" in path or "norm" in path:
