@@ -15,6 +15,7 @@ The launch builders are written once against ``triton_call``'s convention; ``lau
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import triton
 import triton.language as tl
@@ -226,6 +227,8 @@ def launch_int4_matmul(
     """Forward ``y[M, N] = x[M, K] @ W``: the split-K decode kernel when ``config`` has
     ``SPLIT_K`` (M ≤ BLOCK_SIZE_M), else the tiled GEMM."""
     (m, k), n = x.shape, qweight.shape[1]
+    if m == 0:  # an empty grid is not a valid launch
+        return jnp.zeros((0, n), x.dtype)
     ptrs, meta = _weight_operands(qweight, scales, zeros, format)
     common = (x, *ptrs, m, n, k)
     cfg = dict(config, DOT_FP32=dot_fp32)
@@ -253,6 +256,8 @@ def launch_int4_matmul_bwd(
 ):
     """Backward ``dx[M, K] = dy[M, N] @ W^T`` with the packed W."""
     (m, n), k = dy.shape, qweight.shape[0] * 8
+    if m == 0:
+        return jnp.zeros((0, k), dy.dtype)
     ptrs, meta = _weight_operands(qweight, scales, zeros, format)
     grid = (triton.cdiv(m, config["BLOCK_SIZE_M"]) * triton.cdiv(k, config["BLOCK_SIZE_K"]),)
     return launch(

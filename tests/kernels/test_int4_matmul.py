@@ -89,6 +89,20 @@ def test_gemm_kernel_big_tiles_small_problem(rng):
     np.testing.assert_allclose(got, want, **tol("int4_kernel"))
 
 
+@pytest.mark.parametrize("path", list(KERNELS))
+def test_empty_batch_returns_empty_without_launching(rng, path):
+    launch, config, reference = KERNELS[path]
+    qw, s, z = _weights(rng, 64, 24, "int4", True, 32)
+    a = np.zeros((0, 24 if path == "bwd" else 64), np.float32)
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("an empty grid must not be launched")
+
+    got = launch(no_launch, a, qw, s, z, format="int4", config=config)
+    want = reference(jnp.asarray(a), qw, s, z, format="int4")
+    assert got.shape == want.shape and got.dtype == want.dtype
+
+
 # ----------------------------------------------------------------------------- custom_vjp
 
 
