@@ -12,4 +12,5 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
+	@$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install -q "ruff>=0.6"
 	$(PY) -m ruff check compactlm tests && $(PY) -m ruff format --check compactlm tests
