@@ -120,6 +120,38 @@ def test_make_linear_dense_orientation():
     assert nnx.get_partition_spec(nnx.state(lin))["kernel"].get_value() == jax.P("fsdp", "tensor")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_linear_custom_vjp_grads_match_plain_einsum(dtype):
+    """dense_matmul's hand-written backward == jax.grad of the plain autodiffed einsum."""
+    cfg = ModelConfig(**SMALL, compute_dtype=dtype)
+    lin = make_linear(16, 24, cfg=cfg, rngs=nnx.Rngs(0), kernel_axes=(None, None))
+    w = lin.kernel[...]
+    x = jax.random.normal(jax.random.key(1), (3, 5, 16))
+    probe = jax.random.normal(jax.random.key(2), (3, 5, 24))
+
+    def plain(x, w):
+        c = jnp.dtype(dtype)
+        y = jnp.einsum(
+            "...i,io->...o", x.astype(c), w.astype(c), preferred_element_type=jnp.float32
+        )
+        return jnp.sum(jnp.tanh(y.astype(c).astype(jnp.float32)) * probe)
+
+    graphdef, state = nnx.split(lin)
+
+    def ours(x, state):
+        return jnp.sum(jnp.tanh(nnx.merge(graphdef, state)(x).astype(jnp.float32)) * probe)
+
+    want = jax.grad(plain, argnums=(0, 1))(x, w)
+    gx, gstate = jax.grad(ours, argnums=(0, 1))(x, state)
+    got = (gx, gstate["kernel"].get_value())
+    name = "f32_reorder" if dtype == "float32" else "attention"
+    for g, e in zip(got, want, strict=True):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32), np.asarray(e, np.float32), **tol(name, dtype)
+        )
+
+
 def test_make_linear_unknown_format_lists_valid():
     cfg = ModelConfig(**SMALL)
     object.__setattr__(cfg, "weight_format", "int3")  # bypass __post_init__ to reach the factory
