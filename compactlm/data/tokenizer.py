@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ class Tokenizer(Protocol):
     def save(self, directory: str | os.PathLike) -> Path: ...
 
 
-class _SpecialsMixin:
+class _SpecialsMixin(abc.ABC):
     n_base: int  # ordinary tokens; specials are n_base, n_base + 1, ...
     vocab_size: int  # >= n_base + specials; ids past the specials are unused (decode to "")
 
@@ -75,8 +76,9 @@ class _SpecialsMixin:
         atomic_write_text(path, self._serialize())
         return path
 
+    @abc.abstractmethod
     def _serialize(self) -> str:
-        raise NotImplementedError
+        """The saved JSON text (each tokenizer kind defines it)."""
 
 
 class ByteTokenizer(_SpecialsMixin):

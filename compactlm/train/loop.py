@@ -199,10 +199,7 @@ class Trainer:
             seq_len=t.seq_len,
         )
         tokens = tokens.reshape(t.grad_accum, t.batch_size // t.grad_accum, t.seq_len + 1)
-        sharding = jax.sharding.NamedSharding(
-            self.mesh, jax.sharding.PartitionSpec(None, *self.program.batch_sharding.spec)
-        )
-        return shard_batch(tokens, sharding)
+        return shard_batch(tokens, self.program.accum_sharding)
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, max_tokens: int = 0) -> dict[str, float]:

@@ -44,7 +44,8 @@ class Program:
     tx: optax.GradientTransformation
     mesh: Mesh
     state_sharding: Any
-    batch_sharding: NamedSharding
+    batch_sharding: NamedSharding  # [B, T] batches (eval)
+    accum_sharding: NamedSharding  # [A, B/A, T+1] train batches: micro-batch axis unsharded
     train_step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
     eval_step: Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -134,7 +135,9 @@ def build(
         in_shardings=(param_sh, frozen_sh, batch_sharding, batch_sharding),
         out_shardings=replicated,
     )
-    return Program(graphdef, tx, mesh, state_sharding, batch_sharding, jit_train, jit_eval)
+    return Program(
+        graphdef, tx, mesh, state_sharding, batch_sharding, accum_sharding, jit_train, jit_eval
+    )
 
 
 def init_state(
