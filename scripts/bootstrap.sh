@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
-  if command -v pyenv >/dev/null 2>&1 && pyenv versions --bare 2>/dev/null | grep -qx '3.12.1'; then
+  # grep without -q: under pipefail, `grep -q` exiting at the first match can kill pyenv with
+  # SIGPIPE and fail the pipeline at random (seen: a 3.11 fallback, then exit 127).
+  if command -v pyenv >/dev/null 2>&1 && pyenv versions --bare 2>/dev/null | grep -x '3.12.1' >/dev/null; then
     PYENV_VERSION=3.12.1 python -m venv "$VENV"
   elif command -v python3.12 >/dev/null 2>&1; then
     python3.12 -m venv "$VENV"
