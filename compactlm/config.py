@@ -1,7 +1,7 @@
 """The run configuration: sub-configs composed once, presets as deltas, `key.sub=value` overrides.
 
 Every sub-config is a frozen keyword-only dataclass that lives beside the code that reads it
-(`ModelConfig` in models/transformer.py, `DataConfig` in data/, ...). This module composes them,
+(`ModelConfig` in models/config.py, `DataConfig` in data/, ...). This module composes them,
 defines the presets and implements the one override language used by the CLI, tests and sweeps:
 
     apply_overrides(cfg, ["model.d_model=256", "optim.lr=1e-3", "data.corpus=pydocs"])
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from compactlm.data import DataConfig
-from compactlm.models.transformer import ModelConfig
+from compactlm.models.config import ModelConfig
 from compactlm.train.loop import TrainConfig
 from compactlm.train.mesh import MeshConfig
 from compactlm.train.optim import OptimConfig
@@ -238,12 +238,20 @@ def _set(cfg: Any, path: list[str], text: str, full_key: str) -> Any:
         raise ConfigError(f"{full_key}={text!r}: {e}") from None
 
 
+# Short spellings of nested sections: `adapter.rank=8` is `model.adapter.rank=8` (the adapter is
+# part of the model's structure, but users think of it as its own section, as in PEFT).
+ALIASES: dict[str, str] = {"adapter.": "model.adapter."}
+
+
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     """Apply `key.sub=value` strings in order; see the module docstring."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, text = item.split("=", 1)
+        for short, full in ALIASES.items():
+            if key.strip().startswith(short):
+                key = full + key.strip()[len(short) :]
         # The value is kept verbatim: a str field (a prompt) may need its spaces and newlines;
         # _parse_value strips it for every other type.
         cfg = _set(cfg, key.strip().split("."), text, key.strip())

@@ -13,11 +13,7 @@ from jaxtyping import Array, Bool, Float, Int
 from compactlm.models.attention import blocked_causal_attention
 
 if TYPE_CHECKING:
-    from compactlm.models.transformer import ModelConfig
-
-# The one list of storage formats make_linear can build. Later work (LoRA, int4, nf4, sparse24)
-# adds its format here, to ModelConfig.weight_format's Literal, and a branch in make_linear.
-WEIGHT_FORMATS: tuple[str, ...] = ("dense",)
+    from compactlm.models.config import ModelConfig
 
 
 def param_init(std: float, axes: tuple[str | None, ...]) -> nnx.Initializer:
@@ -129,7 +125,12 @@ def make_linear(
             kernel_axes=kernel_axes,
             rngs=rngs,
         )
-    raise ValueError(f"unknown weight_format {fmt!r}; valid formats: {', '.join(WEIGHT_FORMATS)}")
+    from compactlm.models.config import STORAGE_FORMATS
+
+    if fmt not in STORAGE_FORMATS:
+        valid = ", ".join(STORAGE_FORMATS)
+        raise ValueError(f"unknown weight_format {fmt!r}; valid formats: {valid}")
+    raise ValueError(f"weight_format {fmt!r} cannot be built by make_linear yet")
 
 
 class RMSNorm(nnx.Module):

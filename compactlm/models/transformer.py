@@ -1,4 +1,7 @@
-"""ModelConfig and the Llama-style decoder Transformer (embed → blocks → norm → logits)."""
+"""The Llama-style decoder Transformer (embed → blocks → norm → logits) and its KV cache.
+
+`ModelConfig` lives in models/config.py (re-exported here for callers).
+"""
 # ruff: noqa: F722  (jaxtyping shape strings are not forward references)
 
 # Shape suffixes (one legend for all model code; einsum strings use the same letters):
@@ -10,18 +13,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from compactlm.models.config import ModelConfig
 from compactlm.models.layers import (
     MLP,
-    WEIGHT_FORMATS,
     Attention,
     RMSNorm,
     make_linear,
@@ -29,111 +30,7 @@ from compactlm.models.layers import (
     rope_sin_cos,
 )
 
-DType = Literal["float32", "bfloat16"]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Decoder shape and numerics. Defaults are the `tiny` preset (828,544 params at V=320)."""
-
-    # Token vocabulary incl. specials, padded by the caller to a multiple of 64 so it divides the
-    # tensor axis. 320 = 256 bytes + specials, padded: the default byte-level tokenizer.
-    vocab_size: int = 320
-    # Residual-stream width (units). 128 keeps `tiny` near 0.8M params: fast CPU tests and runs.
-    d_model: int = 128
-    # Decoder blocks. 4: enough depth for scan/remat to matter while compiling in seconds.
-    n_layers: int = 4
-    # Query heads. 4 heads of 32 dims.
-    n_heads: int = 4
-    # Key/value heads (GQA); must divide n_heads. 2 so the default exercises real GQA.
-    n_kv_heads: int = 2
-    # Per-head width; None → d_model // n_heads. 32 at the default shape.
-    head_dim: int | None = None
-    # SwiGLU hidden width. 3 × d_model ≈ Llama's 8/3 × d_model rounded up to a multiple of 64.
-    d_ff: int = 384
-    # Longest sequence (tokens) trained on / the default KV-cache length. RoPE has no table, so
-    # this only bounds the cache and the data pipeline.
-    max_seq_len: int = 256
-    # RoPE base wavelength (Su et al. 2021; Llama 1/2 use 10_000).
-    rope_theta: float = 10_000.0
-    # RMSNorm epsilon added to mean(x²). 1e-5 as Llama 2; harmless in f32 statistics.
-    norm_eps: float = 1e-5
-    # Logits reuse the embedding matrix (saves V·D params; at tiny shapes that's 5% of the model).
-    tie_embeddings: bool = True
-    # Storage dtype of parameters. f32 so optimizer updates don't underflow; bf16 to halve memory.
-    param_dtype: DType = "float32"
-    # Matmul/activation dtype; "bfloat16" on GPU/TPU. f32 by default on CPU: XLA:CPU runs native
-    # bf16 dots where the CPU has them (AVX512-BF16 on Zen 4: tiny's step is 1.09-1.2x faster,
-    # docs/benchmarks.md), but bf16 loss parity over a full tiny run is not yet verified, and
-    # CPUs without AVX512-BF16 / AMX would emulate it.
-    compute_dtype: DType = "float32"
-    # Stack the blocks and run them with lax.scan: compile time independent of n_layers.
-    scan_layers: bool = True
-    # Rematerialization per block: "none" stores all activations, "block" stores only block
-    # inputs (recompute everything, ~+33% FLOPs), "dots" saves matmul outputs, recomputes the rest.
-    remat: Literal["none", "block", "dots"] = "none"
-    # Std of the normal init for embeddings and linear kernels (GPT-2 / Llama use 0.02). Residual
-    # output projections (o, down) get init_std / sqrt(2·n_layers) (GPT-2 §2.3).
-    init_std: float = 0.02
-    # Storage of linear-layer weights; the linear factory (layers.make_linear) builds the layer.
-    weight_format: Literal["dense"] = "dense"
-    # Attention kernel: "auto" = cuDNN flash attention on GPU with bf16/fp16, the blocked
-    # flash-style custom-VJP kernel on CPU (models/attention.py: 1.2x faster train step than XLA's),
-    # else XLA. The KV-cache path (decode) always uses XLA with an explicit mask.
-    attention_impl: Literal["auto", "xla", "cudnn", "blocked"] = "auto"
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            valid = _literal_values(f.type)
-            if valid and getattr(self, f.name) not in valid:
-                raise ValueError(
-                    f"ModelConfig.{f.name}={getattr(self, f.name)!r}; valid: {', '.join(valid)}"
-                )
-        if self.weight_format not in WEIGHT_FORMATS:  # Literal and factory must agree
-            raise ValueError(f"weight_format: valid formats are {', '.join(WEIGHT_FORMATS)}")
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "n_kv_heads",
-            "d_ff",
-            "max_seq_len",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} (GQA)"
-            )
-        if self.head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                "set head_dim explicitly"
-            )
-        if self.resolved_head_dim % 2:
-            raise ValueError(f"head_dim={self.resolved_head_dim} must be even (RoPE pairs)")
-        if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
-            raise ValueError("init_std, norm_eps and rope_theta must be > 0")
-
-    @property
-    def resolved_head_dim(self) -> int:
-        """head_dim, or d_model // n_heads when head_dim is None."""
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
-
-    @property
-    def residual_init_std(self) -> float:
-        """Init std of the projections that write into the residual stream (o, down)."""
-        return self.init_std / (2 * self.n_layers) ** 0.5
-
-
-def _literal_values(tp: object) -> tuple:
-    """The allowed values of a (string-annotated) Literal field type, else ()."""
-    if isinstance(tp, str):
-        tp = eval(tp, globals())  # `from __future__ import annotations` keeps types as strings
-    if typing.get_origin(tp) is Literal:
-        return typing.get_args(tp)
-    return ()
+__all__ = ["Block", "KVCache", "ModelConfig", "Transformer", "create_sharded_model"]
 
 
 class KVCache(NamedTuple):

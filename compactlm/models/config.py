@@ -1,0 +1,242 @@
+"""ModelConfig, AdapterConfig and THE registries of names: storage formats, adapter kinds, linears.
+
+This is the bottom of the package: it imports nothing from compactlm, so kernels, models,
+benchmarks, `info` and the compression code can all take their vocabulary from here (one name
+per storage format, one list of projection names adapters can target).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from typing import Literal
+
+from flax import nnx
+
+# Storage of a linear layer's weight (DESIGN §3). dense: a trainable [in, out] kernel; int4:
+# 4-bit codes + per-group scales (symmetric; the affine variant is a packing option of the
+# compression code); nf4 / fp4: 4-bit codes into the QLoRA NF4 / E2M1 code books with per-block
+# absmax; sparse24: 2:4 values + metadata; sparse24_int4: both. Packed formats are frozen.
+STORAGE_FORMATS: tuple[str, ...] = ("dense", "int4", "nf4", "fp4", "sparse24", "sparse24_int4")
+StorageFormat = Literal["dense", "int4", "nf4", "fp4", "sparse24", "sparse24_int4"]
+# The 4-bit code-book / integer formats QuantizedLinear builds (QLoRA bases).
+QUANTIZED_FORMATS: tuple[str, ...] = ("int4", "nf4", "fp4")
+SPARSE_FORMATS: tuple[str, ...] = ("sparse24", "sparse24_int4")
+
+ADAPTER_KINDS: tuple[str, ...] = ("none", "lora", "dora")
+AdapterKind = Literal["none", "lora", "dora"]
+
+# Projection names as in an unfused Hugging Face Llama (q_proj ... down_proj, lm_head). The fused
+# qkv / gate_up linears expose these as named parts, so adapters, export and calibration all see
+# the unfused model.
+LINEAR_NAMES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
+# `adapter.targets=all-linear` (PEFT's spelling): every projection of the blocks, not the head.
+ALL_LINEAR: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+DType = Literal["float32", "bfloat16"]
+
+
+class Frozen(nnx.Variable):
+    """Storage that is never trained: packed codes, scales, 2:4 metadata, PiSSA residuals.
+
+    Not an `nnx.Param`, so neither training filter (`nnx.Param`, `nnx.LoRAParam`) selects it:
+    it lives in the step's `frozen` state and never enters the optimizer state.
+    """
+
+
+def literal_values(tp: object, namespace: dict | None = None) -> tuple:
+    """The allowed values of a (possibly string-annotated) Literal type, else ()."""
+    if isinstance(tp, str):
+        tp = eval(tp, namespace if namespace is not None else globals())
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    return ()
+
+
+def _check_literals(obj: object) -> None:
+    for f in dataclasses.fields(obj):
+        valid = literal_values(f.type)
+        if valid and getattr(obj, f.name) not in valid:
+            raise ValueError(
+                f"{type(obj).__name__}.{f.name}={getattr(obj, f.name)!r}; valid: "
+                + ", ".join(map(str, valid))
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdapterConfig:
+    """Parameter-efficient adapters on the linear layers (`adapter.*` on the command line)."""
+
+    # none: no adapter (full training / fine-tuning); lora: W + s·B·A (Hu et al. 2021); dora:
+    # magnitude · column-normalised (W + s·B·A) (Liu et al. 2024).
+    kind: AdapterKind = "none"
+    # Rank r of B·A. 8: the LoRA paper's common setting for attention projections.
+    rank: int = 8
+    # Scale numerator: s = alpha / r (alpha / sqrt(r) with rslora). 16 = 2r, a common pairing.
+    alpha: float = 16.0
+    # Dropout on the adapter's input x (LoRA §4.2 applies it to the low-rank path only). 0 = off.
+    dropout: float = 0.0
+    # Projection names (q, k, v, o, gate, up, down, lm_head) or all-linear (every block linear).
+    # (q, v) is the LoRA paper's default.
+    targets: tuple[str, ...] = ("q", "v")
+    # If non-empty, a regex over module paths such as `layers.3.attn.q` or `lm_head`; replaces
+    # `targets` (re.search, so `attn\.(q|v)$` or `layers\.[0-1]\.` work).
+    target_regex: str = ""
+    # A's init (B is always zero, so ΔW = 0 at start): kaiming = PEFT's kaiming-uniform(a=√5);
+    # gaussian = N(0, 1/r) (the LoRA paper); pissa = top-r SVD of W into A, B, the residual
+    # W - B·A frozen (Meng et al. 2024; ΔW starts at the principal part, not 0).
+    init: Literal["kaiming", "gaussian", "pissa"] = "kaiming"
+    # rsLoRA (Kalajdzievski 2023): s = alpha / sqrt(r), rank-stable learning.
+    rslora: bool = False
+    # LoRA+ (Hayou et al. 2024): B's learning rate = ratio × A's. 0 = off (same lr); paper: 16.
+    lora_plus_ratio: float = 0.0
+    # Weight decay on A and B (and DoRA's magnitude). Off: decay would pull ΔW towards 0, the base.
+    decay: bool = False
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        if self.rank < 1:
+            raise ValueError(f"adapter.rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        if self.lora_plus_ratio < 0:
+            raise ValueError("adapter.lora_plus_ratio must be >= 0 (0 = off)")
+        if self.target_regex:
+            try:
+                re.compile(self.target_regex)
+            except re.error as e:
+                raise ValueError(f"adapter.target_regex {self.target_regex!r}: {e}") from None
+        else:
+            self.target_names()  # validates the names
+
+    @property
+    def scale(self) -> float:
+        """s in W + s·B·A."""
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+    def target_names(self) -> tuple[str, ...]:
+        """`targets` with all-linear expanded; unknown names raise, listing the valid ones."""
+        names: list[str] = []
+        for t in self.targets:
+            expanded = ALL_LINEAR if t == "all-linear" else (t,)
+            for name in expanded:
+                if name not in LINEAR_NAMES:
+                    raise ValueError(
+                        f"unknown adapter target {name!r}; valid targets: "
+                        f"{', '.join(LINEAR_NAMES)}, all-linear"
+                    )
+                if name not in names:
+                    names.append(name)
+        return tuple(names)
+
+    def targets_path(self, path: str) -> bool:
+        """Is the projection at module path `path` (e.g. `layers.3.attn.q`) adapted?"""
+        if self.kind == "none":
+            return False
+        if self.target_regex:
+            return re.search(self.target_regex, path) is not None
+        return path.rsplit(".", 1)[-1] in self.target_names()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Decoder shape and numerics. Defaults are the `tiny` preset (828,544 params at V=320)."""
+
+    # Token vocabulary incl. specials, padded by the caller to a multiple of 64 so it divides the
+    # tensor axis. 320 = 256 bytes + specials, padded: the default byte-level tokenizer.
+    vocab_size: int = 320
+    # Residual-stream width (units). 128 keeps `tiny` near 0.8M params: fast CPU tests and runs.
+    d_model: int = 128
+    # Decoder blocks. 4: enough depth for scan/remat to matter while compiling in seconds.
+    n_layers: int = 4
+    # Query heads. 4 heads of 32 dims.
+    n_heads: int = 4
+    # Key/value heads (GQA); must divide n_heads. 2 so the default exercises real GQA.
+    n_kv_heads: int = 2
+    # Per-head width; None → d_model // n_heads. 32 at the default shape.
+    head_dim: int | None = None
+    # SwiGLU hidden width. 3 × d_model ≈ Llama's 8/3 × d_model rounded up to a multiple of 64.
+    d_ff: int = 384
+    # Longest sequence (tokens) trained on / the default KV-cache length. RoPE has no table, so
+    # this only bounds the cache and the data pipeline.
+    max_seq_len: int = 256
+    # RoPE base wavelength (Su et al. 2021; Llama 1/2 use 10_000).
+    rope_theta: float = 10_000.0
+    # RMSNorm epsilon added to mean(x²). 1e-5 as Llama 2; harmless in f32 statistics.
+    norm_eps: float = 1e-5
+    # Logits reuse the embedding matrix (saves V·D params; at tiny shapes that's 5% of the model).
+    tie_embeddings: bool = True
+    # Storage dtype of parameters. f32 so optimizer updates don't underflow; bf16 to halve memory.
+    param_dtype: DType = "float32"
+    # Matmul/activation dtype; "bfloat16" on GPU/TPU. f32 by default on CPU: XLA:CPU runs native
+    # bf16 dots where the CPU has them (AVX512-BF16 on Zen 4: tiny's step is 1.09-1.2x faster,
+    # docs/benchmarks.md), but bf16 loss parity over a full tiny run is not yet verified, and
+    # CPUs without AVX512-BF16 / AMX would emulate it.
+    compute_dtype: DType = "float32"
+    # Stack the blocks and run them with lax.scan: compile time independent of n_layers.
+    scan_layers: bool = True
+    # Rematerialization per block: "none" stores all activations, "block" stores only block
+    # inputs (recompute everything, ~+33% FLOPs), "dots" saves matmul outputs, recomputes the rest.
+    remat: Literal["none", "block", "dots"] = "none"
+    # Std of the normal init for embeddings and linear kernels (GPT-2 / Llama use 0.02). Residual
+    # output projections (o, down) get init_std / sqrt(2·n_layers) (GPT-2 §2.3).
+    init_std: float = 0.02
+    # Storage of the block linears (qkv, o, gate_up, down); the LM head and the embedding stay
+    # dense (QLoRA keeps them in 16 bit too). Packed formats are frozen: train them through
+    # adapters (QLoRA). See STORAGE_FORMATS.
+    weight_format: StorageFormat = "dense"
+    # Group size along K of int4 scales / block size of NF4 / FP4 absmax. 64: QLoRA's NF4 block.
+    quant_group_size: int = 64
+    # QLoRA double quantization (§3): absmax constants quantized again to 8 bit in blocks of 256
+    # (4.127 bits/param at block 64 instead of 4.5). Applies to nf4 / fp4.
+    double_quant: bool = True
+    # Adapters on the linears (the `adapter.*` keys of the command line).
+    adapter: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+    # Attention kernel: "auto" = cuDNN flash attention on GPU with bf16/fp16, the blocked
+    # flash-style custom-VJP kernel on CPU (models/attention.py: 1.2x faster train step than XLA's),
+    # else XLA. The KV-cache path (decode) always uses XLA with an explicit mask.
+    attention_impl: Literal["auto", "xla", "cudnn", "blocked"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        assert literal_values(StorageFormat) == STORAGE_FORMATS  # one vocabulary
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "d_ff",
+            "max_seq_len",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} (GQA)"
+            )
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "set head_dim explicitly"
+            )
+        if self.resolved_head_dim % 2:
+            raise ValueError(f"head_dim={self.resolved_head_dim} must be even (RoPE pairs)")
+        if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise ValueError("init_std, norm_eps and rope_theta must be > 0")
+        if self.quant_group_size < 8 or self.quant_group_size % 8:
+            raise ValueError(
+                f"quant_group_size={self.quant_group_size} must be a multiple of 8 (eight 4-bit "
+                "codes per int32 word)"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """head_dim, or d_model // n_heads when head_dim is None."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def residual_init_std(self) -> float:
+        """Init std of the projections that write into the residual stream (o, down)."""
+        return self.init_std / (2 * self.n_layers) ** 0.5
