@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from compactlm.config import ConfigError, apply_overrides, from_json, make_config
+from compactlm.config import ConfigError, apply_overrides, make_config
 from compactlm.data import DataError
 from compactlm.train.checkpoint import CheckpointError
 from compactlm.train.loop import TrainingDiverged
@@ -114,17 +114,9 @@ def train(
 
 
 def _load_run(run_dir: str, overrides: Sequence[str]):
-    from compactlm.train.loop import Trainer
+    from compactlm.train.run_dir import load_run
 
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(
-            f"{config_path} not found: is {run_dir!r} a compactlm run directory?"
-        )
-    cfg = apply_overrides(from_json(config_path.read_text()), overrides)
-    trainer = Trainer(cfg, run_dir, readonly=True)
-    trainer.restore_or_init(require_checkpoint=True)
-    return trainer
+    return load_run(run_dir, overrides)
 
 
 def evaluate(run_dir: str, overrides: Sequence[str]) -> int:

@@ -114,7 +114,7 @@ def bench_train(
     )
     state = init_state(program, cfg.model, seed=t.seed)
     batches = _random_batches(cfg, program, 2)
-    lowered = program.train_step.lower(state, batches[0])
+    lowered = program.train_step.lower(state, batches[0], None)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
@@ -122,12 +122,12 @@ def bench_train(
     xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
     for i in range(warmup):
-        state, metrics = compiled(state, batches[i % 2])
+        state, metrics = compiled(state, batches[i % 2], None)
     jax.block_until_ready((state, metrics))
     times = []
     for i in range(steps):
         s0 = time.perf_counter()
-        state, metrics = compiled(state, batches[i % 2])
+        state, metrics = compiled(state, batches[i % 2], None)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - s0)
     loss = float(metrics["loss"])

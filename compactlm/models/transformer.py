@@ -121,12 +121,15 @@ class Transformer(nnx.Module):
         *,
         positions_BT: Int[Array, "B T"] | None = None,
         cache: KVCache | None = None,
+        rng: jax.Array | None = None,
     ) -> Float[Array, "B T V"] | tuple[Float[Array, "B T V"], KVCache]:
         """float32 logits. Without a cache: causal over tokens_BT (training / scoring).
 
         With a cache: tokens_BT are positions cache.index … cache.index+T-1 (a prefill, or T=1 for
         one decode step); they attend to everything cached so far; returns (logits, new cache).
         Shapes are static, so one jitted step serves every decode position.
+        rng: the training step's key for stochastic regularisers (adapter dropout); None =
+        deterministic (evaluation, generation).
         """
         cfg = self.cfg
         B, T = tokens_BT.shape

@@ -9,9 +9,10 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
+from flax import nnx
 
 from compactlm.train import checkpoint as ckpt
 from compactlm.train.mesh import (
@@ -43,16 +44,34 @@ class TrainConfig:
     keep_checkpoints: int = 3  # most recent checkpoints kept
     progress: bool = True  # tqdm progress bar (tokens/s, loss, ETA) on stderr
     tensorboard: bool = True  # TensorBoard event files under RUN_DIR/tb
+    # What trains: "all" = every nnx.Param (pretraining, full fine-tuning); "adapters" = only the
+    # nnx.LoRAParam adapters (the base is frozen state, outside the optimizer); "auto" = adapters
+    # when model.adapter.kind is not none, else all.
+    trainable: Literal["auto", "all", "adapters"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1")
+        if self.trainable not in ("auto", "all", "adapters"):
+            raise ValueError(f"train.trainable={self.trainable!r}; valid: auto, all, adapters")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"train.batch_size={self.batch_size} must be divisible by "
                 f"train.grad_accum={self.grad_accum}"
             )
+
+
+def trainable_filter(cfg: Config) -> Any:
+    """The nnx filter of what trains, from train.trainable and model.adapter.kind."""
+    mode = cfg.train.trainable
+    if mode == "auto":
+        mode = "all" if cfg.model.adapter.kind == "none" else "adapters"
+    if mode == "adapters" and cfg.model.adapter.kind == "none":
+        from compactlm.config import ConfigError
+
+        raise ConfigError("train.trainable=adapters needs adapter.kind=lora or dora")
+    return nnx.LoRAParam if mode == "adapters" else nnx.Param
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,8 +141,21 @@ def _check_resume(saved: Config, cfg: Config) -> Config:
 class Trainer:
     """Owns a run directory: builds everything from a config and trains / evaluates it."""
 
-    def __init__(self, cfg: Config, workdir: str | Path, *, readonly: bool = False) -> None:
-        """readonly: load an existing run (eval / generate) without writing into its directory."""
+    def __init__(
+        self,
+        cfg: Config,
+        workdir: str | Path,
+        *,
+        readonly: bool = False,
+        objective: Any = None,
+        aux: Any = None,
+        aux_sharding: Any = None,
+    ) -> None:
+        """readonly: load an existing run (eval / generate) without writing into its directory.
+
+        objective / aux / aux_sharding: see `train.step.build` (default: next-token CE, no aux);
+        `aux` is passed to every train step (distillation: the teacher's state).
+        """
         from compactlm.config import from_json, to_json
         from compactlm.data import prepare_data
 
@@ -150,10 +182,15 @@ class Trainer:
             )
         self.tx = make_optimizer(cfg.optim, t.steps)
         self.schedule = make_schedule(cfg.optim, t.steps)
+        self.aux = aux
         self.program: Program = build(
             cfg.model,
             self.tx,
             self.mesh,
+            trainable=trainable_filter(cfg),
+            objective=objective,
+            aux=aux,
+            aux_sharding=aux_sharding,
             z_loss=t.z_loss,
             grad_accum=t.grad_accum,
             batch_sharding=batch_sharding(self.mesh),
@@ -260,7 +297,7 @@ class Trainer:
         with _StopSignal() as stop:
             for step in range(start, t.steps):
                 batch = self.batch(step)
-                state, metrics = self.program.train_step(state, batch)
+                state, metrics = self.program.train_step(state, batch, self.aux)
                 self.state = state
                 window_tokens += tokens_per_step
                 if pending is not None:

@@ -46,8 +46,10 @@ class Program:
     state_sharding: Any
     batch_sharding: NamedSharding  # [B, T] batches (eval)
     accum_sharding: NamedSharding  # [A, B/A, T+1] train batches: micro-batch axis unsharded
-    train_step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+    # train_step(state, tokens [A, B/A, T+1], aux) -> (state, metrics); aux=None without one
+    train_step: Callable[[TrainState, jax.Array, Any], tuple[TrainState, dict[str, jax.Array]]]
     eval_step: Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    trainable: Filter = nnx.Param  # what `params` holds; the rest is `frozen`
 
     def model(self, state: TrainState) -> nnx.Module:
         return nnx.merge(self.graphdef, state.params, state.frozen)
@@ -66,17 +68,51 @@ def abstract_model(model_cfg: ModelConfig, seed: int = 0) -> nnx.Module:
     return nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)))
 
 
+# objective(model, tokens [B, T+1], rng, aux) -> (loss to differentiate, {metric: f32 scalar}).
+# `rng` is the step's key (dropout, augmentation noise, on-policy sampling); `aux` is whatever
+# pytree the caller passes to every train step (distillation: the frozen teacher's state).
+Objective = Callable[[nnx.Module, jax.Array, jax.Array, Any], tuple[jax.Array, dict[str, Any]]]
+
+
+def lm_objective(z_loss: float = 0.0) -> Objective:
+    """Next-token cross-entropy (+ optional PaLM z-loss): pretraining and fine-tuning."""
+
+    def objective(model, tokens_BT1, rng, aux):
+        del aux
+        logits_BTV = model(tokens_BT1[:, :-1], rng=rng)
+        return cross_entropy(logits_BTV, tokens_BT1[:, 1:], z_loss=z_loss)
+
+    return objective
+
+
+def step_rng(rng_data: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of optimizer step `step`: a pure function of (TrainState.rng, step), so a resumed
+    run draws exactly the keys the uninterrupted one would have."""
+    return jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
+
+
 def build(
     model_cfg: ModelConfig,
     tx: optax.GradientTransformation,
     mesh: Mesh,
     *,
     trainable: Filter = nnx.Param,
+    objective: Objective | None = None,
+    aux: Any = None,
+    aux_sharding: Any = None,
     z_loss: float = 0.0,
     grad_accum: int = 1,
     batch_sharding: NamedSharding,
 ) -> Program:
-    """Shapes, shardings and the compiled step functions; no arrays are allocated here."""
+    """Shapes, shardings and the compiled step functions; no arrays are allocated here.
+
+    trainable: the filter of what trains (`nnx.Param`: everything; `nnx.LoRAParam`: adapters);
+    the rest of the model is `frozen` state (never in the optimizer). objective: see `Objective`
+    (default `lm_objective(z_loss)`). aux: an example or abstract (ShapeDtypeStruct) pytree of
+    what will be passed as `train_step(state, batch, aux)`; aux_sharding its shardings
+    (default: replicated).
+    """
+    objective = objective or lm_objective(z_loss)
     graphdef, abs_params, abs_frozen = nnx.split(abstract_model(model_cfg), trainable, ...)
     param_sh = _shardings(mesh, abs_params)
     frozen_sh = _shardings(mesh, abs_frozen)
@@ -88,31 +124,33 @@ def build(
     state_sharding = TrainState(
         step=replicated, params=param_sh, frozen=frozen_sh, opt_state=opt_sh, rng=replicated
     )
+    if aux_sharding is None:
+        aux_sharding = jax.tree.map(lambda _: replicated, aux)
 
-    def loss_fn(params: nnx.State, frozen: nnx.State, tokens_BT1: jax.Array):
+    def loss_fn(params: nnx.State, frozen: nnx.State, tokens_BT1: jax.Array, rng, aux):
         model = nnx.merge(graphdef, params, frozen)
-        logits_BTV = model(tokens_BT1[:, :-1])
-        return cross_entropy(logits_BTV, tokens_BT1[:, 1:], z_loss=z_loss)
+        return objective(model, tokens_BT1, rng, aux)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: TrainState, tokens_ABT1: jax.Array):
+    def train_step(state: TrainState, tokens_ABT1: jax.Array, aux: Any = None):
         """tokens [A, B/A, T+1]: A micro-batches whose gradients are averaged (accumulation)."""
+        rng = step_rng(state.rng, state.step)
         if grad_accum == 1:
-            (loss, metrics), grads = grad_fn(state.params, state.frozen, tokens_ABT1[0])
+            (loss, metrics), grads = grad_fn(state.params, state.frozen, tokens_ABT1[0], rng, aux)
         else:
 
-            def micro(acc, tokens_BT1):
-                (loss, metrics), grads = grad_fn(state.params, state.frozen, tokens_BT1)
-                return jax.tree.map(jnp.add, acc, (loss, metrics, grads)), None
+            def micro(acc, xs):
+                tokens_BT1, i = xs
+                key = jax.random.fold_in(rng, i)
+                out = grad_fn(state.params, state.frozen, tokens_BT1, key, aux)
+                return jax.tree.map(jnp.add, acc, out), None
 
-            zeros = jax.tree.map(
-                jnp.zeros_like, (jnp.float32(0), {"nll": jnp.float32(0)}, state.params)
-            )
-            if z_loss:
-                zeros[1]["z_loss"] = jnp.float32(0)
-            total, _ = jax.lax.scan(micro, zeros, tokens_ABT1)
-            loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, total)
+            # The carry's structure comes from the objective itself: new metrics cannot break it.
+            shapes = jax.eval_shape(grad_fn, state.params, state.frozen, tokens_ABT1[0], rng, aux)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            total, _ = jax.lax.scan(micro, zeros, (tokens_ABT1, jnp.arange(grad_accum)))
+            (loss, metrics), grads = jax.tree.map(lambda x: x / grad_accum, total)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -126,7 +164,7 @@ def build(
     accum_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))
     jit_train = jax.jit(
         train_step,
-        in_shardings=(state_sharding, accum_sharding),
+        in_shardings=(state_sharding, accum_sharding, aux_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )
@@ -136,34 +174,49 @@ def build(
         out_shardings=replicated,
     )
     return Program(
-        graphdef, tx, mesh, state_sharding, batch_sharding, accum_sharding, jit_train, jit_eval
+        graphdef,
+        tx,
+        mesh,
+        state_sharding,
+        batch_sharding,
+        accum_sharding,
+        jit_train,
+        jit_eval,
+        trainable,
     )
 
 
-def init_state(
-    program: Program, model_cfg: ModelConfig, *, seed: int, trainable: Filter = nnx.Param
-) -> TrainState:
+def init_state(program: Program, model_cfg: ModelConfig, *, seed: int) -> TrainState:
     """Fresh parameters created directly in their shards (never materialised on one device)."""
 
     def init() -> TrainState:
-        model = Transformer(model_cfg, rngs=nnx.Rngs(seed))
-        _, params, frozen = nnx.split(model, trainable, ...)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            frozen=frozen,
-            opt_state=program.tx.init(params),
-            rng=jax.random.key_data(jax.random.key(seed + 1)),
-        )
+        return _state_of(program, Transformer(model_cfg, rngs=nnx.Rngs(seed)), seed)
 
     return jax.jit(init, out_shardings=program.state_sharding)()
 
 
-def abstract_state(
-    program: Program, model_cfg: ModelConfig, *, seed: int, trainable: Filter = nnx.Param
-):
+def _state_of(program: Program, model: nnx.Module, seed: int) -> TrainState:
+    _, params, frozen = nnx.split(model, program.trainable, ...)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        opt_state=program.tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed + 1)),
+    )
+
+
+def state_from_model(program: Program, model: nnx.Module, *, seed: int) -> TrainState:
+    """A step-0 TrainState around an existing model (fine-tuning: base weights already loaded),
+    placed in the program's shardings."""
+    return jax.jit(lambda m: _state_of(program, m, seed), out_shardings=program.state_sharding)(
+        model
+    )
+
+
+def abstract_state(program: Program, model_cfg: ModelConfig, *, seed: int):
     """ShapeDtypeStructs with shardings: the restore target for checkpoints."""
-    shapes = jax.eval_shape(lambda: init_state(program, model_cfg, seed=seed, trainable=trainable))
+    shapes = jax.eval_shape(lambda: init_state(program, model_cfg, seed=seed))
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         shapes,
