@@ -5,7 +5,8 @@ compactlm eval RUN_DIR [key=value ...]
 compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
 compactlm info [preset]
 compactlm bench train [preset] [key=value ...]
-compactlm bench kernels [--formats int4,nf4,...] [--shapes 4096x4096,...] [--ms 1,16]
+compactlm bench kernels [formats=int4,nf4,...] [shapes=4096x4096,...] [ms=1,16] [impl=triton]
+compactlm bench kernels sass=1 [formats=...]   SASS instructions per weight (no GPU needed)
 """
 
 from __future__ import annotations
@@ -85,10 +86,7 @@ def _cmd_bench(args: list[str]) -> int:
     if args[0] == "train":
         preset, overrides, _ = _split_args(args[1:])
         return commands.bench_train(preset or "tiny", overrides)
-    from compactlm.eval import bench_kernels
-
-    bench_kernels.main(args[1:], prog="compactlm bench kernels")  # its own flags: --help
-    return 0
+    return commands.bench_kernels(args[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -148,3 +148,9 @@ def bench_train(preset: str, overrides: Sequence[str]) -> int:
 
     run_bench(make_config(preset, overrides))
     return 0
+
+
+def bench_kernels(args: Sequence[str]) -> int:
+    from compactlm.eval.bench_kernels import main
+
+    return main(args)

@@ -33,6 +33,9 @@ def _token_cache(tmp_path_factory, monkeypatch):
         (["frobnicate"], "unknown command 'frobnicate'; valid commands: train"),
         (["eval", "/no/such/run"], "a compactlm run directory?"),
         (["generate", "/no/such/run"], "a compactlm run directory?"),
+        (["bench", "kernels", "formats=int9"], "unknown formats ['int9']; valid: bf16, int4"),
+        (["bench", "kernels", "repeats=many"], "repeats='many' is not an int"),
+        (["bench", "kernels", "--shapes", "5by5"], "unknown shape '5by5'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path):

@@ -14,18 +14,21 @@ Formats are a registry (``FORMATS``: name → ``KernelFormat(prepare, op, bytes)
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from compactlm.eval import sass as sass_lib
 
 # Bandwidth rooflines, TB/s (vendor peak HBM bandwidth of the SXM parts).
 PEAK_BANDWIDTH_TBS = {"h100": 3.35, "h200": 4.8}
@@ -309,22 +312,69 @@ def _plot(rows: list[dict[str, Any]], path: Path, kind: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("--formats", default="int4,int4_affine,nf4,fp4,sparse24,sparse24_int4")
-    p.add_argument("--shapes", default="4096x4096,8192x8192")
-    p.add_argument("--ms", default=",".join(map(str, MS)))
-    p.add_argument("--out", default="runs/bench_kernels")
-    p.add_argument("--impl", default="auto", choices=["auto", "triton", "reference"])
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--time-budget-s", type=float, default=None)
-    a = p.parse_args(argv)
-    rows = run(
-        a.formats.split(","), a.shapes.split(","), [int(m) for m in a.ms.split(",")], a.out,
-        impl=a.impl, repeats=a.repeats, time_budget_s=a.time_budget_s,
-    )  # fmt: skip
-    print((Path(a.out) / "bench_kernels.md").read_text() if rows else "no rows")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchKernelsConfig:
+    """Options of ``compactlm bench kernels key=value ...`` (the CLI's one override language)."""
+
+    formats: tuple[str, ...] = ("int4", "int4_affine", "nf4", "fp4", "sparse24", "sparse24_int4")
+    # SHAPES names or "KxN"; None: 4096x4096,8192x8192 (timings), 8192x8192 (sass).
+    shapes: tuple[str, ...] | None = None
+    ms: tuple[int, ...] | None = None  # activation rows per call; None: MS (timings), 1 (sass)
+    out: str = "runs/bench_kernels"  # folder for the CSV / markdown / PNG (or sass.md)
+    impl: Literal["auto", "triton", "reference"] = "auto"  # the GPU run passes triton
+    repeats: int = 10  # timed samples per row (the median is reported)
+    time_budget_s: float | None = None  # stop starting new rows after this many seconds
+    # The SASS instruction count instead of timings (compactlm/eval/sass.py; CPU is enough):
+    # each decode kernel compiled as jax-triton specialises it for sm_90, at N = K = 8192.
+    sass: bool = False
+
+    def __post_init__(self):
+        known = tuple(FORMATS) if not self.sass else sass_lib.FORMATS
+        unknown = [f for f in self.formats if f not in known]
+        if unknown:
+            raise ValueError(f"unknown formats {unknown}; valid: {', '.join(known)}")
+        for shape in self.shapes or ():
+            _parse_shape(shape)
+        if self.ms is not None and (not self.ms or min(self.ms) < 1):
+            raise ValueError(f"ms must be positive row counts, got {self.ms}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+
+
+def _legacy_flags(argv: Sequence[str]) -> list[str]:
+    """``--formats int4 --time-budget-s 60`` (the old flags) → ``formats=int4 time_budget_s=60``."""
+    out, items = [], list(argv)
+    while items:
+        item = items.pop(0)
+        if item.startswith("--") and item not in ("--help",):
+            key, eq, value = item[2:].partition("=")
+            if not eq:
+                value = items.pop(0) if items and not items[0].startswith("--") else "true"
+            item = f"{key.replace('-', '_')}={value}"
+        out.append(item)
+    return out
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """``compactlm bench kernels [key=value ...]``; bad keys/values raise ConfigError (exit 2)."""
+    from compactlm.config import ConfigError, apply_overrides
+
+    cfg = apply_overrides(BenchKernelsConfig(), _legacy_flags(argv))
+    if cfg.sass:
+        try:
+            for k, n in [_parse_shape(s) for s in cfg.shapes or ("8192x8192",)]:
+                rows = sass_lib.run(cfg.formats, cfg.ms or (1,), n, k, cfg.out)
+                print(f"SASS thread-instructions per weight, sm_90 as jax-triton 0.4.1 "
+                      f"specialises, N={n} K={k}:\n{sass_lib.table(rows)}")  # fmt: skip
+        except sass_lib.SassError as e:
+            raise ConfigError(str(e)) from None
+        return 0
+    shapes, ms = cfg.shapes or ("4096x4096", "8192x8192"), cfg.ms or MS
+    rows = run(cfg.formats, shapes, ms, cfg.out, impl=cfg.impl, repeats=cfg.repeats,
+               time_budget_s=cfg.time_budget_s)  # fmt: skip
+    print((Path(cfg.out) / "bench_kernels.md").read_text() if rows else "no rows")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -27,7 +27,7 @@ def check_impl(impl: str) -> None:
 
 def device_reason(dtype) -> str | None:
     """Why this process cannot launch the Triton kernels at this activation dtype, or None."""
-    if not _launch.on_cuda():
+    if not _launch.on_cuda() and _launch.aot_target() is None:
         return f"needs a CUDA device, JAX's default backend is {jax.default_backend()!r}"
     cc = _launch.compute_capability()
     if cc is not None and cc < (8, 0) and jnp.dtype(dtype) == jnp.bfloat16:

@@ -42,21 +42,32 @@ def _jax_triton():
 
 
 _TARGET: dict[str, int] = {}
+_TARGET_KIND: list[str] = []  # the device kind named by an enclosing ``target(..., kind=)``
 
 
 @contextlib.contextmanager
-def target(compute_capability: int) -> Iterator[None]:
+def target(compute_capability: int, kind: str | None = None) -> Iterator[None]:
     """Compile Triton calls for this compute capability (e.g. 90) instead of asking the device.
 
-    For ahead-of-time ``jax.export(..., platforms=["cuda"])`` on a machine without a GPU.
+    For ahead-of-time ``jax.export(..., platforms=["cuda"])`` on a machine without a GPU (the
+    export tests, ``compactlm.eval.sass``). ``kind`` (e.g. ``"h200"``) makes ``device_kind()``
+    answer it, so the launch configs are that GPU's rows; inside the block the dispatch treats
+    the process as a CUDA one (``aot_target()``), which is what lowering for "cuda" needs.
     """
-    previous = dict(_TARGET)
+    previous, previous_kind = dict(_TARGET), list(_TARGET_KIND)
     _TARGET["compute_capability"] = compute_capability
+    _TARGET_KIND[:] = [kind] if kind else []
     try:
         yield
     finally:
         _TARGET.clear()
         _TARGET.update(previous)
+        _TARGET_KIND[:] = previous_kind
+
+
+def aot_target() -> int | None:
+    """The compute capability an enclosing ``target()`` compiles for, or None."""
+    return _TARGET.get("compute_capability")
 
 
 def triton_call(kernel: Any, grid: Any, *args: Any, out_shape: Any, **meta: Any) -> Any:
@@ -96,6 +107,8 @@ def on_cuda() -> bool:
 
 def device_kind() -> str:
     """Short name of the first device for per-GPU tables: 'h100', 'h200', 'a100', ... or 'cpu'."""
+    if _TARGET_KIND:
+        return _TARGET_KIND[0]
     kind = jax.devices()[0].device_kind.lower()
     for name in ("gh200", "h200", "h100", "h800", "a100", "l40s", "l4", "a10"):
         if name in kind:
@@ -104,7 +117,9 @@ def device_kind() -> str:
 
 
 def compute_capability() -> tuple[int, int] | None:
-    """(major, minor) of the first CUDA device, or None off CUDA."""
+    """(major, minor) of the first CUDA device (or of ``target()``), or None off CUDA."""
+    if aot_target() is not None:
+        return divmod(aot_target(), 10)
     if not on_cuda():
         return None
     cc = getattr(jax.devices()[0], "compute_capability", None)
