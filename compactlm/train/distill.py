@@ -1,0 +1,249 @@
+"""Teacher → student distillation losses: six divergences with stated directions, top-k buckets.
+
+Notation (used everywhere below and in the README): p is the TEACHER's next-token distribution
+and q = q_θ the STUDENT's, both at temperature T (p = softmax(z_teacher / T), q likewise).
+KL(a ‖ b) = Σ_v a_v · log(a_v / b_v), with 0 · log(0 / b) = 0.
+
+    fkl   KL(p ‖ q)                        forward KL (Hinton et al. 2015): mean-covering
+    rkl   KL(q ‖ p)                        reverse KL (MiniLLM, Gu et al. 2024): mode-seeking
+    jsd   β·KL(p ‖ m) + (1−β)·KL(q ‖ m),   generalized JSD (GKD, Agarwal et al. 2024, eq. 1),
+          m = β·p + (1−β)·q
+    skl   KL(p ‖ α·p + (1−α)·q)            skew KL (DistiLLM, Ko et al. 2024), α = skew
+    srkl  KL(q ‖ α·q + (1−α)·p)            skew reverse KL (DistiLLM), α = skew
+    tvd   ½ Σ_v |p_v − q_v|                total variation distance
+
+jsd's β: as β → 0, m → q and jsd(β) = β·KL(p ‖ q) + O(β²), so jsd(β)/β → KL(p ‖ q) (forward);
+as β → 1, m → p and jsd(β)/(1−β) → KL(q ‖ p) (reverse); β = ½ is the symmetric JSD (≤ ln 2).
+The value itself goes to 0 at both ends, so, as TRL does, β = 0 exactly IS fkl and β = 1 exactly
+IS rkl. This β is TRL's `GKDConfig.beta` exactly (trl `generalized_jsd_loss`: mixture
+β·teacher + (1−β)·student, β·KL(teacher ‖ m) + (1−β)·KL(student ‖ m), β=0 → KL(teacher ‖
+student), β=1 → KL(student ‖ teacher)). EasyDeL's `generalized_jsd_loss` (GKD trainer, `_fn.py`)
+is NOT: its β = 0 is KL(student ‖ teacher) and β = 1 is KL(teacher ‖ student) (ends swapped), and
+for 0 < β < 1 its mixture is (1−β)·teacher + β·student (ours at 1−β) while it weights
+KL(teacher ‖ m) by β (ours at β); only β = ½ means the same in all three.
+
+skew α: α = 0 gives fkl (resp. rkl); α → 1 gives 0. Since p / (α·p + (1−α)·q) ≤ 1/α, SKL and SRKL
+are bounded by −ln α whatever q is (why DistiLLM's gradients stay finite where q ≈ 0).
+
+Every divergence is multiplied by T² in the loss (Hinton et al. 2015 §2: the soft-target
+gradients scale as 1/T², so T² keeps their size independent of T relative to the hard-label
+term); at T = 1 the factor is 1. Metrics report the divergence WITHOUT the T² factor, in nats.
+
+Top-k (`top_k = k`, 0 < k < V): per position, the k largest teacher probabilities keep their own
+buckets and ONE tail bucket holds the remaining teacher mass; the student's mass is summed into
+the same k + 1 buckets. Both are then proper distributions over k + 1 outcomes, so every loss
+above stays a true divergence (≥ 0, = 0 iff the bucketed distributions agree, and ≤ the full-
+vocabulary value by the data-processing inequality); k = V is the full loss.
+
+All computation is float32, per position, then a masked mean over positions (per-token mean).
+"""
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+LOSSES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
+LossName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
+
+# Metric names (STYLE.md: split/name). `nll` is the student's hard-label CE under the name the
+# training loop logs as train/nll, so distilled and hard-label runs compare on one curve.
+METRICS = ("distill/divergence", "distill/ce", "distill/teacher_ce", "distill/agreement")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """`distill.*` options of `compactlm distill`: which divergence, how it mixes with CE."""
+
+    # Divergence between teacher p and student q (module docstring: directions and papers).
+    loss: LossName = "fkl"
+    # Softmax temperature of both distributions in the divergence (> 0). 2: Hinton-style soft
+    # targets without washing out the small model's logits; the loss carries the T² factor.
+    temperature: float = 2.0
+    # loss = alpha · T² · divergence + (1 − alpha) · CE(hard labels); 1 = pure distillation.
+    alpha: float = 0.5
+    # jsd only: the GKD/TRL β in [0, 1]; 0 = fkl, 1 = rkl, 0.5 = symmetric JSD.
+    beta: float = 0.5
+    # skl / srkl only: the DistiLLM skew α in [0, 1] (their recommended 0.1); bound −ln α.
+    skew: float = 0.1
+    # Teacher buckets: keep the k most likely teacher tokens + one tail bucket (0 = full vocab).
+    top_k: int = 0
+    # On-policy fraction λ in [0, 1] (GKD): the probability that a step's continuations are
+    # sampled from the student (then scored by the teacher) instead of taken from the data.
+    on_policy: float = 0.0
+    # On-policy steps keep this many leading data tokens of each sequence as the prompt.
+    on_policy_prompt: int = 32
+    # Sampling temperature of the student's on-policy continuations (1 = its own distribution).
+    on_policy_temperature: float = 1.0
+    # Teacher forward pass dtype: bfloat16 halves its memory and time where bf16 is native.
+    teacher_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown distill.loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
+        for name in ("alpha", "beta", "skew", "on_policy"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"distill.{name} must be in [0, 1], got {value}")
+        if self.top_k < 0:
+            raise ValueError(f"distill.top_k must be >= 0 (0 = full vocabulary), got {self.top_k}")
+        if self.on_policy_prompt < 1:
+            raise ValueError(f"distill.on_policy_prompt must be >= 1, got {self.on_policy_prompt}")
+        if self.on_policy_temperature < 0:
+            raise ValueError("distill.on_policy_temperature must be >= 0 (0 = greedy)")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """top_k needs the vocabulary size, known only once the models are."""
+        if self.top_k > vocab_size:
+            raise ValueError(f"distill.top_k={self.top_k} exceeds the vocabulary size {vocab_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergences on log-probabilities [..., V] (or [..., k+1] buckets); result [...] in nats.
+# ---------------------------------------------------------------------------------------------
+
+
+def kl(log_a: Float[Array, "*B V"], log_b: Float[Array, "*B V"]) -> Float[Array, "*B"]:
+    """KL(a ‖ b) = Σ a·(log a − log b), with 0·log 0 = 0 exactly (log a = −inf allowed).
+
+    Both logs are replaced by 0 where a = 0 before the subtraction, so neither the value nor the
+    gradient sees −inf − (−inf) or 0·inf there (jnp.where alone would leak NaN into gradients).
+    """
+    a = jnp.exp(log_a)
+    keep = a > 0
+    terms = a * (jnp.where(keep, log_a, 0.0) - jnp.where(keep, log_b, 0.0))
+    return jnp.sum(jnp.where(keep, terms, 0.0), axis=-1)
+
+
+def log_mixture(log_a: Array, log_b: Array, w: float) -> Array:
+    """log(w·a + (1−w)·b), exact at w ∈ {0, 1} (w is a static Python float)."""
+    if w <= 0.0:
+        return log_b
+    if w >= 1.0:
+        return log_a
+    return jnp.logaddexp(log_a + math.log(w), log_b + math.log1p(-w))
+
+
+def divergence(
+    log_p: Float[Array, "*B V"],
+    log_q: Float[Array, "*B V"],
+    loss: LossName,
+    *,
+    beta: float = 0.5,
+    skew: float = 0.1,
+) -> Float[Array, "*B"]:
+    """Per-position divergence between teacher log_p and student log_q (module docstring)."""
+    if loss == "fkl":
+        return kl(log_p, log_q)
+    if loss == "rkl":
+        return kl(log_q, log_p)
+    if loss == "jsd":
+        if beta <= 0.0:
+            return kl(log_p, log_q)
+        if beta >= 1.0:
+            return kl(log_q, log_p)
+        log_m = log_mixture(log_p, log_q, beta)
+        return beta * kl(log_p, log_m) + (1.0 - beta) * kl(log_q, log_m)
+    if loss == "skl":
+        return kl(log_p, log_mixture(log_p, log_q, skew))
+    if loss == "srkl":
+        return kl(log_q, log_mixture(log_q, log_p, skew))
+    if loss == "tvd":
+        return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
+    raise ValueError(f"unknown distillation loss {loss!r}; valid: {', '.join(LOSSES)}")
+
+
+def top_k_buckets(
+    log_p: Float[Array, "*B V"], log_q: Float[Array, "*B V"], k: int
+) -> tuple[Float[Array, "*B K1"], Float[Array, "*B K1"]]:
+    """Teacher and student log-masses in the teacher's k largest tokens plus one tail bucket.
+
+    Returns [..., k+1] log-probabilities (the tail last); k >= V returns the inputs unchanged
+    (the full distributions: no tail bucket, nothing lumped). The tail is a logsumexp over the
+    tokens outside the top k, not log(1 − Σ top-k): the subtraction would lose the tail's
+    digits in f32 when the top k hold nearly all the mass.
+    """
+    V = log_p.shape[-1]
+    if k <= 0 or k >= V:
+        return log_p, log_q
+    _, idx = jax.lax.top_k(log_p, k)
+    top_p = jnp.take_along_axis(log_p, idx, axis=-1)
+    top_q = jnp.take_along_axis(log_q, idx, axis=-1)
+    flat_idx = idx.reshape(-1, k)
+    rows = jnp.arange(flat_idx.shape[0])[:, None]
+    in_top = jnp.zeros((flat_idx.shape[0], V), bool).at[rows, flat_idx].set(True)
+    in_top = in_top.reshape(log_p.shape)
+    tail_p = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_p), axis=-1, keepdims=True)
+    tail_q = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_q), axis=-1, keepdims=True)
+    return jnp.concatenate([top_p, tail_p], -1), jnp.concatenate([top_q, tail_q], -1)
+
+
+def _masked_mean(x_BT: Array, mask_BT: Array) -> Array:
+    return jnp.sum(x_BT * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
+
+
+def _token_nll(logits_BTV: Array, targets_BT: Array) -> Array:
+    log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    target_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    return log_z_BT - target_BT
+
+
+class DistillLoss:
+    """The mixed objective `alpha · T² · divergence + (1 − alpha) · CE` from a DistillConfig.
+
+    Called with student and teacher logits (the teacher already under stop_gradient), targets
+    and masks; returns (loss, metrics) with metrics `nll` and `distill/*` (METRICS).
+    """
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        self.cfg = cfg
+
+    def per_position(
+        self, student_logits: Float[Array, "*B V"], teacher_logits: Float[Array, "*B V"]
+    ) -> Float[Array, "*B"]:
+        """The divergence at temperature T per position, nats, without the T² factor."""
+        c = self.cfg
+        log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / c.temperature, axis=-1)
+        log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / c.temperature, axis=-1)
+        log_p, log_q = top_k_buckets(log_p, log_q, c.top_k)
+        return divergence(log_p, log_q, c.loss, beta=c.beta, skew=c.skew)
+
+    def __call__(
+        self,
+        student_logits_BTV: Float[Array, "B T V"],
+        teacher_logits_BTV: Float[Array, "B T V"],
+        targets_BT: Int[Array, "B T"],
+        mask_BT: Float[Array, "B T"] | None = None,
+        *,
+        ce_mask_BT: Float[Array, "B T"] | None = None,
+    ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+        """mask_BT selects the positions of the divergence; ce_mask_BT (default: mask_BT) those
+        of the hard-label CE (on-policy steps: the data prompt only, not the student's samples)."""
+        c = self.cfg
+        student_logits_BTV = student_logits_BTV.astype(jnp.float32)
+        teacher_logits_BTV = teacher_logits_BTV.astype(jnp.float32)
+        if mask_BT is None:
+            mask_BT = jnp.ones(targets_BT.shape, jnp.float32)
+        mask_BT = mask_BT.astype(jnp.float32)
+        ce_mask_BT = mask_BT if ce_mask_BT is None else ce_mask_BT.astype(jnp.float32)
+        div = _masked_mean(self.per_position(student_logits_BTV, teacher_logits_BTV), mask_BT)
+        ce = _masked_mean(_token_nll(student_logits_BTV, targets_BT), ce_mask_BT)
+        teacher_ce = _masked_mean(_token_nll(teacher_logits_BTV, targets_BT), ce_mask_BT)
+        agree_BT = jnp.argmax(student_logits_BTV, -1) == jnp.argmax(teacher_logits_BTV, -1)
+        loss = c.alpha * c.temperature**2 * div + (1.0 - c.alpha) * ce
+        metrics = {
+            "nll": ce,
+            "distill/divergence": div,
+            "distill/ce": ce,
+            "distill/teacher_ce": jax.lax.stop_gradient(teacher_ce),
+            "distill/agreement": _masked_mean(agree_BT.astype(jnp.float32), mask_BT),
+        }
+        return loss, metrics
