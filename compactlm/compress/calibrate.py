@@ -173,7 +173,9 @@ def _embed(model, tokens_BT):
     """The model's input to block 0, and the RoPE tables (Transformer.__call__'s first lines)."""
     cfg = model.cfg
     x_BTD = jnp.take(model.embedding[...], tokens_BT, axis=0).astype(cfg.compute_dtype)
-    positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape)
+    positions_BT = jnp.broadcast_to(
+        jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape
+    )
     sin, cos = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta)
     return x_BTD, sin, cos
 
@@ -206,5 +208,8 @@ def layerwise(model, tokens: np.ndarray, compress_block: CompressBlock, *, batch
         compress_block(layer, block, stats)
         set_block(model, layer, block)
         graphdef, state = nnx.split(block)
-        xs = [_block_forward(graphdef, state, x, s, co, False)[0] for x, s, co in zip(xs, sin, cos)]
+        xs = [
+            _block_forward(graphdef, state, x, s, co, False)[0]
+            for x, s, co in zip(xs, sin, cos, strict=True)
+        ]
     return model

@@ -66,7 +66,7 @@ def check_prune_args(method: str, pattern: str, sparsity: float) -> None:
 
 
 def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """"N:M" → (N kept, M); "unstructured" → None."""
+    """ "N:M" → (N kept, M); "unstructured" → None."""
     if pattern == "unstructured":
         return None
     if pattern not in PATTERNS:

@@ -10,8 +10,9 @@ A *grid* is one storage format at a bit width (``kernels/packing.py`` holds the 
 
 Bits 3 and 4 live in the int4 container (a 3-bit code is a nibble that uses 8 of its 16 values,
 so it saves no bytes: the size report says so); 8 bits is a simulated (fake-quantized) grid with
-no packed format. At b = 4 the formulas are exactly ``packing.quantize_int4`` / ``quantize_codebook``
-(a test holds them bit-equal), so a ``QuantizedWeight`` packs into the kernels' operands.
+no packed format. At b = 4 the formulas are exactly ``packing.quantize_int4`` /
+``quantize_codebook`` (a test holds them bit-equal), so a ``QuantizedWeight`` packs into the
+kernels' operands.
 
 Groups run along K (G rows per scale, G ∈ {32, 64, 128, 256} or per channel G = K).
 

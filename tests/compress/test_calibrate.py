@@ -54,7 +54,9 @@ def test_sites_see_their_inputs_layer_by_layer(scan):
     np.testing.assert_allclose(seen[1]["qkv"].xtx, _xtx(ref[1].attn_norm(x)), rtol=1e-5, atol=1e-4)
     assert seen[1]["qkv"].count == tokens.size
     np.testing.assert_allclose(
-        seen[1]["qkv"].mean_abs, np.abs(np.asarray(ref[1].attn_norm(x))).mean(axis=(0, 1)), rtol=1e-5
+        seen[1]["qkv"].mean_abs,
+        np.abs(np.asarray(ref[1].attn_norm(x))).mean(axis=(0, 1)),
+        rtol=1e-5,
     )
     if scan:  # the zeroed kernels were written back into the stacked state
         assert float(jnp.abs(model.layers.attn.qkv_proj.kernel[...][0]).max()) == 0.0

@@ -1,4 +1,4 @@
-"""compress/prune.py: N:M patterns, Wanda = top-k per output, SparseGPT = the direct OBS recursion."""
+"""compress/prune.py: N:M patterns, Wanda = top-k per output, SparseGPT = the direct OBS sweep."""
 
 import numpy as np
 import pytest
@@ -10,9 +10,10 @@ from tests.compress.test_quantize import correlated_inputs, hessian
 
 
 def ref_sparsegpt(w, h, pattern, sparsity, damp, block_size):
-    """SparseGPT from the definition, one row at a time. Free rows F = {k, …}; [H_F⁻¹] = inv(H[F, F])
-    computed directly. Saliency of w[j] is w_j² / [H_{F_j}⁻¹]_jj² on the current weights, chosen per
-    block of rows (unstructured, over the block) or every M rows (N:M, per column)."""
+    """SparseGPT from the definition, one row at a time. Free rows F = {k, …}; [H_F⁻¹] =
+    inv(H[F, F]) computed directly. Saliency of w[j] is w_j² / [H_{F_j}⁻¹]_jj² on the current
+    weights, chosen per block of rows (unstructured, over the block) or every M rows (N:M, per
+    column)."""
     w = np.array(w, np.float64)
     k, cols = w.shape
     h = np.array(h, np.float64) + damp * np.mean(np.diag(h)) * np.eye(k)

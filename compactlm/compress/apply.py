@@ -1,0 +1,205 @@
+"""Model surgery: prune and / or quantize every block linear of a dense Transformer in place.
+
+``apply_compression(model, prune=..., quant=..., tokens=...)`` runs block by block
+(``calibrate.layerwise``: block ℓ calibrated on the outputs of the already compressed blocks),
+and per block, on its four sites (qkv, o, gate_up, down):
+
+1. pruning (magnitude / Wanda / SparseGPT) → a keep mask (SparseGPT also updates the weights);
+2. AWQ only: per-input scales searched for qkv, gate_up and down on the dense block, then
+   folded exactly — ``1/s`` into the RMSNorm scale before qkv and gate_up, into the *up* columns
+   of gate_up for down (whose input is silu(gate)·up). o is not rescaled: with grouped-query
+   attention its input channels belong to query heads that share a v head, so no per-channel
+   fold exists (llm-awq skips it for GQA too);
+3. quantization (RTN / GPTQ / AWQ's RTN of diag(s)·W) with the mask, if any, held fixed.
+
+The block's kernels are overwritten with the dequantized / pruned weights (so the model now
+computes exactly what the packed model will), and the per-linear results — codes, scales, mask —
+are returned for export. The LM head and the embedding stay dense (as in GPTQ, AWQ, QLoRA).
+
+q, k and v (gate and up) share their site's statistics; the algorithms treat each output column
+independently given them, except for unstructured magnitude / SparseGPT selection, which ranks
+over the whole fused matrix here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from compactlm.compress import calibrate, prune, quantize
+
+# (sub-module, attribute) of the RMSNorm whose scale absorbs an AWQ site's 1/s.
+_AWQ_NORM = {"qkv": ("attn_norm",), "gate_up": ("mlp_norm",)}
+
+
+@dataclasses.dataclass
+class CompressedLinear:
+    """What one block linear became."""
+
+    weight: np.ndarray  # [K, N] float32: the weight the model computes with now
+    quantized: quantize.QuantizedWeight | None  # codes / scales (None: not quantized)
+    keep: np.ndarray | None  # [K, N] bool (None: not pruned)
+    awq_alpha: float | None = None
+
+
+def linear_of(block, site: str):
+    sub, attr = calibrate.SITES[site]
+    return getattr(getattr(block, sub), attr)
+
+
+def _read(block, site: str) -> np.ndarray:
+    return np.asarray(linear_of(block, site).kernel[...], np.float32)
+
+
+def _write(block, site: str, w: np.ndarray) -> None:
+    lin = linear_of(block, site)
+    lin.kernel[...] = jnp.asarray(w, lin.kernel[...].dtype)
+
+
+def quant_group(quant: quantize.QuantConfig, prune_cfg: prune.PruneConfig | None) -> int:
+    """Dense rows per scale. int4 + 2:4 groups count *kept* rows (packing.py): 2 G dense rows."""
+    if prune_cfg is not None and prune_cfg.pattern == "2:4" and quant.group_size:
+        return 2 * quant.group_size
+    return quant.group_size
+
+
+def needs_calibration(prune_cfg, quant) -> bool:
+    return (prune_cfg is not None and prune_cfg.method != "magnitude") or (
+        quant is not None and quant.method != "rtn"
+    )
+
+
+def _prune_site(w, st, cfg: prune.PruneConfig):
+    if cfg.method == "magnitude":
+        keep = prune.magnitude(w, cfg.pattern, cfg.sparsity)
+        return w * keep, keep
+    if cfg.method == "wanda":
+        keep = prune.wanda(w, st.x_norm, cfg.pattern, cfg.sparsity)
+        return w * keep, keep
+    return prune.sparsegpt(
+        w, st.hessian, cfg.pattern, cfg.sparsity, damp=cfg.damp, block_size=cfg.block_size
+    )
+
+
+AWQ_SITES = ("qkv", "gate_up", "down")
+
+
+def fold_awq_scales(block, weights: dict, scales: dict) -> dict:
+    """diag(s)·W for each AWQ site, with 1/s folded into what produces that site's input.
+
+    Changes the block's RMSNorm scales in place and returns the new weights (not yet written):
+    before rounding, the block computes exactly the same function (a test holds it).
+    """
+    for site, (norm_name,) in _AWQ_NORM.items():
+        norm = getattr(block, norm_name)
+        norm.scale[...] = norm.scale[...] / jnp.asarray(scales[site], norm.scale[...].dtype)
+    weights = dict(weights)
+    # down's input is silu(gate) · up: dividing up's output columns divides it.
+    f = weights["gate_up"].shape[1] // 2
+    gate_up = weights["gate_up"].copy()
+    gate_up[:, f:] /= scales["down"][None, :]
+    weights["gate_up"] = gate_up
+    for site, s in scales.items():
+        weights[site] = weights[site] * s[:, None]
+    return weights
+
+
+def _compress_block(block, stats, prune_cfg, quant) -> dict[str, CompressedLinear]:
+    weights = {site: _read(block, site) for site in calibrate.SITES}
+    keeps: dict[str, np.ndarray | None] = dict.fromkeys(weights)
+    if prune_cfg is not None:
+        for site, w in weights.items():
+            weights[site], keeps[site] = _prune_site(w, stats.get(site), prune_cfg)
+    out = {s: CompressedLinear(w, None, keeps[s]) for s, w in weights.items()}
+    if quant is None:
+        for site, rec in out.items():
+            _write(block, site, rec.weight)
+        return out
+    grid = quantize.Grid(quant.format, quant.bits)
+    g = quant_group(quant, prune_cfg)
+    if quant.method == "awq":
+        # Search every site on the unscaled block first (llm-awq's order), then fold.
+        scales = {}
+        for site in AWQ_SITES:
+            st = stats[site]
+            res = quantize.awq(weights[site], st.hessian, st.mean_abs, grid, g)
+            scales[site], out[site].awq_alpha = res.scales, res.alpha
+        weights = fold_awq_scales(block, weights, scales)
+    for site, w in weights.items():
+        keep = keeps[site]
+        if quant.method == "gptq":
+            qw = quantize.gptq(
+                w,
+                stats[site].hessian,
+                grid,
+                g,
+                act_order=quant.act_order,
+                damp=quant.damp,
+                block_size=quant.block_size,
+                mask=keep,
+            )
+        else:
+            qw = quantize.rtn(w if keep is None else w * keep, grid, g)
+        out[site].quantized = qw
+        out[site].weight = qw.dequantize()
+        _write(block, site, out[site].weight)
+    return out
+
+
+def check_shapes(model, prune_cfg, quant) -> None:
+    """Every site's K fits the pattern and the group size (before any work is done)."""
+    block = calibrate.get_block(model, 0)
+    for site in calibrate.SITES:
+        k, n = linear_of(block, site).kernel[...].shape
+        where = f"{site} [K={k}, N={n}]"
+        try:
+            if prune_cfg is not None:
+                prune.check_shape((k, n), prune_cfg.pattern)
+                if prune_cfg.pattern == "2:4" and k % 32:
+                    raise ValueError(f"2:4 storage needs K % 32 == 0, got K={k}")
+            if quant is not None:
+                quantize.resolve_group(k, quant_group(quant, prune_cfg))
+        except ValueError as e:
+            raise ValueError(f"layer {where}: {e}") from None
+
+
+def apply_compression(
+    model,
+    *,
+    prune_cfg: prune.PruneConfig | None = None,
+    quant: quantize.QuantConfig | None = None,
+    tokens: np.ndarray | None = None,
+    batch_size: int = 16,
+    log=print,
+) -> dict[tuple[int, str], CompressedLinear]:
+    """Compress ``model`` in place; returns {(layer, site): CompressedLinear}."""
+    if prune_cfg is None and quant is None:
+        raise ValueError("nothing to do: give a pruning and / or a quantization config")
+    if quant is not None and prune_cfg is not None and prune_cfg.pattern == "2:4":
+        if quant.format != "int4":
+            raise ValueError(
+                f"2:4 + quantization is stored as sparse24_int4 (symmetric int4 values); "
+                f"format {quant.format!r} is not supported with pattern 2:4"
+            )
+    check_shapes(model, prune_cfg, quant)
+    results: dict[tuple[int, str], CompressedLinear] = {}
+
+    def compress_block(layer, block, stats):
+        t0 = time.perf_counter()
+        for site, rec in _compress_block(block, stats, prune_cfg, quant).items():
+            results[(layer, site)] = rec
+        log(f"  block {layer}: {time.perf_counter() - t0:.1f}s")
+
+    if needs_calibration(prune_cfg, quant):
+        if tokens is None:
+            raise ValueError("this method needs calibration tokens")
+        calibrate.layerwise(model, tokens, compress_block, batch_size=batch_size)
+    else:
+        for layer in range(calibrate.n_blocks(model)):
+            block = calibrate.get_block(model, layer)
+            compress_block(layer, block, {})
+            calibrate.set_block(model, layer, block)
+    return results

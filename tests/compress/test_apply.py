@@ -1,0 +1,105 @@
+"""compress/apply.py: model-level compression writes what the formats hold; AWQ's fold is exact."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from compactlm.compress import apply as A
+from compactlm.compress import calibrate as C
+from compactlm.compress.prune import PruneConfig
+from compactlm.compress.quantize import QuantConfig
+from compactlm.kernels import packing as P
+from compactlm.models.config import ModelConfig
+from compactlm.models.transformer import Transformer
+
+CFG = dict(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=32)
+
+
+def _quiet(*_):
+    pass
+
+
+def _model(scan=False):
+    return Transformer(ModelConfig(**CFG, scan_layers=scan), rngs=nnx.Rngs(0))
+
+
+def _tokens(n=8):
+    return np.random.default_rng(0).integers(0, 64, size=(n, 16)).astype(np.int32)
+
+
+def _kernels(model):
+    return {
+        (layer, site): np.asarray(A.linear_of(C.get_block(model, layer), site).kernel[...])
+        for layer in range(model.cfg.n_layers)
+        for site in C.SITES
+    }
+
+
+def test_awq_fold_preserves_the_function():
+    model = _model()
+    tokens = jnp.asarray(_tokens())
+    before = model(tokens)
+    rng = np.random.default_rng(1)
+    for block in model.layers:
+        weights = {s: A._read(block, s) for s in C.SITES}
+        scales = {
+            s: rng.uniform(0.3, 3.0, weights[s].shape[0]).astype(np.float32) for s in A.AWQ_SITES
+        }
+        for site, w in A.fold_awq_scales(block, weights, scales).items():
+            A._write(block, site, w)
+    np.testing.assert_allclose(model(tokens), before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_rtn_writes_packing_format(scan):
+    model = _model(scan)
+    dense = _kernels(model)
+    res = A.apply_compression(model, quant=QuantConfig(method="rtn", group_size=32), log=_quiet)
+    for key, w in _kernels(model).items():
+        qweight, scales, _ = P.quantize_int4(dense[key], 32)
+        np.testing.assert_array_equal(w, np.asarray(P.dequantize(qweight, scales)))
+        np.testing.assert_array_equal(res[key].quantized.pack()["qweight"], np.asarray(qweight))
+
+
+def test_prune_24_then_int4_is_sparse24_int4():
+    model = _model()
+    dense = _kernels(model)
+    res = A.apply_compression(
+        model,
+        prune_cfg=PruneConfig(method="magnitude", pattern="2:4"),
+        quant=QuantConfig(method="rtn", group_size=32),
+        log=_quiet,
+    )
+    for key, w in _kernels(model).items():
+        pruned = np.asarray(P.mask_24_magnitude(jnp.asarray(dense[key])))
+        qv, meta, s, _ = P.quantize_sparse24_int4(pruned, 32)
+        np.testing.assert_array_equal(w, np.asarray(P.dequantize_sparse24_int4(qv, meta, s)))
+        assert (w[~res[key].keep] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "prune_cfg,quant",
+    [
+        (PruneConfig(method="sparsegpt", pattern="2:4"), QuantConfig(method="gptq", group_size=32)),
+        (PruneConfig(method="wanda", pattern="unstructured", sparsity=0.4), None),
+        (None, QuantConfig(method="awq", format="nf4", group_size=64)),
+    ],
+)
+def test_calibrated_methods_run_and_keep_patterns(prune_cfg, quant):
+    model = _model(scan=True)
+    res = A.apply_compression(model, prune_cfg=prune_cfg, quant=quant, tokens=_tokens(), log=_quiet)
+    assert len(res) == 2 * len(C.SITES)
+    for key, w in _kernels(model).items():
+        if prune_cfg is not None and prune_cfg.pattern == "2:4":
+            assert P.find_24_violation(w) is None
+        if prune_cfg is not None:
+            assert (w[~res[key].keep] == 0).all()
+            assert abs((~res[key].keep).mean() - prune_cfg.effective_sparsity) < 0.02
+    assert np.isfinite(np.asarray(model(jnp.asarray(_tokens(2))))).all()
+
+
+def test_bad_shapes_fail_before_any_work():
+    model = _model()
+    with pytest.raises(ValueError, match="does not divide K=64"):
+        A.apply_compression(model, quant=QuantConfig(group_size=128))
