@@ -7,6 +7,8 @@ compactlm info [preset]
 compactlm bench train [preset] [key=value ...]
 compactlm bench kernels [formats=int4,nf4,...] [shapes=4096x4096,...] [ms=1,16] [impl=triton]
 compactlm bench kernels sass=1 [formats=...]   SASS instructions per weight (no GPU needed)
+compactlm sweep NAME [--dry-run] [seeds=3] [only=ROW,...] [root=runs/sweeps]
+compactlm report NAME [out=DIR] [root=runs/sweeps]
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
-COMMANDS = ("train", "eval", "generate", "info", "bench")
+COMMANDS = ("train", "eval", "generate", "info", "bench", "sweep", "report")
 
 
 def _split_args(args: Sequence[str]) -> tuple[str | None, list[str], dict[str, str]]:
@@ -87,6 +89,26 @@ def _cmd_bench(args: list[str]) -> int:
         preset, overrides, _ = _split_args(args[1:])
         return commands.bench_train(preset or "tiny", overrides)
     return commands.bench_kernels(args[1:])
+
+
+def _cmd_sweep(args: list[str]) -> int:
+    from compactlm import commands
+
+    dry_run = "--dry-run" in args
+    args = [a for a in args if a != "--dry-run"]
+    name, options, _ = _split_args(args)
+    if name is None:
+        raise _usage_error("sweep needs a NAME (a file in configs/sweeps/)")
+    return commands.sweep(name, options, dry_run=dry_run)
+
+
+def _cmd_report(args: list[str]) -> int:
+    from compactlm import commands
+
+    name, options, _ = _split_args(args)
+    if name is None:
+        raise _usage_error("report needs a sweep NAME")
+    return commands.report(name, options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

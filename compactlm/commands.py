@@ -9,11 +9,19 @@ from pathlib import Path
 
 from compactlm.config import ConfigError, apply_overrides, make_config
 from compactlm.data import DataError
+from compactlm.eval.sweep import SweepError
 from compactlm.train.checkpoint import CheckpointError
 from compactlm.train.loop import TrainingDiverged
 
 # Exceptions that are the user's input, reported as one line with exit code 2 (no traceback).
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    TrainingDiverged,
+    FileNotFoundError,
+    SweepError,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -154,3 +162,27 @@ def bench_kernels(args: Sequence[str]) -> int:
     from compactlm.eval.bench_kernels import main
 
     return main(args)
+
+
+def sweep(name: str, args: Sequence[str], *, dry_run: bool = False) -> int:
+    """Run (or print, with dry_run) every row × seed of configs/sweeps/NAME.py."""
+    from compactlm.eval import sweep as sweeps
+
+    options = apply_overrides(sweeps.SweepOptions(), args)
+    sweep_name, spec = sweeps.load(name)
+    if dry_run:
+        print("\n".join(sweeps.dry_run_lines(sweep_name, spec, options)))
+        return 0
+    counts = sweeps.run_sweep(sweep_name, spec, options)
+    return 1 if counts["failed"] else 0
+
+
+def report(name: str, args: Sequence[str]) -> int:
+    """The sweep's markdown table (mean ± std over seeds, paper beside) and PNG plots."""
+    from compactlm.eval import sweep as sweeps
+    from compactlm.eval.report import ReportOptions, write_report
+
+    options = apply_overrides(ReportOptions(), args)
+    sweep_name, spec = sweeps.load(name)
+    print(write_report(sweep_name, spec, options))
+    return 0

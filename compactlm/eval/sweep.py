@@ -1,0 +1,418 @@
+"""The ablation runner: a sweep file's rows × seeds as resumable command lines, results in JSONL.
+
+A sweep file `configs/sweeps/<name>.py` defines `SWEEP = Sweep(...)`: a base command (train,
+finetune, distill, quantize, prune), its positional argument (a preset, or `{base}` for the
+shared fixture's run directory), common overrides, rows (each a list of `key=value` overrides —
+the one override language of the CLI) and seeds. Every (row, seed) is one command line:
+
+    compactlm train nano train.steps=300 model.d_model=32 train.seed=0 \
+        workdir=runs/sweeps/scaling/d32/seed0
+
+`compactlm sweep NAME --dry-run` prints exactly these lines; the runner executes them one by one
+(a child process each, so what ran is what was printed) and appends one record per finished run
+to `runs/sweeps/NAME/results.jsonl`: row, seed, argv, resolved config, metrics (the command's
+`eval.json`), parameters, wall time, git commit. Re-running skips (row, seed) pairs whose record
+has the same argv; an interrupted run is re-run with the same command line, and `train` resumes
+from its checkpoint. A command writes its final metrics to `WORKDIR/eval.json` (train does).
+
+Rows that adapt or compress a model name the shared fixture with `base="tiny"`: a model trained
+deterministically once (`FIXTURES`) into `runs/sweeps/_base/<name>` and reused by every sweep;
+`{base}` in the positional argument or an override is replaced by that directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import runpy
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+COMMANDS = ("train", "finetune", "distill", "quantize", "prune")
+
+# The shared base models: command lines like any row. tiny at 600 steps (half the default run,
+# ~3-4 minutes on 2 idle cores) is trained enough that adapters and compression have something to
+# lose; nano is the test-size base.
+FIXTURES: dict[str, list[str]] = {
+    "tiny": ["train", "tiny", "train.steps=600", "train.seed=0", "train.eval_every=0"],
+    "nano": ["train", "nano", "train.steps=200", "train.seed=0", "train.eval_every=0"],
+}
+
+
+class SweepError(ValueError):
+    """A bad sweep file or option; one line, names what is valid."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Row:
+    """One line of a paper's table: a name and its overrides (on top of the sweep's common ones)."""
+
+    name: str  # row label in results, reports and run-directory names ([A-Za-z0-9_.-])
+    overrides: tuple[str, ...] = ()  # `key=value` strings, applied after Sweep.common
+    x: float | None = None  # the swept variable's value for "metric vs x" plots (None: no point)
+    paper: dict[str, float] = dataclasses.field(default_factory=dict)  # the paper's numbers
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "_.-" for c in self.name):
+            raise SweepError(f"row name {self.name!r}: use letters, digits, '_', '.', '-'")
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+        for item in self.overrides:
+            if "=" not in item:
+                raise SweepError(f"row {self.name}: override {item!r} is not key=value")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sweep:
+    """A sweep file's contents (see the module docstring)."""
+
+    title: str  # the paper table / figure this reproduces, one line
+    command: str = "train"  # one of COMMANDS
+    target: str = "nano"  # positional argument: a preset, or "{base}" (the fixture's run dir)
+    common: tuple[str, ...] = ()  # overrides shared by every row (before the row's own)
+    rows: tuple[Row, ...] = ()
+    seeds: int = 1  # seeds per row (0 … seeds-1); `compactlm sweep NAME seeds=3` overrides it
+    seed_key: str | None = "train.seed"  # override that sets the seed (None: deterministic cmd)
+    workdir_key: str = "workdir"  # the command's run-directory argument
+    base: str | None = None  # a FIXTURES name substituted for {base}; None = no shared base
+    metrics: tuple[str, ...] = ("bpb", "loss")  # eval.json keys reported as columns
+    x_label: str = ""  # what Row.x is ("parameters", "LoRA rank"); empty: no metric-vs-x plot
+    x_key: str = ""  # take x from this record field instead of Row.x ("params/non_embedding")
+    x_log: bool = False  # log-scale x axis (ranks, parameter counts)
+    paper_note: str = ""  # what the paper found, one or two sentences, shown under the table
+
+    def __post_init__(self) -> None:
+        if self.command not in COMMANDS:
+            raise SweepError(f"command {self.command!r}; valid commands: {', '.join(COMMANDS)}")
+        if self.base is not None and self.base not in FIXTURES:
+            raise SweepError(f"base {self.base!r}; valid fixtures: {', '.join(FIXTURES)}")
+        if self.seeds < 1:
+            raise SweepError("seeds must be >= 1")
+        object.__setattr__(self, "common", tuple(self.common))
+        object.__setattr__(self, "rows", tuple(self.rows))
+        names = [r.name for r in self.rows]
+        if len(set(names)) != len(names):
+            raise SweepError(f"duplicate row names in {names}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepOptions:
+    """Options of `compactlm sweep NAME` (`seeds=3 only=r8,r16 root=runs/sweeps`)."""
+
+    seeds: int = 0  # seeds per row; 0 = the sweep file's value
+    only: str = ""  # comma-separated row names to run (empty = all)
+    root: str = "runs/sweeps"  # where each sweep's directory (results, run dirs, plots) lives
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One (row, seed): the argv after `compactlm` and its run directory."""
+
+    row: Row
+    seed: int
+    argv: tuple[str, ...]
+    workdir: Path
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(["compactlm", *self.argv])
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def sweep_dirs() -> list[Path]:
+    """Where sweep files are looked up: ./configs/sweeps, then the source checkout's."""
+    here = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
+    dirs = [Path.cwd() / "configs" / "sweeps", here]
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def available() -> list[str]:
+    names: set[str] = set()
+    for d in sweep_dirs():
+        names.update(p.stem for p in d.glob("*.py") if not p.name.startswith("_"))
+    return sorted(names)
+
+
+def load(name: str) -> tuple[str, Sweep]:
+    """(sweep name, its Sweep) from a name in configs/sweeps or a path to a .py file."""
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"sweep file {name} not found")
+    else:
+        path = next((d / f"{name}.py" for d in sweep_dirs() if (d / f"{name}.py").exists()), None)
+        if path is None:
+            raise SweepError(f"unknown sweep {name!r}; available: {', '.join(available())}")
+    sweep = runpy.run_path(str(path)).get("SWEEP")
+    if not isinstance(sweep, Sweep):
+        raise SweepError(f"{path} must define SWEEP = Sweep(...)")
+    return path.stem, sweep
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+def fixture_run(name: str, root: str | Path) -> Run:
+    argv = FIXTURES[name]
+    workdir = Path(root) / "_base" / name
+    row = Row(name=f"_base-{name}")
+    return Run(row, 0, (*argv, f"workdir={workdir}"), workdir)
+
+
+def plan(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> list[Run]:
+    """Every (row, seed) of the sweep as a Run, in file order (rows outer, seeds inner)."""
+    root = Path(options.root)
+    rows = sweep.rows
+    if options.only:
+        wanted = [w.strip() for w in options.only.split(",") if w.strip()]
+        unknown = [w for w in wanted if w not in {r.name for r in rows}]
+        if unknown:
+            raise SweepError(
+                f"only={options.only}: unknown rows {unknown}; rows: "
+                + ", ".join(r.name for r in rows)
+            )
+        rows = tuple(r for r in rows if r.name in wanted)
+    seeds = options.seeds or sweep.seeds
+    if sweep.seed_key is None and seeds > 1:
+        raise SweepError(f"sweep {name} runs a deterministic command (no seed_key): use seeds=1")
+    base = str(fixture_run(sweep.base, root).workdir) if sweep.base else None
+
+    def fill(text: str) -> str:
+        if "{base}" in text:
+            if base is None:
+                raise SweepError(f"sweep {name} uses {{base}} but sets no base fixture")
+            return text.replace("{base}", base)
+        return text
+
+    runs = []
+    for row in rows:
+        for seed in range(seeds):
+            workdir = root / name / row.name / f"seed{seed}"
+            argv = [sweep.command, fill(sweep.target)]
+            argv += [fill(o) for o in (*sweep.common, *row.overrides)]
+            if sweep.seed_key is not None:
+                argv.append(f"{sweep.seed_key}={seed}")
+            argv.append(f"{sweep.workdir_key}={workdir}")
+            runs.append(Run(row, seed, tuple(argv), workdir))
+    return runs
+
+
+def dry_run_lines(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> list[str]:
+    """The exact command lines: the fixture's (when the sweep has one), then every run's."""
+    lines = []
+    if sweep.base:
+        lines.append(fixture_run(sweep.base, options.root).command_line)
+    return lines + [r.command_line for r in plan(name, sweep, options)]
+
+
+# ---------------------------------------------------------------------------------- results
+
+
+def results_path(name: str, root: str | Path) -> Path:
+    return Path(root) / name / "results.jsonl"
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def current_records(name: str, sweep: Sweep, root: str | Path) -> list[dict[str, Any]]:
+    """The latest record of every planned run whose argv still matches the sweep file.
+
+    Seeds beyond the file's count that were run with `seeds=N` are kept (same argv rule)."""
+    records = read_results(results_path(name, root))
+    seeds = max([sweep.seeds - 1, *(r["seed"] for r in records)]) + 1 if records else sweep.seeds
+    if sweep.seed_key is None:
+        seeds = 1
+    by_key = {(r["row"], r["seed"], tuple(r["argv"])): r for r in records}
+    out = []
+    for run in plan(name, sweep, SweepOptions(root=str(root), seeds=seeds)):
+        record = by_key.get((run.row.name, run.seed, run.argv))
+        if record is not None:
+            out.append(record)
+    return out
+
+
+def git_commit() -> str | None:
+    """HEAD of the source checkout (suffix -dirty with uncommitted changes); None outside git."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def model_figures(config: dict[str, Any]) -> dict[str, float]:
+    """Parameters and bytes of weights of a resolved config.json (as stored: param dtype)."""
+    from compactlm.config import from_json
+    from compactlm.models.footprint import count_params
+
+    model = from_json(json.dumps(config)).model
+    counts = count_params(model)
+    itemsize = 2 if model.param_dtype == "bfloat16" else 4
+    return {
+        "params": counts["total"],
+        "params/non_embedding": counts["non_embedding"],
+        "weight_bytes": counts["total"] * itemsize,
+    }
+
+
+def collect(run: Run, wall_s: float, name: str) -> dict[str, Any]:
+    """The results.jsonl record of a finished run, read from its run directory."""
+    eval_path = run.workdir / "eval.json"
+    if not eval_path.exists():
+        raise SweepError(f"{run.command_line} finished without writing {eval_path}")
+    metrics = json.loads(eval_path.read_text())
+    config_path = run.workdir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    figures = model_figures(config) if "model" in config else {}
+    # A compression command reports the bytes of its packed weights itself.
+    figures.update({k: metrics[k] for k in ("weight_bytes", "params") if k in metrics})
+    return {
+        "sweep": name,
+        "row": run.row.name,
+        "seed": run.seed,
+        "argv": list(run.argv),
+        "command_line": run.command_line,
+        "metrics": metrics,
+        **figures,
+        "wall_s": wall_s,
+        "git_commit": git_commit(),
+        "time": time.time(),
+        "workdir": str(run.workdir),
+        "config": config,
+    }
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+class Interrupted(Exception):
+    """Ctrl-C / SIGTERM reached the sweep; the child had saved its checkpoint and exited."""
+
+
+def subprocess_execute(argv: Sequence[str], workdir: Path) -> int:
+    """Run `python -m compactlm ARGV`, output appended to WORKDIR/sweep.log; the exit code.
+
+    Ctrl-C reaches the child through the terminal's process group; SIGTERM is forwarded. Either
+    way the parent waits for the child to save its checkpoint, then raises Interrupted (killing
+    the child mid-save, as subprocess.run does on KeyboardInterrupt, would lose the step).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    received: list[int] = []
+    with (workdir / "sweep.log").open("a") as log:
+        log.write(f"$ {shlex.join(['compactlm', *argv])}\n")
+        log.flush()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "compactlm", *argv], stdout=log, stderr=subprocess.STDOUT
+        )
+
+        def handle(signum: int, frame: Any) -> None:
+            received.append(signum)
+            if signum == signal.SIGTERM:
+                child.send_signal(signum)
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handle)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if received:
+        raise Interrupted(signal.Signals(received[0]).name)
+    return code
+
+
+def run_sweep(
+    name: str,
+    sweep: Sweep,
+    options: SweepOptions = SweepOptions(),
+    *,
+    execute: Callable[[Sequence[str], Path], int] = subprocess_execute,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Run every unfinished (row, seed); returns counts ran, skipped, failed, interrupted."""
+    runs = plan(name, sweep, options)
+    path = results_path(name, options.root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["row"], r["seed"], tuple(r["argv"])) for r in read_results(path)}
+    counts = {"ran": 0, "skipped": 0, "failed": 0, "interrupted": 0}
+    if sweep.base:
+        base = fixture_run(sweep.base, options.root)
+        if not (base.workdir / "eval.json").exists():
+            log(f"base fixture {sweep.base}: {base.command_line}")
+            t0 = time.perf_counter()
+            try:
+                code = execute(base.argv, base.workdir)
+            except Interrupted as e:
+                log(f"base fixture: {e}: stopped; re-run the same sweep command to resume")
+                return {**counts, "interrupted": 1}
+            if code != 0 or not (base.workdir / "eval.json").exists():
+                raise SweepError(
+                    f"base fixture failed; see {base.workdir / 'sweep.log'}: {base.command_line}"
+                )
+            log(f"  base ready in {time.perf_counter() - t0:.0f} s")
+    for i, run in enumerate(runs, 1):
+        tag = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed}"
+        if (run.row.name, run.seed, run.argv) in done:
+            counts["skipped"] += 1
+            log(f"{tag}: done earlier, skipped")
+            continue
+        log(f"{tag}: {run.command_line}")
+        t0 = time.perf_counter()
+        try:
+            code = execute(run.argv, run.workdir)
+        except Interrupted as e:
+            log(f"{tag}: {e}: stopped; re-run the same sweep command to resume")
+            counts["interrupted"] = 1
+            break
+        wall = time.perf_counter() - t0
+        if code != 0:
+            counts["failed"] += 1
+            log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; log: {run.workdir / 'sweep.log'}")
+            continue
+        try:
+            record = collect(run, wall, name)
+        except SweepError as e:  # exit 0 without eval.json: the command stopped early
+            counts["failed"] += 1
+            log(f"{tag}: {e}")
+            continue
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        counts["ran"] += 1
+        shown = ", ".join(
+            f"{m} {record['metrics'][m]:.4f}" for m in sweep.metrics if m in record["metrics"]
+        )
+        log(f"{tag}: {wall:.0f} s, {shown}")
+    log(
+        f"sweep {name}: {counts['ran']} ran, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed; results: {path}"
+    )
+    return counts
