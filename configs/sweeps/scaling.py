@@ -3,16 +3,18 @@
 Kaplan et al. (2020, Fig. 1 and eq. 1.1) fit L(N) = (N_c / N)^α_N with α_N ≈ 0.076 for models
 trained to convergence on WebText2. Here every width trains on the same 983k tokens (600 steps x
 16 x 128 byte tokens of pystdlib), so larger models are further from convergence; the fitted
-exponent is a property of this budget and this tiny range (N ~ 10k … 1M), not an estimate of α_N.
-Depth stays at nano's 4 layers, heads are 16 wide, d_ff = 3 d_model.
+exponent is a property of this budget and this tiny range (N ~ 40k … 3M), not an estimate of α_N.
+Depth stays at nano's 4 layers, heads are 16 wide (half as many kv heads), d_ff = 3 d_model.
 """
 
 from compactlm.eval.sweep import Row, Sweep
 
 
 def _width(d: int) -> Row:
-    heads = max(d // 16, 1)
-    kv = heads // 2 if heads % 2 == 0 else 1
+    # n_heads before n_kv_heads: each override is validated as it is applied, and nano's
+    # n_kv_heads=2 divides every even head count.
+    heads = d // 16
+    kv = heads // 2
     return Row(
         name=f"d{d}",
         overrides=(
@@ -35,7 +37,7 @@ SWEEP = Sweep(
         "train.progress=false",
         "train.tensorboard=false",
     ),
-    rows=tuple(_width(d) for d in (16, 32, 64, 96, 128, 192)),
+    rows=tuple(_width(d) for d in (32, 64, 96, 128, 192, 256)),
     seeds=2,
     metrics=("loss", "bpb"),
     x_label="non-embedding parameters",

@@ -1,0 +1,233 @@
+"""The sweep runner: dry-run lines are the runs, resume skips finished rows, records, the CLI."""
+
+import json
+import shlex
+
+import pytest
+
+from compactlm.cli import _split_args, main
+from compactlm.config import make_config, to_dict
+from compactlm.eval import sweep as sweeps
+from compactlm.eval.sweep import Row, Sweep, SweepError, SweepOptions
+from compactlm.train.loop import resolve_vocab
+
+
+@pytest.fixture(autouse=True)
+def _token_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("COMPACTLM_CACHE", str(tmp_path_factory.getbasetemp() / "sweep_cache"))
+
+
+def _cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code or 0
+
+
+def _config_of_line(line: str):
+    """What `compactlm train ...` builds from a printed line: parsed like the shell and the CLI."""
+    argv = shlex.split(line)
+    assert argv[:2] == ["compactlm", "train"]
+    preset, overrides, special = _split_args(argv[2:])
+    return make_config(preset, overrides), special["workdir"]
+
+
+TOY = Sweep(
+    title="toy",
+    target="nano",
+    common=("train.steps=3", "train.eval_every=0", "train.progress=false", "data.corpus=pydocs"),
+    rows=(
+        Row(name="narrow", overrides=("model.d_model=32", "model.d_ff=96")),
+        Row(name="prompty", overrides=("model.rope_theta=500.0",)),
+    ),
+    seeds=1,
+)
+
+
+def test_dry_run_lines_reparse_to_the_run_configs(tmp_path):
+    """Every printed line, split as a shell would and parsed as the CLI does, gives the config the
+    runner uses and the same run directory; rows differ from each other only by their overrides."""
+    options = SweepOptions(root=str(tmp_path), seeds=2)
+    lines = sweeps.dry_run_lines("toy", TOY, options)
+    runs = sweeps.plan("toy", TOY, options)
+    assert len(lines) == len(runs) == 4
+    for line, run in zip(lines, runs, strict=True):
+        cfg, workdir = _config_of_line(line)
+        assert (
+            workdir == str(run.workdir) == str(tmp_path / "toy" / run.row.name / f"seed{run.seed}")
+        )
+        expected = make_config("nano", [*TOY.common, *run.row.overrides])
+        assert cfg.train.seed == run.seed
+        assert to_dict(cfg) == to_dict(
+            make_config("nano", [*TOY.common, *run.row.overrides, f"train.seed={run.seed}"])
+        )
+        assert cfg.model == expected.model and cfg.optim == expected.optim
+    narrow, _ = _config_of_line(lines[0])
+    assert narrow.model.d_model == 32 and narrow.model.d_ff == 96
+
+
+def test_the_scaling_sweep_file_plans_valid_configs():
+    """The shipped sweep file loads, and every line of its dry run is a valid config."""
+    name, spec = sweeps.load("scaling")
+    lines = sweeps.dry_run_lines(name, spec)
+    assert len(lines) == len(spec.rows) * spec.seeds
+    widths = [_config_of_line(line)[0].model.d_model for line in lines[:: spec.seeds]]
+    assert widths == sorted(widths) and len(set(widths)) == len(spec.rows)
+
+
+def _fake_execute(calls, *, bpb=lambda argv: 1.0, finish=lambda argv: True):
+    """Stands in for the child process: writes config.json and (if finished) eval.json."""
+
+    def execute(argv, workdir):
+        calls.append(list(argv))
+        preset, overrides, special = _split_args(list(argv[1:]))
+        cfg = resolve_vocab(make_config(preset, overrides), 259)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(to_dict(cfg)))
+        if finish(argv):
+            (workdir / "eval.json").write_text(json.dumps({"bpb": bpb(argv), "loss": 2.0}))
+        return 0
+
+    return execute
+
+
+def test_resume_skips_finished_runs_and_reruns_unfinished(tmp_path):
+    calls: list = []
+    opts = SweepOptions(root=str(tmp_path))
+    log = []
+    # First attempt: the second row stops without its eval.json (as an interrupted train does).
+    first = sweeps.run_sweep(
+        "toy",
+        TOY,
+        opts,
+        execute=_fake_execute(calls, finish=lambda a: "model.rope_theta=500.0" not in a),
+        log=log.append,
+    )
+    assert first == {"ran": 1, "skipped": 0, "failed": 1, "interrupted": 0}
+    assert len(calls) == 2
+    # Second attempt: the finished row is skipped, the unfinished one runs again, same argv.
+    calls2: list = []
+    second = sweeps.run_sweep("toy", TOY, opts, execute=_fake_execute(calls2), log=log.append)
+    assert second["ran"] == 1 and second["skipped"] == 1
+    assert calls2 == [calls[1]]
+    # More seeds: only the new seed of each row runs.
+    calls3: list = []
+    third = sweeps.run_sweep(
+        "toy",
+        TOY,
+        SweepOptions(root=str(tmp_path), seeds=2),
+        execute=_fake_execute(calls3),
+        log=log.append,
+    )
+    assert third["ran"] == 2 and third["skipped"] == 2
+    assert all("train.seed=1" in c for c in calls3)
+    records = sweeps.read_results(sweeps.results_path("toy", tmp_path))
+    assert len(records) == 4
+    # only= runs a subset; an edited row (different argv) is not "done".
+    edited = Sweep(
+        **{
+            **TOY.__dict__,
+            "rows": (Row(name="narrow", overrides=("model.d_model=48", "model.d_ff=96")),),
+        }
+    )
+    calls4: list = []
+    sweeps.run_sweep("toy", edited, opts, execute=_fake_execute(calls4), log=log.append)
+    assert len(calls4) == 1 and "model.d_model=48" in calls4[0]
+    current = sweeps.current_records("toy", edited, tmp_path)
+    assert [r["row"] for r in current] == ["narrow"] and "model.d_model=48" in current[0]["argv"]
+
+
+def test_record_fields(tmp_path):
+    calls: list = []
+    sweeps.run_sweep(
+        "toy",
+        TOY,
+        SweepOptions(root=str(tmp_path), only="narrow"),
+        execute=_fake_execute(calls, bpb=lambda a: 1.25),
+        log=lambda s: None,
+    )
+    (record,) = sweeps.read_results(sweeps.results_path("toy", tmp_path))
+    from compactlm.models.footprint import count_params
+
+    cfg = resolve_vocab(make_config("nano", [*TOY.common, *TOY.rows[0].overrides]), 259)
+    assert record["metrics"] == {"bpb": 1.25, "loss": 2.0}
+    assert record["params"] == count_params(cfg.model)["total"]
+    assert record["config"]["model"]["d_model"] == 32
+    assert record["command_line"].startswith("compactlm train nano ")
+    assert record["wall_s"] >= 0 and "git_commit" in record and record["seed"] == 0
+
+
+def test_base_fixture_runs_once_and_fills_the_placeholder(tmp_path):
+    spec = Sweep(
+        title="adapt",
+        target="{base}",
+        base="nano",
+        common=("optim.lr=1e-3",),
+        rows=(Row(name="a"), Row(name="b")),
+    )
+    base_dir = tmp_path / "_base" / "nano"
+    lines = sweeps.dry_run_lines("adapt", spec, SweepOptions(root=str(tmp_path)))
+    assert lines[0].startswith("compactlm train nano ") and str(base_dir) in lines[0]
+    assert all(f"train {base_dir} " in line for line in lines[1:])
+    calls: list = []
+
+    def execute(argv, workdir):
+        calls.append(list(argv))
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "eval.json").write_text('{"bpb": 1.0}')
+        return 0
+
+    for _ in range(2):
+        sweeps.run_sweep(
+            "adapt", spec, SweepOptions(root=str(tmp_path)), execute=execute, log=lambda s: None
+        )
+    assert [c[1] for c in calls] == ["nano", str(base_dir), str(base_dir)]  # the base once
+
+
+def test_bad_sweeps_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SweepError, match="valid commands: train"):
+        Sweep(title="x", command="fly")
+    with pytest.raises(SweepError, match="duplicate row names"):
+        Sweep(title="x", rows=(Row(name="a"), Row(name="a")))
+    with pytest.raises(SweepError, match="not key=value"):
+        Row(name="a", overrides=("model.d_model",))
+    assert _cli("sweep", "no_such_sweep") == 2
+    err = capsys.readouterr().err
+    assert "unknown sweep 'no_such_sweep'; available:" in err and "scaling" in err
+    assert "Traceback" not in err
+    assert _cli("sweep", "scaling", "only=nope", "--dry-run") == 2
+    assert "unknown rows ['nope']" in capsys.readouterr().err
+
+
+def test_sweep_end_to_end_on_nano(tmp_path, capsys):
+    """Real child-free run through the CLI's train: config.json equals the dry-run line's config,
+    a second `compactlm sweep` skips everything, and `compactlm report` writes the table."""
+    path = tmp_path / "toy.py"
+    # 20 steps, not 3: train's closing sample can draw the padded vocabulary ids (259..319) from
+    # a near-uniform untrained model, which the byte tokenizer then rejects.
+    common = ("train.steps=20", *TOY.common[1:])
+    path.write_text(
+        "from compactlm.eval.sweep import Row, Sweep\n"
+        f"SWEEP = Sweep(title='toy', common={common!r}, rows=(Row(name='narrow', "
+        "overrides=('model.d_model=32', 'model.d_ff=96')),))\n"
+    )
+    root = tmp_path / "runs"
+
+    def in_process(argv, workdir):
+        return _cli(*argv)
+
+    name, spec = sweeps.load(str(path))
+    counts = sweeps.run_sweep(
+        name, spec, SweepOptions(root=str(root)), execute=in_process, log=lambda s: None
+    )
+    assert counts["ran"] == 1
+    (line,) = sweeps.dry_run_lines(name, spec, SweepOptions(root=str(root)))
+    cfg, workdir = _config_of_line(line)
+    saved = json.loads((root / "toy" / "narrow" / "seed0" / "config.json").read_text())
+    assert saved == to_dict(resolve_vocab(cfg, 259))
+    capsys.readouterr()
+    assert _cli("sweep", str(path), f"root={root}") == 0
+    assert "done earlier, skipped" in capsys.readouterr().out
+    assert _cli("report", str(path), f"root={root}") == 0
+    out = capsys.readouterr().out
+    assert "| narrow |" in out and (root / "toy" / "report.md").exists()
+    assert (root / "toy" / "toy_loss.png").exists()
