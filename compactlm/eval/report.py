@@ -55,7 +55,7 @@ def info_rows(cfg: Any) -> dict[str, str]:
         "weights bf16": _human(mem["weights/bfloat16"]),
         "weights int4 (g128)": _human(mem["weights/int4"]),
         "weights 2:4 bf16": _human(mem["weights/sparse24"]),
-        "weights int4+2:4": _human(mem["weights/int4+sparse24"]),
+        "weights int4+2:4": _human(mem["weights/sparse24_int4"]),
         "AdamW state (f32)": _human(mem["optimizer/adamw"]),
         "activations (no remat)": _human(mem["activations/remat=none"]),
         "activations (remat=block)": _human(mem["activations/remat=block"]),

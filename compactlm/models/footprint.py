@@ -5,17 +5,49 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from compactlm.models.config import QUANTIZED_FORMATS, STORAGE_FORMATS
 from compactlm.models.transformer import ModelConfig, Transformer
 
-# Storage bits per weight of a block linear kernel (DESIGN §3). int4: 4 bits + a bf16 scale per
-# group of 128 (16/128 = 0.125) → 4.125. 2:4: half the values in bf16 (8 bits/weight) plus a 2-bit
-# index per kept value (1 bit/weight) → 9 bits = 0.5625 × bf16. int4+2:4: 2.0625 + 1 = 3.0625.
+# Served packed formats store their scales in bf16 (what a deployed model keeps; halves f32's).
+SERVED_SCALE_BITS = 16
+
+
+def storage_bits(fmt: str) -> float:
+    """Storage bits per weight of a block linear kernel stored as `fmt` (DESIGN §3).
+
+    `fmt`: "float32" / "bfloat16" (dense) or a models/config.py STORAGE_FORMATS name ("dense" =
+    bfloat16). int4 / nf4 / fp4: kernels/packing.py's bits_per_parameter at the format's default
+    group (int4 128, nf4 / fp4 64) with bf16 scales: 4 + 16/128 = 4.125, 4 + 16/64 = 4.25.
+    sparse24: half the values in bf16 (8 bits/weight) + a 4-bit index nibble per group of four
+    (1 bit/weight) = 9 = 0.5625 × bf16. sparse24_int4: the kept half as int4 (4.125 / 2) + 1.
+    """
+    from compactlm.kernels.packing import (
+        DEFAULT_GROUP_SIZE,
+        SPARSE24_GROUP,
+        SPARSE24_KEEP,
+        bits_per_parameter,
+    )
+
+    meta_bits = 4 / SPARSE24_GROUP  # one nibble (i0 | i1 << 2) per group of four weights
+    keep = SPARSE24_KEEP / SPARSE24_GROUP
+    if fmt == "float32":
+        return 32.0
+    if fmt in ("bfloat16", "dense"):
+        return 16.0
+    if fmt in QUANTIZED_FORMATS:
+        return bits_per_parameter(fmt, DEFAULT_GROUP_SIZE[fmt], scale_bits=SERVED_SCALE_BITS)
+    if fmt == "sparse24":
+        return keep * 16 + meta_bits
+    if fmt == "sparse24_int4":
+        return keep * storage_bits("int4") + meta_bits
+    raise ValueError(
+        f"unknown storage format {fmt!r}; valid: float32, bfloat16, {', '.join(STORAGE_FORMATS)}"
+    )
+
+
+# Bits per block-linear weight of every stored variant: dense f32 / bf16, then the packed formats.
 KERNEL_BITS: dict[str, float] = {
-    "float32": 32.0,
-    "bfloat16": 16.0,
-    "int4": 4.125,
-    "sparse24": 9.0,
-    "int4+sparse24": 3.0625,
+    fmt: storage_bits(fmt) for fmt in ("float32", "bfloat16", *STORAGE_FORMATS[1:])
 }
 # Optimizer state in f32 values per parameter.
 OPTIMIZER_SLOTS: dict[str, int] = {"adamw": 2, "lion": 1, "sgd": 0}

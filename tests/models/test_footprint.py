@@ -47,10 +47,35 @@ def test_memory_estimate_rows():
     table = memory_estimate(SMALL, batch_size=2, seq_len=16)
     total = count_params(SMALL)["total"]
     assert table["weights/float32"] == 4 * total
-    assert table["weights/int4"] < table["weights/int4+sparse24"] * 2
-    assert table["weights/int4+sparse24"] < table["weights/int4"] < table["weights/sparse24"]
+    assert table["weights/int4"] < table["weights/sparse24_int4"] * 2
+    assert table["weights/sparse24_int4"] < table["weights/int4"] < table["weights/sparse24"]
     assert table["weights/sparse24"] < table["weights/bfloat16"]
     assert table["optimizer/adamw"] == 8 * total
     assert table["kv_cache/bfloat16"] == 2 * (2 * 2 * 2 * 16 * 2 * 8)
     acts = [table[f"activations/remat={m}"] for m in ("block", "dots", "none")]
     assert acts == sorted(acts)
+
+
+def test_storage_bits_are_the_packed_arrays_bytes():
+    """storage_bits(fmt) against the nbytes of weights actually packed by kernels/packing.py
+    (bf16 scales, each format's default group): the formula and the storage contract agree."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from compactlm.kernels import packing
+    from compactlm.models.footprint import KERNEL_BITS, storage_bits
+
+    k, n = 256, 64
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(k, n)), jnp.float32)
+    w24 = w * packing.mask_24_magnitude(w)
+    packed = {
+        "int4": packing.quantize(w, "int4", scale_dtype=jnp.bfloat16),
+        "nf4": packing.quantize(w, "nf4", scale_dtype=jnp.bfloat16),
+        "fp4": packing.quantize(w, "fp4", scale_dtype=jnp.bfloat16),
+        "sparse24": packing.compress_24(w24.astype(jnp.bfloat16)),
+        "sparse24_int4": packing.quantize_sparse24_int4(w24, scale_dtype=jnp.bfloat16),
+    }
+    for fmt, arrays in packed.items():
+        nbytes = sum(a.nbytes for a in arrays if a is not None)
+        assert storage_bits(fmt) == KERNEL_BITS[fmt] == nbytes * 8 / (k * n), fmt
+    assert storage_bits("dense") == storage_bits("bfloat16") == 16 and KERNEL_BITS["float32"] == 32
