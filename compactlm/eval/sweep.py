@@ -350,6 +350,20 @@ def subprocess_execute(argv: Sequence[str], workdir: Path) -> int:
     return code
 
 
+def _claim(run: Run) -> list[str] | None:
+    """Mark WORKDIR as this run's (sweep.json); the other argv if it already belongs to another.
+
+    A row edited in its sweep file keeps its directory name; resuming the old run directory
+    under new overrides would mix two configs (or, with fewer steps, report the old model)."""
+    marker = run.workdir / "sweep.json"
+    if marker.exists():
+        argv = json.loads(marker.read_text())["argv"]
+        return None if tuple(argv) == run.argv else argv
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"argv": list(run.argv)}) + "\n")
+    return None
+
+
 def run_sweep(
     name: str,
     sweep: Sweep,
@@ -366,6 +380,12 @@ def run_sweep(
     counts = {"ran": 0, "skipped": 0, "failed": 0, "interrupted": 0}
     if sweep.base:
         base = fixture_run(sweep.base, options.root)
+        owner = _claim(base)
+        if owner is not None:
+            raise SweepError(
+                f"{base.workdir} holds another command ({shlex.join(owner)}); FIXTURES changed: "
+                "delete that directory to retrain the base"
+            )
         if not (base.workdir / "eval.json").exists():
             log(f"base fixture {sweep.base}: {base.command_line}")
             t0 = time.perf_counter()
@@ -384,6 +404,14 @@ def run_sweep(
         if (run.row.name, run.seed, run.argv) in done:
             counts["skipped"] += 1
             log(f"{tag}: done earlier, skipped")
+            continue
+        owner = _claim(run)
+        if owner is not None:
+            counts["failed"] += 1
+            log(
+                f"{tag}: {run.workdir} holds another command ({shlex.join(owner)}); the sweep "
+                "file changed this row: delete that directory (or rename the row) to re-run it"
+            )
             continue
         log(f"{tag}: {run.command_line}")
         t0 = time.perf_counter()

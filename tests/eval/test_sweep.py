@@ -122,14 +122,16 @@ def test_resume_skips_finished_runs_and_reruns_unfinished(tmp_path):
     assert all("train.seed=1" in c for c in calls3)
     records = sweeps.read_results(sweeps.results_path("toy", tmp_path))
     assert len(records) == 4
-    # only= runs a subset; an edited row (different argv) is not "done".
-    edited = Sweep(
-        **{
-            **TOY.__dict__,
-            "rows": (Row(name="narrow", overrides=("model.d_model=48", "model.d_ff=96")),),
-        }
-    )
+    # An edited row (different argv) is not "done", and its old run directory is not resumed
+    # under the new overrides: the runner refuses until the directory is removed.
+    narrow48 = Row(name="narrow", overrides=("model.d_model=48", "model.d_ff=96"))
+    edited = Sweep(**{**TOY.__dict__, "rows": (narrow48,)})
     calls4: list = []
+    counts = sweeps.run_sweep("toy", edited, opts, execute=_fake_execute(calls4), log=log.append)
+    assert counts["failed"] == 1 and calls4 == [] and "holds another command" in log[-2]
+    import shutil
+
+    shutil.rmtree(tmp_path / "toy" / "narrow" / "seed0")
     sweeps.run_sweep("toy", edited, opts, execute=_fake_execute(calls4), log=log.append)
     assert len(calls4) == 1 and "model.d_model=48" in calls4[0]
     current = sweeps.current_records("toy", edited, tmp_path)
