@@ -6,7 +6,7 @@ import shlex
 import pytest
 
 from compactlm.cli import _split_args, main
-from compactlm.config import make_config, to_dict
+from compactlm.config import from_json, make_config, to_dict
 from compactlm.eval import sweep as sweeps
 from compactlm.eval.sweep import Row, Sweep, SweepError, SweepOptions
 from compactlm.train.loop import resolve_vocab
@@ -224,8 +224,8 @@ def test_sweep_end_to_end_on_nano(tmp_path, capsys):
     assert counts["ran"] == 1
     (line,) = sweeps.dry_run_lines(name, spec, SweepOptions(root=str(root)))
     cfg, workdir = _config_of_line(line)
-    saved = json.loads((root / "toy" / "narrow" / "seed0" / "config.json").read_text())
-    assert saved == to_dict(resolve_vocab(cfg, 259))
+    saved = from_json((root / "toy" / "narrow" / "seed0" / "config.json").read_text())
+    assert saved == resolve_vocab(cfg, 259)
     capsys.readouterr()
     assert _cli("sweep", str(path), f"root={root}") == 0
     assert "done earlier, skipped" in capsys.readouterr().out
