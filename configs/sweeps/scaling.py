@@ -1,4 +1,4 @@
-"""Scaling: validation loss vs non-embedding parameters at a fixed token budget (Kaplan et al. 2020).
+"""Scaling: validation loss vs non-embedding parameters at fixed tokens (Kaplan et al. 2020).
 
 Kaplan et al. (2020, Fig. 1 and eq. 1.1) fit L(N) = (N_c / N)^α_N with α_N ≈ 0.076 for models
 trained to convergence on WebText2. Here every width trains on the same 655k tokens (400 steps x
