@@ -17,6 +17,7 @@ setup(
         "numpy<2.4",  # triton 3.6's interpreter breaks on runtime-bounded loops under numpy>=2.4
         "triton>=3.6",
         "tokenizers>=0.20",
+        "safetensors>=0.4",  # HF checkpoints in and out (compactlm/interop): no pickle
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",

@@ -9,6 +9,8 @@ compactlm bench kernels [formats=int4,nf4,...] [shapes=4096x4096,...] [ms=1,16] 
 compactlm bench kernels sass=1 [formats=...]   SASS instructions per weight (no GPU needed)
 compactlm sweep NAME [--dry-run] [seeds=3] [only=ROW,...] [root=runs/sweeps]
 compactlm report NAME [out=DIR] [root=runs/sweeps]
+compactlm export RUN_DIR format=hf workdir=OUT
+compactlm import HF_DIR workdir=RUN_DIR [key=value ...]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
-COMMANDS = ("train", "eval", "generate", "info", "bench", "sweep", "report")
+COMMANDS = ("train", "eval", "generate", "info", "bench", "sweep", "report", "export", "import")
 
 
 def _split_args(args: Sequence[str]) -> tuple[str | None, list[str], dict[str, str]]:
@@ -109,6 +111,24 @@ def _cmd_report(args: list[str]) -> int:
     if name is None:
         raise _usage_error("report needs a sweep NAME")
     return commands.report(name, options)
+
+
+def _cmd_export(args: list[str]) -> int:
+    from compactlm import commands
+
+    run_dir, overrides, special = _split_args(args)
+    if run_dir is None:
+        raise _usage_error("export needs a RUN_DIR")
+    return commands.export(run_dir, overrides, workdir=special.get("workdir"))
+
+
+def _cmd_import(args: list[str]) -> int:
+    from compactlm import commands
+
+    source, overrides, special = _split_args(args)
+    if source is None:
+        raise _usage_error("import needs a Hugging Face model directory (HF_DIR)")
+    return commands.import_(source, overrides, workdir=special.get("workdir"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,15 +1,18 @@
-"""The CLI's commands as importable functions: train, evaluate, generate, info, bench."""
+"""The CLI's commands as importable functions: train, evaluate, generate, info, bench, export,
+import."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from compactlm.config import ConfigError, apply_overrides, make_config
 from compactlm.data import DataError
 from compactlm.eval.sweep import SweepError
+from compactlm.interop.hf import InteropError
 from compactlm.train.checkpoint import CheckpointError
 from compactlm.train.loop import TrainingDiverged
 
@@ -21,6 +24,7 @@ USER_ERRORS = (
     TrainingDiverged,
     FileNotFoundError,
     SweepError,
+    InteropError,
 )
 
 
@@ -34,6 +38,12 @@ class SampleConfig:
     top_k: int = 50  # keep the k most likely tokens (0 = off)
     top_p: float = 0.95  # nucleus: smallest set with this much probability (1 = off)
     seed: int = 0  # sampling RNG seed
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0 or self.top_k < 0:
+            raise ValueError("need max_new_tokens >= 1, temperature >= 0 and top_k >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
 
 
 def _print_kv(title: str, rows: dict) -> None:
@@ -57,6 +67,7 @@ def _sample(trainer, sample: SampleConfig) -> str:
         top_p=sample.top_p,
         seed=sample.seed,
         eos_id=tok.eos_id,
+        vocab_limit=tok.vocab_size,
     )
     new = [int(t) for t in out[0, len(prompt_ids) :]]
     if tok.eos_id in new:  # the model ended the document
@@ -185,4 +196,45 @@ def report(name: str, args: Sequence[str]) -> int:
     options = apply_overrides(ReportOptions(), args)
     sweep_name, spec = sweeps.load(name)
     print(write_report(sweep_name, spec, options))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """Options of `compactlm export RUN_DIR format=hf workdir=OUT`."""
+
+    # Target format. "hf": a Hugging Face Llama directory (config.json, model.safetensors,
+    # tokenizer.json) that transformers' LlamaForCausalLM / AutoTokenizer load.
+    format: typing.Literal["hf"] = "hf"
+
+
+def export(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
+    """Write the run's latest checkpoint in another ecosystem's format."""
+    from compactlm.interop.hf import export_hf
+
+    opts = apply_overrides(ExportConfig(), overrides)
+    if not workdir:
+        raise ConfigError("export needs workdir=OUT (the directory to write)")
+    summary = export_hf(run_dir, workdir)
+    print(
+        f"exported step {summary['step']} of {run_dir} as format={opts.format} to {workdir}: "
+        f"{summary['tensors']} tensors, {summary['parameters']:,} parameters "
+        "(config.json, model.safetensors, tokenizer.json)"
+    )
+    return 0
+
+
+def import_(source: str, overrides: Sequence[str], *, workdir: str | None) -> int:
+    """Turn a Hugging Face Llama directory into a compactlm run directory (step 0)."""
+    from compactlm.interop.hf import import_hf
+
+    if not workdir:
+        raise ConfigError("import needs workdir=RUN_DIR (the run directory to create)")
+    summary = import_hf(source, workdir, overrides)
+    m = summary["config"].model
+    print(
+        f"imported {source} into {workdir}: {summary['parameters']:,} parameters "
+        f"(d_model {m.d_model}, {m.n_layers} layers, {m.n_heads}/{m.n_kv_heads} heads, vocab "
+        f"{m.vocab_size}, tokenizer {summary['config'].data.tokenizer}); eval, generate and "
+        "finetune take it as RUN_DIR"
+    )
     return 0

@@ -42,7 +42,8 @@ class DataConfig:
     # "byte": ids are UTF-8 bytes (+3 specials), nothing to train or store; the default because
     # it works on any text and bits-per-byte is directly comparable across runs. "bpe": byte-level
     # BPE trained on the training split (fewer tokens per byte, so longer context per step).
-    tokenizer: Literal["byte", "bpe"] = "byte"
+    # "hf": the tokenizer.json of a checkpoint brought in by `compactlm import` (run dir only).
+    tokenizer: Literal["byte", "bpe", "hf"] = "byte"
     # BPE vocabulary size including the 3 special tokens. 4096 keeps the embedding small next to
     # a tiny model and still gives ~3.4 bytes/token on pystdlib (~4.2 on pydocs).
     bpe_vocab_size: int = 4096
@@ -64,8 +65,8 @@ class DataConfig:
     jsonl_field: str = "text"
 
     def __post_init__(self) -> None:
-        if self.tokenizer not in ("byte", "bpe"):
-            raise DataError(f"data.tokenizer={self.tokenizer!r}; valid: 'byte', 'bpe'")
+        if self.tokenizer not in ("byte", "bpe", "hf"):
+            raise DataError(f"data.tokenizer={self.tokenizer!r}; valid: 'byte', 'bpe', 'hf'")
         if not 0.0 < self.val_fraction < 0.5:
             raise DataError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.max_corpus_bytes is not None and self.max_corpus_bytes <= 0:
@@ -167,7 +168,10 @@ def _get_tokenizer(
 ) -> ByteTokenizer | BpeTokenizer:
     if run_dir is not None and (Path(run_dir) / TOKENIZER_FILE).is_file():
         tok = load_tokenizer(run_dir)
-        expected = cfg.bpe_vocab_size if cfg.tokenizer == "bpe" else ByteTokenizer().vocab_size
+        expected = {"bpe": cfg.bpe_vocab_size, "byte": ByteTokenizer().vocab_size}.get(
+            cfg.tokenizer,
+            tok.vocab_size,  # "hf": the imported checkpoint's own vocabulary
+        )
         if tok.kind != cfg.tokenizer or tok.vocab_size != expected:
             raise DataError(
                 f"run directory {str(run_dir)!r} holds a {tok.kind} tokenizer with vocab "

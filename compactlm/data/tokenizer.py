@@ -1,4 +1,4 @@
-"""Byte-level and locally trained byte-level BPE tokenizers: one interface, exact round trip."""
+"""Byte-level, locally trained BPE and imported Hugging Face tokenizers: one interface."""
 
 from __future__ import annotations
 
@@ -185,13 +185,101 @@ class BpeTokenizer(_SpecialsMixin):
         return hash(self.fingerprint())
 
 
+class HfTokenizer:
+    """A Hugging Face `tokenizer.json` brought in by `compactlm import` (any tokenizers model).
+
+    Unlike ours, its specials live wherever the checkpoint put them (Llama 2: bos 1, eos 2), so
+    the ids come from the checkpoint's config.json. encode() adds no specials and decode() drops
+    them. vocab_size is the model's embedding rows (>= the tokenizer's own ids).
+    """
+
+    kind = "hf"
+
+    def __init__(
+        self, hf_tokenizer, *, vocab_size: int, eos_id: int, bos_id: int, pad_id: int
+    ) -> None:
+        self._tok = hf_tokenizer
+        self.n_tokens = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        self.vocab_size, self.eos_id, self.bos_id, self.pad_id = vocab_size, eos_id, bos_id, pad_id
+        if self.n_tokens > vocab_size:
+            raise DataError(
+                f"tokenizer has {self.n_tokens} ids but the model's vocab_size is {vocab_size}"
+            )
+        self._special = {i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special}
+        self._special |= {eos_id, bos_id, pad_id}
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encs = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encs]
+
+    def decode(self, ids) -> str:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)][:5].tolist()
+            raise ValueError(f"token ids {bad} outside the vocabulary [0, {self.vocab_size})")
+        keep = [int(i) for i in ids if i < self.n_tokens and int(i) not in self._special]
+        return self._tok.decode(keep, skip_special_tokens=True)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes per id (0 for specials and unused ids), for bits per byte.
+
+        Byte-level vocabularies (GPT-2 / Llama 3): one character per byte. SentencePiece-style
+        ones (Llama 2): "▁" is a space, "<0xAB>" byte-fallback pieces are one byte.
+        """
+        byte_level = "ByteLevel" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
+        lengths = np.zeros(self.vocab_size, np.int64)
+        for piece, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if i in self._special:
+                continue
+            if byte_level:
+                lengths[i] = len(piece)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                lengths[i] = 1
+            else:
+                lengths[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
+        return lengths
+
+    def _serialize(self) -> str:
+        return json.dumps(
+            {
+                "compactlm_tokenizer": "hf",
+                "vocab_size": self.vocab_size,
+                "eos_id": self.eos_id,
+                "bos_id": self.bos_id,
+                "pad_id": self.pad_id,
+                "hf": json.loads(self._tok.to_str()),
+            }
+        )
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self._serialize().encode()).hexdigest()
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self._serialize())
+        return path
+
+    def hf_json(self) -> str:
+        """The Hugging Face tokenizer.json text (what `compactlm export` writes)."""
+        return self._tok.to_str()
+
+
 def make_tokenizer(cfg: DataConfig, train_texts: list[str]) -> ByteTokenizer | BpeTokenizer:
     """The tokenizer `cfg.tokenizer` names; BPE is trained on `train_texts` (training split)."""
     if cfg.tokenizer == "byte":
         return ByteTokenizer()
     if cfg.tokenizer == "bpe":
         return BpeTokenizer.train(train_texts, vocab_size=cfg.bpe_vocab_size)
-    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; valid: 'byte', 'bpe'")
+    if cfg.tokenizer == "hf":
+        raise DataError(
+            "data.tokenizer='hf' is the tokenizer of an imported checkpoint; it is read from the "
+            "run directory (`compactlm import HF_DIR workdir=RUN_DIR`), never trained"
+        )
+    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; valid: 'byte', 'bpe', 'hf'")
 
 
 def load_tokenizer(directory: str | os.PathLike) -> ByteTokenizer | BpeTokenizer:
@@ -207,7 +295,14 @@ def load_tokenizer(directory: str | os.PathLike) -> ByteTokenizer | BpeTokenizer
         from tokenizers import Tokenizer as HFTokenizer
 
         return BpeTokenizer(HFTokenizer.from_str(json.dumps(saved["hf"])), saved["vocab_size"])
-    raise DataError(f"{path} is not a compactlm tokenizer (kind {kind!r}; valid: 'byte', 'bpe')")
+    if kind == "hf":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        ids = {k: saved[k] for k in ("vocab_size", "eos_id", "bos_id", "pad_id")}
+        return HfTokenizer(HFTokenizer.from_str(json.dumps(saved["hf"])), **ids)
+    raise DataError(
+        f"{path} is not a compactlm tokenizer (kind {kind!r}; valid: 'byte', 'bpe', 'hf')"
+    )
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -63,7 +63,7 @@ def sample_logits(
     return jnp.where(jnp.asarray(temperature) > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
-@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id"))
+@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id", "vocab_limit"))
 def _generate(
     model: Transformer,
     prompt_BP: jax.Array,
@@ -74,6 +74,7 @@ def _generate(
     max_new_tokens: int,
     top_k: int,
     eos_id: int | None,
+    vocab_limit: int | None = None,
 ) -> jax.Array:
     """Prefill the prompt, then lax.while_loop one decode step per token (one compile, no
     per-token host round trip, early exit once every row has emitted eos_id)."""
@@ -90,6 +91,9 @@ def _generate(
     def body(carry):
         i, out_BS, last_logits_BV, cache, done_B, rng = carry
         rng, step_rng = jax.random.split(rng)
+        if vocab_limit is not None:  # padded embedding rows are not tokens: never sample them
+            valid_V = jnp.arange(last_logits_BV.shape[-1]) < vocab_limit
+            last_logits_BV = jnp.where(valid_V, last_logits_BV, jnp.finfo(jnp.float32).min)
         tok_B = sample_logits(last_logits_BV, step_rng, temperature, top_k, top_p)
         tok_B = jnp.where(done_B, pad, tok_B)
         out_BS = jax.lax.dynamic_update_slice(out_BS, tok_B[:, None], (0, P + i))
@@ -112,12 +116,14 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     eos_id: int | None = None,
+    vocab_limit: int | None = None,
 ) -> Int[Array, "B P+M"]:
     """Prompt followed by max_new_tokens sampled tokens (rows that hit eos_id are padded with it).
 
     All rows share the prompt length P (left-pad ragged prompts yourself). The cache holds exactly
     P + max_new_tokens positions; one compile per (B, P, max_new_tokens, top_k, eos_id) — a
-    different temperature / top_p / seed reuses it.
+    different temperature / top_p / seed reuses it. vocab_limit: only ids below it are sampled
+    (the tokenizer's vocabulary; the embedding is padded past it to a multiple of 64).
     """
     prompt_BP = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_BP.ndim == 1:
@@ -138,4 +144,5 @@ def generate(
         max_new_tokens=max_new_tokens,
         top_k=top_k,
         eos_id=eos_id,
+        vocab_limit=vocab_limit,
     )

@@ -1,0 +1,1 @@
+"""Interoperability with other ecosystems: Hugging Face Llama checkpoints in and out (hf.py)."""
