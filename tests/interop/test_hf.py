@@ -7,6 +7,7 @@ the exported files by their HF names — it shares no code with compactlm's mode
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -41,7 +42,7 @@ def _train(workdir: Path, *overrides: str) -> Path:
         "train.tensorboard=false",
         "train.eval_every=0",
         "train.checkpoint_every=0",
-        "train.steps=2",
+        "train.steps=1",
         "data.corpus=pydocs",
     ]
     run(make_config("nano", [*base, *overrides]), workdir)
@@ -66,10 +67,20 @@ def bpe_run(tmp_path_factory, cache):
     )
 
 
-def _exported(run_dir: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "hf"
+def _export(run_dir: Path) -> Path:
+    out = run_dir.parent / "hf"
     assert cli("export", str(run_dir), "format=hf", f"workdir={out}") == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def exported(byte_run, bpe_run):
+    """Each run exported once: {"byte_run": hf_dir, "bpe_run": hf_dir} (copy before changing)."""
+    return {"byte_run": _export(byte_run), "bpe_run": _export(bpe_run)}
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(src, tmp_path / "hf"))
 
 
 # --- the reference Llama ------------------------------------------------------------------------
@@ -132,9 +143,8 @@ def _our_logits(run_dir: Path, tokens: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("which", ["byte_run", "bpe_run"])
-def test_exported_weights_are_a_llama(which, request, tmp_path):
-    run_dir = request.getfixturevalue(which)
-    out = _exported(run_dir, tmp_path)
+def test_exported_weights_are_a_llama(which, request, exported):
+    run_dir, out = request.getfixturevalue(which), exported[which]
     c = json.loads((out / "config.json").read_text())
     tokens = np.random.default_rng(0).integers(0, c["vocab_size"], size=40)
     ref = reference_llama_logits(out, tokens)
@@ -155,9 +165,8 @@ def test_exported_weights_are_a_llama(which, request, tmp_path):
 
 
 @pytest.mark.parametrize("which", ["byte_run", "bpe_run"])
-def test_export_import_round_trip_is_bit_exact(which, request, tmp_path):
-    run_dir = request.getfixturevalue(which)
-    out = _exported(run_dir, tmp_path)
+def test_export_import_round_trip_is_bit_exact(which, request, exported, tmp_path):
+    run_dir, out = request.getfixturevalue(which), exported[which]
     assert cli("import", str(out), f"workdir={tmp_path / 'back'}") == 0
     cfg_a, tok_a, params_a, _ = hf.load_run_params(run_dir)
     cfg_b, tok_b, params_b, step_b = hf.load_run_params(tmp_path / "back")
@@ -172,12 +181,12 @@ def test_export_import_round_trip_is_bit_exact(which, request, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_byte_tokenizer_for_transformers_maps_bytes_to_the_same_ids(byte_run, tmp_path):
+def test_byte_tokenizer_for_transformers_maps_bytes_to_the_same_ids(exported):
     from tokenizers import Tokenizer
 
     from compactlm.data import ByteTokenizer
 
-    out = _exported(byte_run, tmp_path)
+    out = exported["byte_run"]
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     ours = ByteTokenizer()
     text = "def f(x):\n\treturn 'héllo wörld' + \"€ 😀\"  # ünïcode\r\n" + "".join(
@@ -191,12 +200,12 @@ def test_byte_tokenizer_for_transformers_maps_bytes_to_the_same_ids(byte_run, tm
     assert (config["eos_token_id"], config["bos_token_id"]) == (ours.eos_id, ours.bos_id)
 
 
-def test_bpe_tokenizer_exports_as_is(bpe_run, tmp_path):
+def test_bpe_tokenizer_exports_as_is(bpe_run, exported):
     from tokenizers import Tokenizer
 
     from compactlm.data import load_tokenizer
 
-    out = _exported(bpe_run, tmp_path)
+    out = exported["bpe_run"]
     theirs, ours = Tokenizer.from_file(str(out / "tokenizer.json")), load_tokenizer(bpe_run)
     text = "for key, value in sorted(items.items()):\n    print(key, value)  # é"
     assert theirs.encode(text, add_special_tokens=False).ids == ours.encode(text).tolist()
@@ -218,10 +227,10 @@ def _shard(hf_dir: Path) -> None:
     (hf_dir / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-def test_foreign_sharded_checkpoint_imports_and_evaluates(byte_run, tmp_path, capsys):
+def test_foreign_sharded_checkpoint_imports_and_evaluates(byte_run, exported, tmp_path, capsys):
     """A checkpoint without our config block (as from the Hub), sharded: an "hf" tokenizer run
     whose eval loss equals the original run's (same weights, same ids)."""
-    out = _exported(byte_run, tmp_path)
+    out = _copy(exported["byte_run"], tmp_path)
     config = json.loads((out / "config.json").read_text())
     del config["compactlm"]
     (out / "config.json").write_text(json.dumps(config))
@@ -241,8 +250,8 @@ def test_foreign_sharded_checkpoint_imports_and_evaluates(byte_run, tmp_path, ca
     assert capsys.readouterr().out.startswith("def ")
 
 
-def _hf_dir_with(tmp_path: Path, byte_run: Path, **changes) -> Path:
-    out = _exported(byte_run, tmp_path)
+def _hf_dir_with(tmp_path: Path, src: Path, **changes) -> Path:
+    out = _copy(src, tmp_path)
     config = json.loads((out / "config.json").read_text())
     config.pop("compactlm")
     config.update(changes)
@@ -263,16 +272,16 @@ def _hf_dir_with(tmp_path: Path, byte_run: Path, **changes) -> Path:
         ({"hidden_size": 96}, "tensor model.embed_tokens.weight has shape [320, 64]"),
     ],
 )
-def test_unsupported_fields_are_one_line_errors(changes, message, byte_run, tmp_path, capsys):
-    src = _hf_dir_with(tmp_path, byte_run, **changes)
+def test_unsupported_fields_are_one_line_errors(changes, message, exported, tmp_path, capsys):
+    src = _hf_dir_with(tmp_path, exported["byte_run"], **changes)
     assert cli("import", str(src), f"workdir={tmp_path / 'out'}") == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
-def test_bias_tensor_and_missing_tensor_are_named(byte_run, tmp_path, capsys):
-    src = _exported(byte_run, tmp_path)
+def test_bias_tensor_and_missing_tensor_are_named(exported, tmp_path, capsys):
+    src = _copy(exported["byte_run"], tmp_path)
     w = load_file(src / "model.safetensors")
     w["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64, np.float32)
     save_file(w, src / "model.safetensors", metadata={"format": "pt"})
@@ -284,8 +293,8 @@ def test_bias_tensor_and_missing_tensor_are_named(byte_run, tmp_path, capsys):
     assert "tensor model.layers.3.mlp.up_proj.weight is missing" in capsys.readouterr().err
 
 
-def test_pickle_weights_are_never_loaded(tmp_path, byte_run, capsys):
-    src = _exported(byte_run, tmp_path)
+def test_pickle_weights_are_never_loaded(tmp_path, exported, capsys):
+    src = _copy(exported["byte_run"], tmp_path)
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     assert cli("import", str(src), f"workdir={tmp_path / 'out'}") == 2
     assert "pickle files are never loaded" in capsys.readouterr().err
