@@ -503,6 +503,7 @@ def tokenizer_from_hf(hf_dir: Path, hf: Mapping[str, Any], cfg: Config) -> Any:
 
 def _program(cfg: Config):
     """A one-device Program for cfg (abstract shapes, the optimizer's state structure)."""
+    from compactlm.train.loop import trainable_filter
     from compactlm.train.mesh import MeshConfig, batch_sharding, make_mesh
     from compactlm.train.optim import make_optimizer
     from compactlm.train.step import build
@@ -510,7 +511,12 @@ def _program(cfg: Config):
     mesh = make_mesh(MeshConfig(devices=1))
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     return build(
-        cfg.model, tx, mesh, grad_accum=cfg.train.grad_accum, batch_sharding=batch_sharding(mesh)
+        cfg.model,
+        tx,
+        mesh,
+        trainable=trainable_filter(cfg),
+        grad_accum=cfg.train.grad_accum,
+        batch_sharding=batch_sharding(mesh),
     )
 
 
