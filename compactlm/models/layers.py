@@ -1,4 +1,4 @@
-"""Decoder building blocks: the linear factory, RMSNorm, RoPE, GQA attention, SwiGLU MLP."""
+"""Decoder building blocks: RMSNorm, RoPE, GQA attention, SwiGLU MLP (linears: models/linear.py)."""
 # ruff: noqa: F722  (jaxtyping shape strings are not forward references)
 
 from __future__ import annotations
@@ -11,126 +11,11 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from compactlm.models.attention import blocked_causal_attention
+from compactlm.models.dense import param_init  # noqa: F401  (re-exported for callers)
+from compactlm.models.linear import halves, make_linear, qkv_layout, single
 
 if TYPE_CHECKING:
     from compactlm.models.config import ModelConfig
-
-
-def param_init(std: float, axes: tuple[str | None, ...]) -> nnx.Initializer:
-    """Normal(0, std) initializer carrying mesh-axis names for nnx.get_partition_spec.
-
-    eager_sharding=False: flax >= 0.12 otherwise shards annotated variables at creation and then
-    *requires* a mesh context, so a plain single-device `Transformer(cfg, rngs=...)` would fail.
-    Sharded creation goes through `create_sharded_model` (jit + with_sharding_constraint).
-    """
-    return nnx.with_partitioning(nnx.initializers.normal(stddev=std), axes, eager_sharding=False)
-
-
-_NO_BATCH: tuple[tuple[()], tuple[()]] = ((), ())
-
-
-@jax.custom_vjp
-def dense_matmul(x: Float[Array, "... I"], w: Float[Array, "I O"]) -> Float[Array, "... O"]:
-    """x @ w with f32 accumulation, and a backward that XLA:CPU runs without layout copies.
-
-    Same values as `einsum("...i,io->...o", preferred_element_type=f32)`; only the backward's
-    dot_generals differ. Autodiff of the einsum contracts dW over the two leading axes of x
-    [B, T, I] and dy [B, T, O] and transposes the result, and XLA:CPU materialises
-    dy^T [O, B·T] (a `copy_bitcast_fusion`) for it, once per linear per step. Here x and dy are
-    flattened to [M, I] / [M, O] and dW = dot_general(x, dy, contracting dim 0 of both) comes out
-    [I, O] directly, which XLA's CPU dot takes without a copy (16 fewer copy fusions in the tiny
-    step). Measured `tiny` train step (B16×T256, f32, unrolled, 2-core Zen 4, variants compiled in
-    one process and alternated step by step, paired median ratio): 1.145×, 1.139×, 1.136×
-    (30, 40, 30 rounds; bf16 compute 1.09×) vs the autodiffed einsum; saving a pre-transposed
-    x^T in the forward instead gave 1.12×, computing (dy^T x)^T 1.11× (docs/benchmarks.md).
-    """
-    return jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32)
-
-
-def _dense_matmul_fwd(x, w):
-    return dense_matmul(x, w), (x, w)
-
-
-def _dense_matmul_bwd(res, dy):
-    x, w = res
-    x_MI = x.reshape(-1, x.shape[-1])
-    dy_MO = dy.reshape(-1, dy.shape[-1])
-    # Mixed dtypes (f32 dy, bf16 operands) as in jax's own transpose rule: f32 products.
-    dx_MI = jax.lax.dot_general(
-        dy_MO, w, (((1,), (1,)), _NO_BATCH), preferred_element_type=jnp.float32
-    )
-    dw_IO = jax.lax.dot_general(
-        x_MI, dy_MO, (((0,), (0,)), _NO_BATCH), preferred_element_type=jnp.float32
-    )
-    return dx_MI.reshape(x.shape).astype(x.dtype), dw_IO.astype(w.dtype)
-
-
-dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
-
-
-class Linear(nnx.Module):
-    """Dense y = x @ kernel, no bias; kernel [in, out] (Flax / DESIGN §3 orientation).
-
-    The product goes through `dense_matmul`, whose custom VJP avoids XLA:CPU's transposed copy
-    of dy for every weight gradient (1.14× on the tiny train step, see its docstring).
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        param_dtype: jnp.dtype,
-        compute_dtype: jnp.dtype,
-        out_dtype: jnp.dtype,
-        init_std: float,
-        kernel_axes: tuple[str | None, str | None],
-        rngs: nnx.Rngs,
-    ):
-        self.in_features, self.out_features = in_features, out_features
-        self.compute_dtype, self.out_dtype = compute_dtype, out_dtype
-        init = param_init(init_std, kernel_axes)
-        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), param_dtype))
-
-    def __call__(self, x: Float[Array, "... I"]) -> Float[Array, "... O"]:
-        # f32 accumulation even for bf16 operands (bf16 sums lose ~3 digits at K=4096).
-        y = dense_matmul(x.astype(self.compute_dtype), self.kernel[...].astype(self.compute_dtype))
-        return y.astype(self.out_dtype)
-
-
-def make_linear(
-    in_features: int,
-    out_features: int,
-    *,
-    cfg: ModelConfig,
-    rngs: nnx.Rngs,
-    kernel_axes: tuple[str | None, str | None],
-    init_std: float | None = None,
-    out_dtype: str | None = None,
-) -> nnx.Module:
-    """THE factory for every linear layer of the model; `cfg.weight_format` picks the kind.
-
-    kernel_axes names the mesh axes of kernel [in, out]; init_std defaults to cfg.init_std;
-    out_dtype defaults to cfg.compute_dtype (the LM head asks for float32 logits).
-    """
-    fmt = cfg.weight_format
-    if fmt == "dense":
-        return Linear(
-            in_features,
-            out_features,
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            compute_dtype=jnp.dtype(cfg.compute_dtype),
-            out_dtype=jnp.dtype(out_dtype or cfg.compute_dtype),
-            init_std=cfg.init_std if init_std is None else init_std,
-            kernel_axes=kernel_axes,
-            rngs=rngs,
-        )
-    from compactlm.models.config import STORAGE_FORMATS
-
-    if fmt not in STORAGE_FORMATS:
-        valid = ", ".join(STORAGE_FORMATS)
-        raise ValueError(f"unknown weight_format {fmt!r}; valid formats: {valid}")
-    raise ValueError(f"weight_format {fmt!r} cannot be built by make_linear yet")
 
 
 class RMSNorm(nnx.Module):
@@ -205,7 +90,7 @@ def resolve_attention_impl(impl: str, dtype: jnp.dtype, head_dim: int) -> str:
 class Attention(nnx.Module):
     """Causal grouped-query attention (Ainslie et al. 2023): N query heads share K kv heads."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, path: str = "layers.0.attn"):
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = N, K, H
         self.impl = resolve_attention_impl(cfg.attention_impl, jnp.dtype(cfg.compute_dtype), H)
@@ -214,10 +99,19 @@ class Attention(nnx.Module):
         # (k, j, h) = query head k·G + j for j < G, then key (j = G) and value (j = G + 1) of kv
         # head k. One GEMM instead of three (the backward's dX is one GEMM too); a contiguous
         # "tensor" split of the columns hands each device whole kv groups whenever tensor | K.
-        G = N // K
-        self.qkv_proj = make_linear(D, K * (G + 2) * H, cfg=cfg, rngs=rngs, kernel_axes=col)
+        # Its named views q / k / v (models/linear.py::Layout) are what adapters, export and
+        # calibration see.
+        self.qkv_proj = make_linear(
+            qkv_layout(N, K, H), D, cfg=cfg, rngs=rngs, kernel_axes=col, path=path
+        )
         self.o_proj = make_linear(
-            N * H, D, cfg=cfg, rngs=rngs, kernel_axes=row, init_std=cfg.residual_init_std
+            single("o", D),
+            N * H,
+            cfg=cfg,
+            rngs=rngs,
+            kernel_axes=row,
+            init_std=cfg.residual_init_std,
+            path=path,
         )
 
     def __call__(
@@ -228,18 +122,19 @@ class Attention(nnx.Module):
         cache_kv: tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None = None,
         cache_index: Int[Array, ""] | None = None,
         mask_BTS: Bool[Array, "B T S"] | None = None,
+        rng: jax.Array | None = None,
     ) -> tuple[
         Float[Array, "B T D"], tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None
     ]:
         """Without a cache: causal self-attention over T. With one: write the T new keys/values
-        at cache_index, attend to the whole cache under mask_BTS, return the updated cache."""
+        at cache_index, attend to the whole cache under mask_BTS, return the updated cache.
+        rng: key for the projections' stochastic adapters (dropout); None = deterministic."""
         B, T, _ = x_BTD.shape
         N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
-        G = N // K
-        qkv_BTKJH = self.qkv_proj(x_BTD).reshape(B, T, K, G + 2, H)
-        q_BTNH = apply_rope(qkv_BTKJH[:, :, :, :G].reshape(B, T, N, H), sin_BTH2, cos_BTH2)
-        k_BTKH = apply_rope(qkv_BTKJH[:, :, :, G], sin_BTH2, cos_BTH2)
-        v_BTKH = qkv_BTKJH[:, :, :, G + 1]
+        qkv = self.qkv_proj.layout.split(self.qkv_proj(x_BTD, rng=_fold(rng, 0)))
+        q_BTNH = apply_rope(qkv["q"].reshape(B, T, N, H), sin_BTH2, cos_BTH2)
+        k_BTKH = apply_rope(qkv["k"].reshape(B, T, K, H), sin_BTH2, cos_BTH2)
+        v_BTKH = qkv["v"].reshape(B, T, K, H)
         new_cache = None
         if cache_kv is None and self.impl == "blocked":
             out_BTNH = blocked_causal_attention(q_BTNH, k_BTKH, v_BTKH)
@@ -262,13 +157,13 @@ class Attention(nnx.Module):
                 implementation="xla",
             )
             new_cache = (k_BSKH, v_BSKH)
-        return self.o_proj(out_BTNH.reshape(B, T, N * H)), new_cache
+        return self.o_proj(out_BTNH.reshape(B, T, N * H), rng=_fold(rng, 1)), new_cache
 
 
 class MLP(nnx.Module):
     """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, path: str = "layers.0.mlp"):
         D, F = cfg.d_model, cfg.d_ff
         # gate and up as one [D, 2F] projection, gate = columns [0, F), up = [F, 2F): one GEMM
         # (and one dX GEMM in the backward) instead of two; 1.07x faster train step at `tiny`
@@ -277,16 +172,27 @@ class MLP(nnx.Module):
         # all gates on one device, all ups on another), so its output axis is replicated over
         # "tensor" (fsdp still shards D); down_proj's F rows stay tensor-sharded and GSPMD
         # slices the replicated activations locally, without communication.
-        self.gate_up_proj = make_linear(D, 2 * F, cfg=cfg, rngs=rngs, kernel_axes=("fsdp", None))
+        self.gate_up_proj = make_linear(
+            halves("gate", "up", F), D, cfg=cfg, rngs=rngs, kernel_axes=("fsdp", None), path=path
+        )
         self.down_proj = make_linear(
+            single("down", D),
             F,
-            D,
             cfg=cfg,
             rngs=rngs,
             kernel_axes=("tensor", "fsdp"),
             init_std=cfg.residual_init_std,
+            path=path,
         )
 
-    def __call__(self, x_BTD: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
-        gate_BTF, up_BTF = jnp.split(self.gate_up_proj(x_BTD), 2, axis=-1)
-        return self.down_proj(jax.nn.silu(gate_BTF) * up_BTF)
+    def __call__(
+        self, x_BTD: Float[Array, "B T D"], rng: jax.Array | None = None
+    ) -> Float[Array, "B T D"]:
+        gu = self.gate_up_proj.layout.split(self.gate_up_proj(x_BTD, rng=_fold(rng, 0)))
+        h_BTF = jax.nn.silu(gu["gate"]) * gu["up"]
+        return self.down_proj(h_BTF, rng=_fold(rng, 1))
+
+
+def _fold(rng: jax.Array | None, i: int) -> jax.Array | None:
+    """A distinct key per sub-module (None stays None: deterministic)."""
+    return None if rng is None else jax.random.fold_in(rng, i)

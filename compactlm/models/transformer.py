@@ -21,14 +21,9 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from compactlm.models.config import ModelConfig
-from compactlm.models.layers import (
-    MLP,
-    Attention,
-    RMSNorm,
-    make_linear,
-    param_init,
-    rope_sin_cos,
-)
+from compactlm.models.dense import param_init
+from compactlm.models.layers import MLP, Attention, RMSNorm, rope_sin_cos
+from compactlm.models.linear import make_linear, single
 
 __all__ = ["Block", "KVCache", "ModelConfig", "Transformer", "create_sharded_model"]
 
@@ -44,19 +39,32 @@ class KVCache(NamedTuple):
 class Block(nnx.Module):
     """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0):
+        """layer: the block's index, naming its linears' paths (`layers.3.attn.q`) for adapter
+        targeting; scanned blocks are built once for all layers (Transformer checks that the
+        targets do not depend on the index then)."""
         pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
         self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, path=f"layers.{layer}.attn")
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, path=f"layers.{layer}.mlp")
 
-    def __call__(self, x_BTD, sin_BTH2, cos_BTH2, cache_kv=None, cache_index=None, mask_BTS=None):
+    def __call__(
+        self,
+        x_BTD,
+        sin_BTH2,
+        cos_BTH2,
+        cache_kv=None,
+        cache_index=None,
+        mask_BTS=None,
+        rng=None,
+    ):
+        attn_rng, mlp_rng = (None, None) if rng is None else jax.random.split(rng)
         h_BTD, cache_kv = self.attn(
-            self.attn_norm(x_BTD), sin_BTH2, cos_BTH2, cache_kv, cache_index, mask_BTS
+            self.attn_norm(x_BTD), sin_BTH2, cos_BTH2, cache_kv, cache_index, mask_BTS, attn_rng
         )
         x_BTD = x_BTD + h_BTD
-        return x_BTD + self.mlp(self.mlp_norm(x_BTD)), cache_kv
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD), mlp_rng), cache_kv
 
 
 def _remat(fn, mode: str):
@@ -76,6 +84,8 @@ class Transformer(nnx.Module):
         init = param_init(cfg.init_std, ("tensor", "fsdp"))
         self.embedding = nnx.Param(init(rngs.params(), (V, D), jnp.dtype(cfg.param_dtype)))
         if cfg.scan_layers:
+            _check_uniform_targets(cfg)
+
             # One Block per slice of a stacked [L, ...] state; the layer axis is unsharded (None).
             @nnx.split_rngs(splits=cfg.n_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
@@ -84,7 +94,7 @@ class Transformer(nnx.Module):
 
             self.layers = make_blocks(rngs)
         else:
-            self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+            self.layers = nnx.List([Block(cfg, rngs=rngs, layer=i) for i in range(cfg.n_layers)])
         self.final_norm = RMSNorm(
             D,
             eps=cfg.norm_eps,
@@ -96,7 +106,14 @@ class Transformer(nnx.Module):
             None
             if cfg.tie_embeddings
             else make_linear(
-                D, V, cfg=cfg, rngs=rngs, kernel_axes=("fsdp", "tensor"), out_dtype="float32"
+                single("lm_head", V),
+                D,
+                cfg=cfg,
+                rngs=rngs,
+                kernel_axes=("fsdp", "tensor"),
+                out_dtype="float32",
+                path="",
+                storage="dense",  # the head stays dense under packed formats (as in QLoRA)
             )
         )
 
@@ -144,26 +161,28 @@ class Transformer(nnx.Module):
             S = cache.k_LBSKH.shape[2]
             mask_BTS = jnp.arange(S)[None, None, :] <= positions_BT[:, :, None]
 
-        def apply_block(graphdef, state, x_BTD, cache_kv):
+        def apply_block(graphdef, state, x_BTD, cache_kv, layer_rng):
             block = nnx.merge(graphdef, state)
-            return block(x_BTD, sin_BTH2, cos_BTH2, cache_kv, index, mask_BTS)
+            return block(x_BTD, sin_BTH2, cos_BTH2, cache_kv, index, mask_BTS, layer_rng)
 
         apply_block = _remat(apply_block, cfg.remat)
         kv = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
+        layer_rngs = None if rng is None else jax.random.split(rng, cfg.n_layers)
         if cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
 
             def body(x_BTD, xs):
-                layer_state, cache_kv = xs
-                return apply_block(graphdef, layer_state, x_BTD, cache_kv)
+                layer_state, cache_kv, layer_rng = xs
+                return apply_block(graphdef, layer_state, x_BTD, cache_kv, layer_rng)
 
-            x_BTD, kv = jax.lax.scan(body, x_BTD, (state, kv))
+            x_BTD, kv = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs))
         else:
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
                 graphdef, state = nnx.split(layer)
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-                x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv)
+                layer_rng = None if layer_rngs is None else layer_rngs[i]
+                x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv, layer_rng)
                 if layer_kv is not None:
                     new_k.append(layer_kv[0])
                     new_v.append(layer_kv[1])
@@ -178,11 +197,26 @@ class Transformer(nnx.Module):
                 preferred_element_type=jnp.float32,
             )
         else:
-            logits_BTV = self.lm_head(x_BTD)
+            logits_BTV = self.lm_head(
+                x_BTD, rng=None if rng is None else jax.random.fold_in(rng, -1)
+            )
         logits_BTV = logits_BTV.astype(jnp.float32)
         if cache is None:
             return logits_BTV
         return logits_BTV, KVCache(kv[0], kv[1], cache.index + T)
+
+
+def _check_uniform_targets(cfg: ModelConfig) -> None:
+    """Scanned layers share one structure: adapters must target every layer or none."""
+    if cfg.adapter.kind == "none" or not cfg.adapter.target_regex:
+        return
+    for part in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"):
+        hits = {cfg.adapter.targets_path(f"layers.{i}.{part}") for i in range(cfg.n_layers)}
+        if len(hits) > 1:
+            raise ValueError(
+                f"adapter.target_regex={cfg.adapter.target_regex!r} selects {part} in some layers "
+                "only; scanned layers share one structure: set model.scan_layers=false"
+            )
 
 
 def create_sharded_model(

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from compactlm.models.layers import (
-    MLP,
-    Attention,
-    Linear,
-    RMSNorm,
-    apply_rope,
-    make_linear,
-    rope_sin_cos,
-)
+from compactlm.models.dense import Linear
+from compactlm.models.layers import MLP, Attention, RMSNorm, apply_rope, rope_sin_cos
+from compactlm.models.linear import make_linear, single
 from compactlm.models.transformer import Block, ModelConfig
 from tests.tolerances import tol
 
@@ -113,7 +107,9 @@ def test_block_is_causal():
 
 def test_make_linear_dense_orientation():
     cfg = ModelConfig(**SMALL)
-    lin = make_linear(8, 3, cfg=cfg, rngs=nnx.Rngs(0), kernel_axes=("fsdp", "tensor"))
+    lin = make_linear(
+        single("o", 3), 8, cfg=cfg, rngs=nnx.Rngs(0), kernel_axes=("fsdp", "tensor"), path=""
+    )
     assert isinstance(lin, Linear) and lin.kernel[...].shape == (8, 3)
     x = jnp.ones((2, 8))
     np.testing.assert_allclose(lin(x), x @ lin.kernel[...], **tol("f32_reorder"))
@@ -124,7 +120,9 @@ def test_make_linear_dense_orientation():
 def test_linear_custom_vjp_grads_match_plain_einsum(dtype):
     """dense_matmul's hand-written backward == jax.grad of the plain autodiffed einsum."""
     cfg = ModelConfig(**SMALL, compute_dtype=dtype)
-    lin = make_linear(16, 24, cfg=cfg, rngs=nnx.Rngs(0), kernel_axes=(None, None))
+    lin = make_linear(
+        single("o", 24), 16, cfg=cfg, rngs=nnx.Rngs(0), kernel_axes=(None, None), path=""
+    )
     w = lin.kernel[...]
     x = jax.random.normal(jax.random.key(1), (3, 5, 16))
     probe = jax.random.normal(jax.random.key(2), (3, 5, 24))
@@ -156,6 +154,6 @@ def test_make_linear_unknown_format_lists_valid():
     cfg = ModelConfig(**SMALL)
     object.__setattr__(cfg, "weight_format", "int3")  # bypass __post_init__ to reach the factory
     with pytest.raises(ValueError, match="valid formats: dense"):
-        make_linear(8, 3, cfg=cfg, rngs=nnx.Rngs(0), kernel_axes=(None, None))
+        make_linear(single("o", 3), 8, cfg=cfg, rngs=nnx.Rngs(0), kernel_axes=(None, None), path="")
     with pytest.raises(ValueError, match="dense"):
         dataclasses.replace(ModelConfig(**SMALL), weight_format="int3")

@@ -1,0 +1,122 @@
+"""Frozen packed linears calling the kernels: int4 / NF4 / FP4 weights (QLoRA bases).
+
+Data (DESIGN §3, kernels/packing.py): `qweight[K/8, N]` int32 codes, `scales[K/G, N]` (int4
+scales or NF4 / FP4 absmax). With double quantization (QLoRA §3, nf4 / fp4 only) the absmax
+constants are stored again as int8 codes in flat blocks of 256 with one f32 scale per block and an
+f32 mean, and are dequantized on the fly in every forward (4.127 bits per parameter at G = 64
+instead of 4.5). All of it is `Frozen` state: never trained, never in the optimizer; gradients
+reach x through `int4_matmul`'s custom VJP (Triton on CUDA, the jnp reference elsewhere).
+"""
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+from compactlm.kernels import packing
+from compactlm.kernels.int4_matmul import int4_matmul
+from compactlm.models.config import QUANTIZED_FORMATS, Frozen
+from compactlm.models.dense import StorageLinear
+
+
+class QuantizedLinear(StorageLinear):
+    """y = x @ dequantize(codes) with the weight held packed; `format` ∈ int4 | nf4 | fp4."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        format: str,
+        group_size: int,
+        double_quant: bool,
+        compute_dtype: jnp.dtype,
+        out_dtype: jnp.dtype,
+        init_std: float,
+        kernel_axes: tuple[str | None, str | None],
+        rngs: nnx.Rngs,
+        layout=None,
+    ):
+        if format not in QUANTIZED_FORMATS:
+            raise ValueError(f"format {format!r}; valid: {', '.join(QUANTIZED_FORMATS)}")
+        if in_features % group_size:
+            raise ValueError(
+                f"in_features={in_features} is not divisible by the {format} block size "
+                f"{group_size} (model.quant_group_size)"
+            )
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype, self.out_dtype = compute_dtype, out_dtype
+        # adapter: a data slot (None until make_linear attaches a models/lora.py Adapter)
+        self.layout, self.adapter = layout, nnx.data(None)
+        self.format, self.group_size = format, group_size
+        self.double_quant = double_quant and format != "int4"
+        self.kernel_axes = kernel_axes
+        # A random base (from-scratch construction, shapes for checkpoints); a real base is
+        # written with load_dense.
+        w = init_std * jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32)
+        self._store(w)
+
+    def _frozen(self, value, axes) -> Frozen:
+        return Frozen(value, out_sharding=axes, eager_sharding=False)
+
+    def _store(self, w: Float[Array, "I O"]) -> None:
+        """Quantize w and (re)write the frozen storage; values in place once it exists, so
+        the sharding metadata set at construction is kept."""
+        qweight, scales, _ = packing.quantize(
+            jnp.asarray(w, jnp.float32), self.format, self.group_size
+        )
+        stored = {"qweight": (qweight, self.kernel_axes)}
+        if self.double_quant:
+            dq = packing.double_quantize(scales)
+            stored |= {
+                "absmax_codes": (dq.codes, self.kernel_axes),
+                "absmax_scales": (dq.scales, (None,)),
+                "absmax_mean": (dq.mean, ()),
+            }
+        else:
+            stored["scales"] = (scales, self.kernel_axes)
+        for name, (value, axes) in stored.items():
+            if isinstance(getattr(self, name, None), Frozen):
+                getattr(self, name)[...] = value
+            else:
+                setattr(self, name, self._frozen(value, axes))
+
+    def load_dense(self, w: Float[Array, "I O"]) -> None:
+        """Quantize a dense [in, out] weight into this layer's format (QLoRA: at load time)."""
+        if tuple(w.shape) != (self.in_features, self.out_features):
+            raise ValueError(f"weight shape {w.shape} != {(self.in_features, self.out_features)}")
+        self._store(w)
+
+    def block_scales(self) -> Float[Array, "KG O"]:
+        """The per-group scales / absmax in f32 (double-dequantized when stored that way)."""
+        if self.double_quant:
+            dq = packing.DoubleQuantized(
+                self.absmax_codes[...], self.absmax_scales[...], self.absmax_mean[...]
+            )
+            return packing.double_dequantize(dq)
+        return self.scales[...].astype(jnp.float32)
+
+    def matmul(self, x: Float[Array, "... I"]) -> Float[Array, "... O"]:
+        return int4_matmul(
+            x,
+            self.qweight[...],
+            self.block_scales(),
+            format=self.format,
+            group_size=self.group_size,
+        ).astype(jnp.float32)
+
+    def dense_weight(self) -> Float[Array, "I O"]:
+        return packing.dequantize(
+            self.qweight[...], self.block_scales(), format=self.format, group_size=self.group_size
+        )
+
+    def bits_per_parameter(self) -> float:
+        return packing.bits_per_parameter(
+            self.format,
+            self.group_size,
+            double_quant=self.double_quant,
+            shape=(self.in_features, self.out_features),
+        )
