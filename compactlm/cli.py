@@ -11,6 +11,7 @@ compactlm sweep NAME [--dry-run] [seeds=3] [only=ROW,...] [root=runs/sweeps]
 compactlm report NAME [out=DIR] [root=runs/sweeps]
 compactlm export RUN_DIR format=hf workdir=OUT
 compactlm import HF_DIR workdir=RUN_DIR [key=value ...]
+compactlm pick memory=2GiB [latency_ms=...] [device=cpu|h100|h200] [metric=bpb] [--plot]
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from collections.abc import Sequence
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
-COMMANDS = ("train", "eval", "generate", "info", "bench", "sweep", "report", "export", "import")
+COMMANDS = (
+    "train",
+    "eval",
+    "generate",
+    "info",
+    "bench",
+    "sweep",
+    "report",
+    "pick",
+    "export",
+    "import",
+)
 
 
 def _split_args(args: Sequence[str]) -> tuple[str | None, list[str], dict[str, str]]:
@@ -129,6 +141,17 @@ def _cmd_import(args: list[str]) -> int:
     if source is None:
         raise _usage_error("import needs a Hugging Face model directory (HF_DIR)")
     return commands.import_(source, overrides, workdir=special.get("workdir"))
+
+
+def _cmd_pick(args: list[str]) -> int:
+    from compactlm import commands
+
+    plot = "--plot" in args
+    args = [a for a in args if a != "--plot"]
+    _, options, _ = _split_args(args)
+    if any("=" not in a for a in args):
+        raise _usage_error(f"pick takes only key=value options, got {args}")
+    return commands.pick([*options, *(["plot=true"] if plot else [])])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

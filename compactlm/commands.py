@@ -238,3 +238,12 @@ def import_(source: str, overrides: Sequence[str], *, workdir: str | None) -> in
         "finetune take it as RUN_DIR"
     )
     return 0
+
+
+def pick(args: Sequence[str]) -> int:
+    """Presets × storage formats under a memory / latency budget: the Pareto front and a pick."""
+    from compactlm.eval.pick import PickConfig
+    from compactlm.eval.pick import pick as run_pick
+
+    print(run_pick(apply_overrides(PickConfig(), args)))
+    return 0

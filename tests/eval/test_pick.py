@@ -1,0 +1,137 @@
+"""The model picker: predicted bytes against `info` and the definitions, the join, the front."""
+
+import json
+
+import pytest
+
+from compactlm.cli import main
+from compactlm.eval.pick import (
+    PickConfig,
+    candidates,
+    pareto_front,
+    parse_bytes,
+    pick,
+    recommend,
+    resolved_model,
+)
+from compactlm.eval.report import _human, info_rows
+from compactlm.models.footprint import count_params
+
+
+def _cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code or 0
+
+
+def test_parse_bytes():
+    assert parse_bytes("2GiB") == 2 * 2**30
+    assert parse_bytes("500MB") == 500 * 10**6
+    assert parse_bytes("1.5 KiB") == 1536 and parse_bytes("12") == 12
+    for bad in ("lots", "2 parsecs", "GiB"):
+        with pytest.raises(ValueError, match="use a number with"):
+            parse_bytes(bad)
+
+
+# Bits per block-linear weight from DESIGN §3, written out here independently of footprint.py.
+DEFINITION_BITS = {
+    "float32": 32,
+    "bfloat16": 16,
+    "int4": 4 + 16 / 128,
+    "nf4": 4 + 16 / 64,
+    "fp4": 4 + 16 / 64,
+    "sparse24": 16 / 2 + 4 / 4,
+    "sparse24_int4": (4 + 16 / 128) / 2 + 4 / 4,
+}
+INFO_LABELS = {
+    "float32": "weights f32",
+    "bfloat16": "weights bf16",
+    "int4": "weights int4 (g128)",
+    "sparse24": "weights 2:4 bf16",
+    "sparse24_int4": "weights int4+2:4",
+}
+
+
+def test_predicted_bytes_match_info_and_the_definitions(tmp_path):
+    from compactlm.config import make_config
+
+    cfg = PickConfig(device="h100", runs=str(tmp_path))
+    rows = candidates(cfg, bandwidth=3.35e12)
+    for preset in ("nano", "tiny", "small", "base"):
+        info = info_rows(make_config(preset))
+        model = resolved_model(preset)
+        counts = count_params(model)
+        other = counts["total"] - counts["linear"]
+        mine = {r["format"]: r for r in rows if r["preset"] == preset}
+        assert set(mine) == set(DEFINITION_BITS)
+        for fmt, bits in DEFINITION_BITS.items():
+            other_bytes = other * (4 if fmt == "float32" else 2)
+            assert mine[fmt]["weights"] == int(counts["linear"] * bits / 8 + other_bytes), fmt
+            if fmt in INFO_LABELS:
+                assert _human(mine[fmt]["weights"]) == info[INFO_LABELS[fmt]], (preset, fmt)
+        # KV cache at the preset's max context, B = 1: info's row; by definition 2·L·T·K·H·2 B.
+        kv = 2 * model.n_layers * model.max_seq_len * model.n_kv_heads * model.resolved_head_dim
+        assert mine["bfloat16"]["kv_cache"] == 2 * kv
+        assert _human(mine["bfloat16"]["kv_cache"]) == info["KV cache bf16 (B=1, T=max)"]
+        # Decode latency: (weights + KV) bytes over the bandwidth.
+        r = mine["int4"]
+        assert r["decode_ms"] == pytest.approx((r["weights"] + r["kv_cache"]) / 3.35e12 * 1e3)
+
+
+def _row(preset, fmt, total, quality, params=1):
+    return {"preset": preset, "format": fmt, "total": total, "quality": quality, "params": params,
+            "source": "x", "quality_approx": False}  # fmt: skip
+
+
+def test_front_and_recommendation():
+    rows = [
+        _row("a", "int4", 10, 3.0),
+        _row("a", "bfloat16", 30, 2.9),
+        _row("b", "int4", 20, 2.5),  # dominates a/bfloat16
+        _row("b", "bfloat16", 50, 2.4),
+        _row("c", "int4", 60, None, params=9),
+    ]
+    front = pareto_front(rows)
+    assert [(r["preset"], r["format"]) for r in front] == [
+        ("a", "int4"), ("b", "int4"), ("b", "bfloat16")
+    ]  # fmt: skip
+    best, why = recommend(rows, "bpb")
+    assert (best["preset"], best["format"]) == ("b", "bfloat16")
+    assert "lowest measured bpb" in why and "no run measured them" in why
+    best, why = recommend([_row("c", "int4", 6, None, 9), _row("c", "bfloat16", 9, None, 9),
+                           _row("a", "bfloat16", 3, None, 2)], "bpb")  # fmt: skip
+    assert (best["preset"], best["format"]) == ("c", "bfloat16") and "no run measured" in why
+    assert recommend([], "bpb") == (None, "nothing fits the budget")
+
+
+def test_measured_quality_joins_runs_by_shape_and_format(tmp_path):
+    from compactlm.config import make_config, to_dict
+    from compactlm.train.loop import resolve_vocab
+
+    for name, bpb in (("a", 2.6), ("b", 2.4)):  # two nano-shaped runs: the better one is used
+        run = tmp_path / "sweeps" / "s" / name / "seed0"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(
+            json.dumps(to_dict(resolve_vocab(make_config("nano"), 259)))
+        )
+        (run / "eval.json").write_text(json.dumps({"bpb": bpb}))
+    cfg = PickConfig(memory="1MiB", device="h200", presets=("nano", "tiny"), runs=str(tmp_path))
+    rows = {(r["preset"], r["format"]): r for r in candidates(cfg, bandwidth=4.8e12)}
+    assert rows["nano", "float32"]["quality"] == 2.4 and "/b/" in rows["nano", "float32"]["source"]
+    assert rows["nano", "bfloat16"]["quality_approx"] and rows["nano", "int4"]["quality"] is None
+    assert rows["tiny", "float32"]["quality"] is None
+    text = pick(cfg)
+    assert "Recommended: nano in bfloat16" in text and "~2.4000" in text
+
+
+def test_pick_cli(tmp_path, capsys):
+    args = ["pick", "memory=3MiB", "device=h100", "presets=nano,tiny", f"runs={tmp_path}"]
+    assert _cli(*args, "latency_ms=0.0002", f"out={tmp_path}", "--plot") == 0
+    out = capsys.readouterr().out
+    # 3 MiB admits tiny up to nf4; 0.2 µs/token at 3.35 TB/s only its int4+2:4 (647 KB moved).
+    assert "Recommended: tiny in sparse24_int4" in out and (tmp_path / "pick.png").exists()
+    assert _cli("pick", "memory=lots") == 2
+    err = capsys.readouterr().err
+    assert "use a number with" in err and "Traceback" not in err
+    assert _cli("pick", "formats=int3") == 2
+    assert "unknown formats ['int3']" in capsys.readouterr().err
