@@ -13,7 +13,10 @@ the one override language of the CLI) and seeds. Every (row, seed) is one comman
 to `runs/sweeps/NAME/results.jsonl`: row, seed, argv, resolved config, metrics (the command's
 `eval.json`), parameters, wall time, git commit. Re-running skips (row, seed) pairs whose record
 has the same argv; an interrupted run is re-run with the same command line, and `train` resumes
-from its checkpoint. A command writes its final metrics to `WORKDIR/eval.json` (train does).
+from its checkpoint; a command that does not resume (quantize, prune: they want a new output
+directory) starts again in a fresh one. A command's final metrics are `WORKDIR/eval.json` (train)
+or the "after" section of `WORKDIR/compression.json` (quantize, prune). The runner's own files sit
+beside the run directory: `seed0.log` (the command's output) and `seed0.sweep.json` (its argv).
 
 Rows that adapt or compress a model name the shared fixture with `base="tiny"`: a model trained
 deterministically once (`FIXTURES`) into `runs/sweeps/_base/<name>` and reused by every sweep;
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import runpy
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 COMMANDS = ("train", "finetune", "distill", "quantize", "prune")
+# Commands that continue a run directory they find (train resumes from its checkpoint); the
+# others need an empty output directory, so an unfinished one is removed before a re-run.
+RESUMING = ("train", "finetune", "distill")
 
 # The shared base models: command lines like any row. tiny at 600 steps (half the default run,
 # ~3-4 minutes on 2 idle cores) is trained enough that adapters and compression have something to
@@ -121,6 +128,14 @@ class Run:
     @property
     def command_line(self) -> str:
         return shlex.join(["compactlm", *self.argv])
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir.with_name(self.workdir.name + ".log")
+
+    @property
+    def marker_path(self) -> Path:
+        return self.workdir.with_name(self.workdir.name + ".sweep.json")
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -279,12 +294,28 @@ def model_figures(config: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def read_metrics(workdir: Path) -> dict[str, Any] | None:
+    """A finished run's metrics: eval.json (train and the training commands), else the "after"
+    evaluation and the sizes of compression.json (quantize, prune); None while unfinished."""
+    if (workdir / "eval.json").exists():
+        return json.loads((workdir / "eval.json").read_text())
+    if (workdir / "compression.json").exists():
+        report = json.loads((workdir / "compression.json").read_text())
+        metrics = dict(report.get("after", {}))
+        metrics.update({f"before/{k}": v for k, v in report.get("before", {}).items()})
+        sizes = report.get("sizes", {})
+        if "model_bytes" in sizes:
+            metrics["weight_bytes"] = sizes["model_bytes"]
+        metrics.update({f"sizes/{k}": v for k, v in sizes.items() if isinstance(v, int | float)})
+        return metrics
+    return None
+
+
 def collect(run: Run, wall_s: float, name: str) -> dict[str, Any]:
     """The results.jsonl record of a finished run, read from its run directory."""
-    eval_path = run.workdir / "eval.json"
-    if not eval_path.exists():
-        raise SweepError(f"{run.command_line} finished without writing {eval_path}")
-    metrics = json.loads(eval_path.read_text())
+    metrics = read_metrics(run.workdir)
+    if metrics is None:
+        raise SweepError(f"{run.command_line} finished without writing its metrics")
     config_path = run.workdir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     figures = model_figures(config) if "model" in config else {}
@@ -314,15 +345,15 @@ class Interrupted(Exception):
 
 
 def subprocess_execute(argv: Sequence[str], workdir: Path) -> int:
-    """Run `python -m compactlm ARGV`, output appended to WORKDIR/sweep.log; the exit code.
+    """Run `python -m compactlm ARGV`, output appended to WORKDIR.log beside it; the exit code.
 
     Ctrl-C reaches the child through the terminal's process group; SIGTERM is forwarded. Either
     way the parent waits for the child to save its checkpoint, then raises Interrupted (killing
     the child mid-save, as subprocess.run does on KeyboardInterrupt, would lose the step).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.parent.mkdir(parents=True, exist_ok=True)
     received: list[int] = []
-    with (workdir / "sweep.log").open("a") as log:
+    with workdir.with_name(workdir.name + ".log").open("a") as log:
         log.write(f"$ {shlex.join(['compactlm', *argv])}\n")
         log.flush()
         child = subprocess.Popen(
@@ -351,15 +382,17 @@ def subprocess_execute(argv: Sequence[str], workdir: Path) -> int:
 
 
 def _claim(run: Run) -> list[str] | None:
-    """Mark WORKDIR as this run's (sweep.json); the other argv if it already belongs to another.
+    """Mark WORKDIR as this run's (WORKDIR.sweep.json); the other argv if another run owns it.
 
     A row edited in its sweep file keeps its directory name; resuming the old run directory
     under new overrides would mix two configs (or, with fewer steps, report the old model)."""
-    marker = run.workdir / "sweep.json"
-    if marker.exists():
+    marker = run.marker_path
+    if marker.exists() and run.workdir.exists():  # (a marker without its directory is stale)
         argv = json.loads(marker.read_text())["argv"]
         return None if tuple(argv) == run.argv else argv
-    run.workdir.mkdir(parents=True, exist_ok=True)
+    if run.workdir.exists() and any(run.workdir.iterdir()):
+        return ["<unknown: a directory the sweep did not create>"]
+    marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"argv": list(run.argv)}) + "\n")
     return None
 
@@ -386,7 +419,7 @@ def run_sweep(
                 f"{base.workdir} holds another command ({shlex.join(owner)}); FIXTURES changed: "
                 "delete that directory to retrain the base"
             )
-        if not (base.workdir / "eval.json").exists():
+        if read_metrics(base.workdir) is None:
             log(f"base fixture {sweep.base}: {base.command_line}")
             t0 = time.perf_counter()
             try:
@@ -394,10 +427,8 @@ def run_sweep(
             except Interrupted as e:
                 log(f"base fixture: {e}: stopped; re-run the same sweep command to resume")
                 return {**counts, "interrupted": 1}
-            if code != 0 or not (base.workdir / "eval.json").exists():
-                raise SweepError(
-                    f"base fixture failed; see {base.workdir / 'sweep.log'}: {base.command_line}"
-                )
+            if code != 0 or read_metrics(base.workdir) is None:
+                raise SweepError(f"base fixture failed; see {base.log_path}: {base.command_line}")
             log(f"  base ready in {time.perf_counter() - t0:.0f} s")
     for i, run in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed}"
@@ -413,6 +444,8 @@ def run_sweep(
                 "file changed this row: delete that directory (or rename the row) to re-run it"
             )
             continue
+        if sweep.command not in RESUMING and run.workdir.exists():
+            shutil.rmtree(run.workdir)  # an unfinished output of a command that cannot resume
         log(f"{tag}: {run.command_line}")
         t0 = time.perf_counter()
         try:
@@ -424,7 +457,7 @@ def run_sweep(
         wall = time.perf_counter() - t0
         if code != 0:
             counts["failed"] += 1
-            log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; log: {run.workdir / 'sweep.log'}")
+            log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; log: {run.log_path}")
             continue
         try:
             record = collect(run, wall, name)

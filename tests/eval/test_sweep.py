@@ -233,3 +233,37 @@ def test_sweep_end_to_end_on_nano(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| narrow |" in out and (root / "toy" / "report.md").exists()
     assert (root / "toy" / "toy_loss.png").exists()
+
+
+def test_compression_commands_start_fresh_and_report_compression_json(tmp_path):
+    """quantize / prune want an empty output directory: an unfinished one is removed before the
+    re-run; their metrics are compression.json's "after" evaluation and sizes."""
+    spec = Sweep(title="q", command="quantize", target="{base}", base="nano", seed_key=None,
+                 rows=(Row(name="rtn", overrides=("method=rtn",)),))  # fmt: skip
+    opts = SweepOptions(root=str(tmp_path))
+    (run,) = sweeps.plan("q", spec, opts)
+    seen = []
+
+    def execute(argv, workdir):
+        if argv[0] == "train":  # the base fixture
+            workdir.mkdir(parents=True)
+            (workdir / "eval.json").write_text('{"bpb": 2.0}')
+            return 0
+        seen.append(sorted(p.name for p in workdir.iterdir()) if workdir.exists() else None)
+        workdir.mkdir(parents=True)
+        (workdir / "partial.bin").write_text("x")
+        if len(seen) == 1:
+            return 0  # stopped before writing its report
+        report = {"after": {"bpb": 2.1, "loss": 1.4}, "before": {"bpb": 2.0},
+                  "sizes": {"model_bytes": 1234, "note": "text is skipped"}}  # fmt: skip
+        (workdir / "compression.json").write_text(json.dumps(report))
+        return 0
+
+    assert sweeps.run_sweep("q", spec, opts, execute=execute, log=lambda s: None)["failed"] == 1
+    assert sweeps.run_sweep("q", spec, opts, execute=execute, log=lambda s: None)["ran"] == 1
+    assert seen == [None, None]  # the partial directory was gone before the re-run
+    (record,) = sweeps.read_results(sweeps.results_path("q", tmp_path))
+    assert record["metrics"]["bpb"] == 2.1 and record["metrics"]["before/bpb"] == 2.0
+    assert record["weight_bytes"] == 1234 and record["command_line"] == run.command_line
+    with pytest.raises(SweepError, match="use seeds=1"):
+        sweeps.plan("q", spec, SweepOptions(root=str(tmp_path), seeds=2))
