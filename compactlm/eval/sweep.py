@@ -80,7 +80,9 @@ class Sweep:
 
     title: str  # the paper table / figure this reproduces, one line
     command: str = "train"  # one of COMMANDS
-    target: str = "nano"  # positional argument: a preset, or "{base}" (the fixture's run dir)
+    # Positional argument(s): a preset, "{base}" (the fixture's run dir), or a tuple of them
+    # (distill takes TEACHER_RUN_DIR and the student preset: ("{base}", "nano")).
+    target: str | tuple[str, ...] = "nano"
     common: tuple[str, ...] = ()  # overrides shared by every row (before the row's own)
     rows: tuple[Row, ...] = ()
     seeds: int = 1  # seeds per row (0 … seeds-1); `compactlm sweep NAME seeds=3` overrides it
@@ -101,6 +103,8 @@ class Sweep:
         if self.seeds < 1:
             raise SweepError("seeds must be >= 1")
         object.__setattr__(self, "common", tuple(self.common))
+        targets = (self.target,) if isinstance(self.target, str) else tuple(self.target)
+        object.__setattr__(self, "target", targets)
         object.__setattr__(self, "rows", tuple(self.rows))
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
@@ -210,7 +214,7 @@ def plan(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> lis
     for row in rows:
         for seed in range(seeds):
             workdir = root / name / row.name / f"seed{seed}"
-            argv = [sweep.command, fill(sweep.target)]
+            argv = [sweep.command, *(fill(t) for t in sweep.target)]
             argv += [fill(o) for o in (*sweep.common, *row.overrides)]
             if sweep.seed_key is not None:
                 argv.append(f"{sweep.seed_key}={seed}")
@@ -294,11 +298,21 @@ def model_figures(config: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def read_metrics(workdir: Path) -> dict[str, Any] | None:
     """A finished run's metrics: eval.json (train and the training commands), else the "after"
     evaluation and the sizes of compression.json (quantize, prune); None while unfinished."""
-    if (workdir / "eval.json").exists():
-        return json.loads((workdir / "eval.json").read_text())
+    if (workdir / "eval.json").exists():  # nested sections (distill: teacher, student) → "a/b"
+        return _flatten(json.loads((workdir / "eval.json").read_text()))
     if (workdir / "compression.json").exists():
         report = json.loads((workdir / "compression.json").read_text())
         metrics = dict(report.get("after", {}))
