@@ -155,6 +155,19 @@ def _cmd_pick(args: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The program (`compactlm`, `python -m compactlm`); called with `argv`, the same in-process.
+
+    As the program (argv None) it first puts the fast allocator in place, which re-executes the
+    process (compactlm/allocator.py); an in-process call (tests, scripts) never re-executes.
+    """
+    if argv is None:
+        from compactlm.allocator import AllocatorError, ensure
+
+        try:
+            ensure()
+        except AllocatorError as e:
+            print(f"compactlm: error: {e}", file=sys.stderr)
+            sys.exit(2)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -153,12 +153,14 @@ def generate(run_dir: str, args: Sequence[str]) -> int:
 
 
 def info(preset: str | None, overrides: Sequence[str]) -> int:
+    from compactlm.allocator import describe
     from compactlm.config import PRESETS
     from compactlm.eval.report import info_table
 
     names = [preset] if preset else list(PRESETS)
     configs = {name: make_config(name, overrides if preset else ()) for name in names}
     print(info_table(configs))
+    print(f"\nallocator: {describe()}")
     return 0
 
 

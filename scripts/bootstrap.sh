@@ -17,7 +17,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # The console script marks an installed package (`import compactlm` alone would also succeed from
 # the repo root without any install).
-if [ ! -x "$VENV/bin/compactlm" ] || ! "$VENV/bin/python" -c "import jax_triton" >/dev/null 2>&1; then
+# A venv made before a dependency was added (cmeel-mimalloc: the allocator the CLI preloads) is
+# brought up to date by the same install.
+if [ ! -x "$VENV/bin/compactlm" ] || ! "$VENV/bin/python" -c "import jax_triton" >/dev/null 2>&1 \
+  || ! "$VENV/bin/python" -c "import sys, platform, importlib.metadata as m; \
+sys.platform != 'linux' or platform.machine() not in ('x86_64', 'aarch64') \
+or m.version('cmeel-mimalloc')" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e ".[test]" "jax[cpu]==0.11.2" "triton==3.6.0"
   # jax-triton's declared deps would pull another jax; it needs none beyond what is installed.

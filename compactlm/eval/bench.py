@@ -10,6 +10,11 @@ Timing: the step is compiled ahead of time (`lower().compile()`, reported as com
 `warmup` times, then `steps` times with `block_until_ready` after each; step time is the median,
 spread the 10th–90th percentiles. Batches are random tokens already on the device, so host data
 generation is excluded (the loop overlaps it with the running step anyway).
+
+Beside the wall time, the timed loop's process CPU time (user and system, all threads) and page
+faults per step come from `getrusage`: on a shared machine CPU time per step is steadier than wall
+time, and system time / minor faults show allocator regressions (glibc re-faulting XLA's
+temporary buffer every step: compactlm/allocator.py).
 """
 
 from __future__ import annotations
@@ -125,11 +130,13 @@ def bench_train(
         state, metrics = compiled(state, batches[i % 2], None)
     jax.block_until_ready((state, metrics))
     times = []
+    usage0 = _rusage()
     for i in range(steps):
         s0 = time.perf_counter()
         state, metrics = compiled(state, batches[i % 2], None)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - s0)
+    usage = {k: (v - usage0[k]) / steps for k, v in _rusage().items()}
     loss = float(metrics["loss"])
 
     if peak_tflops is None:
@@ -165,12 +172,39 @@ def bench_train(
         "peak_source": peak_source,
         "mfu": achieved / peak_tflops,
         "final_loss": loss,
+        # Per timed step, whole process (every thread): CPU seconds and page faults.
+        "user_s_per_step": usage["user_s"],
+        "sys_s_per_step": usage["sys_s"],
+        "minor_faults_per_step": usage["minor_faults"],
+        "major_faults_per_step": usage["major_faults"],
+        "allocator": allocator_name(),
     }
     if verbose:
         print(format_result(result))
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _rusage() -> dict[str, float]:
+    """This process's CPU seconds and page faults so far (zeros where getrusage is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return dict.fromkeys(("user_s", "sys_s", "minor_faults", "major_faults"), 0.0)
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "user_s": r.ru_utime,
+        "sys_s": r.ru_stime,
+        "minor_faults": float(r.ru_minflt),
+        "major_faults": float(r.ru_majflt),
+    }
+
+
+def allocator_name() -> str:
+    from compactlm.allocator import loaded
+
+    return loaded()[0]
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -183,6 +217,9 @@ def format_result(r: dict[str, Any]) -> str:
             f"  step          {r['step_ms_median']:.1f} ms median  (p10 {r['step_ms_p10']:.1f}, "
             f"p90 {r['step_ms_p90']:.1f}; {r['steps']} steps after {r['warmup']} warm-up)",
             f"  tokens/s      {r['tokens_per_s']:,.0f}",
+            f"  CPU / step    {1e3 * r['user_s_per_step']:.0f} ms user + "
+            f"{1e3 * r['sys_s_per_step']:.0f} ms system (all threads), "
+            f"{r['minor_faults_per_step']:,.0f} page faults; allocator {r['allocator']}",
             f"  model FLOPs   {r['model_flops_per_token'] / 1e6:.2f} MFLOP/token (6N + 12LNHT; "
             f"XLA cost analysis {r['xla_flops_per_token'] / 1e6:.2f}, which counts a scanned "
             "layer loop once and the blocked attention's skipped blocks not at all)",

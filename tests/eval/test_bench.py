@@ -24,4 +24,7 @@ def test_bench_train_nano_fields_and_flops(tmp_path) -> None:
     assert math.isclose(r["tokens_per_s"], t.batch_size * T / (r["step_ms_median"] / 1e3))
     assert math.isclose(r["mfu"], r["achieved_tflops"] / r["peak_tflops"])
     assert math.isfinite(r["final_loss"]) and r["peak_source"] == "given"
+    # getrusage figures of the timed loop, per step (a step does run on the CPU here).
+    assert 0 <= r["sys_s_per_step"] and 0 < r["user_s_per_step"]
+    assert r["minor_faults_per_step"] >= 0 and r["allocator"] in ("system", "mimalloc", "tcmalloc")
     assert out.exists()
