@@ -20,8 +20,9 @@ restores the caller's `LD_PRELOAD`, so subprocesses it starts are not preloaded.
   system    the C library's malloc: the opt-out
   PATH      a malloc shared library to preload instead (e.g. libtcmalloc_minimal.so.4)
 
-Library use (`import compactlm` in your own script) cannot be re-executed for you: start the
-script as `LD_PRELOAD=$(python -m compactlm.allocator --path) python script.py`.
+Library use (`import compactlm` in your own script): call `compactlm.allocator.ensure()` at the
+top of the script, before anything imports JAX (it re-executes the script the same way), or start
+it as `LD_PRELOAD=$(python -m compactlm.allocator --path) python script.py`.
 """
 
 from __future__ import annotations

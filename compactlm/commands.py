@@ -119,6 +119,9 @@ def train(
             f"non-embedding {counts['non_embedding']:,}); workdir: {workdir}"
         )
         return 0
+    from compactlm.allocator import loaded
+
+    print(f"train {preset} -> {workdir} (allocator: {loaded()[0]})", flush=True)
     trainer = Trainer(cfg, workdir)
     trainer.restore_or_init()
     summary = trainer.train()
