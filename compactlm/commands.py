@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,7 +122,7 @@ def train(
         return 0
     from compactlm.allocator import loaded
 
-    print(f"train {preset} -> {workdir} (allocator: {loaded()[0]})", flush=True)
+    print(f"train {preset} -> {workdir} (allocator: {loaded()[0]})", file=sys.stderr, flush=True)
     trainer = Trainer(cfg, workdir)
     trainer.restore_or_init()
     summary = trainer.train()
