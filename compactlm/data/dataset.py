@@ -63,8 +63,20 @@ class DataConfig:
     glob: str = "**/*.txt"
     # JSONL corpora: the field of each line's object that holds the document text.
     jsonl_field: str = "text"
+    # Token-level augmentation of TRAINING batches only (never evaluation), comma-separated and
+    # applied in order: dropout (random deletion, refilled from the right), swap (adjacent
+    # swap), insert (random ordinary-token insertion); data/augment.py. They act on the whole
+    # window (inputs and targets). () / none = off: pretraining on plenty of data needs none.
+    augment: tuple[str, ...] = ()
+    # Probability per token of each augmentation in `augment` (EDA, Wei & Zou 2019: 0.1).
+    augment_rate: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.augment == ("none",):
+            object.__setattr__(self, "augment", ())
+        from compactlm.data.augment import check_augment
+
+        check_augment(tuple(self.augment), self.augment_rate)
         if self.tokenizer not in ("byte", "bpe", "hf"):
             raise DataError(f"data.tokenizer={self.tokenizer!r}; valid: 'byte', 'bpe', 'hf'")
         if not 0.0 < self.val_fraction < 0.5:

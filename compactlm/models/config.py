@@ -197,9 +197,25 @@ class ModelConfig:
     # flash-style custom-VJP kernel on CPU (models/attention.py: 1.2x faster train step than XLA's),
     # else XLA. The KV-cache path (decode) always uses XLA with an explicit mask.
     attention_impl: Literal["auto", "xla", "cudnn", "blocked"] = "auto"
+    # Training-only noise on the input embeddings (models/input_noise.py; off in eval/generate).
+    # NEFTune (Jain et al. 2023): + U(-1, 1)·alpha/√(T·D). 0 = off; the paper uses 5-15.
+    neftune_alpha: float = 0.0
+    # Span masking of the inputs (targets kept): probability that a position is inside a masked
+    # span (its embedding zeroed). 0 = off; 0.15 is BERT's / T5's corruption rate.
+    span_mask_rate: float = 0.0
+    # Tokens per masked span. 3: T5's mean span length.
+    span_length: int = 3
 
     def __post_init__(self) -> None:
         _check_literals(self)
+        if self.neftune_alpha < 0:
+            raise ValueError(
+                f"model.neftune_alpha must be >= 0 (0 = off), got {self.neftune_alpha}"
+            )
+        if not 0.0 <= self.span_mask_rate < 1.0:
+            raise ValueError(f"model.span_mask_rate must be in [0, 1), got {self.span_mask_rate}")
+        if self.span_length < 1:
+            raise ValueError(f"model.span_length must be >= 1, got {self.span_length}")
         assert literal_values(StorageFormat) == STORAGE_FORMATS  # one vocabulary
         for name in (
             "vocab_size",

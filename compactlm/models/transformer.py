@@ -22,6 +22,7 @@ from jaxtyping import Array, Float, Int
 
 from compactlm.models.config import ModelConfig
 from compactlm.models.dense import param_init
+from compactlm.models.input_noise import apply_input_noise
 from compactlm.models.layers import MLP, Attention, RMSNorm, rope_sin_cos
 from compactlm.models.linear import make_linear, single
 
@@ -154,6 +155,14 @@ class Transformer(nnx.Module):
             start = 0 if cache is None else cache.index
             positions_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
         x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cfg.compute_dtype)
+        if rng is not None and (cfg.neftune_alpha > 0 or cfg.span_mask_rate > 0):
+            x_BTD = apply_input_noise(
+                x_BTD,
+                jax.random.fold_in(rng, 0xFFFFFFFE),  # blocks: split(rng); LM head: 2**32 - 1
+                span_mask_rate=cfg.span_mask_rate,
+                span_length=cfg.span_length,
+                neftune_alpha=cfg.neftune_alpha,
+            )
         sin_BTH2, cos_BTH2 = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta)
         index = mask_BTS = None
         if cache is not None:
@@ -198,7 +207,7 @@ class Transformer(nnx.Module):
             )
         else:
             logits_BTV = self.lm_head(
-                x_BTD, rng=None if rng is None else jax.random.fold_in(rng, -1)
+                x_BTD, rng=None if rng is None else jax.random.fold_in(rng, 0xFFFFFFFF)
             )
         logits_BTV = logits_BTV.astype(jnp.float32)
         if cache is None:

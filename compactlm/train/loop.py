@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import jax
+import numpy as np
 from flax import nnx
 
 from compactlm.train import checkpoint as ckpt
@@ -227,14 +228,30 @@ class Trainer:
     def batch(self, step: int) -> jax.Array:
         from compactlm.data import get_batch
 
-        t = self.cfg.train
-        tokens = get_batch(
-            self.data.train_tokens,
-            seed=t.seed,
-            step=step,
-            batch_size=t.batch_size,
-            seq_len=t.seq_len,
-        )
+        t, d = self.cfg.train, self.cfg.data
+        if d.augment:  # training batches only: evaluate() reads the validation tokens directly
+            from compactlm.data.augment import augmented_batch
+
+            tok = self.data.tokenizer
+            tokens = augmented_batch(
+                self.data.train_tokens,
+                names=d.augment,
+                rate=d.augment_rate,
+                ordinary_ids=np.flatnonzero(tok.token_byte_lengths() > 0),
+                fill_id=tok.eos_id,
+                seed=t.seed,
+                step=step,
+                batch_size=t.batch_size,
+                seq_len=t.seq_len,
+            )
+        else:
+            tokens = get_batch(
+                self.data.train_tokens,
+                seed=t.seed,
+                step=step,
+                batch_size=t.batch_size,
+                seq_len=t.seq_len,
+            )
         tokens = tokens.reshape(t.grad_accum, t.batch_size // t.grad_accum, t.seq_len + 1)
         return shard_batch(tokens, self.program.accum_sharding)
 
