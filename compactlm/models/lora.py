@@ -109,13 +109,15 @@ class Adapter(nnx.Module):
         """s · A_p B_p [in, out_p] in f32."""
         return self.scale * _einsum(self.a[p][...], self.b[p][...])
 
-    def init_from_base(self, base: nnx.Module) -> None:
+    def init_from_base(self, base: nnx.Module, w: Float[Array, "I O"] | None = None) -> None:
         """Set what depends on the base weight: PiSSA factors + residual, DoRA magnitudes.
 
-        Called at construction and again after a real base weight is loaded (fine-tuning).
+        Called at construction and again after a real base weight is loaded (fine-tuning). w:
+        the full-precision base weight (default: base.dense_weight()); PiSSA decomposes it
+        before the residual is stored (and quantized, for a packed base: QPiSSA's order).
         """
         if self.init == "pissa":
-            w_parts = base.layout.split(base.dense_weight())
+            w_parts = base.layout.split(base.dense_weight() if w is None else w)
             for p in self.parts:
                 u, s, vt = jnp.linalg.svd(w_parts[p], full_matrices=False)
                 root = jnp.sqrt(s[: self.rank] / self.scale)  # s·A·B = U_r S_r V_r^T

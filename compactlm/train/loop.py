@@ -24,7 +24,14 @@ from compactlm.train.mesh import (
     shard_batch,
 )
 from compactlm.train.optim import make_optimizer, make_schedule
-from compactlm.train.step import Program, TrainState, abstract_state, build, init_state
+from compactlm.train.step import (
+    Program,
+    TrainState,
+    abstract_state,
+    build,
+    init_state,
+    state_from_model,
+)
 
 if TYPE_CHECKING:
     from compactlm.config import Config
@@ -181,7 +188,7 @@ class Trainer:
                 f"micro-batch {t.batch_size // t.grad_accum} is not divisible by the "
                 f"data x fsdp mesh size {batch_divisor(self.mesh)}"
             )
-        self.tx = make_optimizer(cfg.optim, t.steps)
+        self.tx = make_optimizer(cfg.optim, t.steps, adapter=cfg.model.adapter)
         self.schedule = make_schedule(cfg.optim, t.steps)
         self.aux = aux
         self.program: Program = build(
@@ -198,17 +205,15 @@ class Trainer:
         )
         self.manager = ckpt.make_manager(self.workdir, max_to_keep=t.keep_checkpoints)
         self.state: TrainState | None = None
+        from compactlm.train.finetune import read_base
+
+        self.base = read_base(self.workdir)  # fine-tuning: the base run this one adapts
 
     # -- state -----------------------------------------------------------------------------
     def restore_or_init(self, *, require_checkpoint: bool = False) -> TrainState:
-        seed = self.cfg.train.seed
-        if require_checkpoint and ckpt.latest_step(self.manager) is None:
-            raise ckpt.CheckpointError(f"no checkpoint found in {self.manager.directory}")
-        if ckpt.latest_step(self.manager) is not None:
-            target = abstract_state(self.program, self.cfg.model, seed=seed)
-            self.state, _, _ = ckpt.restore(self.manager, target)
-        else:
-            self.state = init_state(self.program, self.cfg.model, seed=seed)
+        self.state = restore_state(
+            self.program, self.cfg, self.manager, self.base, require_checkpoint=require_checkpoint
+        )
         return self.state
 
     def save(self, metrics: dict | None = None) -> Path:
@@ -221,7 +226,10 @@ class Trainer:
             "time": time.time(),
             "metrics": metrics or {},
         }
-        ckpt.save(self.manager, step, self.state, meta, to_dict(self.cfg))
+        saved = self.state
+        if _adapter_only(self.program, self.base):  # the base is rebuilt from base.json
+            saved = saved.replace(frozen=None)
+        ckpt.save(self.manager, step, saved, meta, to_dict(self.cfg))
         return Path(self.manager.directory) / str(step)
 
     # -- data ------------------------------------------------------------------------------
@@ -351,6 +359,62 @@ class Trainer:
         summary["step"] = int(self.state.step)
         writer.close()
         return summary
+
+
+def _adapter_only(program: Program, base: dict | None) -> bool:
+    """Adapter-only checkpoints: a fine-tuning run whose base is frozen state."""
+    return base is not None and program.trainable is nnx.LoRAParam
+
+
+def restore_state(
+    program: Program,
+    cfg: Config,
+    manager: Any,
+    base: dict | None,
+    *,
+    require_checkpoint: bool = False,
+) -> TrainState:
+    """The latest checkpoint's state, or a fresh one (from the base's weights when fine-tuning).
+
+    Adapter-only checkpoints store no frozen state: it is rebuilt from the base (checked against
+    its recorded fingerprint), exactly as at the run's start.
+    """
+    from compactlm.train.finetune import build_from_base
+
+    seed = cfg.train.seed
+    latest = ckpt.latest_step(manager)
+    if require_checkpoint and latest is None:
+        raise ckpt.CheckpointError(f"no checkpoint found in {manager.directory}")
+    if latest is None:
+        if base is None:
+            return init_state(program, cfg.model, seed=seed)
+        return state_from_model(program, build_from_base(cfg, base, seed=seed), seed=seed)
+    target = abstract_state(program, cfg.model, seed=seed)
+    if not _adapter_only(program, base):
+        return ckpt.restore(manager, target)[0]
+    state = ckpt.restore(manager, target.replace(frozen=None))[0]
+    _, _, frozen = nnx.split(build_from_base(cfg, base, seed=seed), program.trainable, ...)
+    return state.replace(frozen=jax.device_put(frozen, program.state_sharding.frozen))
+
+
+def program_and_state(
+    cfg: Config, run_dir: str | Path, *, base: dict | None = None
+) -> tuple[Program, TrainState]:
+    """Build the plain LM program of a saved run and restore its latest checkpoint (no data:
+    a base or teacher loaded to serve another corpus)."""
+    mesh = make_mesh(cfg.mesh)
+    t = cfg.train
+    program = build(
+        cfg.model,
+        make_optimizer(cfg.optim, t.steps, adapter=cfg.model.adapter),
+        mesh,
+        trainable=trainable_filter(cfg),
+        z_loss=t.z_loss,
+        grad_accum=t.grad_accum,
+        batch_sharding=batch_sharding(mesh),
+    )
+    manager = ckpt.make_manager(run_dir, max_to_keep=t.keep_checkpoints)
+    return program, restore_state(program, cfg, manager, base, require_checkpoint=True)
 
 
 def run(cfg: Config, workdir: str | Path) -> Trainer:

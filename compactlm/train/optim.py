@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 import jax
 import optax
+from flax import nnx
+
+from compactlm.models.config import AdapterConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,33 +59,62 @@ def _path_names(path: tuple[Any, ...]) -> list[str]:
     return names
 
 
-def decay_mask(cfg: OptimConfig, params: Any) -> Any:
-    """True where weight decay applies: matrices; embeddings / norm scales only when asked."""
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def decay_mask(cfg: OptimConfig, params: Any, adapter: AdapterConfig | None = None) -> Any:
+    """True where weight decay applies: matrices; embeddings / norm scales only when asked;
+    adapter factors (nnx.LoRAParam) only with adapter.decay."""
 
     def keep(path: tuple[Any, ...], leaf: Any) -> bool:
+        if isinstance(leaf, nnx.LoRAParam):
+            return bool(adapter is not None and adapter.decay)
         names = [n.lower() for n in _path_names(path)]
         if any("norm" in n for n in names):
             return cfg.decay_norms
         if any("embed" in n for n in names):
             return cfg.decay_embeddings
-        return getattr(leaf, "ndim", 0) >= 2
+        value = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
+        return getattr(value, "ndim", 0) >= 2
 
-    return jax.tree_util.tree_map_with_path(keep, params)
+    return jax.tree_util.tree_map_with_path(keep, params, is_leaf=_is_variable)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+def lora_plus_labels(params: Any) -> Any:
+    """ "b" for LoRA's B factors (LoRA+ gives them ratio × the learning rate), else "rest"."""
+    from compactlm.models.lora import LoRAB
+
+    return jax.tree.map(
+        lambda v: "b" if isinstance(v, LoRAB) else "rest", params, is_leaf=_is_variable
+    )
+
+
+def make_optimizer(
+    cfg: OptimConfig, total_steps: int, *, adapter: AdapterConfig | None = None
+) -> optax.GradientTransformation:
+    """Clip, then AdamW on the schedule; with adapter.lora_plus_ratio > 0 (LoRA+, Hayou et al.
+    2024) the B factors run at ratio × the schedule's learning rate."""
     schedule = make_schedule(cfg, total_steps)
-    chain = []
-    if cfg.grad_clip > 0:
-        chain.append(optax.clip_by_global_norm(cfg.grad_clip))
-    chain.append(
-        optax.adamw(
-            schedule,
+
+    def adamw(lr_scale: float) -> optax.GradientTransformation:
+        return optax.adamw(
+            (lambda step: lr_scale * schedule(step)) if lr_scale != 1.0 else schedule,
             b1=cfg.b1,
             b2=cfg.b2,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
-            mask=lambda p: decay_mask(cfg, p),
+            mask=lambda p: decay_mask(cfg, p, adapter),
         )
-    )
+
+    chain = []
+    if cfg.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+    ratio = adapter.lora_plus_ratio if adapter is not None and adapter.kind != "none" else 0.0
+    if ratio > 0:
+        chain.append(
+            optax.multi_transform({"b": adamw(ratio), "rest": adamw(1.0)}, lora_plus_labels)
+        )
+    else:
+        chain.append(adamw(1.0))
     return optax.chain(*chain)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from flax import nnx
 
 from compactlm.train.checkpoint import CheckpointError
 
@@ -34,6 +36,18 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> Trainer:
     trainer = Trainer(cfg, run_dir, readonly=True)
     trainer.restore_or_init(require_checkpoint=True)
     return trainer
+
+
+def load_model(run_dir: str | Path) -> tuple[Any, nnx.Module]:
+    """(config, model) of a run's latest checkpoint without preparing its data (a base or a
+    teacher for another corpus); fine-tuning runs come with their base rebuilt."""
+    from compactlm.config import from_json
+    from compactlm.train.finetune import read_base
+    from compactlm.train.loop import program_and_state
+
+    cfg = from_json(_config_path(run_dir).read_text())
+    program, state = program_and_state(cfg, run_dir, base=read_base(run_dir))
+    return cfg, program.model(state)
 
 
 def latest_checkpoint_dir(run_dir: str | Path) -> Path:

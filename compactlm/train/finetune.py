@@ -1,0 +1,214 @@
+"""Transfer learning from a run directory: a base's weights under adapters / a packed format.
+
+A fine-tuning run directory holds `base.json` (the base run's path, its content fingerprint and
+step). Its model is built from the config (`model.weight_format`, `adapter.*`) and the base's
+weights are written into it: dense linears copy them, packed ones quantize them at load time
+(QLoRA), PiSSA adapters take the top-r SVD of the base weight and leave the residual frozen,
+DoRA magnitudes start at the base's column norms. With adapters only training, checkpoints hold
+the adapters + their optimizer state + step + RNG; the frozen base is rebuilt from `base.json`
+(and its fingerprint checked) whenever the run is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from compactlm.models.linear import iter_linears
+from compactlm.models.transformer import Transformer
+from compactlm.train.checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from compactlm.config import Config
+
+BASE_FILE = "base.json"
+
+# Model fields a fine-tuning run may change w.r.t. its base (storage, adapters, numerics and
+# execution); anything else would not fit the base's weights.
+CHANGEABLE_MODEL_FIELDS = (
+    "weight_format",
+    "quant_group_size",
+    "double_quant",
+    "adapter",
+    "compute_dtype",
+    "scan_layers",
+    "remat",
+    "attention_impl",
+)
+
+
+def _config_error(msg: str) -> Exception:
+    from compactlm.config import ConfigError
+
+    return ConfigError(msg)
+
+
+def read_base(run_dir: str | Path) -> dict | None:
+    """The base reference of a fine-tuning run directory, or None for a from-scratch run."""
+    path = Path(run_dir) / BASE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def finetune_config(base_dir: str | Path, overrides: Sequence[str]) -> Config:
+    """The base run's config with `overrides` applied; model shape changes are refused."""
+    from compactlm.config import apply_overrides, diff, from_json
+    from compactlm.train.run_dir import latest_checkpoint_dir
+
+    config_path = Path(base_dir) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: is {str(base_dir)!r} a compactlm run directory?"
+        )
+    latest_checkpoint_dir(base_dir)  # CheckpointError when the base has none
+    if read_base(base_dir) is not None:
+        raise _config_error(
+            f"{base_dir} is itself an adapter run; merge it first (compactlm merge "
+            f"{base_dir} workdir=DIR) and fine-tune the merged run"
+        )
+    base = from_json(config_path.read_text())
+    if base.model.weight_format != "dense":
+        raise _config_error(
+            f"base {base_dir} stores {base.model.weight_format} weights; fine-tuning needs a "
+            "dense base (QLoRA quantizes a dense base at load time: model.weight_format=nf4)"
+        )
+    cfg = apply_overrides(base, overrides)
+    fixed = {
+        k: v
+        for k, v in diff(base, cfg).items()
+        if k.startswith("model.") and k.split(".")[1] not in CHANGEABLE_MODEL_FIELDS
+    }
+    if fixed:
+        detail = "; ".join(f"{k}: base {a!r}, asked {b!r}" for k, (a, b) in fixed.items())
+        raise _config_error(
+            f"fine-tuning keeps the base's shape ({detail}); changeable model keys: "
+            + ", ".join(f"model.{k}" for k in CHANGEABLE_MODEL_FIELDS)
+        )
+    return cfg
+
+
+def prepare_workdir(base_dir: str | Path, workdir: str | Path) -> None:
+    """Record the base (path, fingerprint, step) and copy its tokenizer into a new run dir."""
+    from compactlm.data.tokenizer import TOKENIZER_FILE
+    from compactlm.train.run_dir import latest_checkpoint_dir, run_fingerprint
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ref = {
+        "run_dir": str(Path(base_dir).resolve()),
+        "fingerprint": run_fingerprint(base_dir),
+        "step": int(latest_checkpoint_dir(base_dir).name),
+    }
+    existing = read_base(workdir)
+    if existing is not None and existing != ref:
+        raise CheckpointError(
+            f"{workdir} was fine-tuned from {existing['run_dir']} (fingerprint "
+            f"{existing['fingerprint'][:12]}, step {existing['step']}), not from this base "
+            f"({ref['fingerprint'][:12]}, step {ref['step']}); use a new workdir"
+        )
+    if existing is None:
+        (workdir / BASE_FILE).write_text(json.dumps(ref, indent=2) + "\n")
+    if not (workdir / TOKENIZER_FILE).is_file():
+        shutil.copy(Path(base_dir) / TOKENIZER_FILE, workdir / TOKENIZER_FILE)
+
+
+def check_base(ref: dict) -> None:
+    """The base recorded in a run directory still holds the weights it was trained on."""
+    from compactlm.train.run_dir import run_fingerprint
+
+    base_dir = ref["run_dir"]
+    if not (Path(base_dir) / "config.json").is_file():
+        raise CheckpointError(f"the base run {base_dir} recorded in {BASE_FILE} is gone")
+    now = run_fingerprint(base_dir)
+    if now != ref["fingerprint"]:
+        raise CheckpointError(
+            f"the base {base_dir} changed since this adapter was trained (fingerprint "
+            f"{ref['fingerprint'][:12]} then, {now[:12]} now); adapters only fit the exact base"
+        )
+
+
+def unstack_blocks(model: Transformer) -> list[nnx.Module]:
+    """The decoder blocks one by one (copies of the slices when the layers are scanned)."""
+    if not model.cfg.scan_layers:
+        return list(model.layers)
+    graphdef, state = nnx.split(model.layers)
+    n = model.cfg.n_layers
+    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(n)]
+
+
+def restack_blocks(model: Transformer, blocks: list[nnx.Module]) -> None:
+    """Write blocks from `unstack_blocks` back (a no-op for unrolled layers: they are views)."""
+    if model.cfg.scan_layers:
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in blocks])
+        nnx.update(model.layers, stacked)
+
+
+def transfer_weights(target: Transformer, source: Transformer, *, merge: bool = False) -> None:
+    """Write source's weights into target (any storage × adapter): embeddings and norms copied,
+    every linear's dense weight (source's adapter folded in when merge=True) loaded into the
+    target's storage, target adapters re-initialised from their new base (PiSSA, DoRA)."""
+    target.embedding[...] = source.embedding[...].astype(target.embedding[...].dtype)
+    target.final_norm.scale[...] = source.final_norm.scale[...]
+    pairs: list[tuple[Any, Any]] = []
+    if target.lm_head is not None:
+        pairs.append((target.lm_head, source.lm_head))
+    t_blocks, s_blocks = unstack_blocks(target), unstack_blocks(source)
+    for tb, sb in zip(t_blocks, s_blocks, strict=True):
+        tb.attn_norm.scale[...] = sb.attn_norm.scale[...]
+        tb.mlp_norm.scale[...] = sb.mlp_norm.scale[...]
+        t_lin, s_lin = list(iter_linears(tb)), list(iter_linears(sb))
+        assert [p for p, _ in t_lin] == [p for p, _ in s_lin]
+        pairs.extend((t, s) for (_, t), (_, s) in zip(t_lin, s_lin, strict=True))
+    for t, s in pairs:
+        w = s.adapter.merged_weight(s) if merge and s.adapter is not None else s.dense_weight()
+        t.load_dense(w)
+        if t.adapter is not None:
+            t.adapter.init_from_base(t, w)
+    restack_blocks(target, t_blocks)
+
+
+def build_from_base(cfg: Config, ref: dict, *, seed: int) -> Transformer:
+    """A model of `cfg.model` holding the recorded base's weights (adapters freshly initialised)."""
+    from compactlm.train.run_dir import load_model
+
+    check_base(ref)
+    _, base = load_model(ref["run_dir"])
+    model = Transformer(cfg.model, rngs=nnx.Rngs(seed))
+    transfer_weights(model, base)
+    return model
+
+
+def merged_config(cfg: Config) -> Config:
+    """The config of the dense model an adapter / packed run merges into."""
+    from compactlm.models.config import AdapterConfig
+
+    model = dataclasses.replace(cfg.model, weight_format="dense", adapter=AdapterConfig())
+    return dataclasses.replace(
+        cfg, model=model, train=dataclasses.replace(cfg.train, trainable="auto")
+    )
+
+
+def trainable_summary(model: Transformer, trainable: Any) -> dict[str, float]:
+    """Parameter counts and bytes: what trains, what is frozen, and the packed bits per param."""
+    params = nnx.state(model, trainable)
+    rest = nnx.state(model, nnx.Not(trainable))
+    n_train = sum(int(x.size) for x in jax.tree.leaves(params))
+    bytes_frozen = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(rest))
+    packed = [lin for _, lin in iter_linears(model) if hasattr(lin, "bits_per_parameter")]
+    out = {
+        "trainable_params": n_train,
+        "trainable_bytes": sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(params)),
+        "frozen_bytes": bytes_frozen,
+    }
+    if packed:
+        bits = sum(lin.bits_per_parameter() * lin.in_features * lin.out_features for lin in packed)
+        weights = sum(lin.in_features * lin.out_features for lin in packed)
+        out["packed_bits_per_param"] = bits / weights
+    return out
