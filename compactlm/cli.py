@@ -1,6 +1,9 @@
 """`compactlm <command> [preset|RUN_DIR] key=value ...`: parse and dispatch only.
 
 compactlm train [preset] [key=value ...] [workdir=DIR] [--dry-run]
+compactlm finetune BASE_RUN_DIR [adapter.kind=lora adapter.targets=q,v model.weight_format=nf4
+                   data.corpus=pydocs ...] workdir=DIR
+compactlm merge RUN_DIR workdir=DIR [dequantize=true]
 compactlm eval RUN_DIR [key=value ...]
 compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
 compactlm info [preset]
@@ -23,6 +26,8 @@ USAGE = __doc__.split("\n\n", 1)[1]
 
 COMMANDS = (
     "train",
+    "finetune",
+    "merge",
     "eval",
     "generate",
     "info",
@@ -67,6 +72,24 @@ def _cmd_train(args: list[str]) -> int:
     return commands.train(
         preset or "tiny", overrides, workdir=special.get("workdir"), dry_run=dry_run
     )
+
+
+def _cmd_finetune(args: list[str]) -> int:
+    from compactlm import commands
+
+    base_dir, overrides, special = _split_args(args)
+    if base_dir is None:
+        raise _usage_error("finetune needs a BASE_RUN_DIR")
+    return commands.finetune(base_dir, overrides, workdir=special.get("workdir"))
+
+
+def _cmd_merge(args: list[str]) -> int:
+    from compactlm import commands
+
+    run_dir, overrides, special = _split_args(args)
+    if run_dir is None:
+        raise _usage_error("merge needs a RUN_DIR")
+    return commands.merge(run_dir, overrides, workdir=special.get("workdir"))
 
 
 def _cmd_eval(args: list[str]) -> int:

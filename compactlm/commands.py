@@ -253,3 +253,114 @@ def pick(args: Sequence[str]) -> int:
 
     print(run_pick(apply_overrides(PickConfig(), args)))
     return 0
+
+
+def _evaluate_base_on(trainer, base_dir: str) -> dict:
+    """The base model's validation metrics on the fine-tuning run's (new) validation split."""
+    from compactlm.config import from_json
+    from compactlm.eval.perplexity import evaluate_tokens
+    from compactlm.train.loop import program_and_state
+
+    base_cfg = from_json((Path(base_dir) / "config.json").read_text())
+    program, state = program_and_state(base_cfg, base_dir)
+    t = trainer.cfg.train
+    return evaluate_tokens(
+        program,
+        state,
+        trainer.data.val_tokens,
+        byte_lengths=trainer.data.tokenizer.token_byte_lengths(),
+        batch_size=t.batch_size // t.grad_accum,
+        seq_len=t.seq_len,
+    )
+
+
+def _startup_line(trainer) -> str:
+    from compactlm.train.finetune import trainable_summary
+
+    s = trainable_summary(trainer.program.model(trainer.state), trainer.program.trainable)
+    line = (
+        f"trainable parameters: {s['trainable_params']:,} ({_mib(s['trainable_bytes'])} + "
+        f"optimizer state); frozen: {_mib(s['frozen_bytes'])}"
+    )
+    if "packed_bits_per_param" in s:
+        line += (
+            f"; {trainer.cfg.model.weight_format} base at "
+            f"{s['packed_bits_per_param']:.3f} bits/param"
+        )
+    return line
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def finetune(base_dir: str, overrides: Sequence[str], *, workdir: str | None = None) -> int:
+    """Adapt a trained run (LoRA / DoRA / QLoRA / full) to `data.*`; print base vs fine-tuned."""
+    from compactlm.train.finetune import finetune_config, prepare_workdir
+    from compactlm.train.loop import Trainer
+
+    cfg = finetune_config(base_dir, overrides)
+    workdir = workdir or f"runs/finetune-{Path(base_dir).name}"
+    if Path(workdir).resolve() == Path(base_dir).resolve():
+        raise ConfigError("workdir must differ from the base run directory")
+    prepare_workdir(base_dir, workdir)
+    trainer = Trainer(cfg, workdir)
+    trainer.restore_or_init()
+    print(_startup_line(trainer))
+    summary = trainer.train()
+    if summary["status"] != "done":
+        return 0
+    results = _report_eval(trainer, f"fine-tuned, validation after step {summary['step']}")
+    base = _evaluate_base_on(trainer, base_dir)
+    _print_kv(
+        f"base {base_dir} on the same validation split",
+        {"loss (nats/token)": f"{base['loss']:.4f}", "bits per byte": f"{base['bpb']:.4f}"},
+    )
+    results.update({f"base/{k}": v for k, v in base.items()})
+    (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MergeConfig:
+    """Options of `compactlm merge`."""
+
+    # A packed (nf4 / int4 / fp4) base cannot absorb an adapter: merging means dequantize + merge
+    # (+ requantize, `compactlm quantize`). true: write the dequantized merged model in dense f32.
+    dequantize: bool = False
+
+
+def merge(run_dir: str, overrides: Sequence[str], *, workdir: str | None = None) -> int:
+    """Fold a run's adapters into its base: a dense run directory eval / generate / export take."""
+    from flax import nnx
+
+    from compactlm.models.transformer import Transformer
+    from compactlm.train import checkpoint as ckpt
+    from compactlm.train.finetune import merged_config, transfer_weights
+    from compactlm.train.loop import Trainer
+    from compactlm.train.step import state_from_model
+
+    opts = apply_overrides(MergeConfig(), overrides)
+    if workdir is None:
+        raise ConfigError("merge needs workdir=DIR for the merged run")
+    if Path(workdir).resolve() == Path(run_dir).resolve():
+        raise ConfigError("workdir must differ from the run being merged")
+    if (Path(workdir) / "checkpoints").is_dir() and any((Path(workdir) / "checkpoints").iterdir()):
+        raise ConfigError(f"{workdir} already holds checkpoints; merge into a new directory")
+    src = _load_run(run_dir, [])
+    fmt = src.cfg.model.weight_format
+    if fmt != "dense" and not opts.dequantize:
+        raise ConfigError(
+            f"{run_dir} has a {fmt} base: an adapter cannot be merged into packed codes; "
+            "pass dequantize=true for a dense merged model (then `compactlm quantize` it again)"
+        )
+    cfg = merged_config(src.cfg)
+    out = Trainer(cfg, workdir)
+    model = Transformer(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
+    transfer_weights(model, src.program.model(src.state), merge=True)
+    state = state_from_model(out.program, model, seed=cfg.train.seed)
+    out.state = state.replace(step=src.state.step)
+    path = out.save(metrics={"merged_from": str(Path(run_dir).resolve())})
+    assert ckpt.latest_step(out.manager) == int(src.state.step)
+    print(f"merged {run_dir} (step {int(src.state.step)}) into {path}")
+    return 0
