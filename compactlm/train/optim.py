@@ -78,16 +78,22 @@ def decay_mask(cfg: OptimConfig, params: Any, adapter: AdapterConfig | None = No
         value = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
         return getattr(value, "ndim", 0) >= 2
 
-    return jax.tree_util.tree_map_with_path(keep, params, is_leaf=_is_variable)
+    def mark(path: tuple[Any, ...], leaf: Any) -> Any:
+        flag = keep(path, leaf)  # same tree structure as params: Variables keep their type
+        return leaf.replace(flag) if isinstance(leaf, nnx.Variable) else flag
+
+    return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_variable)
 
 
 def lora_plus_labels(params: Any) -> Any:
     """ "b" for LoRA's B factors (LoRA+ gives them ratio × the learning rate), else "rest"."""
     from compactlm.models.lora import LoRAB
 
-    return jax.tree.map(
-        lambda v: "b" if isinstance(v, LoRAB) else "rest", params, is_leaf=_is_variable
-    )
+    def label(v: Any) -> Any:
+        name = "b" if isinstance(v, LoRAB) else "rest"
+        return v.replace(name) if isinstance(v, nnx.Variable) else name
+
+    return jax.tree.map(label, params, is_leaf=_is_variable)
 
 
 def make_optimizer(
