@@ -146,3 +146,35 @@ def test_gradient_flows_to_the_student_only():
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(gs))
     assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(gs))
     assert all(np.abs(np.asarray(x)).max() == 0 for x in jax.tree.leaves(gt))  # stop_gradient
+
+
+def test_init_from_teacher_takes_every_other_block():
+    import dataclasses
+
+    import pytest
+
+    from compactlm.train.distill_init import init_from_teacher
+
+    t_cfg = dataclasses.replace(STUDENT, n_layers=4, scan_layers=False)
+    teacher = Transformer(t_cfg, rngs=nnx.Rngs(1))
+    _, t_params, _ = nnx.split(teacher, nnx.Param, ...)
+    # same depth: the student IS the teacher (identical logits), whatever the two layouts
+    same = dataclasses.replace(t_cfg, scan_layers=True)
+    graphdef, params, rest = nnx.split(Transformer(same, rngs=nnx.Rngs(2)), nnx.Param, ...)
+    clone = nnx.merge(graphdef, init_from_teacher(params, t_params, same, t_cfg), rest)
+    data = tokens()
+    np.testing.assert_array_equal(jitted(clone)(data), jitted(teacher)(data))
+    # half depth: blocks 0 and 2 (DistilBERT), embedding and final norm copied
+    half = dataclasses.replace(t_cfg, n_layers=2)
+    _, params, _ = nnx.split(Transformer(half, rngs=nnx.Rngs(2)), nnx.Param, ...)
+    new = init_from_teacher(params, t_params, half, t_cfg)
+    for i, j in enumerate([0, 2]):
+        np.testing.assert_array_equal(
+            new["layers"][i]["mlp"]["down_proj"]["kernel"][...],
+            t_params["layers"][j]["mlp"]["down_proj"]["kernel"][...],
+        )
+    np.testing.assert_array_equal(new["embedding"][...], t_params["embedding"][...])
+    wide = dataclasses.replace(half, d_ff=128)
+    _, params, _ = nnx.split(Transformer(wide, rngs=nnx.Rngs(2)), nnx.Param, ...)
+    with pytest.raises(ValueError, match="d_ff 128 vs teacher 64"):
+        init_from_teacher(params, t_params, wide, t_cfg)
