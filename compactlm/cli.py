@@ -4,6 +4,9 @@ compactlm train [preset] [key=value ...] [workdir=DIR] [--dry-run]
 compactlm finetune BASE_RUN_DIR [adapter.kind=lora adapter.targets=q,v model.weight_format=nf4
                    data.corpus=pydocs ...] workdir=DIR
 compactlm merge RUN_DIR workdir=DIR [dequantize=true]
+compactlm distill TEACHER_RUN_DIR [student preset] distill.loss=fkl|rkl|jsd|skl|srkl|tvd
+    distill.temperature=2 distill.alpha=0.5 distill.beta=0.5 distill.skew=0.1 distill.top_k=0
+    distill.on_policy=0.0 [key=value ...] [workdir=DIR]
 compactlm eval RUN_DIR [key=value ...]
 compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
 compactlm info [preset]
@@ -28,6 +31,7 @@ COMMANDS = (
     "train",
     "finetune",
     "merge",
+    "distill",
     "eval",
     "generate",
     "info",
@@ -90,6 +94,19 @@ def _cmd_merge(args: list[str]) -> int:
     if run_dir is None:
         raise _usage_error("merge needs a RUN_DIR")
     return commands.merge(run_dir, overrides, workdir=special.get("workdir"))
+
+
+def _cmd_distill(args: list[str]) -> int:
+    from compactlm import commands
+
+    positional = [a for a in args if "=" not in a]
+    if not positional:
+        raise _usage_error("distill needs a TEACHER_RUN_DIR")
+    if len(positional) > 2:
+        raise _usage_error(f"unexpected arguments {positional[2:]}")
+    _, overrides, special = _split_args([a for a in args if a not in positional])
+    preset = positional[1] if len(positional) == 2 else "nano"
+    return commands.distill(positional[0], preset, overrides, workdir=special.get("workdir"))
 
 
 def _cmd_eval(args: list[str]) -> int:

@@ -1,5 +1,5 @@
-"""The CLI's commands as importable functions: train, evaluate, generate, info, bench, export,
-import."""
+"""The CLI's commands as importable functions: train, distill, evaluate, generate, info, bench,
+export, import."""
 
 from __future__ import annotations
 
@@ -73,7 +73,9 @@ def _sample(trainer, sample: SampleConfig) -> str:
     new = [int(t) for t in out[0, len(prompt_ids) :]]
     if tok.eos_id in new:  # the model ended the document
         new = new[: new.index(tok.eos_id)]
-    return tok.decode(new)
+    # model.vocab_size is the tokenizer's padded to a multiple of 64; the padding ids are never
+    # targets, but an undertrained model can still sample them: they decode to nothing.
+    return tok.decode([t for t in new if t < tok.vocab_size])
 
 
 def _report_eval(trainer, label: str) -> dict:
@@ -133,6 +135,30 @@ def train(
     sample = SampleConfig()
     print(f"\nsample (prompt {sample.prompt!r}, temperature {sample.temperature}):")
     print(sample.prompt + _sample(trainer, sample))
+    return 0
+
+
+def distill(
+    teacher_dir: str, preset: str, overrides: Sequence[str], *, workdir: str | None = None
+) -> int:
+    """Distill the teacher run into a `preset` student (or resume); print student vs teacher."""
+    from compactlm.train.distill_run import run as run_distill
+
+    workdir = workdir or f"runs/{preset}-distilled"
+    summary = run_distill(teacher_dir, preset, overrides, workdir)
+    if summary["status"] != "done":
+        return 0
+    student, rows = summary["student"], summary["report"]
+    print(
+        f"\ndistillation report after step {summary['step']} (validation: "
+        f"{student.cfg.data.corpus}, {int(rows['teacher']['tokens']):,} tokens)"
+    )
+    print(f"  {'':<24}{'params':>10}{'loss':>9}{'bpb':>8}{'teacher NLL of samples':>25}")
+    for name, row in rows.items():
+        sampled = row.get("sample_teacher_nll")
+        sampled = f"{sampled:.4f}" if sampled is not None else "-"
+        print(f"  {name:<24}{row['params']:>10,}{row['loss']:>9.4f}{row['bpb']:>8.4f}{sampled:>25}")
+    (Path(workdir) / "eval.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 

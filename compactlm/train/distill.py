@@ -83,6 +83,12 @@ class DistillConfig:
     on_policy_temperature: float = 1.0
     # Teacher forward pass dtype: bfloat16 halves its memory and time where bf16 is native.
     teacher_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Start the student from the teacher's embedding/head and every other block (DistilBERT);
+    # needs the teacher's per-layer shapes (train/distill_init.py).
+    init_from_teacher: bool = False
+    # A run directory of the same student trained on hard labels only: the end-of-run report
+    # prints it beside the teacher and the distilled student ("" = none).
+    baseline: str = ""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -97,6 +103,10 @@ class DistillConfig:
             raise ValueError(f"distill.top_k must be >= 0 (0 = full vocabulary), got {self.top_k}")
         if self.on_policy_prompt < 1:
             raise ValueError(f"distill.on_policy_prompt must be >= 1, got {self.on_policy_prompt}")
+        if self.teacher_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"distill.teacher_dtype={self.teacher_dtype!r}; valid: float32, bfloat16"
+            )
         if self.on_policy_temperature < 0:
             raise ValueError("distill.on_policy_temperature must be >= 0 (0 = greedy)")
 

@@ -84,8 +84,8 @@ def make_objective(
         B, S = tokens_BT1.shape
         div_mask_T = ce_mask_T = jnp.ones((S - 1,), jnp.float32)
         on_policy = jnp.float32(0.0)
+        model_rng, coin_rng, sample_rng = jax.random.split(rng, 3)
         if cfg.on_policy > 0.0:
-            coin_rng, sample_rng = jax.random.split(rng)
             use = jax.random.uniform(coin_rng) < cfg.on_policy
             if cfg.on_policy >= 1.0:
                 use = jnp.bool_(True)
@@ -104,7 +104,7 @@ def make_objective(
         inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
         teacher = nnx.merge(teacher_graphdef, aux)
         teacher_logits_BTV = jax.lax.stop_gradient(teacher(inputs_BT))
-        student_logits_BTV = model(inputs_BT)
+        student_logits_BTV = model(inputs_BT, rng=model_rng)
         loss, metrics = loss_fn(
             student_logits_BTV,
             teacher_logits_BTV,

@@ -208,6 +208,8 @@ class Trainer:
         from compactlm.train.finetune import read_base
 
         self.base = read_base(self.workdir)  # fine-tuning: the base run this one adapts
+        # objective metrics shown on the progress bar beside the loss (all go to metrics.jsonl)
+        self.progress_metrics: tuple[str, ...] = ()
 
     # -- state -----------------------------------------------------------------------------
     def restore_or_init(self, *, require_checkpoint: bool = False) -> TrainState:
@@ -316,8 +318,11 @@ class Trainer:
                     "grad_norm": host["grad_norm"],
                     "tokens/s": tps,
                 }
+                # the objective's own metrics are already named split/name (distill/divergence)
+                record.update({k: v for k, v in sorted(host.items()) if "/" in k})
                 writer.write(record)
-                progress.update_to(step, loss=host["loss"], tps=tps)
+                extra = {k.split("/")[-1]: host[k] for k in self.progress_metrics if k in host}
+                progress.update_to(step, loss=host["loss"], tps=tps, extra=extra)
 
         with _StopSignal() as stop:
             for step in range(start, t.steps):

@@ -61,11 +61,14 @@ class Progress:
                 smoothing=0.1,
             )
 
-    def update_to(self, step: int, *, loss: float, tps: float) -> None:
+    def update_to(
+        self, step: int, *, loss: float, tps: float, extra: dict[str, float] | None = None
+    ) -> None:
         if self._bar is None:
             return
         self._bar.update(step - self._bar.n)
-        self._bar.set_postfix_str(f"loss {loss:.4f} | {tps:,.0f} tok/s", refresh=True)
+        shown = "".join(f" | {name} {value:.4f}" for name, value in (extra or {}).items())
+        self._bar.set_postfix_str(f"loss {loss:.4f}{shown} | {tps:,.0f} tok/s", refresh=True)
 
     def note(self, text: str) -> None:
         if self._bar is not None:

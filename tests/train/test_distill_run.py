@@ -1,0 +1,103 @@
+"""`compactlm distill` end to end on nano: resume, eval/generate on the output, a frozen teacher,
+and the bad-input table (one line, exit 2, nothing written)."""
+
+import json
+import shutil
+
+import pytest
+
+from compactlm import cli
+from compactlm.train.loop import load_metrics
+from compactlm.train.run_dir import run_fingerprint
+
+# Small and quick: 200 KB of pystdlib, short sequences, a handful of steps.
+FAST = [
+    "data.max_corpus_bytes=200000",
+    "train.batch_size=8",
+    "train.seq_len=64",
+    "train.eval_every=0",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.log_every=2",
+]
+
+
+def main(*argv: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(argv))
+    return exit_info.value.code
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("distill") / "teacher"
+    assert main("train", "nano", *FAST, "train.steps=8", f"workdir={path}") == 0
+    return path
+
+
+def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, capsys):
+    before = run_fingerprint(teacher)
+    out = tmp_path / "student"
+    args = [
+        "distill",
+        str(teacher),
+        "nano",
+        *FAST,
+        "model.n_layers=2",
+        "distill.loss=skl",
+        "distill.on_policy=0.5",
+        "distill.on_policy_prompt=16",
+        "distill.top_k=16",
+        f"workdir={out}",
+    ]
+    assert main(*args, "train.steps=4") == 0
+    assert main(*args, "train.steps=6") == 0  # resumes from step 4
+    report = capsys.readouterr().out
+    assert "distillation report after step 6" in report and "student (distilled)" in report
+    metrics = [m for m in load_metrics(out) if "distill/divergence" in m]
+    assert [m["step"] for m in metrics] == [2, 4, 6]
+    assert {"distill/ce", "distill/teacher_ce", "distill/agreement"} <= set(metrics[0])
+    record = json.loads((out / "distill.json").read_text())
+    assert record["teacher_fingerprint"] == before and record["distill"]["loss"] == "skl"
+    assert run_fingerprint(teacher) == before  # the teacher's files are bit-identical
+    rows = json.loads((out / "eval.json").read_text())
+    assert rows["teacher"]["tokens"] == rows["student (distilled)"]["tokens"]  # one val split
+    # the student directory is an ordinary run: eval and generate work on it
+    assert main("eval", str(out)) == 0
+    assert main("generate", str(out), "max_new_tokens=5") == 0
+    # a changed teacher is refused on resume
+    assert main(*args, "train.steps=8", "distill.loss=rkl") == 2
+    assert "distill.loss: saved 'skl', now 'rkl'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["distill.loss=kld"], "choose one of: 'fkl' | 'rkl' | 'jsd' | 'skl' | 'srkl' | 'tvd'"),
+        (["distill.beta=1.5"], "distill.beta must be in [0, 1]"),
+        (["distill.alpha=-0.5"], "distill.alpha must be in [0, 1]"),
+        (["distill.on_policy=2"], "distill.on_policy must be in [0, 1]"),
+        (["distill.temperature=0"], "distill.temperature must be > 0"),
+        (["distill.top_k=1000"], "distill.top_k=1000 exceeds the vocabulary size 320"),
+        (["data.tokenizer=bpe", "data.bpe_vocab_size=300"], "tokenizers differ: teacher byte"),
+        (["distill.init_from_teacher=true", "model.d_ff=128"], "d_ff 128 vs teacher 192"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    teacher, tmp_path, capsys, overrides, message
+):
+    out = tmp_path / "student"
+    assert main("distill", str(teacher), "nano", *FAST, *overrides, f"workdir={out}") == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_teacher_without_checkpoint(teacher, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(teacher / "config.json", bare / "config.json")
+    assert main("distill", str(bare), "nano", f"workdir={tmp_path / 's'}") == 2
+    assert "no checkpoint found" in capsys.readouterr().err
+    assert main("distill", str(tmp_path / "missing"), f"workdir={tmp_path / 's'}") == 2
+    assert "a compactlm run directory?" in capsys.readouterr().err
