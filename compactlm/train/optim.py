@@ -85,15 +85,20 @@ def decay_mask(cfg: OptimConfig, params: Any, adapter: AdapterConfig | None = No
     return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_variable)
 
 
-def lora_plus_labels(params: Any) -> Any:
-    """ "b" for LoRA's B factors (LoRA+ gives them ratio × the learning rate), else "rest"."""
+def scale_lora_b(ratio: float) -> optax.GradientTransformation:
+    """Multiply the updates of LoRA's B factors by `ratio`: after AdamW that is exactly a learning
+    rate of ratio × lr for B (decoupled decay included), which is LoRA+ (Hayou et al. 2024).
+    Stateless, so the optimizer state keeps the params' structure."""
     from compactlm.models.lora import LoRAB
 
-    def label(v: Any) -> Any:
-        name = "b" if isinstance(v, LoRAB) else "rest"
-        return v.replace(name) if isinstance(v, nnx.Variable) else name
+    def scale(v: Any) -> Any:
+        return v.replace(v.get_value() * ratio) if isinstance(v, LoRAB) else v
 
-    return jax.tree.map(label, params, is_leaf=_is_variable)
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(scale, updates, is_leaf=_is_variable), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_optimizer(
@@ -103,24 +108,20 @@ def make_optimizer(
     2024) the B factors run at ratio × the schedule's learning rate."""
     schedule = make_schedule(cfg, total_steps)
 
-    def adamw(lr_scale: float) -> optax.GradientTransformation:
-        return optax.adamw(
-            (lambda step: lr_scale * schedule(step)) if lr_scale != 1.0 else schedule,
+    chain = []
+    if cfg.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+    chain.append(
+        optax.adamw(
+            schedule,
             b1=cfg.b1,
             b2=cfg.b2,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
             mask=lambda p: decay_mask(cfg, p, adapter),
         )
-
-    chain = []
-    if cfg.grad_clip > 0:
-        chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+    )
     ratio = adapter.lora_plus_ratio if adapter is not None and adapter.kind != "none" else 0.0
     if ratio > 0:
-        chain.append(
-            optax.multi_transform({"b": adamw(ratio), "rest": adamw(1.0)}, lora_plus_labels)
-        )
-    else:
-        chain.append(adamw(1.0))
+        chain.append(scale_lora_b(ratio))
     return optax.chain(*chain)
