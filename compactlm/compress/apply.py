@@ -59,9 +59,9 @@ def _write(block, site: str, w: np.ndarray) -> None:
     lin.kernel[...] = jnp.asarray(w, lin.kernel[...].dtype)
 
 
-def quant_group(quant: quantize.QuantConfig, prune_cfg: prune.PruneConfig | None) -> int:
+def quant_group(quant: quantize.QuantConfig, pattern: str | None) -> int:
     """Dense rows per scale. int4 + 2:4 groups count *kept* rows (packing.py): 2 G dense rows."""
-    if prune_cfg is not None and prune_cfg.pattern == "2:4" and quant.group_size:
+    if pattern == "2:4" and quant.group_size:
         return 2 * quant.group_size
     return quant.group_size
 
@@ -107,9 +107,9 @@ def fold_awq_scales(block, weights: dict, scales: dict) -> dict:
     return weights
 
 
-def _compress_block(block, stats, prune_cfg, quant) -> dict[str, CompressedLinear]:
+def _compress_block(block, stats, prune_cfg, quant, keeps, pattern) -> dict[str, CompressedLinear]:
     weights = {site: _read(block, site) for site in calibrate.SITES}
-    keeps: dict[str, np.ndarray | None] = dict.fromkeys(weights)
+    keeps = dict(keeps) if keeps else dict.fromkeys(weights)
     if prune_cfg is not None:
         for site, w in weights.items():
             weights[site], keeps[site] = _prune_site(w, stats.get(site), prune_cfg)
@@ -119,7 +119,7 @@ def _compress_block(block, stats, prune_cfg, quant) -> dict[str, CompressedLinea
             _write(block, site, rec.weight)
         return out
     grid = quantize.Grid(quant.format, quant.bits)
-    g = quant_group(quant, prune_cfg)
+    g = quant_group(quant, pattern)
     if quant.method == "awq":
         # Search every site on the unscaled block first (llm-awq's order), then fold.
         scales = {}
@@ -149,19 +149,20 @@ def _compress_block(block, stats, prune_cfg, quant) -> dict[str, CompressedLinea
     return out
 
 
-def check_shapes(model, prune_cfg, quant) -> None:
+def check_shapes(model, prune_cfg, quant, pattern: str | None = None) -> None:
     """Every site's K fits the pattern and the group size (before any work is done)."""
+    pattern = prune_cfg.pattern if prune_cfg is not None else pattern
     block = calibrate.get_block(model, 0)
     for site in calibrate.SITES:
         k, n = linear_of(block, site).kernel[...].shape
         where = f"{site} [K={k}, N={n}]"
         try:
-            if prune_cfg is not None:
-                prune.check_shape((k, n), prune_cfg.pattern)
-                if prune_cfg.pattern == "2:4" and k % 32:
+            if pattern is not None:
+                prune.check_shape((k, n), pattern)
+                if pattern == "2:4" and k % 32:
                     raise ValueError(f"2:4 storage needs K % 32 == 0, got K={k}")
             if quant is not None:
-                quantize.resolve_group(k, quant_group(quant, prune_cfg))
+                quantize.resolve_group(k, quant_group(quant, pattern))
         except ValueError as e:
             raise ValueError(f"layer {where}: {e}") from None
 
@@ -171,25 +172,34 @@ def apply_compression(
     *,
     prune_cfg: prune.PruneConfig | None = None,
     quant: quantize.QuantConfig | None = None,
+    keeps: dict[tuple[int, str], np.ndarray] | None = None,
+    pattern: str | None = None,
     tokens: np.ndarray | None = None,
     batch_size: int = 16,
     log=print,
 ) -> dict[tuple[int, str], CompressedLinear]:
-    """Compress ``model`` in place; returns {(layer, site): CompressedLinear}."""
+    """Compress ``model`` in place; returns {(layer, site): CompressedLinear}.
+
+    ``keeps`` (with its ``pattern``): masks from an earlier pruning to hold fixed while
+    quantizing (pruning, then recovery, then quantization).
+    """
     if prune_cfg is None and quant is None:
         raise ValueError("nothing to do: give a pruning and / or a quantization config")
-    if quant is not None and prune_cfg is not None and prune_cfg.pattern == "2:4":
+    if prune_cfg is not None:
+        pattern = prune_cfg.pattern
+    if quant is not None and pattern == "2:4":
         if quant.format != "int4":
             raise ValueError(
                 f"2:4 + quantization is stored as sparse24_int4 (symmetric int4 values); "
                 f"format {quant.format!r} is not supported with pattern 2:4"
             )
-    check_shapes(model, prune_cfg, quant)
+    check_shapes(model, prune_cfg, quant, pattern)
     results: dict[tuple[int, str], CompressedLinear] = {}
 
     def compress_block(layer, block, stats):
         t0 = time.perf_counter()
-        for site, rec in _compress_block(block, stats, prune_cfg, quant).items():
+        fixed = None if keeps is None else {s: keeps[(layer, s)] for s in calibrate.SITES}
+        for site, rec in _compress_block(block, stats, prune_cfg, quant, fixed, pattern).items():
             results[(layer, site)] = rec
         log(f"  block {layer}: {time.perf_counter() - t0:.1f}s")
 

@@ -1,0 +1,182 @@
+"""Export: compressed block linears → the kernels' packed operands → a loadable run directory.
+
+Which storage a compression produces (``models/config.py`` names the formats):
+
+| compression                               | weight_format  | arrays per linear (packing.py)   |
+|-------------------------------------------|----------------|----------------------------------|
+| quantize int4 / int4_affine / nf4 / fp4   | int4/nf4/fp4   | qweight, scales (, zeros)        |
+| prune 2:4                                 | sparse24       | values [K/2, N], meta [K/32, N]  |
+| prune 2:4 + quantize int4                 | sparse24_int4  | qvalues, meta, scales            |
+| prune unstructured / 4:8 (+ quantize)     | dense (or 4-bit) | the weights with their zeros   |
+
+Unstructured and 4:8 sparsity have no kernel: they are stored dense (or quantized) with exact
+zeros, and the size report says so. The output run is an ordinary run directory (config.json
+with the storage format, the source's tokenizer, one checkpoint): ``eval``, ``generate`` and
+``info`` load it through the same ``Trainer``, and its linears call ``int4_matmul`` /
+``sparse24_matmul`` with ``impl="auto"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from compactlm.compress import calibrate
+from compactlm.compress.quantize import PACKED_BITS
+from compactlm.kernels import packing
+
+
+def storage_format(prune_cfg, quant) -> str:
+    """The model.weight_format a compression is stored in."""
+    pattern = None if prune_cfg is None else prune_cfg.pattern
+    if quant is None:
+        return "sparse24" if pattern == "2:4" else "dense"
+    if pattern == "2:4":
+        return "sparse24_int4"
+    return "int4" if quant.format in ("int4", "int4_affine") else quant.format
+
+
+def check_exportable(prune_cfg, quant) -> None:
+    """Refuse what has no packed storage before any work is done."""
+    if quant is not None and quant.bits not in PACKED_BITS:
+        raise ValueError(
+            f"bits={quant.bits} has no packed storage format (the int4 container holds codes of "
+            f"at most 4 bits); valid for export: {', '.join(map(str, PACKED_BITS))}"
+        )
+
+
+def packed_arrays(rec, fmt: str, param_dtype) -> dict[str, np.ndarray]:
+    """One CompressedLinear as the arrays its storage class holds."""
+    if fmt == "dense":
+        return {"kernel": rec.weight.astype(param_dtype)}
+    if fmt in ("int4", "nf4", "fp4"):
+        return rec.quantized.pack()
+    values, meta = packing.compress_24(jax.numpy.asarray(rec.weight), check=True)
+    if fmt == "sparse24":
+        return {"values": np.asarray(values).astype(param_dtype), "meta": np.asarray(meta)}
+    # sparse24_int4: the codes at the kept positions, in the int4 nibble layout over K/2 rows.
+    i0, i1 = (np.asarray(a) for a in packing.unpack_meta_24(meta))
+    k, n = rec.weight.shape
+    codes = rec.quantized.codes.reshape(k // 4, 4, n)
+    kept = np.stack(
+        [np.take_along_axis(codes, i0[:, None], 1), np.take_along_axis(codes, i1[:, None], 1)],
+        axis=1,
+    ).reshape(k // 2, n)
+    out = {
+        "qvalues": np.asarray(packing.pack_int4(kept.astype(np.int32))),
+        "meta": np.asarray(meta),
+        "scales": rec.quantized.scales.astype(np.float32),
+    }
+    if rec.quantized.zeros is not None:
+        out["zeros"] = rec.quantized.zeros.astype(np.float32)
+    return out
+
+
+def size_report(results: dict, arrays: dict, fmt: str, model_bytes_other: int, quant) -> dict:
+    """Bytes of the block linears dense (f32 as trained, and bf16) vs stored, and notes."""
+    dense = sum(rec.weight.size * 4 for rec in results.values())
+    stored = sum(a.nbytes for per in arrays.values() for a in per.values())
+    nnz = sum(int(np.count_nonzero(rec.weight)) for rec in results.values())
+    total = sum(rec.weight.size for rec in results.values())
+    notes = []
+    if quant is not None and quant.bits == 3:
+        notes.append("3-bit codes are stored in 4-bit nibbles (the int4 container): no bytes saved")
+    if fmt == "dense" and nnz < total:
+        notes.append("unstructured / 4:8 sparsity has no kernel: stored dense with exact zeros")
+    return {
+        "weight_format": fmt,
+        "dense_linear_bytes": dense,
+        "dense_linear_bytes_bf16": dense // 2,
+        "linear_bytes": stored,
+        "dense_model_bytes": dense + model_bytes_other,
+        "model_bytes": stored + model_bytes_other,
+        "linear_bits_per_weight": 8 * stored / total,
+        "density": nnz / total,
+        "note": "; ".join(notes),
+    }
+
+
+def compressed_config(cfg, fmt: str, prune_cfg, quant):
+    """The source run's config with the storage format of the compression."""
+    model = cfg.model
+    changes = {"weight_format": fmt}
+    if quant is not None:
+        # group_size 0 = per channel: each linear's own K (models/quantized.py).
+        changes |= {"quant_group_size": quant.group_size, "double_quant": False}
+        if quant.format == "int4_affine":
+            changes["quant_zero_point"] = True
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, **changes))
+
+
+def write_run(trainer, results: dict, out: Path, *, prune_cfg, quant) -> dict:
+    """Write the compressed run into `out`; returns the size report."""
+    from flax import nnx
+
+    from compactlm.data.tokenizer import TOKENIZER_FILE
+    from compactlm.train.loop import Trainer
+
+    fmt = storage_format(prune_cfg, quant)
+    param_dtype = np.dtype(trainer.cfg.model.param_dtype)
+    arrays = {key: packed_arrays(rec, fmt, param_dtype) for key, rec in results.items()}
+    source = trainer.program.model(trainer.state)
+    other = sum(
+        int(np.prod(v.shape)) * v.dtype.itemsize
+        for path, v in nnx.to_flat_state(nnx.state(source, nnx.Param))
+        if not _is_block_linear(path)
+    )
+    sizes = size_report(results, arrays, fmt, other, quant)
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Path(trainer.workdir) / TOKENIZER_FILE
+    if tok.is_file():
+        (out / TOKENIZER_FILE).write_bytes(tok.read_bytes())
+    cfg = compressed_config(trainer.cfg, fmt, prune_cfg, quant)
+    target = Trainer(cfg, out)
+    state = target.restore_or_init()
+    model = target.program.model(state)
+    # Embedding, norms (AWQ folded its scales into them), an untied head: from the source.
+    src_flat = dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if not _is_block_linear(path):
+            var[...] = src_flat[path][...]
+    for layer in range(calibrate.n_blocks(model)):
+        block = calibrate.get_block(model, layer)
+        for site in calibrate.SITES:
+            sub, attr = calibrate.SITES[site]
+            linear = getattr(getattr(block, sub), attr)
+            for name, value in arrays[(layer, site)].items():
+                var = getattr(linear, name)
+                if tuple(var[...].shape) != value.shape:
+                    raise ValueError(
+                        f"layer {layer} {site}.{name}: stored shape {value.shape} does not fit "
+                        f"the {fmt} layer's {tuple(var[...].shape)}"
+                    )
+                var[...] = jax.numpy.asarray(value, var[...].dtype)
+        calibrate.set_block(model, layer, block)
+    _, params, frozen = nnx.split(model, target.program.trainable, ...)
+    target.state = state.replace(
+        params=params, frozen=frozen, opt_state=target.tx.init(params), step=trainer.state.step
+    )
+    target.save()
+    sizes["disk_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return sizes
+
+
+def _is_block_linear(path: tuple) -> bool:
+    names = {attr for _, attr in calibrate.SITES.values()}
+    return any(str(p) in names for p in path)
+
+
+def bits_label(sizes: dict) -> str:
+    return f"{sizes['linear_bits_per_weight']:.2f} bits/weight"
+
+
+def human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    exp = min(int(math.log(n, 1024)), 3)
+    return f"{n / 1024**exp:.1f} {['B', 'KiB', 'MiB', 'GiB'][exp]}"

@@ -1,0 +1,268 @@
+"""`compactlm quantize` and `compactlm prune`: a trained run in, a compressed run directory out.
+
+Both load the run (its latest checkpoint), evaluate it, draw the calibration set from its
+training split, compress the block linears (``apply.apply_compression``), optionally recover
+(pruning: masked fine-tuning), evaluate the result and write it as a new run directory holding
+the packed weights (``export.py``), which ``eval`` / ``generate`` / ``info`` load like any run.
+The printed report: validation loss and bits per byte before / after, bytes of weights, time.
+
+Nothing is written to the source run; the output directory must be new (or empty).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from compactlm.compress.calibrate import CalibConfig
+from compactlm.compress.prune import PruneConfig
+from compactlm.compress.quantize import QUANT_METHODS, QuantConfig
+from compactlm.compress.recover import RecoverConfig
+from compactlm.config import ConfigError, apply_overrides
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantizeJob(QuantConfig):
+    """`compactlm quantize RUN_DIR key=value ...`: QuantConfig's keys plus these."""
+
+    calib: CalibConfig = dataclasses.field(default_factory=CalibConfig)
+    # Validation tokens scored before and after (0 = the whole validation split).
+    eval_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneJob(PruneConfig):
+    """`compactlm prune RUN_DIR key=value ...`: PruneConfig's keys plus these."""
+
+    # Quantize the kept weights after pruning (and recovery). Off unless a quantize.* key is
+    # given; quantize.method then defaults to gptq after sparsegpt (the joint OBS of the
+    # SparseGPT paper), rtn otherwise. With pattern 2:4 this is the sparse24_int4 format.
+    quantize: QuantConfig = dataclasses.field(default_factory=lambda: QuantConfig(method="none"))
+    recover: RecoverConfig = dataclasses.field(default_factory=RecoverConfig)
+    calib: CalibConfig = dataclasses.field(default_factory=CalibConfig)
+    eval_tokens: int = 0
+
+
+def parse_quantize(overrides: Sequence[str]) -> QuantizeJob:
+    job = apply_overrides(QuantizeJob(), overrides)
+    if job.method not in QUANT_METHODS:
+        raise ConfigError(f"method={job.method!r}; valid methods: {', '.join(QUANT_METHODS)}")
+    return job
+
+
+def parse_prune(overrides: Sequence[str]) -> PruneJob:
+    job = apply_overrides(PruneJob(), overrides)
+    wants_quant = any(o.split("=", 1)[0].startswith("quantize.") for o in overrides)
+    if wants_quant and job.quantize.method == "none":
+        default = "gptq" if job.method == "sparsegpt" else "rtn"
+        job = apply_overrides(job, [f"quantize.method={default}"])
+    if job.quantize.method == "awq":
+        raise ConfigError("quantize.method=awq after pruning is not supported; use rtn or gptq")
+    if job.quantize.method != "none" and job.pattern == "2:4" and job.quantize.format != "int4":
+        raise ConfigError(
+            f"pattern=2:4 with quantize.format={job.quantize.format!r}: 2:4 values are stored as "
+            "symmetric int4 (sparse24_int4); use quantize.format=int4"
+        )
+    return job
+
+
+def _check_source(trainer, run_dir: str) -> None:
+    fmt = trainer.cfg.model.weight_format
+    if fmt != "dense" or (Path(run_dir) / "compression.json").exists():
+        raise ConfigError(
+            f"{run_dir} is already compressed (model.weight_format={fmt}); compress the dense "
+            "run it was made from"
+        )
+
+
+def _check_workdir(run_dir: str, workdir: str | None) -> Path:
+    if not workdir:
+        raise ConfigError("give the output directory: workdir=OUT")
+    out = Path(workdir)
+    if out.resolve() == Path(run_dir).resolve():
+        raise ConfigError("workdir must differ from RUN_DIR (the source run is never modified)")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"workdir {workdir} exists and is not empty; choose a new directory")
+    return out
+
+
+def _fmt_row(label: str, ev: dict) -> str:
+    return f"  {label:<10} loss {ev['loss']:.4f}  bpb {ev['bpb']:.4f}"
+
+
+def _report(title: str, before: dict, after: dict, sizes: dict, seconds: float, extra=()) -> None:
+    print(title)
+    print(_fmt_row("before", before))
+    for label, ev in extra:
+        print(_fmt_row(label, ev))
+    print(_fmt_row("after", after))
+    print(
+        f"  delta      loss {after['loss'] - before['loss']:+.4f}  bpb "
+        f"{after['bpb'] - before['bpb']:+.4f}"
+    )
+    ratio = sizes["linear_bytes"] / sizes["dense_linear_bytes"]
+    print(
+        f"  weights    block linears {sizes['dense_linear_bytes']:,} → "
+        f"{sizes['linear_bytes']:,} bytes ({ratio:.3f}x); whole model "
+        f"{sizes['dense_model_bytes']:,} → {sizes['model_bytes']:,} bytes"
+    )
+    if sizes.get("note"):
+        print(f"  note       {sizes['note']}")
+    print(f"  time       {seconds:.1f}s")
+
+
+def _model_and_state(trainer):
+    return trainer.program.model(trainer.state)
+
+
+def _set_model(trainer, model) -> None:
+    from flax import nnx
+
+    _, params, frozen = nnx.split(model, trainer.program.trainable, ...)
+    trainer.state = trainer.state.replace(params=params, frozen=frozen)
+
+
+def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> dict:
+    """The `compactlm quantize` command; returns the report it wrote to compression.json."""
+    from compactlm.compress import export
+    from compactlm.compress.apply import apply_compression, check_shapes, needs_calibration
+    from compactlm.compress.calibrate import calibration_tokens
+    from compactlm.train.run_dir import load_run
+
+    job = parse_quantize(overrides)
+    out = _check_workdir(run_dir, workdir)
+    trainer = load_run(run_dir)
+    _check_source(trainer, run_dir)
+    model = _model_and_state(trainer)
+    try:
+        check_shapes(model, None, job)
+        export.check_exportable(None, job)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    t0 = time.perf_counter()
+    before = trainer.evaluate(job.eval_tokens)
+    tokens = None
+    if needs_calibration(None, job):
+        tokens = calibration_tokens(trainer.data.train_tokens, job.calib, trainer.cfg.train.seq_len)
+    t1 = time.perf_counter()
+    results = apply_compression(
+        model, quant=job, tokens=tokens, batch_size=job.calib.batch_size, log=_log
+    )
+    seconds = time.perf_counter() - t1
+    _set_model(trainer, model)
+    after = trainer.evaluate(job.eval_tokens)
+    sizes = export.write_run(trainer, results, out, prune_cfg=None, quant=job)
+    report = {
+        "command": "quantize",
+        "source": str(run_dir),
+        "config": dataclasses.asdict(job),
+        "before": before,
+        "after": after,
+        "sizes": sizes,
+        "compress_seconds": seconds,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    (out / "compression.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _report(
+        f"quantize {job.method} {job.format} bits={job.bits} group_size={job.group_size or 'K'} "
+        f"→ {out}",
+        before,
+        after,
+        sizes,
+        seconds,
+    )
+    return report
+
+
+def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> dict:
+    """The `compactlm prune` command; returns the report it wrote to compression.json."""
+    from compactlm.compress import export
+    from compactlm.compress.apply import apply_compression, check_shapes, needs_calibration
+    from compactlm.compress.calibrate import calibration_tokens
+    from compactlm.train.run_dir import load_run
+
+    job = parse_prune(overrides)
+    quant = job.quantize if job.quantize.method != "none" else None
+    out = _check_workdir(run_dir, workdir)
+    trainer = load_run(run_dir)
+    _check_source(trainer, run_dir)
+    model = _model_and_state(trainer)
+    try:
+        check_shapes(model, job, quant)
+        export.check_exportable(job, quant)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    t0 = time.perf_counter()
+    before = trainer.evaluate(job.eval_tokens)
+    seq_len = trainer.cfg.train.seq_len
+    tokens = None
+    if needs_calibration(job, quant):
+        tokens = calibration_tokens(trainer.data.train_tokens, job.calib, seq_len)
+    t1 = time.perf_counter()
+    extra = []
+    prune_only = job.recover.steps > 0 and quant is not None
+    results = apply_compression(
+        model,
+        prune_cfg=job,
+        quant=None if prune_only else quant,
+        tokens=tokens,
+        batch_size=job.calib.batch_size,
+        log=_log,
+    )
+    seconds = time.perf_counter() - t1
+    _set_model(trainer, model)
+    if job.recover.steps > 0:
+        from compactlm.compress.recover import recover
+
+        extra.append(("pruned", trainer.evaluate(job.eval_tokens)))
+        t2 = time.perf_counter()
+        model = recover(trainer, results, job.recover, out / "recover")
+        seconds += time.perf_counter() - t2
+        _set_model(trainer, model)
+        if quant is not None:
+            extra.append(("recovered", trainer.evaluate(job.eval_tokens)))
+            keeps = {key: rec.keep for key, rec in results.items()}
+            if needs_calibration(None, quant):
+                tokens = calibration_tokens(trainer.data.train_tokens, job.calib, seq_len)
+            t3 = time.perf_counter()
+            results = apply_compression(
+                model,
+                quant=quant,
+                keeps=keeps,
+                pattern=job.pattern,
+                tokens=tokens,
+                batch_size=job.calib.batch_size,
+                log=_log,
+            )
+            seconds += time.perf_counter() - t3
+            _set_model(trainer, model)
+    after = trainer.evaluate(job.eval_tokens)
+    sizes = export.write_run(trainer, results, out, prune_cfg=job, quant=quant)
+    report = {
+        "command": "prune",
+        "source": str(run_dir),
+        "config": dataclasses.asdict(job),
+        "before": before,
+        **{label: ev for label, ev in extra},
+        "after": after,
+        "sizes": sizes,
+        "compress_seconds": seconds,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    (out / "compression.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    what = f"prune {job.method} {job.pattern}"
+    if job.pattern == "unstructured":
+        what += f" sparsity={job.sparsity}"
+    if quant is not None:
+        what += f" + {quant.method} {quant.format} bits={quant.bits}"
+    if job.recover.steps:
+        what += f" + recover {job.recover.steps} steps"
+    _report(f"{what} → {out}", before, after, sizes, seconds, extra)
+    return report
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
