@@ -18,6 +18,10 @@ compactlm report NAME [out=DIR] [root=runs/sweeps]
 compactlm export RUN_DIR format=hf workdir=OUT
 compactlm import HF_DIR workdir=RUN_DIR [key=value ...]
 compactlm pick memory=2GiB [latency_ms=...] [device=cpu|h100|h200] [metric=bpb] [--plot]
+compactlm quantize RUN_DIR method=rtn|gptq|awq format=int4|int4_affine|nf4|fp4 bits=4
+                   group_size=128 calib.sequences=128 workdir=OUT
+compactlm prune RUN_DIR method=magnitude|wanda|sparsegpt pattern=2:4|4:8|unstructured
+                sparsity=0.5 [quantize.bits=4 ...] [recover.steps=N] workdir=OUT
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ COMMANDS = (
     "pick",
     "export",
     "import",
+    "quantize",
+    "prune",
 )
 
 
@@ -192,6 +198,24 @@ def _cmd_pick(args: list[str]) -> int:
     if any("=" not in a for a in args):
         raise _usage_error(f"pick takes only key=value options, got {args}")
     return commands.pick([*options, *(["plot=true"] if plot else [])])
+
+
+def _cmd_quantize(args: list[str]) -> int:
+    from compactlm import commands
+
+    run_dir, overrides, special = _split_args(args)
+    if run_dir is None:
+        raise _usage_error("quantize needs a RUN_DIR")
+    return commands.quantize(run_dir, overrides, workdir=special.get("workdir"))
+
+
+def _cmd_prune(args: list[str]) -> int:
+    from compactlm import commands
+
+    run_dir, overrides, special = _split_args(args)
+    if run_dir is None:
+        raise _usage_error("prune needs a RUN_DIR")
+    return commands.prune(run_dir, overrides, workdir=special.get("workdir"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

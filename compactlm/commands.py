@@ -390,3 +390,19 @@ def merge(run_dir: str, overrides: Sequence[str], *, workdir: str | None = None)
     assert ckpt.latest_step(out.manager) == int(src.state.step)
     print(f"merged {run_dir} (step {int(src.state.step)}) into {path}")
     return 0
+
+
+def quantize(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
+    """Post-training quantization of a run into a new run directory (compress/job.py)."""
+    from compactlm.compress.job import quantize_run
+
+    quantize_run(run_dir, overrides, workdir=workdir)
+    return 0
+
+
+def prune(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
+    """Pruning (+ recovery, + quantization) of a run into a new run directory."""
+    from compactlm.compress.job import prune_run
+
+    prune_run(run_dir, overrides, workdir=workdir)
+    return 0

@@ -58,8 +58,9 @@ class QuantConfig:
     """What `compactlm quantize` (and `prune quantize.*`) runs on every linear of the model."""
 
     # "rtn" round-to-nearest; "gptq" OBS error compensation (needs calibration); "awq"
-    # activation-aware per-channel scaling, then RTN (needs calibration).
-    method: Literal["rtn", "gptq", "awq"] = "rtn"
+    # activation-aware per-channel scaling, then RTN (needs calibration). "none": off (the
+    # `prune` command's quantize section until a quantize.* key is given).
+    method: Literal["rtn", "gptq", "awq", "none"] = "rtn"
     # Storage format of the codes (kernels/packing.py); int4_affine = int4 with zero points.
     format: QuantFormat = "int4"
     # Code width. 4 everywhere; 3 for int4 / int4_affine (stored in the int4 container, no bytes
@@ -86,7 +87,7 @@ class QuantConfig:
 
 def check_quant_args(method: str, format: str, bits: int, group_size: int) -> None:
     """One-line errors naming the valid choices (the CLI turns them into exit 2)."""
-    if method not in QUANT_METHODS:
+    if method not in (*QUANT_METHODS, "none"):
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(QUANT_METHODS)}")
     if format not in QUANT_FORMATS:
         raise ValueError(f"unknown format {format!r}; valid formats: {', '.join(QUANT_FORMATS)}")
