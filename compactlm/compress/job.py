@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from compactlm.compress.calibrate import CalibConfig
 from compactlm.compress.prune import PruneConfig
@@ -28,6 +29,8 @@ from compactlm.config import ConfigError, apply_overrides
 class QuantizeJob(QuantConfig):
     """`compactlm quantize RUN_DIR key=value ...`: QuantConfig's keys plus these."""
 
+    # As QuantConfig.method, without "none" (which only the prune command's section has).
+    method: Literal["rtn", "gptq", "awq"] = "rtn"
     calib: CalibConfig = dataclasses.field(default_factory=CalibConfig)
     # Validation tokens scored before and after (0 = the whole validation split).
     eval_tokens: int = 0
@@ -138,8 +141,8 @@ def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None)
     _check_source(trainer, run_dir)
     model = _model_and_state(trainer)
     try:
-        check_shapes(model, None, job)
         export.check_exportable(None, job)
+        check_shapes(model, None, job)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     t0 = time.perf_counter()
@@ -191,8 +194,8 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
     _check_source(trainer, run_dir)
     model = _model_and_state(trainer)
     try:
-        check_shapes(model, job, quant)
         export.check_exportable(job, quant)
+        check_shapes(model, job, quant)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     t0 = time.perf_counter()

@@ -1,0 +1,82 @@
+"""`compactlm quantize` / `compactlm prune` end to end on a briefly trained `nano` run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from compactlm.cli import main
+
+
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code or 0
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COMPACTLM_CACHE", str(tmp_path_factory.getbasetemp() / "compress_cache"))
+    path = tmp_path_factory.mktemp("compress") / "nano"
+    common = ["train.progress=false", "train.eval_every=0", "data.corpus=pydocs"]
+    assert cli("train", "nano", "train.steps=15", *common, f"workdir={path}") == 0
+    yield path
+    mp.undo()
+
+
+def _listing(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+FAST = ["eval_tokens=4096", "calib.sequences=4", "calib.batch_size=4"]
+
+
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("quantize", ["method=hqq"], "choose one of: 'rtn' | 'gptq' | 'awq'\n"),
+        ("quantize", ["format=int3"], "choose one of: 'int4' | 'int4_affine' | 'nf4' | 'fp4'"),
+        ("quantize", ["format=nf4", "bits=3"], "bits=3 is not supported by format 'nf4'"),
+        ("quantize", ["bits=8"], "bits=8 has no packed storage"),
+        ("quantize", ["group_size=128"], "group_size=128 does not divide K=64"),
+        ("quantize", ["group_size=48"], "group_size=48 is not supported"),
+        ("prune", ["method=obs"], "choose one of: 'magnitude' | 'wanda' | 'sparsegpt'"),
+        ("prune", ["pattern=1:4"], "choose one of: 'unstructured' | '2:4' | '4:8'"),
+        ("prune", ["sparsity=1.5"], "sparsity=1.5 must be in (0, 1)"),
+        ("prune", ["quantize.format=nf4"], "2:4 values are stored as symmetric int4"),
+        ("prune", [], "give the output directory: workdir=OUT"),
+    ],
+)
+def test_bad_input_exits_2_and_touches_nothing(run_dir, tmp_path, capsys, command, args, message):
+    before = _listing(run_dir)
+    out = [] if not args and command == "prune" else [f"workdir={tmp_path / 'out'}"]
+    assert cli(command, str(run_dir), *args, *out) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _listing(run_dir) == before
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    args = ["method=wanda", "pattern=4:8", "recover.steps=3", *FAST, f"workdir={out}"]
+    assert cli("prune", str(run_dir), *args) == 0
+    printed = capsys.readouterr().out
+    assert "before" in printed and "pruned" in printed and "after" in printed
+    report = json.loads((out / "compression.json").read_text())
+    assert report["sizes"]["density"] == pytest.approx(0.5)
+    # The recovered model's pruned weights are still exactly zero (and it is a loadable run).
+    from compactlm.compress import apply as A
+    from compactlm.compress import calibrate as C
+    from compactlm.train.run_dir import load_run
+
+    model = load_run(out).program.model(load_run(out).state)
+    for layer in range(model.cfg.n_layers):
+        for site in C.SITES:
+            w = np.asarray(A.linear_of(C.get_block(model, layer), site).kernel[...])
+            assert (w.reshape(-1, 8, w.shape[1]) != 0).sum(axis=1).max() <= 4
+    # Compressing a compressed run again is refused.
+    assert cli("quantize", str(out), f"workdir={tmp_path / 'again'}") == 2
+    assert "already compressed" in capsys.readouterr().err
+    assert cli("eval", str(out)) == 0
