@@ -125,12 +125,15 @@ class _Recorder:
     def __init__(self, inner, sink: dict, site: str):
         self.inner, self.sink, self.site = inner, sink, site
 
-    def __call__(self, x):
+    def __getattr__(self, name: str):  # layout, in_features, ...: the wrapped linear's
+        return getattr(self.inner, name)
+
+    def __call__(self, x, rng=None):
         x2 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
         xtx = jnp.einsum("mk,mj->kj", x2, x2, preferred_element_type=jnp.float32)
         ax = jnp.abs(x2)
         self.sink[self.site] = (xtx, ax.sum(axis=0), ax.max(axis=0))
-        return self.inner(x)
+        return self.inner(x, rng=rng)
 
 
 @partial(jax.jit, static_argnums=(0, 5))
