@@ -100,16 +100,42 @@ def size_report(results: dict, arrays: dict, fmt: str, model_bytes_other: int, q
     }
 
 
-def compressed_config(cfg, fmt: str, prune_cfg, quant):
-    """The source run's config with the storage format of the compression."""
-    model = cfg.model
+def compressed_model_config(model, fmt: str, quant):
+    """The source's ModelConfig with the storage format of the compression."""
     changes = {"weight_format": fmt}
     if quant is not None:
         # group_size 0 = per channel: each linear's own K (models/quantized.py).
         changes |= {"quant_group_size": quant.group_size, "double_quant": False}
         if quant.format == "int4_affine":
             changes["quant_zero_point"] = True
-    return dataclasses.replace(cfg, model=dataclasses.replace(model, **changes))
+    return dataclasses.replace(model, **changes)
+
+
+def load_compressed(model, source, arrays: dict) -> None:
+    """Fill a model built with the compressed storage format: block linears from `arrays`,
+    everything else (embedding, norms — AWQ folded its scales into them —, an untied head)
+    from the dense `source` model."""
+    from flax import nnx
+
+    src_flat = dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if not _is_block_linear(path):
+            var[...] = src_flat[path][...]
+    fmt = model.cfg.weight_format
+    for layer in range(calibrate.n_blocks(model)):
+        block = calibrate.get_block(model, layer)
+        for site in calibrate.SITES:
+            sub, attr = calibrate.SITES[site]
+            linear = getattr(getattr(block, sub), attr)
+            for name, value in arrays[(layer, site)].items():
+                var = getattr(linear, name)
+                if tuple(var[...].shape) != value.shape:
+                    raise ValueError(
+                        f"layer {layer} {site}.{name}: stored shape {value.shape} does not fit "
+                        f"the {fmt} layer's {tuple(var[...].shape)}"
+                    )
+                var[...] = jax.numpy.asarray(value, var[...].dtype)
+        calibrate.set_block(model, layer, block)
 
 
 def write_run(trainer, results: dict, out: Path, *, prune_cfg, quant) -> dict:
@@ -134,29 +160,12 @@ def write_run(trainer, results: dict, out: Path, *, prune_cfg, quant) -> dict:
     tok = Path(trainer.workdir) / TOKENIZER_FILE
     if tok.is_file():
         (out / TOKENIZER_FILE).write_bytes(tok.read_bytes())
-    cfg = compressed_config(trainer.cfg, fmt, prune_cfg, quant)
+    model_cfg = compressed_model_config(trainer.cfg.model, fmt, quant)
+    cfg = dataclasses.replace(trainer.cfg, model=model_cfg)
     target = Trainer(cfg, out)
     state = target.restore_or_init()
     model = target.program.model(state)
-    # Embedding, norms (AWQ folded its scales into them), an untied head: from the source.
-    src_flat = dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        if not _is_block_linear(path):
-            var[...] = src_flat[path][...]
-    for layer in range(calibrate.n_blocks(model)):
-        block = calibrate.get_block(model, layer)
-        for site in calibrate.SITES:
-            sub, attr = calibrate.SITES[site]
-            linear = getattr(getattr(block, sub), attr)
-            for name, value in arrays[(layer, site)].items():
-                var = getattr(linear, name)
-                if tuple(var[...].shape) != value.shape:
-                    raise ValueError(
-                        f"layer {layer} {site}.{name}: stored shape {value.shape} does not fit "
-                        f"the {fmt} layer's {tuple(var[...].shape)}"
-                    )
-                var[...] = jax.numpy.asarray(value, var[...].dtype)
-        calibrate.set_block(model, layer, block)
+    load_compressed(model, source, arrays)
     _, params, frozen = nnx.split(model, target.program.trainable, ...)
     target.state = state.replace(
         params=params, frozen=frozen, opt_state=target.tx.init(params), step=trainer.state.step

@@ -187,7 +187,11 @@ class ModelConfig:
     # adapters (QLoRA). See STORAGE_FORMATS.
     weight_format: StorageFormat = "dense"
     # Group size along K of int4 scales / block size of NF4 / FP4 absmax. 64: QLoRA's NF4 block.
+    # 0 = one group per output channel (each linear's own K). sparse24_int4: counts kept rows.
     quant_group_size: int = 64
+    # int4 with zero points (affine, w = (q − z)·s with unsigned codes) instead of symmetric;
+    # what `compactlm quantize format=int4_affine` writes.
+    quant_zero_point: bool = False
     # QLoRA double quantization (§3): absmax constants quantized again to 8 bit in blocks of 256
     # (4.127 bits/param at block 64 instead of 4.5). Applies to nf4 / fp4.
     double_quant: bool = True
@@ -241,7 +245,7 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even (RoPE pairs)")
         if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("init_std, norm_eps and rope_theta must be > 0")
-        if self.quant_group_size < 8 or self.quant_group_size % 8:
+        if self.quant_group_size != 0 and (self.quant_group_size < 8 or self.quant_group_size % 8):
             raise ValueError(
                 f"quant_group_size={self.quant_group_size} must be a multiple of 8 (eight 4-bit "
                 "codes per int32 word)"

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import jax.numpy as jnp
 from flax import nnx
 
-from compactlm.models.config import QUANTIZED_FORMATS, STORAGE_FORMATS
+from compactlm.models.config import QUANTIZED_FORMATS, SPARSE_FORMATS, STORAGE_FORMATS
 from compactlm.models.dense import Linear, StorageLinear
 from compactlm.models.lora import Adapter
-from compactlm.models.quantized import QuantizedLinear
+from compactlm.models.quantized import QuantizedLinear, Sparse24Linear
 
 if TYPE_CHECKING:
     from compactlm.models.config import ModelConfig
@@ -141,12 +141,19 @@ def make_linear(
             format=fmt,
             group_size=cfg.quant_group_size,
             double_quant=cfg.double_quant,
+            zero_point=cfg.quant_zero_point,
             **common,
         )
-    elif fmt in STORAGE_FORMATS:
-        raise ValueError(
-            f"weight_format {fmt!r} is produced by `compactlm prune` from a trained run, not "
-            "built from scratch"
+    elif fmt in SPARSE_FORMATS:
+        # Produced by `compactlm prune` from a trained run; from scratch: checkpoint shapes.
+        linear = Sparse24Linear(
+            in_features,
+            out_features,
+            quantized=fmt == "sparse24_int4",
+            group_size=cfg.quant_group_size,
+            zero_point=cfg.quant_zero_point,
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            **common,
         )
     else:
         valid = ", ".join(STORAGE_FORMATS)
