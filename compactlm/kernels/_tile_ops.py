@@ -59,3 +59,39 @@ def dot_acc(a, w, acc, DOT_FP32: tl.constexpr):
     else:
         acc = tl.dot(a, w, acc)
     return acc
+
+
+# 2^23 as an f32 bit pattern (exponent field 150): a kernel argument, not a literal, so that
+# ptxas keeps it in a register: LOP3 takes one immediate, and (w & mask) ^ magic with both
+# immediates costs two LOP3s per weight instead of one.
+MAGIC_2_23 = 150 << 23
+
+
+@triton.jit
+def nibble_magic(src, P: tl.constexpr, SIGNED: tl.constexpr, magic):
+    """The 4-bit code n at bits ``4P .. 4P + 3`` (P ≤ 4) of each int32 in ``src`` as the exact f32
+    ``2^(23 − 4P) + n`` (``+ q + 8`` for signed codes q = n − 16·(n ≥ 8)): one LOP3.
+
+    Marlin's magic-number idea, per position and with no int→float conversion: OR-ing the nibble
+    into the mantissa of 2^(23 − 4P), whose ULP is 2^(−4P) there, makes the float 2^(23 − 4P) + n;
+    XOR-ing bit 3 of the nibble as well turns a two's-complement q into q + 8. ``magic`` is
+    ``MAGIC_2_23`` passed at run time (see there). Subtract ``2^(23 − 4P)`` (+ 8, or + z for an
+    integer-valued zero point z: exact) to get the code.
+    """
+    exponent = magic - ((4 * P) << 23)  # 2^(23 − 4P): a run-time scalar, hoisted by ptxas
+    if SIGNED:
+        # exponent + flip (disjoint bits) rather than |: LLVM would re-associate the xor of an
+        # or and split the P = 0 case into two LOP3s.
+        bits = (src & (0xF << (4 * P))) ^ (exponent + (8 << (4 * P)))
+    else:
+        bits = (src & (0xF << (4 * P))) | exponent
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def nibble_f32(src, P: tl.constexpr, SIGNED: tl.constexpr, magic):
+    """The code at bits ``4P .. 4P + 3`` (P ≤ 4) as an exact f32 (−8…7 if SIGNED, else 0…15):
+    ``nibble_magic`` minus its bias, one LOP3 + one FADD. For P = 0 and signed codes this is
+    ``((w & 0xF) ^ 0x4B000008)`` bitcast, minus 8388616.0."""
+    BIAS: tl.constexpr = 2.0 ** (23 - 4 * P) + (8.0 if SIGNED else 0.0)
+    return nibble_magic(src, P, SIGNED, magic) - BIAS

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 Config = dict[str, int]
 
-M_BUCKETS = ("decode", "small", "medium", "large")
+M_BUCKETS = ("gemv", "decode", "small", "medium", "large")
+GEMV_MAX_M = 4  # rows served by the GEMV kernels (gemv_kernels.py): FMAs, no tl.dot
 
 
 def m_bucket(m: int) -> str:
-    """1–16 rows: the memory-bound decode kernel; larger M: the tiled GEMM."""
+    """1–4 rows: the GEMV; 5–16: the split-K tl.dot decode kernel; larger M: the tiled GEMM."""
+    if m <= GEMV_MAX_M:
+        return "gemv"
     if m <= 16:
         return "decode"
     if m <= 64:
@@ -36,6 +39,10 @@ def _tiles(m: int, n: int, k: int, warps: int, stages: int, *, group_m: int | No
 
 
 DEFAULTS: dict[str, Config] = {
+    # GEMV (M ≤ 4; BLOCK_SIZE_M is set to M's power of two at launch): wide N tiles so that each
+    # thread owns several 16-byte column chunks (the x values it loads serve all of them), split
+    # K for ≥ 2 programs per SM (SPLIT_K from split_k_for), BLOCK_SIZE_K capped at the group.
+    "gemv": dict(BLOCK_SIZE_N=1024, BLOCK_SIZE_K=32, num_warps=4, num_stages=3),
     # Decode: one 16-row tile (tl.dot's minimum), wide K tiles so each program streams
     # contiguous qweight rows; SPLIT_K chosen at launch to fill the SMs (see split_k_for).
     "decode": _tiles(16, 64, 128, 4, 4, group_m=None),

@@ -20,7 +20,8 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from compactlm.kernels._tile_ops import dot_acc, grouped_pid, nibble
+from compactlm.kernels._tile_ops import MAGIC_2_23, dot_acc, grouped_pid, nibble
+from compactlm.kernels.gemv_kernels import _int4_gemv_kernel, gemv_grid
 from compactlm.kernels.packing import CODEBOOKS
 
 # In-kernel format codes (constexpr FMT; the kernels compare against the literals, since a
@@ -249,6 +250,29 @@ def launch_int4_matmul(
         _int4_matmul_kernel, grid, *common, k, 1, n, 1, n, 1, n, 1,
         out_shape=((m, n), x.dtype), **meta, **cfg,
     )  # fmt: skip
+
+
+def launch_int4_gemv(launch, x, qweight, scales, zeros, *, format: str, config: dict):
+    """Decode ``y[M, N] = x[M, K] @ W`` with the GEMV kernel (no tl.dot), any small M.
+
+    BLOCK_SIZE_K is capped at the group size so every tile has one scale row (a power of two
+    G ≥ 8 divides it); SPLIT_K > 1 writes f32 partials that are summed here (deterministic).
+    """
+    (m, k), n = x.shape, qweight.shape[1]
+    if m == 0:
+        return jnp.zeros((0, n), x.dtype)
+    ptrs, meta = _weight_operands(qweight, scales, zeros, format)
+    cfg = {key: v for key, v in config.items() if key not in ("BLOCK_SIZE_M", "GROUP_SIZE_M")}
+    cfg.setdefault("SPLIT_K", 1)
+    g = meta["GROUP_SIZE"]
+    if g < cfg["BLOCK_SIZE_K"] and g & (g - 1) == 0:
+        cfg["BLOCK_SIZE_K"] = g
+    grid = gemv_grid(m, n, k, cfg)
+    cfg["SPLIT_K"] = grid[1]
+    out = ((m, n), x.dtype) if grid[1] == 1 else ((grid[1], m, n), np.float32)
+    y = launch(_int4_gemv_kernel, grid, x, *ptrs, m, k, MAGIC_2_23, out_shape=out, N=n, K=k,
+               **meta, **cfg)  # fmt: skip
+    return y if grid[1] == 1 else y.sum(axis=0).astype(x.dtype)
 
 
 def launch_int4_matmul_bwd(

@@ -31,7 +31,11 @@ import numpy as np
 
 from compactlm.kernels import _launch, int4_configs
 from compactlm.kernels._dispatch import Impl, check_impl, device_reason, resolve_impl
-from compactlm.kernels.int4_kernels import launch_int4_matmul, launch_int4_matmul_bwd
+from compactlm.kernels.int4_kernels import (
+    launch_int4_gemv,
+    launch_int4_matmul,
+    launch_int4_matmul_bwd,
+)
 from compactlm.kernels.packing import FORMATS, check_format, check_packed, dequantize
 
 ACTIVATION_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
@@ -66,7 +70,7 @@ def _config(m: int, n: int, k: int, format: str, *, backward: bool = False) -> d
     """Per-GPU data from int4_configs; decode (M <= 16) gets a SPLIT_K that fills the SMs."""
     kind = _launch.device_kind()
     cfg = int4_configs.get_config(kind, m, n, k, format, backward=backward)
-    if not backward and m <= DECODE_MAX_M and "SPLIT_K" not in cfg:
+    if not backward and m <= DECODE_MAX_M and "SPLIT_K" not in cfg and "BLOCK_SIZE_N" in cfg:
         cfg["SPLIT_K"] = int4_configs.split_k_for(
             kind, n, k, cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
         )
@@ -100,6 +104,9 @@ def _forward(x2, qweight, scales, zeros, format, impl):
         return reference_int4_matmul(x2, qweight, scales, zeros, format=format)
     m, k = x2.shape
     cfg = _config(m, qweight.shape[1], k, format)
+    if m <= int4_configs.GEMV_MAX_M:
+        return launch_int4_gemv(_launch.triton_call, x2, qweight, scales, zeros, format=format,
+                                config=cfg)  # fmt: skip
     return launch_int4_matmul(_launch.triton_call, x2, qweight, scales, zeros, format=format,
                               config=cfg)  # fmt: skip
 
