@@ -76,7 +76,8 @@ def _int4_gemv_kernel(
         # ---- the tile's scales (and zeros): one per word, in the words' layout (a [1, BN] row
         # would get a layout of its own and a shared-memory conversion of the partial sums every
         # iteration); 4 per thread; rows of one group load the same addresses (ptxas merges them)
-        s_off = ((k0 + 8 * offs_r) // GROUP_SIZE)[:, None] * N + tl.max_contiguous(offs_n, 4)[None, :]
+        s_cols = tl.max_contiguous(offs_n, 4)[None, :]
+        s_off = ((k0 + 8 * offs_r) // GROUP_SIZE)[:, None] * N + s_cols
         s_ok = n_ok & k_ok
         if EVEN_N and EVEN_K:
             s = tl.load(scales_ptr + s_off).to(tl.float32)

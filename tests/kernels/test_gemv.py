@@ -50,8 +50,9 @@ def test_magic_number_nibbles_are_exact(signed):
 
 VARIANTS = [("int4", True), ("int4", False), ("nf4", True), ("fp4", True)]
 VARIANT_IDS = ["int4_sym", "int4_affine", "nf4", "fp4"]
-# (M, N, K, G, SPLIT_K): ragged N (40 vs BN = 16), ragged K (200 vs BK = 64, so the last split
-# is short), G = 32 < BK (the launcher caps BK at G), per-channel groups on ragged K, 1 and 3 splits, M = 1..4.
+# (M, N, K, G, SPLIT_K): ragged N (40 vs BN = 16), ragged K (200 vs BK = 64: the last split is
+# short), G = 32 < BK (the launcher caps BK at G), per-channel groups on ragged K, 1-3 splits,
+# M = 1..4.
 CASES = [
     (1, 48, 256, 32, 1),
     (1, 40, 200, None, 2),
