@@ -283,7 +283,7 @@ def analyse(compiled: dict[str, Any], cubin: bytes, workdir: Path, n: int, k: in
     weights_per_program = k * n / programs
     row = dict(
         kernel=compiled["kernel"],
-        tile=f"{c.get('BLOCK_SIZE_M')}x{bn}x{bk}",
+        tile=f"{c.get('BLOCK_SIZE_M', 1)}x{bn}x{bk}",  # the GEMVs: one row of x per program
         warps=compiled["num_warps"],
         stages=compiled["num_stages"],
         grid="x".join(map(str, grid)),

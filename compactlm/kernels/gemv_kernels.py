@@ -120,3 +120,120 @@ def gemv_grid(m: int, n: int, k: int, config: dict) -> tuple[int, int, int]:
     k_tiles = triton.cdiv(k, block_k)
     split = triton.cdiv(k_tiles, triton.cdiv(k_tiles, split))
     return triton.cdiv(n, block_n), split, m
+
+
+@triton.jit
+def _sparse24_gemv_kernel(
+    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr,
+    M, stride_xm, magic,
+    y_ptr,
+    N: tl.constexpr, K: tl.constexpr, INT4: tl.constexpr, HAS_ZEROS: tl.constexpr,
+    QUANT_GROUP: tl.constexpr,
+    BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):  # fmt: skip
+    """y[m, N tile] (or partial[split, m]) = x[m, Ks] @ W[Ks, N tile], W in 2:4 storage.
+
+    Per 2:4 group g and column n the kept values v0, v1 multiply x[4g + i0] and x[4g + i1]
+    directly (no dense tile): i0, i1 select among the group's 4 x values (two predicated selects
+    each; i0 ∈ 0..2, i1 ∈ 1..3). The tile is ROWS metadata words (8 groups = 32 k each) deep.
+    int4 values: the compressed rows of one metadata word are two qvalues words (4 groups each);
+    QUANT_GROUP (compressed rows per scale) is a multiple of 16, so one scale per metadata word.
+    """
+    ROWS: tl.constexpr = BLOCK_SIZE_K // 32  # metadata words per column per tile
+    K_TILES: tl.constexpr = (K + BLOCK_SIZE_K - 1) // BLOCK_SIZE_K
+    TILES_PER_SPLIT: tl.constexpr = (K_TILES + SPLIT_K - 1) // SPLIT_K
+    EVEN: tl.constexpr = (
+        (N % BLOCK_SIZE_N == 0) and (K % BLOCK_SIZE_K == 0) and (K_TILES % SPLIT_K == 0)
+    )
+
+    # -------------------------------------------------------------- pid mapping
+    pid_n = tl.program_id(axis=0)
+    pid_k = tl.program_id(axis=1)
+    pid_m = tl.program_id(axis=2)
+
+    # -------------------------------------------------------------- pointer setup
+    # 4 columns per thread for every load (int32 meta and words; bf16 values as 8 bytes): one
+    # layout for all operands, so nothing is converted through shared memory.
+    offs_n = tl.max_contiguous(pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N), 4)
+    offs_r = tl.arange(0, ROWS)
+    n_ok = (offs_n < N)[None, :]
+    x_row = x_ptr + pid_m * stride_xm
+    sixteen = (magic >> 23) - 134  # 16, opaque to the compiler (see _int4_gemv_kernel)
+
+    # -------------------------------------------------------------- K loop
+    acc = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+    for t in range(TILES_PER_SPLIT):
+        k0 = (pid_k * TILES_PER_SPLIT + t) * BLOCK_SIZE_K
+        rows = k0 // 32 + offs_r  # metadata word rows
+        ok = (rows < K // 32)[:, None] & n_ok
+        col = offs_n[None, :]
+        if EVEN:
+            meta = tl.load(meta_ptr + rows[:, None] * N + col)
+        else:
+            meta = tl.load(meta_ptr + rows[:, None] * N + col, mask=ok, other=0)
+        if INT4:  # qvalues words 2r, 2r + 1: codes of compressed rows 16r .. 16r + 15
+            q_ptrs = values_ptr + (2 * rows)[:, None] * N + col
+            if EVEN:
+                q_lo, q_hi = tl.load(q_ptrs), tl.load(q_ptrs + N)
+            else:
+                q_lo = tl.load(q_ptrs, mask=ok, other=0)
+                q_hi = tl.load(q_ptrs + N, mask=ok, other=0)
+            s_off = ((16 * rows) // QUANT_GROUP)[:, None] * N + col
+            if EVEN:
+                s = tl.load(scales_ptr + s_off).to(tl.float32)
+            else:
+                s = tl.load(scales_ptr + s_off, mask=ok, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                z = tl.load(zeros_ptr + s_off, mask=ok, other=0.0).to(tl.float32)
+        x_ptrs = x_row + (32 * rows)[:, None]
+        x_ok = (32 * rows < K)[:, None]
+        part = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+        for j in tl.static_range(8):  # the word's 8 groups
+            if EVEN:
+                x0 = tl.load(x_ptrs + 4 * j).to(tl.float32)
+                x1 = tl.load(x_ptrs + 4 * j + 1).to(tl.float32)
+                x2 = tl.load(x_ptrs + 4 * j + 2).to(tl.float32)
+                x3 = tl.load(x_ptrs + 4 * j + 3).to(tl.float32)
+            else:
+                x0 = tl.load(x_ptrs + 4 * j, mask=x_ok, other=0.0).to(tl.float32)
+                x1 = tl.load(x_ptrs + 4 * j + 1, mask=x_ok, other=0.0).to(tl.float32)
+                x2 = tl.load(x_ptrs + 4 * j + 2, mask=x_ok, other=0.0).to(tl.float32)
+                x3 = tl.load(x_ptrs + 4 * j + 3, mask=x_ok, other=0.0).to(tl.float32)
+            nib = meta >> (4 * j)
+            x_i0 = tl.where((nib & 2) != 0, x2, tl.where((nib & 1) != 0, x1, x0))
+            x_i1 = tl.where((nib & 8) != 0, tl.where((nib & 4) != 0, x3, x2), x1)
+            if INT4:  # codes of compressed rows 2j, 2j + 1 of this metadata word
+                word = q_lo if j < 4 else q_hi
+                src = word if j % 4 < 2 else word >> sixteen
+                if HAS_ZEROS:
+                    v0 = nibble_magic(src, (2 * j) % 4, False, magic) - (
+                        z + 2.0 ** (23 - 4 * ((2 * j) % 4))
+                    )
+                    v1 = nibble_magic(src, (2 * j) % 4 + 1, False, magic) - (
+                        z + 2.0 ** (19 - 4 * ((2 * j) % 4))
+                    )
+                else:
+                    v0 = nibble_f32(src, (2 * j) % 4, True, magic)
+                    v1 = nibble_f32(src, (2 * j) % 4 + 1, True, magic)
+            else:
+                v_ptrs = values_ptr + (16 * rows + 2 * j)[:, None] * N + col
+                if EVEN:
+                    v0 = tl.load(v_ptrs).to(tl.float32)
+                    v1 = tl.load(v_ptrs + N).to(tl.float32)
+                else:
+                    v0 = tl.load(v_ptrs, mask=ok, other=0.0).to(tl.float32)
+                    v1 = tl.load(v_ptrs + N, mask=ok, other=0.0).to(tl.float32)
+            part += v0 * x_i0  # two statements: two FFMAs (one expression: FMUL, FFMA, FADD)
+            part += v1 * x_i1
+        if INT4:
+            acc += part * s
+        else:
+            acc += part
+
+    # -------------------------------------------------------------- epilogue
+    y = tl.sum(acc, axis=0)
+    y_ok = offs_n < N
+    if SPLIT_K == 1:
+        tl.store(y_ptr + pid_m * N + offs_n, y.to(y_ptr.dtype.element_ty), mask=y_ok)
+    else:
+        tl.store(y_ptr + (pid_k * M + pid_m) * N + offs_n, y, mask=y_ok)

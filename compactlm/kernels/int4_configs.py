@@ -53,6 +53,14 @@ DEFAULTS: dict[str, Config] = {
     "backward": _tiles(128, 64, 128, 8, 3),
 }
 
+# Per-format defaults where a format's kernel needs other tiles than the bucket's (SASS counts,
+# docs/benchmarks.md): the NF4 / FP4 code-book gather is one load per weight whose layout
+# differs from the words' (a shared-memory conversion); at 1024x32 that spills, 256x64 not.
+FORMAT_DEFAULTS: dict[tuple[str, str], Config] = {
+    ("gemv", "nf4"): dict(BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, num_warps=4, num_stages=3),
+    ("gemv", "fp4"): dict(BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, num_warps=4, num_stages=3),
+}
+
 # H100 and H200 share the SM (132 SMs, 227 KB shared memory per block); the H200's larger, faster
 # HBM moves the decode roofline but not the tile shapes, so they start from the same rows (two
 # tables: measured rows for one kind must not leak into the other).
@@ -83,7 +91,7 @@ def get_config(
     ):
         if key in table:
             return dict(table[key])
-    return dict(DEFAULTS[bucket])
+    return dict(FORMAT_DEFAULTS.get((bucket, format), DEFAULTS[bucket]))
 
 
 def split_k_for(kind: str, n: int, k: int, block_n: int, block_k: int) -> int:

@@ -239,6 +239,10 @@ def launch_int4_matmul(
                 f"decode kernel takes M <= BLOCK_SIZE_M={cfg['BLOCK_SIZE_M']}, got {m}"
             )
         split = cfg.pop("SPLIT_K")
+        g = meta["GROUP_SIZE"]
+        if g < cfg["BLOCK_SIZE_K"] and g & (g - 1) == 0:  # one scale row per tile: the
+            cfg["BLOCK_SIZE_K"] = g  # per-row scale gather spilled at G = 64 < BK = 128
+            split = min(split, triton.cdiv(k, g))
         partial = launch(
             _int4_splitk_kernel, (triton.cdiv(n, cfg["BLOCK_SIZE_N"]), split),
             *common, k, 1, n, 1, n, 1, m * n, n, 1,

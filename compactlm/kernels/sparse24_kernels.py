@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from compactlm.kernels import _launch, int4_configs
-from compactlm.kernels._tile_ops import dot_acc, grouped_pid, nibble, repeat_rows
+from compactlm.kernels._tile_ops import MAGIC_2_23, dot_acc, grouped_pid, nibble, repeat_rows
+from compactlm.kernels.gemv_kernels import _sparse24_gemv_kernel, gemv_grid
 
 DECODE_MAX_M = 16  # rows served by the decode kernel; tl.dot's smallest tile is 16
 
@@ -186,11 +187,7 @@ def _sparse24_decode_kernel(
             stride_vk, stride_vn, stride_mk, stride_mn, stride_sk, stride_sn,
             INT4, HAS_ZEROS, QUANT_GROUP, BLOCK_SIZE_K, BLOCK_SIZE_N,
         ).to(a.dtype)  # fmt: skip
-        if BLOCK_SIZE_M >= 16:
-            acc = dot_acc(a, w, acc, DOT_FP32)
-        else:  # GEMV: too few rows for an MMA tile; fp32 products, reduce over K in registers
-            prod = a.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :]
-            acc += tl.sum(prod, axis=1)
+        acc = dot_acc(a, w, acc, DOT_FP32)
         x_ptrs += BLOCK_SIZE_K * stride_xk
 
     # ---------------------------------------------------------------- epilogue
@@ -270,7 +267,7 @@ def _launch_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
     """Tiled GEMM: y[M, N] in out_dtype."""
     (M, K), N = x2.shape, meta.shape[1]
     ptrs, strides, constexprs = _weight_operands(values, meta, scales, zeros)
-    cfg = {k: v for k, v in config.items() if k not in ("GEMV_MAX_M", "SPLIT_K")}
+    cfg = {k: v for k, v in config.items() if k != "SPLIT_K"}
     grid = (triton.cdiv(M, cfg["BLOCK_SIZE_M"]) * triton.cdiv(N, cfg["BLOCK_SIZE_N"]),)
     return call(
         _sparse24_matmul_kernel, grid, x2, *ptrs, M, N, K, K, 1, *strides, N, 1,
@@ -286,9 +283,8 @@ def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
         raise ValueError(f"the decode kernel serves M <= {DECODE_MAX_M} rows, got M={M}")
     ptrs, strides, constexprs = _weight_operands(values, meta, scales, zeros)
     cfg = {k: v for k, v in config.items() if k != "GROUP_SIZE_M"}
-    gemv_max_m, split_k = cfg.pop("GEMV_MAX_M", 1), cfg.pop("SPLIT_K", None)
-    # GEMV for the few-row case; otherwise one 16-row MMA tile (tl.dot's minimum) covers M.
-    cfg["BLOCK_SIZE_M"] = triton.next_power_of_2(M) if M <= gemv_max_m else DECODE_MAX_M
+    split_k = cfg.pop("SPLIT_K", None)
+    cfg["BLOCK_SIZE_M"] = DECODE_MAX_M  # one 16-row MMA tile (tl.dot's minimum) covers M
     block_n, block_k = cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if split_k is None:
         split_k = int4_configs.split_k_for(_launch.device_kind(), N, K, block_n, block_k)
@@ -303,11 +299,34 @@ def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
     return jnp.sum(jnp.asarray(partial), axis=0).astype(out_dtype)
 
 
+def _launch_gemv(call, x2, values, meta, scales, zeros, *, out_dtype, config, dot_fp32=False):
+    """M ≤ GEMV_MAX_M: the GEMV (no dense tile, no tl.dot); split-K partials summed here.
+
+    ``dot_fp32`` is accepted for the launchers' common signature and unused: f32 FMAs only."""
+    (M, K), N = x2.shape, meta.shape[1]
+    ptrs, _, constexprs = _weight_operands(values, meta, scales, zeros)
+    cfg = {k: v for k, v in config.items() if k not in ("BLOCK_SIZE_M", "GROUP_SIZE_M")}
+    cfg["BLOCK_SIZE_K"] = max(32, cfg["BLOCK_SIZE_K"])  # whole metadata words
+    if cfg.get("SPLIT_K") is None:
+        cfg["SPLIT_K"] = int4_configs.split_k_for(
+            _launch.device_kind(), N, K, cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
+        )
+    grid = gemv_grid(M, N, K, cfg)
+    cfg["SPLIT_K"] = grid[1]
+    out = (M, N) if grid[1] == 1 else (grid[1], M, N)
+    y = call(
+        _sparse24_gemv_kernel, grid, x2, *ptrs, M, K, MAGIC_2_23,
+        out_shape=jax.ShapeDtypeStruct(out, jnp.dtype(out_dtype) if grid[1] == 1 else jnp.float32),
+        N=N, K=K, **constexprs, **cfg,
+    )  # fmt: skip
+    return y if grid[1] == 1 else jnp.sum(jnp.asarray(y), axis=0).astype(out_dtype)
+
+
 def _launch_matmul_bwd(call, dy2, values, meta, scales, zeros, *, config, dot_fp32=False):
     """dx[M, K] = dy @ Wᵀ in dy's dtype (the caller casts dy to x's dtype)."""
     (M, N), K = dy2.shape, meta.shape[0] * 32
     ptrs, strides, constexprs = _weight_operands(values, meta, scales, zeros)
-    cfg = {k: v for k, v in config.items() if k not in ("GEMV_MAX_M", "SPLIT_K")}
+    cfg = {k: v for k, v in config.items() if k != "SPLIT_K"}
     grid = (triton.cdiv(M, cfg["BLOCK_SIZE_M"]) * triton.cdiv(K, cfg["BLOCK_SIZE_K"]),)
     return call(
         _sparse24_matmul_bwd_kernel, grid, dy2, *ptrs, M, N, K, N, 1, *strides, K, 1,
@@ -324,7 +343,10 @@ def launch_sparse24_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, 
     M, N = x2.shape[0], meta.shape[1]
     if M == 0:
         return jnp.zeros((0, N), out_dtype)
-    launch = _launch_decode if M <= DECODE_MAX_M else _launch_matmul
+    if M <= int4_configs.GEMV_MAX_M:
+        launch = _launch_gemv
+    else:
+        launch = _launch_decode if M <= DECODE_MAX_M else _launch_matmul
     return launch(call, x2, values, meta, scales, zeros, out_dtype=out_dtype, config=config, **kw)
 
 

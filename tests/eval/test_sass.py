@@ -34,24 +34,30 @@ def test_parser_finds_the_largest_backward_loop_and_load_widths():
 
 @pytest.fixture(scope="module")
 def counted(tmp_path_factory):
-    return sass.run(["int4", "sparse24"], (1,), 8192, 8192, tmp_path_factory.mktemp("sass"))
+    return sass.run(WITHIN_BUDGET, (1,), 8192, 8192, tmp_path_factory.mktemp("sass"))
+
+
+# The formats whose decode kernel meets its budget today (docs/benchmarks.md has all six).
+WITHIN_BUDGET = ["int4", "int4_affine", "sparse24"]
 
 
 @requires_plugin
-@pytest.mark.parametrize("format", ["int4", "sparse24"])
+@pytest.mark.parametrize("format", WITHIN_BUDGET)
 def test_counts_the_kernel_jax_triton_specialised(counted, format):
     (row,) = [r for r in counted if r["format"] == format]
     assert "error" not in row, row.get("error")
-    # jax-triton 0.4.1's specialisation, not a hand-made one: the scalar M = 1 (and the unit
-    # strides) became constexprs, N and K stayed plain i32, every pointer is 16-byte divisible.
-    assert "M" in row["specialised"] and "stride_xk" in row["specialised"]
-    assert {"N", "K"} <= set(row["i32"])
+    # jax-triton 0.4.1's specialisation, not a hand-made one: the scalar M = 1 became a
+    # constexpr, stride_xm = K = 8192 stayed a plain i32, every pointer is 16-byte divisible.
+    assert "M" in row["specialised"] and "stride_xm" in row["i32"]
     assert row["divisible_16"] == row["pointers"] and "x_ptr" in row["pointers"]
     bk, bn = (int(v) for v in row["tile"].split("x")[2:0:-1])
     assert row["loop_instructions"] > 0
     expected = row["loop_instructions"] * 32 * row["warps"] / (bk * bn)
     assert row["loop_per_weight"] == pytest.approx(expected)
     assert row["program_per_weight"] >= row["loop_per_weight"]  # the prologue only adds
+    # The budget (DESIGN.md §6) holds, with no spills.
+    assert row["loop_per_weight"] <= sass.BUDGETS[format], row
+    assert row["spill_stores"] == row["spill_loads"] == 0
     assert row["registers"] > 0 and row["shared"] >= 0
     assert set(row["loop_loads"]) <= {f"{op}.{b}B" for op in ("LDG", "LDGSTS") for b in
                                       (1, 2, 4, 8, 16)}  # fmt: skip

@@ -48,14 +48,21 @@ def int4_cases(jax, jnp, np):
         return jax.value_and_grad(loss)
 
     gemm_cfg = int4_configs.get_config("h100", 64, N, K, "int4")
-    decode_cfg = dict(int4_configs.get_config("h100", 4, N, K, "nf4"), SPLIT_K=4)
+    decode_cfg = dict(int4_configs.get_config("h100", 8, N, K, "nf4"), SPLIT_K=4)
+    gemv_cfg = int4_configs.get_config("h100", 1, N, K, "int4")
+
+    def gemv(x, qw, s, z=None):
+        return IK.launch_int4_gemv(_launch.triton_call, x, qw, s, z, format="int4",
+                                   config=dict(gemv_cfg, SPLIT_K=2))  # fmt: skip
+
     return {
         "gemm_int4_affine_bf16": (
             forward("int4", gemm_cfg),
             [x(64), *packed("int4", False, 128)],
             1,
         ),
-        "decode_nf4_splitk": (forward("nf4", decode_cfg), [x(4), *packed("nf4", True, 64)], 1),
+        "decode_nf4_splitk": (forward("nf4", decode_cfg), [x(8), *packed("nf4", True, 64)], 1),
+        "gemv_int4_affine": (gemv, [x(1), *packed("int4", False, 128)], 1),
         # Forward and backward kernels both appear: two Triton custom calls.
         "grad_fp4_fwd_and_bwd": (grad("fp4"), [x(128), *packed("fp4", True, 64)], 2),
     }

@@ -1,20 +1,23 @@
-"""Compile raw Triton kernels for Hopper (sm_90) without a GPU: the script and its test runner.
+"""Compile the production launches for Hopper (sm_90) without a GPU: the script and its test runner.
 
-``python tests/kernels/hopper_compile.py specs.json results.json`` with TRITON_INTERPRET=0 (the
+``python tests/kernels/hopper_compile.py cases.json results.json`` with TRITON_INTERPRET=0 (the
 test suite's interpreter would otherwise replace every ``@triton.jit`` at import); the compile
-tests call ``compile_for_hopper`` (the script in a subprocess) and ``check_compiled``. Each spec::
+tests call ``compile_for_hopper`` (the script in a subprocess) and ``check_compiled``. Each case
+names a production launcher and a problem::
 
-    {"id": "gemm_nf4", "module": "compactlm.kernels.int4_kernels",
-     "kernel": "_int4_matmul_kernel", "pointers": {"x_ptr": "bf16", ...},
-     "constexprs": {"BLOCK_SIZE_M": 128, ...}, "num_warps": 8, "num_stages": 3}
+    {"id": "gemv_int4", "op": "int4", "format": "int4", "symmetric": true,
+     "M": 1, "N": 8192, "K": 8192, "group_size": 128, "backward": false}
 
-Parameters that are neither pointers nor constexprs compile as i32 scalars; pointers are marked
-16-byte aligned, as jax-triton launches them. Each result records the kernel's static shared
-memory, whether the PTX uses wgmma / mma.sync, and the error text if compilation failed. ptxas
-ships in the triton wheel, so this produces a real cubin. Shared by the int4 and 2:4 tests.
+The launcher runs with the launch config production would pick on an H200 (``int4_matmul._config``
+/ ``sparse24_matmul._config`` under ``_launch.target(90, kind="h200")``) and a ``launch`` that
+records each kernel call instead of running it. Each recorded call is specialised by
+**jax-triton's own** ``KernelSpecialization.build`` (ints equal to 1 become constexprs, pointers
+are 16-byte aligned, other ints plain i32, as on the GPU), then compiled with ``triton.compile``
+for ``GPUTarget("cuda", 90, 32)`` (ptxas ships in the wheel: a real cubin). Each result records
+the kernel, its static shared memory, whether the PTX uses wgmma / mma.sync, the registers and
+spills, or the error text. Shared by the int4 and 2:4 tests.
 """
 
-import importlib
 import json
 import os
 import subprocess
@@ -28,78 +31,170 @@ ROOT = Path(__file__).resolve().parents[2]
 HOPPER_SMEM_PER_BLOCK = 227 * 1024
 
 
-def split_config(cfg: dict) -> tuple[dict, dict]:
-    """An int4_configs row → (constexprs, launch options num_warps / num_stages)."""
-    launch = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
-    return {k: v for k, v in cfg.items() if k not in launch}, launch
-
-
-def compile_for_hopper(specs: list[dict], tmp: Path) -> dict:
-    """Run this script on ``specs`` in a subprocess (interpreter off); results by spec id."""
-    (tmp / "specs.json").write_text(json.dumps(specs))
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT),
+def compile_for_hopper(cases: list[dict], tmp: Path) -> dict:
+    """Run this script on ``cases`` in a subprocess (interpreter off); results by case id."""
+    (tmp / "cases.json").write_text(json.dumps(cases))
+    env = dict(os.environ, TRITON_INTERPRET="0", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                TRITON_CACHE_DIR=str(tmp / "cache"))  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, __file__, str(tmp / "specs.json"), str(tmp / "out.json")],
+        [sys.executable, __file__, str(tmp / "cases.json"), str(tmp / "out.json")],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((tmp / "out.json").read_text())
 
 
-def check_compiled(result: dict, mma: str) -> None:
-    """It compiled, fits Hopper's shared memory, and tl.dot lowered to ``mma``: "wgmma"; "mma"
-    (wgmma or mma.sync: tiles of 16 rows sit below wgmma's m64 shape); "fma" (no tensor-core
-    instruction: a GEMV, or IEEE f32, which has none)."""
+def check_compiled(result: dict, kernel: str, mma: str) -> None:
+    """It compiled as ``kernel``, fits Hopper's shared memory, no spills, and lowered its dots to
+    ``mma``: "wgmma" (Hopper's warpgroup MMA), "mma.sync" (16-row tiles sit below wgmma's m64
+    shape), or "none" (no tensor-core instruction: a GEMV, or IEEE f32, which has none)."""
     assert result["ok"], result.get("error")
-    assert 0 < result["shared"] <= HOPPER_SMEM_PER_BLOCK, result
-    tensor_core = result["wgmma"] or result["mma_sync"]
-    expected = {"wgmma": result["wgmma"], "mma": tensor_core, "fma": not tensor_core}[mma]
-    assert expected, f"expected {mma}: {result}"
+    assert result["kernel"] == kernel, result
+    assert 0 <= result["shared"] <= HOPPER_SMEM_PER_BLOCK, result
+    assert result["spills"] == 0, result
+    got = "wgmma" if result["wgmma"] else "mma.sync" if result["mma_sync"] else "none"
+    assert got == mma, f"expected {mma}, the PTX has {got}: {result}"
 
 
-def compile_one(spec: dict) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
+# ============================================================================ subprocess side
 
-    fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-    pointers, constexprs = spec["pointers"], spec["constexprs"]
-    signature = {}
-    for name in fn.arg_names:
-        if name in pointers:
-            signature[name] = "*" + pointers[name]
-        elif name in constexprs:
-            signature[name] = "constexpr"
+
+def _operands(case: dict):
+    """(activation, weight operands) of the case, zero-filled with the production dtypes."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    m, n, k, g = case["M"], case["N"], case["K"], case.get("group_size")
+    act = jnp.dtype(case.get("dtype", "bfloat16"))
+    rows = n if case.get("backward") else k
+    x = np.zeros((m, rows), act)
+    sdt = jnp.dtype(case.get("scale_dtype", "bfloat16"))
+    if case["op"] == "int4":
+        g = g or k
+        qw, s = np.zeros((k // 8, n), np.int32), np.zeros((k // g, n), sdt)
+        z = None if case.get("symmetric", True) else np.zeros((k // g, n), sdt)
+        return x, (qw, s, z)
+    meta = np.zeros((k // 32, n), np.int32)
+    if case["format"] == "sparse24":
+        return x, (np.zeros((k // 2, n), act), meta, None, None)
+    g = g or k // 2
+    s = np.zeros((k // 2 // g, n), sdt)
+    z = None if case.get("symmetric", True) else np.zeros_like(s)
+    return x, (np.zeros((k // 16, n), np.int32), meta, s, z)
+
+
+def record_launches(case: dict) -> list[dict]:
+    """Run the production launcher for ``case``; return the kernel calls it would make."""
+    import numpy as np
+
+    from compactlm.kernels import _launch, int4_configs
+    from compactlm.kernels import int4_kernels as IK
+    from compactlm.kernels import int4_matmul as I
+    from compactlm.kernels import sparse24_kernels as SK
+    from compactlm.kernels import sparse24_matmul as S
+
+    calls = []
+
+    def launch(kernel, grid, *args, out_shape, **meta):
+        calls.append(dict(kernel=kernel, grid=grid, args=args, out_shape=out_shape, meta=meta))
+        shape, dtype = (
+            (out_shape.shape, out_shape.dtype) if hasattr(out_shape, "shape") else (out_shape)
+        )
+        return np.zeros(shape, dtype)
+
+    x, weights = _operands(case)
+    m, n, k, fmt, bwd = case["M"], case["N"], case["K"], case["format"], case.get("backward")
+    with _launch.target(90, kind="h200"):
+        if case["op"] == "int4":
+            cfg = I._config(m, n, k, fmt, backward=bool(bwd))
+            if bwd:
+                IK.launch_int4_matmul_bwd(launch, x, *weights, format=fmt, config=cfg)
+            elif m <= int4_configs.GEMV_MAX_M:
+                IK.launch_int4_gemv(launch, x, *weights, format=fmt, config=cfg)
+            else:
+                IK.launch_int4_matmul(launch, x, *weights, format=fmt, config=cfg)
         else:
-            signature[name] = "i32"
-    attrs = {(fn.arg_names.index(p),): [["tt.divisibility", 16]] for p in pointers}
-    src = triton.compiler.ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
-    options = {k: spec[k] for k in ("num_warps", "num_stages") if k in spec}
-    t0 = time.perf_counter()
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    ptx = compiled.asm["ptx"]
-    return {
-        "ok": True,
-        "shared": compiled.metadata.shared,
-        "wgmma": "wgmma.mma_async" in ptx,
-        "mma_sync": "mma.sync" in ptx,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+            cfg = S._config(m, n, k, fmt, backward=bool(bwd))
+            if bwd:
+                SK.launch_sparse24_matmul_bwd(launch, x, *weights, config=cfg)
+            else:
+                SK.launch_sparse24_matmul(launch, x, *weights, out_dtype=x.dtype, config=cfg)
+    return calls
 
 
-def main(spec_path: str, out_path: str) -> None:
+def specialise(call: dict):
+    """jax-triton 0.4.1's own specialisation of one recorded call: (fn, spec, options)."""
+    import jax
+    import numpy as np
+    from jax import tree_util
+
+    from compactlm.kernels import _launch
+
+    _launch._jax_triton()  # the triton 3.6 shim first
+    import triton
+    from jax_triton import triton_lib
+
+    fn = triton_lib.TritonFunction(call["kernel"])
+    shapes = call["out_shape"] if isinstance(call["out_shape"], list) else [call["out_shape"]]
+
+    def aval(a):
+        shape, dtype = (a.shape, a.dtype) if hasattr(a, "shape") else a
+        return jax.core.ShapedArray(tuple(shape), np.dtype(dtype))
+
+    args = [aval(a) if hasattr(a, "shape") and np.ndim(a) else a for a in call["args"]]
+    args += [aval(s) for s in shapes]  # outputs bind the trailing pointer parameters
+    options = {k: call["meta"].pop(k) for k in ("num_warps", "num_stages") if k in call["meta"]}
+    target = triton.backends.compiler.GPUTarget("cuda", 90, 32)
+    spec = triton_lib.KernelSpecialization.build(
+        fn.non_constexpr_param_names, args, list(map(triton_lib.get_type_id, args)),
+        tree_util.tree_structure(args), [(i,) for i in range(len(args))], call["meta"],
+        triton.compiler.make_backend(target),
+    )  # fmt: skip
+    return fn.fn, spec, target, options
+
+
+def compile_case(case: dict) -> dict:
+    import tempfile
+
+    import triton
+
+    from compactlm.eval.sass import assemble
+
+    results = []
+    for call in record_launches(case):
+        fn, spec, target, options = specialise(call)
+        t0 = time.perf_counter()
+        src = triton.compiler.ASTSource(fn, spec.signature, spec.constants, spec.attrs)
+        compiled = triton.compile(src, target=target, options=options)
+        ptx = compiled.asm["ptx"]
+        with tempfile.TemporaryDirectory() as tmp:  # ptxas -v: registers and spills
+            _, res = assemble(ptx, Path(tmp), compiled.metadata.name)
+        results.append({
+            "ok": True,
+            "kernel": compiled.metadata.name,
+            "shared": compiled.metadata.shared,
+            "registers": res["registers"],
+            "spills": res["spill_stores"] + res["spill_loads"],
+            "wgmma": "wgmma.mma_async" in ptx,
+            "mma_sync": "mma.sync" in ptx,
+            "specialised": sorted(n for n in spec.constants if n in fn.arg_names and not
+                                  fn.params[fn.arg_names.index(n)].is_constexpr),
+            "seconds": round(time.perf_counter() - t0, 2),
+        })  # fmt: skip
+    assert len(results) == 1, f"expected one kernel launch, got {len(results)}"
+    return results[0]
+
+
+def main(case_path: str, out_path: str) -> None:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("run with TRITON_INTERPRET=0: the interpreter replaces @triton.jit")
-    with open(spec_path) as f:
-        specs = json.load(f)
     results = {}
-    for spec in specs:
+    for case in json.loads(Path(case_path).read_text()):
         try:
-            results[spec["id"]] = compile_one(spec)
-        except Exception:  # report every kernel, not just the first failure
-            results[spec["id"]] = {"ok": False, "error": traceback.format_exc()[-3000:]}
-    with open(out_path, "w") as f:
-        json.dump(results, f, indent=1)
+            results[case["id"]] = compile_case(case)
+        except Exception:  # report every case, not just the first failure
+            results[case["id"]] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+    Path(out_path).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

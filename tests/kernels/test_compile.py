@@ -1,49 +1,63 @@
-"""Every int4 / NF4 / FP4 Triton kernel compiles for Hopper (sm_90): wgmma, shared memory fits."""
+"""Every int4 / NF4 / FP4 launch compiles for Hopper (sm_90) as jax-triton specialises it."""
 
 import pytest
 
-from compactlm.kernels import int4_configs
-from tests.kernels.hopper_compile import check_compiled, compile_for_hopper, split_config
+from tests.kernels.hopper_compile import check_compiled, compile_for_hopper
 
-FMT = {"int4_sym": 0, "int4_affine": 1, "nf4": 2, "fp4": 2}
-OUT = {"_int4_matmul_kernel": "y_ptr", "_int4_splitk_kernel": "partial_ptr",
-       "_int4_matmul_bwd_kernel": "dx_ptr"}  # fmt: skip
-
-
-def _spec(id_, kernel, act, scale, fmt, group, bucket, mma, extra=None):
-    meta, launch = split_config(int4_configs.DEFAULTS[bucket])
-    first = "dy_ptr" if kernel == "_int4_matmul_bwd_kernel" else "x_ptr"
-    out = OUT[kernel]
-    pointers = {first: act, "qweight_ptr": "i32", "scales_ptr": scale, "zeros_ptr": scale,
-                "codebook_ptr": "fp32", out: "fp32" if out == "partial_ptr" else act}  # fmt: skip
-    constexprs = dict(meta, GROUP_SIZE=group, FMT=FMT[fmt], DOT_FP32=False, **(extra or {}))
-    return dict(id=id_, module="compactlm.kernels.int4_kernels", kernel=kernel,
-                pointers=pointers, constexprs=constexprs, **launch)  # fmt: skip
-
-
-GEMM, DECODE, BWD = "_int4_matmul_kernel", "_int4_splitk_kernel", "_int4_matmul_bwd_kernel"
-SPECS = [
-    # (id, kernel, activations, scales, format, group size, config bucket, expected MMA, extra)
-    ("gemm_large_int4_sym", GEMM, "bf16", "bf16", "int4_sym", 128, "large", "wgmma"),
-    ("gemm_large_int4_affine", GEMM, "bf16", "fp32", "int4_affine", 128, "large", "wgmma"),
-    ("gemm_medium_nf4", GEMM, "bf16", "fp32", "nf4", 64, "medium", "wgmma"),
-    # G = 32 < BLOCK_SIZE_K = 64: the per-row scale gather path; f16 activations.
-    ("gemm_small_fp4_g32", GEMM, "fp16", "fp16", "fp4", 32, "small", "wgmma"),
-    # f32 activations: IEEE like the reference, so no TF32 wgmma.
-    ("gemm_small_f32_int4_affine", GEMM, "fp32", "fp32", "int4_affine", 64, "small", "fma"),
+GEMV, DECODE = "_int4_gemv_kernel", "_int4_splitk_kernel"
+GEMM, BWD = "_int4_matmul_kernel", "_int4_matmul_bwd_kernel"
+CASES = [
+    # (id, format, symmetric, M, N, K, G, activations, scales, backward, kernel, expected MMA)
+    # M <= 4: the GEMV (FMAs only); N = 11008 is not a multiple of its 1024-wide tiles.
+    ("gemv_int4_sym", "int4", True, 1, 4096, 4096, 128, "bfloat16", "bfloat16", False, GEMV,
+     "none"),
+    ("gemv_int4_affine_ragged", "int4", False, 3, 11008, 4096, 128, "bfloat16", "bfloat16",
+     False, GEMV, "none"),
+    ("gemv_nf4", "nf4", True, 1, 4096, 4096, 64, "bfloat16", "float32", False, GEMV, "none"),
     # A 16-row tile is below wgmma's m64 shape: mma.sync, fine for a memory-bound decode.
-    ("decode_int4_sym", DECODE, "bf16", "bf16", "int4_sym", 128, "decode", "mma", {"SPLIT_K": 4}),
-    ("decode_nf4", DECODE, "bf16", "fp32", "nf4", 64, "decode", "mma", {"SPLIT_K": 8}),
-    ("bwd_int4_affine", BWD, "bf16", "bf16", "int4_affine", 128, "backward", "wgmma"),
-    ("bwd_nf4_g32", BWD, "bf16", "fp32", "nf4", 32, "backward", "wgmma"),
+    ("decode_int4_sym", "int4", True, 8, 4096, 4096, 128, "bfloat16", "bfloat16", False, DECODE,
+     "mma.sync"),
+    ("decode_fp4", "fp4", True, 16, 4096, 4096, 64, "bfloat16", "float32", False, DECODE,
+     "mma.sync"),
+    ("gemm_large_int4_affine", "int4", False, 512, 4096, 4096, 128, "bfloat16", "float32",
+     False, GEMM, "wgmma"),
+    # G = 32 < BLOCK_SIZE_K = 64: the per-row scale gather path; f16 activations.
+    ("gemm_small_fp4_g32", "fp4", True, 40, 1024, 1024, 32, "float16", "float16", False, GEMM,
+     "wgmma"),
+    # f32 activations: IEEE like the reference, so no TF32 wgmma (and, today, spills: below).
+    ("gemm_small_f32_int4_affine", "int4", False, 40, 1024, 1024, 64, "float32", "float32",
+     False, GEMM, "none"),
+    ("bwd_nf4_g32", "nf4", True, 256, 1024, 1024, 32, "bfloat16", "float32", True, BWD,
+     "wgmma"),
 ]  # fmt: skip
+
+
+# Known defects, kept visible: each must still fail (strict), so a fix shows up here.
+KNOWN = {
+    "gemm_small_f32_int4_affine": "the 64x64x64 'small' tile as IEEE f32 FMAs needs > 255 "
+    "registers (~4.4 KB of spills); f32 activations need their own, smaller GEMM config",
+}
+
+
+def _case(id_, format, symmetric, m, n, k, g, act, scale, backward, *_):
+    return dict(id=id_, op="int4", format=format, symmetric=symmetric, M=m, N=n, K=k,
+                group_size=g, dtype=act, scale_dtype=scale, backward=backward)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    return compile_for_hopper([_spec(*s) for s in SPECS], tmp_path_factory.mktemp("hopper"))
+    return compile_for_hopper([_case(*c) for c in CASES], tmp_path_factory.mktemp("hopper"))
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=[s[0] for s in SPECS])
-def test_compiles_for_sm90(compiled, spec):
-    check_compiled(compiled[spec[0]], mma=spec[7])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_compiles_for_sm90(compiled, case, request):
+    if case[0] in KNOWN:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN[case[0]]))
+    check_compiled(compiled[case[0]], kernel=case[10], mma=case[11])
+
+
+def test_specialised_like_jax_triton(compiled):
+    """M = 1 and the unit strides became constexprs (jax-triton's rule), M = 8 did not."""
+    assert "M" in compiled["gemv_int4_sym"]["specialised"]
+    assert "stride_xk" in compiled["decode_int4_sym"]["specialised"]
+    assert "M" not in compiled["decode_int4_sym"]["specialised"]

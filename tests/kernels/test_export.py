@@ -8,7 +8,8 @@ pytestmark = requires_plugin
 
 CASES = {
     "gemm_int4_affine_bf16": ["bfloat16[64,256]"],
-    "decode_nf4_splitk": ["bfloat16[4,256]"],
+    "decode_nf4_splitk": ["bfloat16[8,256]"],
+    "gemv_int4_affine": ["bfloat16[1,256]"],
     "grad_fp4_fwd_and_bwd": ["float32[]", "bfloat16[128,512]"],  # value_and_grad
 }
 

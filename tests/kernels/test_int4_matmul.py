@@ -125,10 +125,25 @@ def test_gradient_matches_dequantized_dot(rng, variant):
 
 
 def test_weight_is_frozen(rng):
+    """The op treats W as a constant (QLoRA): its gradient equals the reference's with W under
+    stop_gradient, while y does depend on the scales (so the zeros are a stop, not a no-op)."""
     qw, s, z = _weights(rng, 64, 8, "int4", False, 32)
-    x = jnp.ones((2, 64), jnp.float32)
-    ds, dz = jax.grad(lambda s, z: I.int4_matmul(x, qw, s, z).sum(), argnums=(0, 1))(s, z)
-    assert not np.any(ds) and not np.any(dz)
+    x = jnp.asarray(rng.standard_normal((2, 64)).astype(np.float32))
+    ct = jnp.asarray(rng.standard_normal((2, 8)).astype(np.float32))
+
+    def loss(op):
+        return lambda x, s, z: jnp.sum(ct * op(x, s, z))
+
+    def frozen_reference(x, s, z):
+        s, z = jax.lax.stop_gradient(s), jax.lax.stop_gradient(z)
+        return I.reference_int4_matmul(x, qw, s, z)
+
+    got = jax.grad(loss(lambda x, s, z: I.int4_matmul(x, qw, s, z)), argnums=(0, 1, 2))(x, s, z)
+    want = jax.grad(loss(frozen_reference), argnums=(0, 1, 2))(x, s, z)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, **tol("f32_reorder"))
+    live = jax.grad(loss(lambda x, s, z: I.reference_int4_matmul(x, qw, s, z)), argnums=1)
+    assert np.abs(live(x, s, z)).max() > 1e-3  # a trainable W would get this gradient
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.filterwarnings(
 # Small explicit blocks (STYLE: tests call the raw kernels, production the tuned configs). K is a
 # multiple of 32 by contract (64 for int4 with G = 32), so K tiles of 128 make K ragged too.
 GEMM = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=16, BLOCK_SIZE_K=128, GROUP_SIZE_M=2)
-DECODE_DOT = dict(BLOCK_SIZE_N=16, BLOCK_SIZE_K=128, SPLIT_K=3, GEMV_MAX_M=0)
-DECODE_GEMV = dict(BLOCK_SIZE_N=16, BLOCK_SIZE_K=128, SPLIT_K=2, GEMV_MAX_M=16)
+DECODE_DOT = dict(BLOCK_SIZE_N=16, BLOCK_SIZE_K=128, SPLIT_K=3)
+DECODE_GEMV = dict(BLOCK_SIZE_N=16, BLOCK_SIZE_K=64, SPLIT_K=2)  # gemv_kernels.py, M <= 4
 BWD = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=16, BLOCK_SIZE_K=128, GROUP_SIZE_M=2)
 G = 32  # int4 group over the compressed axis: K/2 must be a multiple
 
@@ -110,9 +110,10 @@ def launch(path, variant, x, ops, out_dtype=jnp.float32):
         return SK._launch_matmul(
             interpret_call, x, *ops, out_dtype=out_dtype, config=GEMM, dot_fp32=True
         )
-    cfg = DECODE_DOT if path == "decode_dot" else DECODE_GEMV
+    if path == "decode_gemv":  # no tl.dot: the interpreter's f32 products need no upcast flag
+        return SK._launch_gemv(interpret_call, x, *ops, out_dtype=out_dtype, config=DECODE_GEMV)
     return SK._launch_decode(
-        interpret_call, x, *ops, out_dtype=out_dtype, config=cfg, dot_fp32=True
+        interpret_call, x, *ops, out_dtype=out_dtype, config=DECODE_DOT, dot_fp32=True
     )
 
 
