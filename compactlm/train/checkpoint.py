@@ -4,13 +4,27 @@ A checkpoint is one orbax step directory with three items: `state` (the sharded 
 `meta` (step, seed, wall-clock, metrics at save) and `config` (the resolved config). Orbax writes
 into a temporary directory and renames it on commit, so a crash mid-save leaves the previous
 checkpoint as the latest valid one; half-written directories are ignored and cleaned up.
+
+Failure paths (each exercised by tests/train/test_faults.py and scripts/fault_inject.py):
+- a save that fails (disk full, file-size limit) is a CheckpointError naming the step; the
+  previous checkpoints are untouched;
+- an unreadable latest checkpoint (truncated, corrupt): `restore_latest` says which, falls back
+  to the newest readable one, and moves the unreadable ones aside (never deletes them);
+- two processes training in one run directory: `RunLock` makes the second refuse.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orbax.checkpoint as ocp
 
@@ -42,17 +56,58 @@ def save(
     """Save and wait until it is committed; returns False when orbax skipped it (same step)."""
     if step in manager.all_steps():
         return False
-    saved = manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(meta),
-            config=ocp.args.JsonSave(config),
-        ),
-        force=force,
-    )
-    manager.wait_until_finished()
+    _check_room(manager, step, state)
+    try:
+        saved = manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave(meta),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=force,
+        )
+        manager.wait_until_finished()
+    except Exception as e:  # OSError (ENOSPC, EFBIG) or orbax/tensorstore's wrapping of it
+        previous = [s for s in manager.all_steps() if s != step]
+        kept = f"step {max(previous)} and older are" if previous else "no earlier checkpoint is"
+        raise CheckpointError(
+            f"could not save checkpoint step {step} in {manager.directory} "
+            f"({type(e).__name__}: {_first_line(e)}); {kept} untouched. Free disk space (or "
+            "raise the file-size limit) and re-run the same command to resume"
+        ) from e
     return saved
+
+
+def _check_room(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+    """Refuse a save that cannot fit (free disk space, the file-size limit) before writing.
+
+    A write that fails midway is reported too (save's except), but orbax's background threads
+    then print "Event loop is closed" tracebacks; checking first keeps the common case clean.
+    """
+    import jax
+
+    need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+    previous = [s for s in manager.all_steps() if s != step]
+    kept = f"step {max(previous)} and older are" if previous else "no earlier checkpoint is"
+    where = f"could not save checkpoint step {step} in {manager.directory}"
+    advice = f"{kept} untouched. Re-run the same command to resume once there is room"
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise CheckpointError(
+            f"{where}: it needs up to {need:,} bytes in one file but the file-size limit "
+            f"(ulimit -f) is {soft:,} bytes; {advice}"
+        )
+    free = shutil.disk_usage(manager.directory).free
+    if free < need:
+        raise CheckpointError(
+            f"{where}: it needs {need:,} bytes but only {free:,} are free on its disk; {advice}"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
@@ -85,8 +140,93 @@ def restore(
     except Exception as e:  # orbax raises many types for truncated / corrupt / mismatched files
         raise CheckpointError(
             f"checkpoint step {step} in {where} could not be restored ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); it is corrupt or does not match this "
+            f"{_first_line(e)}); it is corrupt or does not match this "
             "model config. Older steps, if any, are left untouched: "
             f"{[s for s in manager.all_steps() if s != step]}"
         ) from e
     return restored.state, restored.meta, restored.config
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    *,
+    move_aside: bool,
+    warn: Callable[[str], None] = _warn,
+) -> tuple[Any, dict, dict]:
+    """restore() of the newest checkpoint that reads; older ones are tried in turn.
+
+    Each unreadable one is reported through `warn` (which step, why). Once an older one has
+    restored, and only then, the unreadable newer ones are moved (with move_aside; never
+    deleted) to RUN_DIR/unreadable_checkpoints/, so that the run can save those steps again.
+    If none reads, nothing is moved and the error lists every step.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        raise CheckpointError(f"no checkpoint found in {manager.directory}")
+    bad: list[int] = []
+    for step in steps:
+        try:
+            restored = restore(manager, abstract_state, step)
+        except CheckpointError as e:
+            bad.append(step)
+            older = [s for s in steps if s < step]
+            then = f"trying step {older[0]}" if older else "no older checkpoint to fall back to"
+            warn(f"{e} — {then}")
+            continue
+        if bad and move_aside:
+            aside = Path(manager.directory).parent / "unreadable_checkpoints"
+            aside.mkdir(exist_ok=True)
+            for b in bad:
+                target = aside / f"{b}-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(Path(manager.directory) / str(b), target)
+                warn(f"moved unreadable checkpoint step {b} to {target} (not deleted)")
+            manager.reload()
+        if bad:
+            warn(f"resuming from checkpoint step {step}")
+        return restored
+    raise CheckpointError(
+        f"no readable checkpoint in {manager.directory}: steps {steps} could not be restored "
+        "(nothing was moved or deleted); see the warnings above for each"
+    )
+
+
+class RunLock:
+    """An exclusive lock on RUN_DIR/.lock for the process that trains in RUN_DIR.
+
+    fcntl.flock: the kernel drops it when the process exits in any way (kill -9 included), so a
+    crashed run never leaves a stale lock. The file names the holder for the error message.
+    """
+
+    def __init__(self, workdir: str | os.PathLike) -> None:
+        self.path = Path(workdir) / ".lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> RunLock:
+        f = self.path.open("a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown process"
+            f.close()
+            raise CheckpointError(
+                f"run directory {self.path.parent} is in use by another process ({holder}); "
+                "wait for it to finish, stop it, or use another workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%c')}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

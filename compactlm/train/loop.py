@@ -108,9 +108,12 @@ class _StopSignal:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
+            # SIGXFSZ (file-size limit) ignored: the write then fails with EFBIG, which the
+            # checkpoint save reports as a one-line error instead of the process dying.
+            handler = signal.SIG_IGN if sig == signal.SIGXFSZ else self._handle
             try:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (e.g. under some test runners)
                 pass
         return self
@@ -170,6 +173,12 @@ class Trainer:
         maybe_initialize_distributed(cfg.mesh)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        # A second trainer on the same directory refuses before it writes anything (the lock is
+        # released when train() returns, or with this object).
+        self._lock = None
+        if not readonly and jax.process_index() == 0:
+            self._lock = ckpt.RunLock(self.workdir).acquire()
         self.data = prepare_data(cfg.data, run_dir=self.workdir)
         cfg = resolve_vocab(cfg, self.data.tokenizer.vocab_size)
         config_path = self.workdir / "config.json"
@@ -213,8 +222,15 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def restore_or_init(self, *, require_checkpoint: bool = False) -> TrainState:
+        # An unreadable latest checkpoint: fall back to the newest readable one (a training run
+        # moves the unreadable ones aside so that it can save those steps again).
         self.state = restore_state(
-            self.program, self.cfg, self.manager, self.base, require_checkpoint=require_checkpoint
+            self.program,
+            self.cfg,
+            self.manager,
+            self.base,
+            require_checkpoint=require_checkpoint,
+            move_aside=not self.readonly,
         )
         return self.state
 
@@ -283,6 +299,14 @@ class Trainer:
     # -- training --------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Train to cfg.train.steps from wherever the run directory is; returns a summary."""
+        try:
+            return self._train()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _train(self) -> dict[str, Any]:
         from compactlm.train.metrics import MetricsWriter, Progress
 
         t = self.cfg.train
@@ -378,8 +402,12 @@ def restore_state(
     base: dict | None,
     *,
     require_checkpoint: bool = False,
+    move_aside: bool = False,
 ) -> TrainState:
     """The latest checkpoint's state, or a fresh one (from the base's weights when fine-tuning).
+
+    An unreadable latest checkpoint falls back to the newest readable one
+    (`checkpoint.restore_latest`; move_aside: move the unreadable ones out of the way).
 
     Adapter-only checkpoints store no frozen state: it is rebuilt from the base (checked against
     its recorded fingerprint), exactly as at the run's start.
@@ -396,8 +424,8 @@ def restore_state(
         return state_from_model(program, build_from_base(cfg, base, seed=seed), seed=seed)
     target = abstract_state(program, cfg.model, seed=seed)
     if not _adapter_only(program, base):
-        return ckpt.restore(manager, target)[0]
-    state = ckpt.restore(manager, target.replace(frozen=None))[0]
+        return ckpt.restore_latest(manager, target, move_aside=move_aside)[0]
+    state = ckpt.restore_latest(manager, target.replace(frozen=None), move_aside=move_aside)[0]
     _, _, frozen = nnx.split(build_from_base(cfg, base, seed=seed), program.trainable, ...)
     return state.replace(frozen=jax.device_put(frozen, program.state_sharding.frozen))
 
@@ -434,4 +462,10 @@ def load_metrics(workdir: str | Path) -> list[dict]:
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash (kill -9 mid-write); the resumed run rewrites it
+    return records

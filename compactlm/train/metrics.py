@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
         self._file = self.path.open("a") if self.enabled else None
+        if self._file is not None and self.path.stat().st_size:
+            with self.path.open("rb") as f:  # a crash mid-line: start the next record on its own
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self._file.write("\n")
         self._tb = None
         if self.enabled and tensorboard:
             from tensorboardX import SummaryWriter
