@@ -79,10 +79,11 @@ def _sample(trainer, sample: SampleConfig) -> str:
 
 
 def _report_eval(trainer, label: str) -> dict:
-    from compactlm.eval.baselines import compression_bpb
+    from compactlm.eval.baselines import cached_baselines
 
     ev = trainer.evaluate(max_tokens=0)
-    base = compression_bpb(trainer.data.val_text)
+    data = trainer.data
+    base = cached_baselines(trainer.cfg.data, data.split, data.val_text)
     _print_kv(
         f"{label} ({trainer.cfg.data.corpus}, {int(ev['tokens']):,} tokens, "
         f"{int(base['bytes']):,} bytes)",
@@ -93,6 +94,9 @@ def _report_eval(trainer, label: str) -> dict:
             "bits per byte (gzip -9)": f"{base['gzip']:.4f}",
             "bits per byte (xz -9)": f"{base['xz']:.4f}",
             "bits per byte (bzip2 -9)": f"{base['bz2']:.4f}",
+            # Not a standalone compressor: xz primed with the text the model trained on.
+            "bits per byte (xz -9e | train)": f"{base['xz_given_train']:.4f}  "
+            "(xz -9e given the training split: |xz(train+val)| - |xz(train)|)",
         },
     )
     return {**ev, **{f"baseline/{k}": v for k, v in base.items()}}

@@ -319,6 +319,15 @@ class Trainer:
         summary: dict[str, Any] = {"start_step": start, "status": "done"}
         pending: tuple[int, dict] | None = None  # metrics of the step in flight (one-step lag)
         window_start, window_tokens = time.perf_counter(), 0
+        # Wall and process CPU seconds (all threads, user + system) since this train() began:
+        # recorded with every log and eval row, so a curve can be drawn against either.
+        wall0, cpu0 = window_start, time.process_time()
+
+        def clock() -> dict[str, float]:
+            return {
+                "time/wall_s": time.perf_counter() - wall0,
+                "time/cpu_s": time.process_time() - cpu0,
+            }
 
         def flush(step: int, metrics: dict) -> None:
             nonlocal window_start, window_tokens
@@ -341,6 +350,7 @@ class Trainer:
                     "lr": float(self.schedule(step - 1)),
                     "grad_norm": host["grad_norm"],
                     "tokens/s": tps,
+                    **clock(),
                 }
                 # the objective's own metrics are already named split/name (distill/divergence)
                 record.update({k: v for k, v in sorted(host.items()) if "/" in k})
@@ -362,7 +372,9 @@ class Trainer:
                     flush(*pending)
                     pending = None
                     ev = self.evaluate(max_tokens=t.eval_tokens)
-                    writer.write({"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
+                    writer.write(
+                        {"step": done, **{f"eval/{k}": v for k, v in ev.items()}, **clock()}
+                    )
                     progress.note(f"step {done}: eval loss {ev['loss']:.4f} bpb {ev['bpb']:.3f}")
                 if (t.checkpoint_every and done % t.checkpoint_every == 0) or stop.received:
                     if pending is not None:
