@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from compactlm.config import ConfigError, apply_overrides, make_config
@@ -78,12 +78,44 @@ def _sample(trainer, sample: SampleConfig) -> str:
     return tok.decode([t for t in new if t < tok.vocab_size])
 
 
-def _report_eval(trainer, label: str) -> dict:
+def _baselines_in_background(trainer) -> Callable[[], dict]:
+    """Start the compressor baselines (the conditional xz of a 10 MB split takes ~10 s of one
+    core, once per split) in a daemon thread that overlaps compilation; returns a waiter.
+    lzma and bz2 release the GIL. Interrupted runs exit without waiting (the cache write is
+    atomic)."""
+    import threading
+
+    from compactlm.eval.baselines import cached_baselines
+
+    data, out = trainer.data, {}
+
+    def work() -> None:
+        try:
+            out["result"] = cached_baselines(trainer.cfg.data, data.split, data.val_text)
+        except BaseException as e:  # re-raised in the caller's thread
+            out["error"] = e
+
+    thread = threading.Thread(target=work, name="compactlm-baselines", daemon=True)
+    thread.start()
+
+    def wait() -> dict:
+        thread.join()
+        if "error" in out:
+            raise out["error"]
+        return out["result"]
+
+    return wait
+
+
+def _report_eval(trainer, label: str, baselines: Callable[[], dict] | None = None) -> dict:
     from compactlm.eval.baselines import cached_baselines
 
     ev = trainer.evaluate(max_tokens=0)
     data = trainer.data
-    base = cached_baselines(trainer.cfg.data, data.split, data.val_text)
+    if baselines is not None:
+        base = baselines()
+    else:
+        base = cached_baselines(trainer.cfg.data, data.split, data.val_text)
     _print_kv(
         f"{label} ({trainer.cfg.data.corpus}, {int(ev['tokens']):,} tokens, "
         f"{int(base['bytes']):,} bytes)",
@@ -130,11 +162,12 @@ def train(
 
     print(f"train {preset} -> {workdir} (allocator: {loaded()[0]})", file=sys.stderr, flush=True)
     trainer = Trainer(cfg, workdir)
+    baselines = _baselines_in_background(trainer)
     trainer.restore_or_init()
     summary = trainer.train()
     if summary["status"] != "done":
         return 0
-    results = _report_eval(trainer, f"validation after step {summary['step']}")
+    results = _report_eval(trainer, f"validation after step {summary['step']}", baselines)
     (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     sample = SampleConfig()
     print(f"\nsample (prompt {sample.prompt!r}, temperature {sample.temperature}):")

@@ -76,6 +76,10 @@ def test_train_eval_generate_resume(tmp_path, capsys):
     assert "bits per byte (gzip -9)" in out and "sample (prompt" in out
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["bpb"] > 0 and report["baseline/gzip"] > 0
+    # The conditional baseline (xz primed with the training split) is labelled as such, and the
+    # training split helps xz on its own validation text.
+    assert "bits per byte (xz -9e | train)" in out and "given the training split" in out
+    assert 0 < report["baseline/xz_given_train"] < report["baseline/xz"]
     for name in ("config.json", "data.json", "metrics.jsonl", "tokenizer.json"):
         assert (run_dir / name).exists(), name
 
