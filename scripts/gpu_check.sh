@@ -1,68 +1,137 @@
 #!/usr/bin/env bash
-# The GPU tier in one prepared run (DESIGN.md §6): gpu-marked tests + kernel benchmark → $OUT.
+# The GPU tier in one prepared run (DESIGN.md §6), ordered by value, every step under its own
+# timeout, everything written into $OUT as it happens; the whole run stays under 5 minutes.
 #
-# On the dev machine (network), once:   bash scripts/gpu_check.sh --fetch-wheels
-#   downloads the pure-Python wheels the GPU image lacks into .whl/ (gitignored): jax-triton
-#   (never installed there) and pytest with its two dependencies (in case the image has none).
-# On the H100 / H200 machine (no network; jax 0.11.2 CUDA, triton 3.6.0, flax, optax there),
-#   from the repo root with .whl carried:   OUT=/some/dir bash scripts/gpu_check.sh
-#   Writes at most 7 files into $OUT (≤ 1 folder deep) and finishes in under 8 minutes:
-#   env.txt, pytest_gpu.log, bench.log, bench/bench_kernels.{csv,md,png}.
-# Knobs: BENCH_FORMATS, BENCH_SHAPES, BENCH_MS, BENCH_BUDGET_S, TEST_TIMEOUT_S, PYTHON.
+#   bash scripts/gpu_check.sh --fetch-wheels   (dev machine, network) jax-triton 0.4.1 for
+#       Python 3.12 into .whl/ (gitignored; the GPU image runs 3.12 and lacks only jax-triton;
+#       pip skips jax-triton 0.4.1 for the 3.11 default python3, so the target is explicit).
+#       pytest is never carried: the image's own pytest and plugins stay in charge.
+#   OUT=/dir bash scripts/gpu_check.sh         (H100 / H200, no network, .whl/ carried)
+#   OUT=/dir bash scripts/gpu_check.sh --dry-run   (any machine: every step on the CPU with
+#       impl=reference and tiny shapes, and the carried wheel installed and imported with a
+#       Python 3.12; tests/test_gpu_check.py runs this)
+#
+# Steps (files in $OUT): 1 env.txt: versions, devices, `import jax_triton` — stop (exit 3) if it
+# fails, since every later figure would silently be the reference; 2 bandwidth (measured, in
+# run.log); 3 the 8192² decode targets with their errors, impl=triton (targets/); 4 the GPU
+# test files (tests.log); 5 the other shapes (rest/). run.log has every step's output.
+# Knobs: PYTHON, WHEEL_DIR, TARGET_TIMEOUT_S, TEST_TIMEOUT_S, TARGET_MS, REST_SHAPES.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+WHEEL_DIR=${WHEEL_DIR:-.whl}
+JAX_TRITON="jax-triton==0.4.1"
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
-  mkdir -p .whl
-  "$PYTHON" -m pip download --no-deps --only-binary=:all: -d .whl \
-    "jax-triton==0.4.1" "pytest>=8" "pluggy>=1.5" "iniconfig>=2"
+  mkdir -p "$WHEEL_DIR"
+  # A pure-Python wheel, fetched for the GPU image's interpreter, not this machine's.
+  ${PIP:-python3 -m pip} download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp -d "$WHEEL_DIR" "$JAX_TRITON"
   exit $?
 fi
 
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:?set OUT to the output folder}
-mkdir -p "$OUT/bench"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
 T0=$(date +%s)
+LOG="$OUT/run.log"
+: >"$LOG"
+say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+# step NAME SECONDS CMD...: run CMD under its own timeout, output appended to run.log as it comes
+step() {
+  local name=$1 limit=$2
+  shift 2
+  say "== $name (timeout ${limit}s)"
+  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  say "== $name exit $rc"
+  return "$rc"
+}
 
-# ---------------------------------------------------------------- environment
-SITE=/tmp/compactlm_site
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl 2>&1 | tail -3
+if [ "$DRY" = 1 ]; then
+  # CPU rehearsal: the same steps, the reference kernels, tiny shapes.
+  PYTHON=${PYTHON:-.venv/bin/python}
+  export JAX_PLATFORMS=cpu
+  IMPL=reference
+  TARGETS="shapes=256x256 ms=1,4 calls=2 repeats=1 rotate_mb=1 bandwidth_mb=1"
+  REST="shapes=512x256 ms=1 calls=2 repeats=1 rotate_mb=1 bandwidth_mb=1"
 else
-  echo "no .whl/ carried: jax-triton must already be importable" >&2
+  PYTHON=${PYTHON:-python3}
+  unset TRITON_INTERPRET JAX_PLATFORMS
+  IMPL=triton
+  TARGETS="shapes=8192x8192 ms=${TARGET_MS:-1,16,256}"
+  REST="shapes=${REST_SHAPES:-4096x4096,llama3_8b_mlp_up,llama3_8b_mlp_down} ms=1,16,1024"
+fi
+# Per-step limits (s): 30 + 45 + 30 + 120 + 80 = 305 at worst; the rest gets what is left of 290.
+TARGET_LIMIT=${TARGET_TIMEOUT_S:-120}
+TEST_LIMIT=${TEST_TIMEOUT_S:-80}
+
+# ---------------------------------------------------------------- 1. environment + jax_triton
+SITE=$(mktemp -d /tmp/compactlm_site.XXXXXX)
+if ls "$WHEEL_DIR"/*.whl >/dev/null 2>&1; then
+  step "install carried wheels" 30 "$PYTHON" -m pip install -q --no-index --no-deps \
+    --no-compile --target "$SITE" "$WHEEL_DIR"/*.whl
+else
+  say "no wheels in $WHEEL_DIR: jax-triton must already be importable"
 fi
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET JAX_PLATFORMS
-export COMPACTLM_GPU_TESTS=1
-{
-  date -u +"%Y-%m-%dT%H:%M:%SZ"
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv
-  "$PYTHON" - <<'EOF'
-import jax, triton, numpy
-print("python", __import__("sys").version.split()[0], "jax", jax.__version__,
-      "triton", triton.__version__, "numpy", numpy.__version__)
+export COMPACTLM_GPU_TESTS=$(( 1 - DRY ))
+say "== environment (timeout 45s)"
+timeout --kill-after=5 45 "$PYTHON" - <<EOF >"$OUT/env.txt" 2>&1
+import subprocess, sys, time
+print(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+try:
+    print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,"
+                          "clocks.max.memory", "--format=csv"], capture_output=True,
+                         text=True, timeout=20).stdout.strip())
+except (OSError, subprocess.SubprocessError) as e:
+    print("nvidia-smi:", e)
+import jax, numpy, triton
+print("python", sys.version.split()[0], "jax", jax.__version__, "triton", triton.__version__,
+      "numpy", numpy.__version__)
 print("devices", jax.devices())
+if sys.version_info[:2] != (3, 12):
+    sys.exit(f"python {sys.version.split()[0]}: jax-triton 0.4.1 needs 3.12")
 from compactlm.kernels import _launch
-jt = _launch._jax_triton()
-print("jax_triton", jt.__version__ if hasattr(jt, "__version__") else "?", "on_cuda",
-      _launch.on_cuda(), "kind", _launch.device_kind(), "cc", _launch.compute_capability())
+jt = _launch._jax_triton()  # the triton 3.6 shim, then the import; ImportError stops the run
+import importlib.metadata as md
+print("jax_triton", md.version("jax-triton"), "from", jt.__file__)
+print("on_cuda", _launch.on_cuda(), "kind", _launch.device_kind(), "cc",
+      _launch.compute_capability())
+if not $DRY and not _launch.on_cuda():
+    sys.exit("no CUDA device: every figure would be the reference")
 EOF
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+ENV_RC=$?
+tee -a "$LOG" <"$OUT/env.txt"
+if [ "$ENV_RC" != 0 ]; then
+  say "STOP: the environment check failed (see env.txt); nothing else would be meaningful"
+  exit 3
+fi
 
-# ---------------------------------------------------------------- gpu-marked tests
-timeout "${TEST_TIMEOUT_S:-240}" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider \
-  -o addopts="--strict-markers" tests >"$OUT/pytest_gpu.log" 2>&1
-echo "pytest -m gpu exit $? after $(( $(date +%s) - T0 ))s" | tee -a "$OUT/pytest_gpu.log"
-tail -5 "$OUT/pytest_gpu.log"
+# ---------------------------------------------------------------- 2. measured bandwidth
+step "bandwidth" 30 "$PYTHON" -c "
+from compactlm.eval.bench_kernels import measure_bandwidth
+print(f'measured bandwidth {measure_bandwidth($( [ $DRY = 1 ] && echo 2**20 || echo 2**28 )) / 1e9:.1f} GB/s')"
 
-# ---------------------------------------------------------------- kernel benchmark
-ELAPSED=$(( $(date +%s) - T0 ))
-BUDGET=${BENCH_BUDGET_S:-$(( 420 - ELAPSED > 60 ? 420 - ELAPSED : 60 ))}
-timeout $(( BUDGET + 60 )) "$PYTHON" -m compactlm.eval.bench_kernels \
-  --formats "${BENCH_FORMATS:-int4,int4_affine,nf4,fp4,sparse24,sparse24_int4}" \
-  --shapes "${BENCH_SHAPES:-4096x4096,8192x8192,llama3_8b_mlp_up,llama3_8b_mlp_down}" \
-  --ms "${BENCH_MS:-1,4,16,64,256,1024}" \
-  --time-budget-s "$BUDGET" --out "$OUT/bench" >"$OUT/bench.log" 2>&1
-echo "bench exit $? after $(( $(date +%s) - T0 ))s" | tee -a "$OUT/bench.log"
-tail -40 "$OUT/bench.log"
+# ---------------------------------------------------------------- 3. the 8192² decode targets
+step "targets" "$TARGET_LIMIT" "$PYTHON" -m compactlm.eval.bench_kernels impl=$IMPL $TARGETS \
+  out="$OUT/targets"
+
+# ---------------------------------------------------------------- 4. GPU test files
+# Named files only (no whole-tree import); the configured addopts (--import-mode=importlib,
+# --strict-markers) stay, `-m gpu` overrides their marker filter.
+step "gpu tests" "$TEST_LIMIT" "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu \
+  tests/kernels/test_gpu_int4.py tests/kernels/test_gpu_sparse24.py \
+  tests/models/test_gpu_attention.py >"$OUT/tests.log"
+
+# ---------------------------------------------------------------- 5. the rest, as time allows
+LEFT=$(( 290 - ($(date +%s) - T0) ))
+if [ "$LEFT" -gt 20 ]; then
+  step "other shapes" "$LEFT" "$PYTHON" -m compactlm.eval.bench_kernels impl=$IMPL $REST \
+    time_budget_s=$(( LEFT - 15 )) out="$OUT/rest"
+  rm -f "$OUT/rest/bench_kernels.png"  # at most 8 files come back from a device run
+else
+  say "skipping other shapes: ${LEFT}s left of the 5-minute budget"
+fi
+say "done"

@@ -33,7 +33,7 @@ def _token_cache(tmp_path_factory, monkeypatch):
         (["frobnicate"], "unknown command 'frobnicate'; valid commands: train"),
         (["eval", "/no/such/run"], "a compactlm run directory?"),
         (["generate", "/no/such/run"], "a compactlm run directory?"),
-        (["bench", "kernels", "formats=int9"], "unknown formats ['int9']; valid: bf16, int4"),
+        (["bench", "kernels", "formats=int9"], "unknown formats ['int9']; valid: dense, int4"),
         (["bench", "kernels", "repeats=many"], "repeats='many' is not an int"),
         (["bench", "kernels", "--shapes", "5by5"], "unknown shape '5by5'"),
     ],

@@ -1,15 +1,27 @@
 """Kernel benchmark: packed-weight matmuls vs XLA's bf16 ``jnp.dot``, per shape, format and M.
 
-For every (format, shape, M) it reports the median time of one call with the weights rotated
-through enough copies to exceed L2 (``rotate_bytes``, 56 MB: H100's L2 is 50 MB), achieved
-GB/s and TFLOP/s, the share of the device's bandwidth roofline, the speed-up over the bf16
-``jnp.dot`` baseline on the same shape and M, and the error against the format's reference
-(max |y − y_ref| / max |y_ref|). Results go to ``out_dir`` as CSV, a markdown table and a PNG
-(speed-up vs M per format, with the bytes-moved roofline ratio as the ideal).
+What makes the figures honest (issue 7):
+- The roofline is the bandwidth **measured in the same run** (``measure_bandwidth``: an
+  elementwise pass over a buffer ≥ 4× L2, bytes read + written over the median time), beside
+  the vendor figure; % of roofline is against the measured one.
+- Each timed sample is one jitted function that makes ``calls`` (≥ 50) calls back to back,
+  cycling through enough weight copies that their bytes exceed ``rotate_bytes`` (≥ 3× the
+  H200's ~60 MB L2): dispatch overhead and L2 reuse vanish; the outputs are all returned, so no
+  extra kernels sit between the calls. The median over ``repeats`` samples is reported (wall
+  time around ``block_until_ready``; no device profiler here).
+- Each row names the implementation that **actually ran** (``impl_used``: "triton" when the
+  lowered program holds the Triton custom call, else "reference" or "xla"), whatever was
+  requested: an ``impl="auto"`` that fell back to the reference says so. The GPU run passes
+  ``impl=triton`` explicitly, which raises instead of falling back.
+- The error is against an independent float64 NumPy product with the format's dequantized W
+  (max |y − y64| / max |y64|), not the op's own reference.
+- Rows are appended to ``bench_kernels.csv`` and printed as they are measured (a timeout keeps
+  what was done); the markdown table and the PNG are written at the end.
 
-Formats are a registry (``FORMATS``: name → ``KernelFormat(prepare, op, bytes)``) so that the
-2:4 kernels can ``register_format`` theirs. Standalone:
-``python -m compactlm.eval.bench_kernels --formats int4,nf4 --shapes 4096x4096 --out runs/bench``.
+Formats use the storage-format names of ``models/config.py`` (``dense`` is the bf16 baseline)
+plus ``int4_affine`` (int4 with zero points, a packing option of the compression code); the
+registry (``FORMATS``: name → ``KernelFormat``) takes more with ``register_format``.
+CLI: ``compactlm bench kernels formats=int4,nf4 shapes=8192x8192 ms=1,16 impl=triton out=DIR``.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import numpy as np
 
 from compactlm.eval import sass as sass_lib
 
-# Bandwidth rooflines, TB/s (vendor peak HBM bandwidth of the SXM parts).
+# Vendor peak HBM bandwidth of the SXM parts, TB/s (for comparison; the roofline is measured).
 PEAK_BANDWIDTH_TBS = {"h100": 3.35, "h200": 4.8}
 # (K, N) of x[M, K] @ W[K, N]; Llama-style MLP projections (d_model → d_ff and back).
 SHAPES: dict[str, tuple[int, int]] = {
@@ -42,8 +54,12 @@ SHAPES: dict[str, tuple[int, int]] = {
     "llama3_8b_mlp_down": (14336, 4096),
 }
 MS = (1, 4, 16, 64, 256, 1024)
-ROTATE_BYTES = 56 * 2**20
-MAX_COPIES = 32
+L2_BYTES = 60 * 2**20  # H200 (H100: 50 MB)
+ROTATE_BYTES = 3 * L2_BYTES  # weights cycled per timed sample
+CALLS_PER_SAMPLE = 50
+BANDWIDTH_BYTES = 4 * 2**30 // 16  # 256 MiB buffer for the measured roofline (≥ 4× L2)
+MAX_COPIES = 64  # the sweep is unrolled in one jit; tiny weights then stay in L2 (said in the row)
+BASELINE = "dense"
 
 
 class KernelFormat(NamedTuple):
@@ -51,12 +67,14 @@ class KernelFormat(NamedTuple):
 
     prepare(w[K, N] f32 numpy) → tuple of device arrays (the stored weight);
     op(x, weights, impl) → y[M, N] (impl: "auto" | "triton" | "reference");
-    bytes(M, N, K) → bytes a memory-bound call must move (weights + x + y).
+    bytes(M, N, K) → bytes a memory-bound call must move (weights + x + y);
+    dense(weights) → the W[K, N] the op multiplies by, as f32 NumPy (for the f64 error check).
     """
 
     prepare: Callable[[np.ndarray], tuple[Any, ...]]
     op: Callable[[jax.Array, tuple[Any, ...], str], jax.Array]
     bytes: Callable[[int, int, int], int]
+    dense: Callable[[tuple[Any, ...]], np.ndarray]
 
 
 FORMATS: dict[str, KernelFormat] = {}
@@ -70,14 +88,17 @@ def _act_bytes(m: int, n: int, k: int) -> int:
     return 2 * m * k + 2 * m * n  # bf16 x in, y out
 
 
-def _bf16_format() -> KernelFormat:
+def _dense_format() -> KernelFormat:
     def prepare(w):
         return (jnp.asarray(w, jnp.bfloat16),)
 
     def op(x, weights, impl):
         return jnp.dot(x, weights[0], preferred_element_type=jnp.float32).astype(x.dtype)
 
-    return KernelFormat(prepare, op, lambda m, n, k: 2 * k * n + _act_bytes(m, n, k))
+    def nbytes(m, n, k):
+        return 2 * k * n + _act_bytes(m, n, k)
+
+    return KernelFormat(prepare, op, nbytes, lambda weights: np.asarray(weights[0], np.float32))
 
 
 def _packed_format(format: str, symmetric: bool, group_size: int) -> KernelFormat:
@@ -97,7 +118,11 @@ def _packed_format(format: str, symmetric: bool, group_size: int) -> KernelForma
         per_group = 2 * (1 if symmetric or format != "int4" else 2)
         return k * n // 2 + per_group * (k // group_size) * n + _act_bytes(m, n, k)
 
-    return KernelFormat(prepare, op, nbytes)
+    def dense(weights):
+        qw, s, z = weights
+        return np.asarray(packing.dequantize(qw, s, z, format=format), np.float32)
+
+    return KernelFormat(prepare, op, nbytes, dense)
 
 
 def _sparse24_format(int4: bool, group_size: int = 128) -> KernelFormat:
@@ -123,10 +148,15 @@ def _sparse24_format(int4: bool, group_size: int = 128) -> KernelFormat:
         # vs bf16's 2·K·N: 56.25% (bf16 values), 19.1% (int4, bf16 scales; 19.5% with f32).
         return values + meta + _act_bytes(m, n, k)
 
-    return KernelFormat(prepare, op, nbytes)
+    def dense(weights):
+        if not int4:
+            return np.asarray(packing.decompress_24(*weights), np.float32)
+        return np.asarray(packing.dequantize_sparse24_int4(*weights), np.float32)
+
+    return KernelFormat(prepare, op, nbytes, dense)
 
 
-register_format("bf16", _bf16_format())
+register_format(BASELINE, _dense_format())
 register_format("int4", _packed_format("int4", True, 128))
 register_format("int4_affine", _packed_format("int4", False, 128))
 register_format("nf4", _packed_format("nf4", True, 64))
@@ -138,23 +168,55 @@ register_format("sparse24_int4", _sparse24_format(int4=True))
 # ----------------------------------------------------------------------------- timing
 
 
-def _time_rotated(fn, x, copies: Sequence[tuple[Any, ...]], repeats: int) -> float:
-    """Median seconds per call; one jitted sweep calls ``fn`` once on every weight copy."""
-
-    @jax.jit
-    def sweep(x, copies):
-        acc = jnp.zeros((), jnp.float32)
-        for weights in copies:  # unrolled: each call reads a different buffer (no L2 reuse)
-            acc = acc + fn(x, weights)[0, 0].astype(jnp.float32)
-        return acc
-
-    sweep(x, copies).block_until_ready()  # compile + warm up
+def _median_sample(fn, args, calls: int, repeats: int) -> float:
+    """Median seconds per call of ``fn(*args)`` (it makes ``calls`` calls); warmed up first."""
+    jax.block_until_ready(fn(*args))  # compile + warm up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        sweep(x, copies).block_until_ready()
-        times.append((time.perf_counter() - t0) / len(copies))
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - t0) / calls)
     return statistics.median(times)
+
+
+def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, calls: int = 10, repeats: int = 5) -> float:
+    """Device memory bandwidth in bytes/s: ``a + 1`` over an f32 buffer of ``nbytes`` reads and
+    writes it once per pass; ``calls`` passes per sample, kept apart by optimization barriers
+    (XLA would otherwise fuse the chain into one pass)."""
+    a = jnp.zeros((max(nbytes // 4, 1024),), jnp.float32)
+
+    @jax.jit
+    def passes(a):
+        for _ in range(calls):
+            a = jax.lax.optimization_barrier(a + 1.0)
+        return a
+
+    return 2 * a.nbytes / _median_sample(passes, (a,), calls, repeats)
+
+
+def _time_rotated(fn, x, copies: Sequence[tuple[Any, ...]], calls: int, repeats: int) -> float:
+    """Median seconds per call; one jitted sample makes ``calls`` calls, cycling weight copies.
+
+    Every call gets a distinct (x, weights) pair (x is copied as often as needed) and every
+    output is returned: identical calls would be merged by XLA's CSE, and extra ops between
+    calls would be timed too.
+    """
+    n_x = -(-calls // len(copies))
+    xs = [x] + [x.copy() for _ in range(n_x - 1)]
+
+    @jax.jit
+    def sample(xs, copies):
+        return [fn(xs[i // len(copies)], copies[i % len(copies)]) for i in range(calls)]
+
+    return _median_sample(sample, (xs, copies), calls, repeats)
+
+
+def _impl_used(op, x, weights, impl: str) -> str:
+    """What really runs: "triton" if the lowered program holds the Triton call, else ..."""
+    text = jax.jit(lambda x, w: op(x, w, impl)).lower(x, weights).as_text()
+    if "triton_kernel_call" in text:
+        return "triton"
+    return "xla" if impl == "xla" else "reference"
 
 
 def _device_kind() -> str:
@@ -173,6 +235,11 @@ def _parse_shape(name: str) -> tuple[int, int]:
     raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}, or 'KxN'")
 
 
+COLUMNS = ["device", "format", "shape", "M", "N", "K", "impl", "impl_used", "copies", "calls",
+           "time_us", "GB_s", "TFLOP_s", "pct_bandwidth", "speedup_vs_dense", "max_rel_err",
+           "bytes", "bandwidth_GB_s"]  # fmt: skip
+
+
 def run(
     formats: Sequence[str] = ("int4", "int4_affine", "nf4", "fp4"),
     shapes: Sequence[str] | dict[str, tuple[int, int]] = ("4096x4096", "8192x8192"),
@@ -182,100 +249,112 @@ def run(
     impl: str = "auto",
     dtype: Any = jnp.bfloat16,
     rotate_bytes: int = ROTATE_BYTES,
+    calls: int = CALLS_PER_SAMPLE,
     repeats: int = 10,
+    bandwidth_bytes: int = BANDWIDTH_BYTES,
     time_budget_s: float | None = None,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Benchmark ``formats`` (plus the bf16 baseline) on ``shapes`` × ``ms``; write the report.
+    """Benchmark ``formats`` (plus the dense bf16 baseline) on ``shapes`` × ``ms``.
 
     ``shapes``: names from ``SHAPES`` or a dict name → (K, N). ``time_budget_s``: stop starting
-    new shapes once exceeded (the report is still written). Returns the result rows.
+    new rows once exceeded. Rows go to ``out_dir/bench_kernels.csv`` (and stdout) as measured;
+    the markdown table and PNG at the end. Returns the rows.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown formats {unknown}; registered: {', '.join(FORMATS)}")
     if not isinstance(shapes, dict):
         shapes = {s: _parse_shape(s) for s in shapes}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     kind = _device_kind()
-    peak = PEAK_BANDWIDTH_TBS.get(kind)
+    bandwidth = measure_bandwidth(bandwidth_bytes)
+    print(f"bench_kernels: {kind}, measured bandwidth {bandwidth / 1e9:.1f} GB/s "
+          f"(vendor {PEAK_BANDWIDTH_TBS.get(kind, '–')} TB/s)", flush=True)  # fmt: skip
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    for shape_name, (k, n) in shapes.items():
-        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-            print(f"bench_kernels: time budget reached, skipping shape {shape_name}")
-            continue
-        w = (rng.standard_normal((k, n)) / math.sqrt(k)).astype(np.float32)
-        prepared = {f: FORMATS[f].prepare(w) for f in ("bf16", *formats) if f in FORMATS}
-        for m in ms:
-            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-                print(f"bench_kernels: time budget reached, skipping {shape_name} M={m}")
-                continue
-            x = jnp.asarray(rng.standard_normal((m, k)), dtype)
-            base_t = None
-            for f in ("bf16", *[f for f in formats if f != "bf16"]):
-                fmt, weights = FORMATS[f], prepared[f]
-                wbytes = sum(a.nbytes for a in weights if a is not None)
-                # Capped: the sweep is unrolled in one jit; tiny weights then stay in L2.
-                n_copies = min(MAX_COPIES, max(2, math.ceil(rotate_bytes / max(wbytes, 1))))
-                copies = [weights] + [
-                    tuple(None if a is None else a.copy() for a in weights)
-                    for _ in range(n_copies - 1)
-                ]
-                op_impl = "auto" if f == "bf16" else impl
-                t = _time_rotated(lambda x, wt, fmt=fmt, i=op_impl: fmt.op(x, wt, i), x, copies,
-                                  repeats)  # fmt: skip
-                y = np.asarray(fmt.op(x, weights, op_impl), np.float32)
-                y_ref = np.asarray(fmt.op(x, weights, "reference"), np.float32)
-                err = float(np.abs(y - y_ref).max() / max(np.abs(y_ref).max(), 1e-30))
-                nbytes = fmt.bytes(m, n, k)
-                gbs = nbytes / t / 1e9
-                if f == "bf16":
-                    base_t = t
-                rows.append(
-                    dict(
-                        device=kind, format=f, shape=shape_name, M=m, N=n, K=k,
-                        impl=op_impl, time_us=t * 1e6, GB_s=gbs,
-                        TFLOP_s=2 * m * n * k / t / 1e12,
-                        pct_roofline=None if peak is None else 100 * gbs / (peak * 1e3),
-                        speedup_vs_bf16=base_t / t, max_rel_err=err, bytes=nbytes,
-                    )
-                )  # fmt: skip
-                del copies
-    write_report(rows, out_dir, peak=peak, kind=kind)
+    csv_path = out / "bench_kernels.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for shape_name, (k, n) in shapes.items():
+            w = (rng.standard_normal((k, n)) / math.sqrt(k)).astype(np.float32)
+            prepared = {}
+            for m in ms:
+                if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                    print(f"bench_kernels: time budget reached, skipping {shape_name} M={m}")
+                    continue
+                x = jnp.asarray(rng.standard_normal((m, k)), dtype)
+                x64 = np.asarray(x, np.float64)
+                base_t = None
+                for name in (BASELINE, *[f for f in formats if f != BASELINE]):
+                    fmt = FORMATS[name]
+                    if name not in prepared:
+                        prepared[name] = fmt.prepare(w)
+                    weights = prepared[name]
+                    wbytes = sum(a.nbytes for a in weights if a is not None)
+                    n_copies = min(MAX_COPIES, max(2, math.ceil(rotate_bytes / max(wbytes, 1))))
+                    copies = [weights] + [
+                        tuple(None if a is None else a.copy() for a in weights)
+                        for _ in range(n_copies - 1)
+                    ]
+                    op_impl = "xla" if name == BASELINE else impl
+                    op = fmt.op
+                    t = _time_rotated(lambda x, wt, op=op, i=op_impl: op(x, wt, i), x, copies,
+                                      max(calls, n_copies), repeats)  # fmt: skip
+                    del copies
+                    y = np.asarray(op(x, weights, op_impl), np.float64)
+                    y64 = x64 @ fmt.dense(weights).astype(np.float64)
+                    err = float(np.abs(y - y64).max() / max(np.abs(y64).max(), 1e-30))
+                    nbytes = fmt.bytes(m, n, k)
+                    gbs = nbytes / t / 1e9
+                    if name == BASELINE:
+                        base_t = t
+                    row = dict(
+                        device=kind, format=name, shape=shape_name, M=m, N=n, K=k,
+                        impl=op_impl, impl_used=_impl_used(op, x, weights, op_impl),
+                        copies=n_copies, calls=max(calls, n_copies), time_us=t * 1e6,
+                        GB_s=gbs, TFLOP_s=2 * m * n * k / t / 1e12,
+                        pct_bandwidth=100 * gbs * 1e9 / bandwidth,
+                        speedup_vs_dense=base_t / t, max_rel_err=err, bytes=nbytes,
+                        bandwidth_GB_s=bandwidth / 1e9,
+                    )  # fmt: skip
+                    rows.append(row)
+                    writer.writerow(row)
+                    f.flush()
+                    print("  " + " ".join(f"{c}={_cell(c, row[c])}" for c in COLUMNS[1:16]),
+                          flush=True)  # fmt: skip
+    write_report(rows, out, bandwidth=bandwidth, kind=kind)
     return rows
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(rows: list[dict[str, Any]], out_dir: str | Path, *, peak, kind: str) -> None:
+def _cell(column: str, v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if column == "max_rel_err" else f"{v:.2f}"
+    return "–" if v is None else str(v)
+
+
+def write_report(rows: list[dict[str, Any]], out_dir: str | Path, *, bandwidth, kind) -> None:
+    """The markdown table and the PNG (the CSV was written row by row)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not rows:
         return
-    with open(out / "bench_kernels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    cols = ["format", "shape", "M", "time_us", "GB_s", "TFLOP_s", "pct_roofline",
-            "speedup_vs_bf16", "max_rel_err"]  # fmt: skip
+    cols = ["format", "shape", "M", "impl_used", "time_us", "GB_s", "pct_bandwidth",
+            "speedup_vs_dense", "max_rel_err"]  # fmt: skip
     lines = [
-        f"Device: {kind}; bandwidth roofline: "
-        + (f"{peak} TB/s" if peak else "n/a (not a benchmarked GPU)")
-        + f"; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}",
+        f"Device: {kind}; measured bandwidth {bandwidth / 1e9:.1f} GB/s (vendor "
+        f"{PEAK_BANDWIDTH_TBS.get(kind, '–')} TB/s); jax {jax.__version__}; "
+        f"{time.strftime('%Y-%m-%d')}; {rows[0]['calls']}+ calls per sample",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
     ]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r[c]
-            if isinstance(v, float):
-                v = f"{v:.3g}" if c == "max_rel_err" else f"{v:.2f}"
-            cells.append("–" if v is None else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(_cell(c, r[c]) for c in cols) + " |" for r in rows]
     (out / "bench_kernels.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "bench_kernels.png", kind)
 
@@ -293,17 +372,17 @@ def _plot(rows: list[dict[str, Any]], path: Path, kind: str) -> None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 3.6), squeeze=False)
     for ax, shape in zip(axes[0], shapes, strict=True):
         sub = [r for r in rows if r["shape"] == shape]
-        base = {r["M"]: r["bytes"] for r in sub if r["format"] == "bf16"}
+        base = {r["M"]: r["bytes"] for r in sub if r["format"] == BASELINE}
         for f in dict.fromkeys(r["format"] for r in sub):
-            pts = sorted((r["M"], r["speedup_vs_bf16"]) for r in sub if r["format"] == f)
+            pts = sorted((r["M"], r["speedup_vs_dense"]) for r in sub if r["format"] == f)
             ax.plot(*zip(*pts, strict=True), marker="o", label=f)
-            if f != "bf16":  # memory-bound ideal: the ratio of bytes moved
+            if f != BASELINE:  # memory-bound ideal: the ratio of bytes moved
                 ideal = sorted((r["M"], base[r["M"]] / r["bytes"]) for r in sub
                                if r["format"] == f and r["M"] in base)  # fmt: skip
                 ax.plot(*zip(*ideal, strict=True), ls="--", lw=0.8, color="gray")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("M (tokens)")
-        ax.set_ylabel("speed-up vs bf16 jnp.dot")
+        ax.set_ylabel("speed-up vs dense bf16 jnp.dot")
         ax.set_title(f"{shape} ({kind}); dashed: bytes roofline")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -316,13 +395,16 @@ def _plot(rows: list[dict[str, Any]], path: Path, kind: str) -> None:
 class BenchKernelsConfig:
     """Options of ``compactlm bench kernels key=value ...`` (the CLI's one override language)."""
 
-    formats: tuple[str, ...] = ("int4", "int4_affine", "nf4", "fp4", "sparse24", "sparse24_int4")
+    formats: tuple[str, ...] = sass_lib.FORMATS  # besides the dense baseline, always measured
     # SHAPES names or "KxN"; None: 4096x4096,8192x8192 (timings), 8192x8192 (sass).
     shapes: tuple[str, ...] | None = None
     ms: tuple[int, ...] | None = None  # activation rows per call; None: MS (timings), 1 (sass)
     out: str = "runs/bench_kernels"  # folder for the CSV / markdown / PNG (or sass.md)
     impl: Literal["auto", "triton", "reference"] = "auto"  # the GPU run passes triton
     repeats: int = 10  # timed samples per row (the median is reported)
+    calls: int = CALLS_PER_SAMPLE  # calls per timed sample (dispatch overhead vanishes)
+    rotate_mb: int = ROTATE_BYTES // 2**20  # weight bytes cycled per sample (≥ 3× L2)
+    bandwidth_mb: int = BANDWIDTH_BYTES // 2**20  # buffer of the measured-bandwidth roofline
     time_budget_s: float | None = None  # stop starting new rows after this many seconds
     # The SASS instruction count instead of timings (compactlm/eval/sass.py; CPU is enough):
     # each decode kernel compiled as jax-triton specialises it for sm_90, at N = K = 8192.
@@ -337,8 +419,9 @@ class BenchKernelsConfig:
             _parse_shape(shape)
         if self.ms is not None and (not self.ms or min(self.ms) < 1):
             raise ValueError(f"ms must be positive row counts, got {self.ms}")
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        for name in ("repeats", "calls", "rotate_mb", "bandwidth_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _legacy_flags(argv: Sequence[str]) -> list[str]:
@@ -370,8 +453,11 @@ def main(argv: Sequence[str] = ()) -> int:
             raise ConfigError(str(e)) from None
         return 0
     shapes, ms = cfg.shapes or ("4096x4096", "8192x8192"), cfg.ms or MS
-    rows = run(cfg.formats, shapes, ms, cfg.out, impl=cfg.impl, repeats=cfg.repeats,
-               time_budget_s=cfg.time_budget_s)  # fmt: skip
+    rows = run(
+        cfg.formats, shapes, ms, cfg.out, impl=cfg.impl, repeats=cfg.repeats, calls=cfg.calls,
+        rotate_bytes=cfg.rotate_mb * 2**20, bandwidth_bytes=cfg.bandwidth_mb * 2**20,
+        time_budget_s=cfg.time_budget_s,
+    )  # fmt: skip
     print((Path(cfg.out) / "bench_kernels.md").read_text() if rows else "no rows")
     return 0
 
