@@ -118,7 +118,11 @@ def _report(title: str, before: dict, after: dict, sizes: dict, seconds: float, 
 
 
 def _model_and_state(trainer):
-    return trainer.program.model(trainer.state)
+    """A copy of the trainer's model to compress in place: merging a state shares its
+    Variables, so compressing `program.model(state)` itself would also rewrite `state`."""
+    from flax import nnx
+
+    return nnx.clone(trainer.program.model(trainer.state))
 
 
 def _set_model(trainer, model) -> None:
