@@ -9,7 +9,7 @@ compactlm distill TEACHER_RUN_DIR [student preset] distill.loss=fkl|rkl|jsd|skl|
     distill.on_policy=0.0 [key=value ...] [workdir=DIR]
 compactlm eval RUN_DIR [key=value ...]
 compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
-compactlm info [preset]
+compactlm info [preset | RUN_DIR]   RUN_DIR: storage format, bytes in memory and on disk
 compactlm bench train [preset] [key=value ...]
 compactlm bench kernels [formats=int4,nf4,...] [shapes=4096x4096,...] [ms=1,16] [impl=triton]
 compactlm bench kernels sass=1 [formats=...]   SASS instructions per weight (no GPU needed)

@@ -224,6 +224,11 @@ def info(preset: str | None, overrides: Sequence[str]) -> int:
     from compactlm.config import PRESETS
     from compactlm.eval.report import info_table
 
+    if preset is not None and (Path(preset) / "config.json").is_file():
+        from compactlm.compress.export import run_info
+
+        print(run_info(preset))
+        return 0
     names = [preset] if preset else list(PRESETS)
     configs = {name: make_config(name, overrides if preset else ()) for name in names}
     print(info_table(configs))

@@ -189,3 +189,47 @@ def human_bytes(n: int) -> str:
         return f"{n} B"
     exp = min(int(math.log(n, 1024)), 3)
     return f"{n / 1024**exp:.1f} {['B', 'KiB', 'MiB', 'GiB'][exp]}"
+
+
+def run_info(run_dir: str) -> str:
+    """`compactlm info RUN_DIR`: storage format, bytes of the weights in memory and on disk,
+    and the compression report when the run was made by `quantize` / `prune`."""
+    import json
+
+    from flax import nnx
+
+    from compactlm.train.run_dir import latest_checkpoint_dir, load_run
+
+    trainer = load_run(run_dir)
+    model = trainer.program.model(trainer.state)
+    linear = other = 0
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        nbytes = int(np.prod(var[...].shape)) * var[...].dtype.itemsize
+        if _is_block_linear(path):
+            linear += nbytes
+        else:
+            other += nbytes
+    m = trainer.cfg.model
+    ckpt = latest_checkpoint_dir(run_dir)
+    disk = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+    fmt = m.weight_format
+    if fmt in ("int4", "nf4", "fp4", "sparse24_int4"):
+        fmt += (
+            f" (group {m.quant_group_size or 'K'}{', zero points' if m.quant_zero_point else ''})"
+        )
+    lines = [
+        f"run {run_dir} (step {int(trainer.state.step)})",
+        f"  {'block linears':<26} {fmt}",
+        f"  {'weights in memory':<26} {linear + other:,} bytes (block linears {linear:,}, "
+        f"embedding / norms / head {other:,})",
+        f"  {'checkpoint on disk':<26} {disk:,} bytes ({ckpt}; includes the optimizer state of "
+        "the trainable parameters)",
+    ]
+    report = Path(run_dir) / "compression.json"
+    if report.is_file():
+        r = json.loads(report.read_text())
+        lines.append(
+            f"  {'made by':<26} compactlm {r['command']} from {r['source']}: val bpb "
+            f"{r['before']['bpb']:.4f} → {r['after']['bpb']:.4f}"
+        )
+    return "\n".join(lines)

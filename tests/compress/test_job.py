@@ -80,3 +80,6 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     assert cli("quantize", str(out), f"workdir={tmp_path / 'again'}") == 2
     assert "already compressed" in capsys.readouterr().err
     assert cli("eval", str(out)) == 0
+    assert cli("info", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "weights in memory" in printed and "made by                    compactlm prune" in printed
