@@ -19,7 +19,6 @@ CFG = dict(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=
 @pytest.mark.parametrize(
     "prune_cfg, quant, scan",
     [
-        (None, QuantConfig(method="rtn", format="int4", group_size=32), False),
         (None, QuantConfig(method="rtn", format="int4_affine", bits=3, group_size=0), True),
         (None, QuantConfig(method="rtn", format="nf4", group_size=64), False),
         (PruneConfig(method="magnitude", pattern="2:4"), None, True),

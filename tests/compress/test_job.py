@@ -83,3 +83,18 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     assert cli("info", str(out)) == 0
     printed = capsys.readouterr().out
     assert "weights in memory" in printed and "made by                    compactlm prune" in printed
+
+
+def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_path, capsys):
+    out = tmp_path / "int4"
+    args = ["method=gptq", "format=int4", "group_size=32", *FAST, "eval_tokens=0"]
+    assert cli("quantize", str(run_dir), *args, f"workdir={out}") == 0
+    capsys.readouterr()
+    report = json.loads((out / "compression.json").read_text())
+    assert json.loads((out / "config.json").read_text())["model"]["weight_format"] == "int4"
+    assert report["sizes"]["linear_bytes"] < 0.2 * report["sizes"]["dense_linear_bytes"]
+    # eval of the packed run (int4_matmul, reference path on CPU) = the "after" of the command.
+    assert cli("eval", str(out)) == 0
+    assert f"{report['after']['bpb']:.4f}" in capsys.readouterr().out
+    assert cli("generate", str(out), "prompt=def ", "max_new_tokens=8", "temperature=0") == 0
+    assert capsys.readouterr().out.startswith("def ")
