@@ -385,8 +385,28 @@ def finetune(base_dir: str, overrides: Sequence[str], *, workdir: str | None = N
         {"loss (nats/token)": f"{base['loss']:.4f}", "bits per byte": f"{base['bpb']:.4f}"},
     )
     results.update({f"base/{k}": v for k, v in base.items()})
+    results.update(_run_costs(trainer))
     (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def _run_costs(trainer) -> dict:
+    """Trainable parameters, latest checkpoint bytes, mean logged tokens/s, peak RSS (MiB)."""
+    import resource
+
+    from compactlm.train.finetune import trainable_summary
+    from compactlm.train.loop import load_metrics
+    from compactlm.train.run_dir import latest_checkpoint_dir
+
+    summary = trainable_summary(trainer.program.model(trainer.state), trainer.program.trainable)
+    ckpt_dir = latest_checkpoint_dir(trainer.workdir)
+    tps = [m["tokens/s"] for m in load_metrics(trainer.workdir) if "tokens/s" in m][1:]
+    return {
+        "trainable_params": summary["trainable_params"],
+        "checkpoint_bytes": sum(p.stat().st_size for p in ckpt_dir.rglob("*") if p.is_file()),
+        "tokens_per_s": sum(tps) / len(tps) if tps else float("nan"),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
