@@ -24,6 +24,9 @@ StorageFormat = Literal["dense", "int4", "nf4", "fp4", "sparse24", "sparse24_int
 QUANTIZED_FORMATS: tuple[str, ...] = ("int4", "nf4", "fp4")
 SPARSE_FORMATS: tuple[str, ...] = ("sparse24", "sparse24_int4")
 
+# Group / block sizes along K the packed formats support (kernels/packing.py GROUP_SIZES).
+QUANT_GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)
+
 ADAPTER_KINDS: tuple[str, ...] = ("none", "lora", "dora")
 AdapterKind = Literal["none", "lora", "dora"]
 
@@ -245,11 +248,22 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even (RoPE pairs)")
         if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("init_std, norm_eps and rope_theta must be > 0")
-        if self.quant_group_size != 0 and (self.quant_group_size < 8 or self.quant_group_size % 8):
+        if self.quant_group_size != 0 and self.quant_group_size not in QUANT_GROUP_SIZES:
             raise ValueError(
-                f"quant_group_size={self.quant_group_size} must be a multiple of 8 (eight 4-bit "
-                "codes per int32 word)"
+                f"quant_group_size={self.quant_group_size}; valid: "
+                + ", ".join(map(str, QUANT_GROUP_SIZES))
+                + ", or 0 (per channel)"
             )
+        if self.weight_format != "dense" and self.quant_group_size:
+            widths = {"d_model": self.d_model, "d_ff": self.d_ff}
+            widths["n_heads*head_dim"] = self.n_heads * self.resolved_head_dim
+            for name, width in widths.items():
+                if width % self.quant_group_size:
+                    raise ValueError(
+                        f"{self.weight_format} packs the inputs of every linear in blocks of "
+                        f"quant_group_size={self.quant_group_size}, but {name}={width} is not "
+                        "divisible by it"
+                    )
 
     @property
     def resolved_head_dim(self) -> int:

@@ -1,0 +1,106 @@
+"""Fine-tuning from a run directory: adapter-only checkpoints, exact resume, merge equality, a
+changed base refused, bad input as one-line errors."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from compactlm import cli, commands
+from compactlm.config import make_config
+from compactlm.train.loop import Trainer, load_metrics
+from compactlm.train.run_dir import latest_checkpoint_dir, load_run
+from tests.tolerances import tol
+
+QUIET = ["train.progress=false", "train.tensorboard=false", "train.eval_every=0"]
+SMALL_DATA = ["data.max_corpus_bytes=200000"]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("base")
+    cfg = make_config("nano", [*QUIET, *SMALL_DATA, "train.steps=8", "train.batch_size=8"])
+    trainer = Trainer(cfg, workdir)
+    trainer.restore_or_init()
+    trainer.train()
+    return workdir
+
+
+def _finetune(base_dir, workdir, *extra):
+    args = [*QUIET, *SMALL_DATA, "train.batch_size=8", "optim.warmup_steps=1", *extra]
+    return commands.finetune(str(base_dir), args, workdir=str(workdir))
+
+
+def _losses(workdir):
+    return {m["step"]: m["train/loss"] for m in load_metrics(workdir) if "train/loss" in m}
+
+
+def test_adapter_run_checkpoints_adapters_only_resumes_exactly_and_merges(base_dir, tmp_path):
+    lora = [
+        "adapter.kind=lora",
+        "adapter.targets=all-linear",
+        "adapter.rank=4",
+        "train.log_every=1",
+    ]
+    _finetune(base_dir, tmp_path / "ab", *lora, "train.steps=4")
+    _finetune(base_dir, tmp_path / "a", *lora, "train.steps=2")
+    _finetune(base_dir, tmp_path / "a", *lora, "train.steps=4")  # resume from step 2
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "ab")
+    ref = json.loads((tmp_path / "a" / "base.json").read_text())
+    assert ref["run_dir"] == str(base_dir.resolve()) and len(ref["fingerprint"]) == 64
+
+    def ckpt_bytes(d):
+        return sum(p.stat().st_size for p in latest_checkpoint_dir(d).rglob("*") if p.is_file())
+
+    assert ckpt_bytes(tmp_path / "a") < ckpt_bytes(base_dir) / 4  # no frozen base inside
+
+    adapted = load_run(tmp_path / "a")
+    commands.merge(str(tmp_path / "a"), [], workdir=str(tmp_path / "m"))
+    merged = load_run(tmp_path / "m")
+    assert merged.cfg.model.adapter.kind == "none" and int(merged.state.step) == 4
+    tokens = jax.numpy.asarray(np.asarray(adapted.data.val_tokens[:65]).reshape(1, 65))
+    want = adapted.program.model(adapted.state)(tokens)
+    got = merged.program.model(merged.state)(tokens)
+    np.testing.assert_allclose(got, want, **tol("f32_reorder"))
+
+
+def test_a_changed_base_is_refused(base_dir, tmp_path, tmp_path_factory):
+    moved = tmp_path_factory.mktemp("base_copy")
+    import shutil
+
+    shutil.copytree(base_dir, moved, dirs_exist_ok=True)
+    _finetune(moved, tmp_path / "a", "adapter.kind=lora", "train.steps=1")
+    # the base trains on: its latest checkpoint (and fingerprint) change
+    cfg = make_config("nano", [*QUIET, *SMALL_DATA, "train.steps=9", "train.batch_size=8"])
+    base = Trainer(cfg, moved)
+    base.restore_or_init()
+    base.train()
+    with pytest.raises(commands.CheckpointError, match="changed since this adapter was trained"):
+        load_run(tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.d_model=96"], "fine-tuning keeps the base's shape"),
+        (["adapter.kind=lora", "adapter.targets=qq"], "valid targets: q, k, v"),
+        (["adapter.kind=lora", "adapter.rank=0"], "adapter.rank must be >= 1"),
+        (
+            ["adapter.kind=lora", "model.weight_format=nf4", "model.quant_group_size=48"],
+            "valid: 32, 64",
+        ),
+    ],
+)
+def test_bad_finetune_input_is_one_line_exit_2(base_dir, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["finetune", str(base_dir), *args, f"workdir={tmp_path / 'x'}"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_missing_base_and_packed_merge_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["finetune", str(tmp_path / "nope"), f"workdir={tmp_path / 'x'}"])
+    assert e.value.code == 2 and "is not a compactlm run directory" in capsys.readouterr().err
