@@ -259,11 +259,13 @@ class Trainer:
             from compactlm.data.augment import augmented_batch
 
             tok = self.data.tokenizer
+            if getattr(self, "_ordinary_ids", None) is None:  # once: BPE / HF build it in Python
+                self._ordinary_ids = np.flatnonzero(tok.token_byte_lengths() > 0)
             tokens = augmented_batch(
                 self.data.train_tokens,
                 names=d.augment,
                 rate=d.augment_rate,
-                ordinary_ids=np.flatnonzero(tok.token_byte_lengths() > 0),
+                ordinary_ids=self._ordinary_ids,
                 fill_id=tok.eos_id,
                 seed=t.seed,
                 step=step,
