@@ -125,3 +125,14 @@ def test_config_validation_is_one_line() -> None:
     with pytest.raises(ConfigError) as e:
         make_config("nano", ["data.augment=dropout,shuffle"])
     assert "\n" not in str(e.value) and "valid: none, dropout" in str(e.value)
+
+
+def test_the_augment_sweep_file_plans_valid_configs() -> None:
+    """configs/sweeps/augment.py (the docs/adapters.md table) loads and every row is valid."""
+    from compactlm.eval import sweep as sweeps
+
+    name, spec = sweeps.load("augment")
+    cfgs = [make_config("nano", [*spec.common, *row.overrides]) for row in spec.rows]
+    assert cfgs[0].data.augment == () and cfgs[0].model.neftune_alpha == 0
+    assert {c.data.augment for c in cfgs[1:4]} == {(n,) for n in AUGMENTATIONS}
+    assert len(sweeps.dry_run_lines(name, spec)) == len(spec.rows) * spec.seeds
