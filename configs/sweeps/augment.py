@@ -29,6 +29,12 @@ SWEEP = Sweep(
         Row(name="insert0.1", overrides=("data.augment=insert", "data.augment_rate=0.1")),
         Row(name="span_mask0.15", overrides=("model.span_mask_rate=0.15",)),
         Row(name="neftune5", overrides=("model.neftune_alpha=5",)),
+        # Milder settings: at 0.1 every augmentation above raised the validation loss.
+        Row(name="dropout0.02", overrides=("data.augment=dropout", "data.augment_rate=0.02")),
+        Row(name="swap0.02", overrides=("data.augment=swap", "data.augment_rate=0.02")),
+        Row(name="insert0.02", overrides=("data.augment=insert", "data.augment_rate=0.02")),
+        Row(name="span_mask0.05", overrides=("model.span_mask_rate=0.05",)),
+        Row(name="neftune1", overrides=("model.neftune_alpha=1",)),
     ),
     seeds=1,
     metrics=("loss", "bpb"),
