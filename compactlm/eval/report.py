@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from compactlm.models.footprint import count_params, flops_per_token, memory_estimate
@@ -60,7 +61,29 @@ def info_rows(cfg: Any) -> dict[str, str]:
         "activations (no remat)": _human(mem["activations/remat=none"]),
         "activations (remat=block)": _human(mem["activations/remat=block"]),
         "KV cache bf16 (B=1, T=max)": _human(kv["kv_cache/bfloat16"]),
+        **_adaptation_rows(cfg, counts),
     }
+
+
+def _adaptation_rows(cfg: Any, counts: dict[str, int]) -> dict[str, str]:
+    """Fine-tuning figures when the config has adapters or a packed base (QLoRA)."""
+    from compactlm.models.footprint import base_bits_per_param
+
+    m = cfg.model
+    rows: dict[str, str] = {}
+    if m.weight_format == "dense" and m.adapter.kind == "none":
+        return rows
+    bits = base_bits_per_param(m)
+    rest = counts["total"] - counts["linear"]
+    base_bytes = counts["linear"] * bits / 8 + rest * jnp.dtype(m.param_dtype).itemsize
+    rows[f"base linears ({m.weight_format})"] = f"{bits:.3f} bits/param"
+    rows["base weights (frozen)"] = _human(base_bytes)
+    if m.adapter.kind != "none":
+        adapter_bytes = counts["adapter"] * 4
+        rows[f"adapter params ({m.adapter.kind} r{m.adapter.rank})"] = _count(counts["adapter"])
+        rows["adapters + AdamW state (f32)"] = _human(3 * adapter_bytes)
+        rows["fine-tune weights + optimizer"] = _human(base_bytes + 3 * adapter_bytes)
+    return rows
 
 
 def info_table(configs: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from compactlm.models.config import QUANTIZED_FORMATS, STORAGE_FORMATS
@@ -58,9 +59,16 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
 
     embedding: the input table V·D; lm_head: V·D when untied, else 0; non_embedding: the blocks
     and final norm (Kaplan et al. 2020's N); linear: block linear kernels only (what int4 / 2:4
-    compress); total: all.
+    compress); total: all. These count the model's weights whatever their storage (a packed nf4
+    linear counts its K·N weights) and without adapters; adapter: the adapters' parameters
+    (what trains under `adapter.kind`).
     """
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    import dataclasses
+
+    from compactlm.models.config import AdapterConfig
+
+    dense = dataclasses.replace(cfg, weight_format="dense", adapter=AdapterConfig())
+    model = nnx.eval_shape(lambda: Transformer(dense, rngs=nnx.Rngs(0)))
     counts = {"embedding": 0, "lm_head": 0, "non_embedding": 0, "linear": 0}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         size = int(var.get_value().size)
@@ -73,7 +81,40 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
             if path[-1] == "kernel":
                 counts["linear"] += size
     counts["total"] = counts["embedding"] + counts["lm_head"] + counts["non_embedding"]
+    counts["adapter"] = 0
+    if cfg.adapter.kind != "none":
+        adapted = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+        leaves = jax.tree.leaves(nnx.state(adapted, nnx.LoRAParam))
+        counts["adapter"] = sum(int(x.size) for x in leaves)
     return counts
+
+
+def base_bits_per_param(cfg: ModelConfig) -> float:
+    """Storage bits per block-linear weight of cfg.weight_format at cfg's group size and double
+    quantization (f32 scales, as the packed layers hold them): 4.127 for QLoRA's NF4, G = 64."""
+    from compactlm.kernels.packing import bits_per_parameter
+
+    if cfg.weight_format == "dense":
+        return float(jnp.dtype(cfg.param_dtype).itemsize * 8)
+    if cfg.weight_format not in QUANTIZED_FORMATS:
+        return storage_bits(cfg.weight_format)
+    H = cfg.resolved_head_dim
+    shapes = [
+        (cfg.d_model, cfg.n_kv_heads * (cfg.n_heads // cfg.n_kv_heads + 2) * H),
+        (cfg.n_heads * H, cfg.d_model),
+        (cfg.d_model, 2 * cfg.d_ff),
+        (cfg.d_ff, cfg.d_model),
+    ]
+    dq = cfg.double_quant and cfg.weight_format != "int4"
+    bits = sum(
+        bits_per_parameter(
+            cfg.weight_format, cfg.quant_group_size or k, double_quant=dq, shape=(k, n)
+        )
+        * k
+        * n
+        for k, n in shapes
+    )
+    return bits / sum(k * n for k, n in shapes)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:

@@ -82,7 +82,9 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     assert cli("eval", str(out)) == 0
     assert cli("info", str(out)) == 0
     printed = capsys.readouterr().out
-    assert "weights in memory" in printed and "made by                    compactlm prune" in printed
+    assert (
+        "weights in memory" in printed and "made by                    compactlm prune" in printed
+    )
 
 
 def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_path, capsys):

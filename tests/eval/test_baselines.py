@@ -77,7 +77,9 @@ def test_cached_baselines_computed_once_per_split(tmp_path, monkeypatch) -> None
     assert first["xz"] == compression_bpb(val)["xz"] and first["bytes"] == len(val.encode())
     # The training split is every document not in validation, in corpus order.
     train_text = "".join(
-        t for t in (corpus.joinpath(f"doc{i:02d}.txt").read_text() for i in range(12)) if t not in val
+        t
+        for t in (corpus.joinpath(f"doc{i:02d}.txt").read_text() for i in range(12))
+        if t not in val
     )
     assert len(train_text) + len(val) == len(train)
     assert first["xz_given_train"] == conditional_xz_bpb(train_text, val)

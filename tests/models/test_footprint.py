@@ -79,3 +79,25 @@ def test_storage_bits_are_the_packed_arrays_bytes():
         nbytes = sum(a.nbytes for a in arrays if a is not None)
         assert storage_bits(fmt) == KERNEL_BITS[fmt] == nbytes * 8 / (k * n), fmt
     assert storage_bits("dense") == storage_bits("bfloat16") == 16 and KERNEL_BITS["float32"] == 32
+
+
+def test_packed_and_adapted_models_count_the_same_weights_plus_adapters():
+    import dataclasses
+
+    from compactlm.models.config import AdapterConfig
+    from compactlm.models.footprint import base_bits_per_param
+
+    adapted = dataclasses.replace(
+        SMALL, weight_format="nf4", quant_group_size=32, adapter=AdapterConfig(kind="lora", rank=2)
+    )
+    dense, qlora = count_params(SMALL), count_params(adapted)
+    assert dense["adapter"] == 0
+    assert all(qlora[k] == dense[k] for k in dense if k != "adapter")
+    D, N, K = SMALL.d_model, SMALL.n_heads, SMALL.n_kv_heads
+    H = SMALL.resolved_head_dim
+    assert qlora["adapter"] == SMALL.n_layers * 2 * ((D + N * H) + (D + K * H))  # q, v at r=2
+    # QLoRA §3: NF4 at block 64 with double quantization costs 4 + 8/64 + 32/(64·256) bits
+    big = dataclasses.replace(
+        SMALL, d_model=4096, n_heads=32, n_kv_heads=8, d_ff=11008, weight_format="nf4"
+    )
+    assert abs(base_bits_per_param(big) - (4 + 8 / 64 + 32 / (64 * 256))) < 1e-3
