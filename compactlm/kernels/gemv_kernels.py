@@ -44,11 +44,11 @@ def _int4_gemv_kernel(
     EVEN_K: tl.constexpr = (K % BLOCK_SIZE_K == 0) and (K_TILES % SPLIT_K == 0)
 
     # -------------------------------------------------------------- pid mapping
-    # axis 0: column tile; axis 1: K split; axis 2: the row m of x (M ≤ 4: the weight tile is
-    # re-read from L2 by the M programs that share it).
-    pid_n = tl.program_id(axis=0)
-    pid_k = tl.program_id(axis=1)
-    pid_m = tl.program_id(axis=2)
+    # axis 0: the row m of x, fastest, so that the M ≤ 4 programs sharing a weight tile run
+    # side by side and all but the first read it from L2; axis 1: column tile; axis 2: K split.
+    pid_m = tl.program_id(axis=0)
+    pid_n = tl.program_id(axis=1)
+    pid_k = tl.program_id(axis=2)
 
     # -------------------------------------------------------------- pointer setup
     offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
@@ -115,11 +115,11 @@ def _int4_gemv_kernel(
 
 
 def gemv_grid(m: int, n: int, k: int, config: dict) -> tuple[int, int, int]:
-    """(column tiles, K splits with none empty, rows)."""
+    """(rows, column tiles, K splits with none empty)."""
     block_n, block_k, split = config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"], config["SPLIT_K"]
     k_tiles = triton.cdiv(k, block_k)
     split = triton.cdiv(k_tiles, triton.cdiv(k_tiles, split))
-    return triton.cdiv(n, block_n), split, m
+    return m, triton.cdiv(n, block_n), split
 
 
 @triton.jit
@@ -147,9 +147,9 @@ def _sparse24_gemv_kernel(
     )
 
     # -------------------------------------------------------------- pid mapping
-    pid_n = tl.program_id(axis=0)
-    pid_k = tl.program_id(axis=1)
-    pid_m = tl.program_id(axis=2)
+    pid_m = tl.program_id(axis=0)  # rows fastest, as in _int4_gemv_kernel
+    pid_n = tl.program_id(axis=1)
+    pid_k = tl.program_id(axis=2)
 
     # -------------------------------------------------------------- pointer setup
     # 4 columns per thread for every load (int32 meta and words; bf16 values as 8 bytes): one

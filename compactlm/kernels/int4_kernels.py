@@ -272,11 +272,11 @@ def launch_int4_gemv(launch, x, qweight, scales, zeros, *, format: str, config: 
     if g < cfg["BLOCK_SIZE_K"] and g & (g - 1) == 0:
         cfg["BLOCK_SIZE_K"] = g
     grid = gemv_grid(m, n, k, cfg)
-    cfg["SPLIT_K"] = grid[1]
-    out = ((m, n), x.dtype) if grid[1] == 1 else ((grid[1], m, n), np.float32)
+    cfg["SPLIT_K"] = grid[2]
+    out = ((m, n), x.dtype) if grid[2] == 1 else ((grid[2], m, n), np.float32)
     y = launch(_int4_gemv_kernel, grid, x, *ptrs, m, k, MAGIC_2_23, out_shape=out, N=n, K=k,
                **meta, **cfg)  # fmt: skip
-    return y if grid[1] == 1 else y.sum(axis=0).astype(x.dtype)
+    return y if grid[2] == 1 else y.sum(axis=0).astype(x.dtype)
 
 
 def launch_int4_matmul_bwd(

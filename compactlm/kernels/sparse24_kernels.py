@@ -312,14 +312,14 @@ def _launch_gemv(call, x2, values, meta, scales, zeros, *, out_dtype, config, do
             _launch.device_kind(), N, K, cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
         )
     grid = gemv_grid(M, N, K, cfg)
-    cfg["SPLIT_K"] = grid[1]
-    out = (M, N) if grid[1] == 1 else (grid[1], M, N)
+    cfg["SPLIT_K"] = grid[2]
+    out = (M, N) if grid[2] == 1 else (grid[2], M, N)
     y = call(
         _sparse24_gemv_kernel, grid, x2, *ptrs, M, K, MAGIC_2_23,
-        out_shape=jax.ShapeDtypeStruct(out, jnp.dtype(out_dtype) if grid[1] == 1 else jnp.float32),
+        out_shape=jax.ShapeDtypeStruct(out, jnp.dtype(out_dtype) if grid[2] == 1 else jnp.float32),
         N=N, K=K, **constexprs, **cfg,
     )  # fmt: skip
-    return y if grid[1] == 1 else jnp.sum(jnp.asarray(y), axis=0).astype(out_dtype)
+    return y if grid[2] == 1 else jnp.sum(jnp.asarray(y), axis=0).astype(out_dtype)
 
 
 def _launch_matmul_bwd(call, dy2, values, meta, scales, zeros, *, config, dot_fp32=False):
