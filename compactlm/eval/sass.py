@@ -14,9 +14,10 @@ to 1 become constexprs, pointers 16-byte aligned, other ints plain i32) and lowe
 PTX is captured from jax-triton's ``_compile_kernel``, assembled with the ptxas of the triton
 wheel for ``sm_90a`` (the target line jax-triton's PTX carries) and disassembled with its
 cuobjdump. The hot loop is the largest backward branch; per iteration a program consumes one
-``BLOCK_SIZE_K × BLOCK_SIZE_N`` dense-equivalent weight tile, so
+``BLOCK_SIZE_K × BLOCK_SIZE_N`` dense-equivalent weight tile for BLOCK_SIZE_M rows of x (the
+GEMVs: one row), so per weight of W the op issues
 
-    loop instructions per weight = warp-instructions in the loop × 32 × num_warps / (BK · BN).
+    warp-instructions in the loop × 32 × num_warps / (BK · BN) × ceil(M / BLOCK_SIZE_M).
 
 If ptxas unrolled the loop this over-counts (safe direction). "program" adds the straight-line
 code outside the loop, amortised over the weights one program owns. Lowering for "cuda" needs
@@ -261,7 +262,7 @@ def load_bytes(op: str) -> int | None:
     return 4
 
 
-def analyse(compiled: dict[str, Any], cubin: bytes, workdir: Path, n: int, k: int) -> dict:
+def analyse(compiled: dict[str, Any], cubin: bytes, workdir: Path, m: int, n: int, k: int) -> dict:
     """Loop and program instruction counts per weight, loads, shared memory of one kernel."""
     path = workdir / f"{compiled['kernel']}.cubin"
     path.write_bytes(cubin)
@@ -288,7 +289,10 @@ def analyse(compiled: dict[str, Any], cubin: bytes, workdir: Path, n: int, k: in
     load_total = sum(int(key.split(".")[1][:-1]) * v for key, v in loads.items())
     wide = sum(16 * v for key, v in loads.items() if key.endswith(".16B"))
     per_tile = bk * bn if bk and bn else None
-    weights_per_program = k * n / programs
+    # Programs that cover BLOCK_SIZE_M rows of x each (the GEMVs: 1) re-read and re-decode W
+    # for every row block: per weight of W the op issues that many times the loop's work.
+    reads = -(-m // c.get("BLOCK_SIZE_M", 1))
+    weights_per_program = k * n * reads / programs
     row = dict(
         kernel=compiled["kernel"],
         tile=f"{c.get('BLOCK_SIZE_M', 1)}x{bn}x{bk}",  # the GEMVs: one row of x per program
@@ -297,7 +301,8 @@ def analyse(compiled: dict[str, Any], cubin: bytes, workdir: Path, n: int, k: in
         grid="x".join(map(str, grid)),
         loop_instructions=len(body),
         total_instructions=len(instrs),
-        loop_per_weight=len(body) * threads / per_tile if per_tile and body else None,
+        loop_per_weight=reads * len(body) * threads / per_tile if per_tile and body else None,
+        w_reads=reads,
         program_per_weight=None,
         loop_loads=dict(sorted(loads.items())),
         wide_load_share=wide / load_total if load_total else None,
@@ -312,7 +317,7 @@ def analyse(compiled: dict[str, Any], cubin: bytes, workdir: Path, n: int, k: in
     if per_tile:
         trips = weights_per_program / per_tile
         dynamic = len(instrs) - len(body) + len(body) * trips if body else len(instrs)
-        row["program_per_weight"] = dynamic * threads / weights_per_program
+        row["program_per_weight"] = reads * dynamic * threads / weights_per_program
     return row
 
 
@@ -332,7 +337,8 @@ def _worker(spec_path: str, out_path: str) -> None:
                     kernels = capture(format, m, n, k)
                     for i, compiled in enumerate(kernels):
                         cubin, res = assemble(compiled["ptx"], Path(tmp), f"{format}_{m}_{i}")
-                        rows.append(dict(base, **analyse(compiled, cubin, Path(tmp), n, k), **res))
+                        row = analyse(compiled, cubin, Path(tmp), m, n, k)
+                        rows.append(dict(base, **row, **res))
                 except Exception as e:  # report every case, not just the first failure
                     rows.append(dict(base, error=f"{type(e).__name__}: {e}"[:500]))
                 Path(out_path).write_text(json.dumps(rows, indent=1))  # progressively

@@ -1,4 +1,4 @@
-"""Decode GEMV kernels (M ≤ GEMV_MAX_M rows): int4 / NF4 / FP4 and 2:4 weights, no tl.dot.
+"""Decode GEMV kernels (M ≤ int4_configs.gemv_max_m): int4 / NF4 / FP4 and 2:4 weights, no tl.dot.
 
 Data contract: as ``int4_kernels.py`` / ``sparse24_kernels.py`` (DESIGN.md §3), output pointers
 last: ``y[M, N]`` in x's dtype when ``SPLIT_K == 1``, else f32 partials ``[SPLIT_K, M, N]`` that

@@ -16,12 +16,22 @@ from __future__ import annotations
 Config = dict[str, int]
 
 M_BUCKETS = ("gemv", "decode", "small", "medium", "large")
-GEMV_MAX_M = 4  # rows served by the GEMV kernels (gemv_kernels.py): FMAs, no tl.dot
+# Rows served by the GEMV kernels (gemv_kernels.py; FMAs, no tl.dot), per format. A GEMV program
+# serves one row and re-decodes W for each, the 16-row tl.dot decode kernel decodes once: by the
+# SASS count per weight of W (docs/benchmarks.md) the GEMV is cheaper up to M = 2 for int4 /
+# NF4 / FP4 (int4: 3.7 per row vs 10.3 for any M <= 16) and up to M = 4 for 2:4 (3.7-4.0 vs 19-25).
+GEMV_MAX_M: dict[str, int] = {"int4": 2, "nf4": 2, "fp4": 2, "sparse24": 4, "sparse24_int4": 4}
 
 
-def m_bucket(m: int) -> str:
-    """1–4 rows: the GEMV; 5–16: the split-K tl.dot decode kernel; larger M: the tiled GEMM."""
-    if m <= GEMV_MAX_M:
+def gemv_max_m(format: str) -> int:
+    """The largest M that ``format``'s decode runs as a GEMV."""
+    return GEMV_MAX_M.get(format, 1)
+
+
+def m_bucket(m: int, format: str = "int4") -> str:
+    """Up to ``gemv_max_m(format)`` rows: the GEMV; to 16: the split-K tl.dot decode kernel;
+    larger M: the tiled GEMM."""
+    if m <= gemv_max_m(format):
         return "gemv"
     if m <= 16:
         return "decode"
@@ -39,7 +49,7 @@ def _tiles(m: int, n: int, k: int, warps: int, stages: int, *, group_m: int | No
 
 
 DEFAULTS: dict[str, Config] = {
-    # GEMV (M ≤ 4; BLOCK_SIZE_M is set to M's power of two at launch): wide N tiles so that each
+    # GEMV (M ≤ gemv_max_m; one row of x per program): wide N tiles so that each
     # thread owns several 16-byte column chunks (the x values it loads serve all of them), split
     # K for ≥ 2 programs per SM (SPLIT_K from split_k_for), BLOCK_SIZE_K capped at the group.
     "gemv": dict(BLOCK_SIZE_N=1024, BLOCK_SIZE_K=32, num_warps=4, num_stages=3),
@@ -81,7 +91,7 @@ def get_config(
     kind: str, m: int | str, n: int, k: int, format: str, *, backward: bool = False
 ) -> Config:
     """The launch configuration for one call (a fresh dict the caller may edit)."""
-    bucket = "backward" if backward else (m if isinstance(m, str) else m_bucket(m))
+    bucket = "backward" if backward else (m if isinstance(m, str) else m_bucket(m, format))
     table = CONFIGS.get(kind, {})
     for key in (
         (bucket, n, k, format),

@@ -300,7 +300,8 @@ def _launch_decode(call, x2, values, meta, scales, zeros, *, out_dtype, config, 
 
 
 def _launch_gemv(call, x2, values, meta, scales, zeros, *, out_dtype, config, dot_fp32=False):
-    """M ≤ GEMV_MAX_M: the GEMV (no dense tile, no tl.dot); split-K partials summed here.
+    """M ≤ ``int4_configs.gemv_max_m``: the GEMV (no dense tile, no tl.dot); split-K partials
+    summed here.
 
     ``dot_fp32`` is accepted for the launchers' common signature and unused: f32 FMAs only."""
     (M, K), N = x2.shape, meta.shape[1]
@@ -343,7 +344,8 @@ def launch_sparse24_matmul(call, x2, values, meta, scales, zeros, *, out_dtype, 
     M, N = x2.shape[0], meta.shape[1]
     if M == 0:
         return jnp.zeros((0, N), out_dtype)
-    if M <= int4_configs.GEMV_MAX_M:
+    fmt = "sparse24" if scales is None else "sparse24_int4"
+    if M <= int4_configs.gemv_max_m(fmt):
         launch = _launch_gemv
     else:
         launch = _launch_decode if M <= DECODE_MAX_M else _launch_matmul

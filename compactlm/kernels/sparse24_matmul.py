@@ -26,7 +26,8 @@ compute-bound prefill/training GEMM runs at dense speed; beating it needs cuSPAR
 Kernels (raw @triton.jit in sparse24_kernels.py, small explicit blocks in tests; launch configs are
 data, int4_configs):
   _sparse24_matmul_kernel      tiled GEMM, any M (masks on every edge).
-  _sparse24_gemv_kernel        M ≤ 4 (gemv_kernels.py): no dense tile, no tl.dot: the kept values
+  _sparse24_gemv_kernel        M ≤ 4 (gemv_kernels.py, int4_configs.gemv_max_m): no dense tile,
+                               no tl.dot: the kept values
                                multiply x[4g + i0], x[4g + i1] directly; split-K partials.
   _sparse24_decode_kernel      4 < M ≤ 16: grid (N tiles, SPLIT_K), fp32 partials summed by XLA
                                (deterministic, no atomics); tl.dot on a 16-row tile.

@@ -109,7 +109,7 @@ def record_launches(case: dict) -> list[dict]:
             cfg = I._config(m, n, k, fmt, backward=bool(bwd))
             if bwd:
                 IK.launch_int4_matmul_bwd(launch, x, *weights, format=fmt, config=cfg)
-            elif m <= int4_configs.GEMV_MAX_M:
+            elif m <= int4_configs.gemv_max_m(fmt):
                 IK.launch_int4_gemv(launch, x, *weights, format=fmt, config=cfg)
             else:
                 IK.launch_int4_matmul(launch, x, *weights, format=fmt, config=cfg)
