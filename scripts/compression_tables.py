@@ -1,6 +1,7 @@
 """docs/compression.md's tables: every row is a `compactlm quantize` / `compactlm prune` command.
 
     .venv/bin/python scripts/compression_tables.py RUN_DIR OUT_DIR [tables=1,2,3,4,5]
+    .venv/bin/python scripts/compression_tables.py report OUT_DIR     # tables.md + plot
 
 To measure dozens of rows on a 2-core machine, the rows run in ONE process on one loaded run:
 each row starts from the same dense state, goes through exactly the code the command runs
@@ -104,7 +105,17 @@ def plant_outliers(model, n_channels: int = 4, factor: float = 20.0, seed: int =
 
 
 def _command(kind: str, run_dir: str, args: list[str], label: str) -> str:
+    if not any(a.startswith("eval_tokens=") for a in args):
+        args = [*args, f"eval_tokens={EVAL_TOKENS}"]
     return f"compactlm {kind} {run_dir} {' '.join(args)} workdir=runs/compress/{label}"
+
+
+def _cmd(row: dict) -> str:
+    """The row's command line (rows measured before eval_tokens was spelled out get it)."""
+    c = row["command"]
+    return (
+        c if "eval_tokens=" in c else c.replace(" workdir=", f" eval_tokens={EVAL_TOKENS} workdir=")
+    )
 
 
 def _label(kind: str, args: list[str]) -> str:
@@ -220,11 +231,104 @@ def recovery_rows(run_dir: str, out: Path, dense: dict) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[0] == "report":
+        print(report(Path(argv[1])))
+        return
     run_dir, out = argv[0], Path(argv[1])
     opts = dict(a.split("=", 1) for a in argv[2:])
     tables = [int(t) for t in opts.get("tables", "1,2,3,4,5").split(",")]
     out.mkdir(parents=True, exist_ok=True)
     run_rows(run_dir, out, tables)
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _what(row: dict) -> str:
+    c = row["config"] if "config" in row else {}
+    if row["label"].startswith("quantize"):
+        g = c["group_size"] or "K"
+        return f"{c['method']} {c['format']} {c['bits']}-bit g{g}"
+    what = f"{c.get('method', 'sparsegpt')} {c.get('pattern', '2:4')}"
+    q = c.get("quantize", {})
+    if q and q.get("method") != "none":
+        what += f" + {q['method']} int4 g{q['group_size']}"
+    return what
+
+
+def report(out: Path) -> str:
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    lines = []
+    for table in sorted({r["table"] for r in rows}):
+        sub = [r for r in rows if r["table"] == table]
+        title = TABLES[table][0] if table in TABLES else "2:4 recovery by masked fine-tuning"
+        base = sub[0]["before"]["bpb"]
+        lines += [f"### Table {table}: {title}", "", f"dense: {base:.4f} bpb", ""]
+        if table == 5:
+            lines += [
+                "| recovery steps | pruned bpb | recovered bpb | gap recovered | command |",
+                "|---|---|---|---|---|",
+            ]
+            for r in sub:
+                gap = r["pruned"]["bpb"] - r["before"]["bpb"]
+                rec = (r["pruned"]["bpb"] - r["after"]["bpb"]) / gap if gap else float("nan")
+                steps = r["label"].rsplit("_", 1)[-1]
+                lines.append(
+                    f"| {steps} | {r['pruned']['bpb']:.4f} | {r['after']['bpb']:.4f} | "
+                    f"{100 * rec:.0f} % | `{_cmd(r)}` |"
+                )
+            lines.append("")
+            continue
+        lines += [
+            "| compression | val bpb | Δ bpb | block-linear bytes | bits / weight | time (s) "
+            "| command |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sub:
+            s = r["sizes"]
+            lines.append(
+                f"| {_what(r)} | {r['after']['bpb']:.4f} | {r['after']['bpb'] - base:+.4f} | "
+                f"{s['linear_bytes']:,} | {s['linear_bits_per_weight']:.2f} | "
+                f"{r['compress_seconds']:.0f} | `{_cmd(r)}` |"
+            )
+        lines.append("")
+    text = "\n".join(lines)
+    (out / "tables.md").write_text(text)
+    plot(rows, out / "bpb_vs_bytes.png")
+    return text
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    pts = [r for r in rows if r["table"] in (1, 2, 3)]
+    dense = pts[0]["before"]["bpb"]
+    dense_bytes = pts[0]["sizes"]["dense_linear_bytes"]
+    ax.scatter([dense_bytes / 2], [dense], marker="*", s=150, c="k", label="dense (bf16 bytes)")
+    ax.scatter([dense_bytes], [dense], marker="*", s=150, c="gray", label="dense (f32, as trained)")
+    styles = {"rtn": "o", "gptq": "s", "awq": "^", "magnitude": "v", "wanda": "D",
+              "sparsegpt": "P"}  # fmt: skip
+    seen = set()
+    for r in pts:
+        method = r["config"]["method"]
+        label = method if method not in seen else None
+        seen.add(method)
+        ax.scatter(
+            r["sizes"]["linear_bytes"], r["after"]["bpb"], marker=styles[method], label=label
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes of the block linears (stored format)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title("tiny (step 388): compression methods and formats")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
