@@ -13,6 +13,7 @@ compactlm info [preset | RUN_DIR]   RUN_DIR: storage format, bytes in memory and
 compactlm bench train [preset] [key=value ...]
 compactlm bench kernels [formats=int4,nf4,...] [shapes=4096x4096,...] [ms=1,16] [impl=triton]
 compactlm bench kernels sass=1 [formats=...]   SASS instructions per weight (no GPU needed)
+compactlm bench decode RUN_DIR [batch_sizes=1,16] [new_tokens=64]   compressed vs dense tokens/s
 compactlm sweep NAME [--dry-run] [seeds=3] [only=ROW,...] [root=runs/sweeps]
 compactlm report NAME [out=DIR] [root=runs/sweeps]
 compactlm export RUN_DIR format=hf workdir=OUT
@@ -143,11 +144,16 @@ def _cmd_info(args: list[str]) -> int:
 def _cmd_bench(args: list[str]) -> int:
     from compactlm import commands
 
-    if not args or args[0] not in ("train", "kernels"):
-        raise _usage_error("bench needs a target: train or kernels")
+    if not args or args[0] not in ("train", "kernels", "decode"):
+        raise _usage_error("bench needs a target: train, kernels or decode")
     if args[0] == "train":
         preset, overrides, _ = _split_args(args[1:])
         return commands.bench_train(preset or "tiny", overrides)
+    if args[0] == "decode":
+        run_dir, overrides, _ = _split_args(args[1:])
+        if run_dir is None:
+            raise _usage_error("bench decode needs a RUN_DIR")
+        return commands.bench_decode(run_dir, overrides)
     return commands.bench_kernels(args[1:])
 
 

@@ -243,6 +243,15 @@ def bench_train(preset: str, overrides: Sequence[str]) -> int:
     return 0
 
 
+def bench_decode(run_dir: str, overrides: Sequence[str]) -> int:
+    """Generation tokens/s of a compressed run vs the dense run it was made from."""
+    from compactlm.eval.bench_decode import BenchDecodeConfig
+    from compactlm.eval.bench_decode import bench_decode as run_bench
+
+    run_bench(run_dir, apply_overrides(BenchDecodeConfig(), overrides))
+    return 0
+
+
 def bench_kernels(args: Sequence[str]) -> int:
     from compactlm.eval.bench_kernels import main
 

@@ -100,3 +100,7 @@ def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_p
     assert f"{report['after']['bpb']:.4f}" in capsys.readouterr().out
     assert cli("generate", str(out), "prompt=def ", "max_new_tokens=8", "temperature=0") == 0
     assert capsys.readouterr().out.startswith("def ")
+    args = ["batch_sizes=1", "new_tokens=2", "repeats=1"]
+    assert cli("bench", "decode", str(out), *args) == 0
+    printed = capsys.readouterr().out
+    assert "dense " in printed and "int4 / dense at batch 1" in printed and "jnp reference" in printed

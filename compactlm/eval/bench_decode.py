@@ -1,0 +1,86 @@
+"""`compactlm bench decode RUN_DIR`: generation tokens/s of a compressed run vs its dense source.
+
+Greedy decoding with the KV cache (`models/generate.py`: prefill, then one jitted while-loop of
+decode steps), after a compile-and-warm-up call, median of `repeats` timed calls, at each batch
+size. The dense model is the run that `compactlm quantize` / `prune` started from
+(`compression.json`), in its own storage dtype. Which matmul ran is reported: on a CUDA device
+`impl=auto` picks the Triton kernels where `supports()` holds; elsewhere the jnp reference
+(dequantize, then a dense dot), which is *slower* than dense: it says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchDecodeConfig:
+    """Options of `compactlm bench decode RUN_DIR`."""
+
+    # Batch sizes (rows decoded together). 1 and 16: the memory-bound decode regime of §3.
+    batch_sizes: tuple[int, ...] = (1, 16)
+    # Tokens generated per timed call (after a 16-token prompt).
+    new_tokens: int = 64
+    # Timed calls per (model, batch size); the median is reported.
+    repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes must be >= 1, got {self.batch_sizes}")
+        if self.new_tokens < 1 or self.repeats < 1:
+            raise ValueError("new_tokens and repeats must be >= 1")
+
+
+def _tokens_per_second(model, batch: int, cfg: BenchDecodeConfig) -> float:
+    from compactlm.models.generate import generate
+
+    prompt = np.tile(np.arange(16, dtype=np.int32) % model.cfg.vocab_size, (batch, 1))
+    jax.block_until_ready(generate(model, prompt, max_new_tokens=cfg.new_tokens, temperature=0))
+    times = []
+    for _ in range(cfg.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(generate(model, prompt, max_new_tokens=cfg.new_tokens, temperature=0))
+        times.append(time.perf_counter() - t0)
+    return batch * cfg.new_tokens / statistics.median(times)
+
+
+def _path(fmt: str) -> str:
+    if fmt == "dense":
+        return "dense dot"
+    if jax.default_backend() == "gpu":
+        return "Triton kernels (impl=auto, where supports() holds)"
+    return f"jnp reference on {jax.default_backend()} (dequantize + dot; no kernel runs here)"
+
+
+def bench_decode(run_dir: str, cfg: BenchDecodeConfig) -> list[dict]:
+    from compactlm.train.run_dir import load_run
+
+    runs = [run_dir]
+    report = Path(run_dir) / "compression.json"
+    if report.is_file():
+        runs.insert(0, json.loads(report.read_text())["source"])
+    rows = []
+    for path in runs:
+        trainer = load_run(path)
+        model = trainer.program.model(trainer.state)
+        fmt = trainer.cfg.model.weight_format
+        for batch in cfg.batch_sizes:
+            tps = _tokens_per_second(model, batch, cfg)
+            rows.append({"run": path, "format": fmt, "batch": batch, "tokens_per_s": tps})
+            print(
+                f"  {fmt:<14} batch {batch:>3}  {tps:10.1f} tokens/s  ({_path(fmt)}; {path})",
+                flush=True,
+            )
+    dense = {r["batch"]: r["tokens_per_s"] for r in rows if r["run"] == runs[0]}
+    if len(runs) == 2:
+        for r in rows[len(cfg.batch_sizes) :]:
+            print(f"  {r['format']} / dense at batch {r['batch']}: "
+                  f"{r['tokens_per_s'] / dense[r['batch']]:.2f}x")  # fmt: skip
+    return rows
