@@ -23,7 +23,7 @@ setup(
         "matplotlib>=3.8",
         "jaxtyping>=0.2.36",  # array annotations at public boundaries (checked only under pytest)
         # The allocator the CLI preloads (compactlm/allocator.py): XLA:CPU's per-step temporary
-        # buffer is mmap'ed and page-faulted afresh every step under glibc; ~1.6x at `tiny`.
+        # buffer is mmap'ed and page-faulted afresh every step under glibc (docs/benchmarks.md).
         "cmeel-mimalloc>=3.2; sys_platform == 'linux' and "
         "(platform_machine == 'x86_64' or platform_machine == 'aarch64')",
     ],

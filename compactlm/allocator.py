@@ -123,7 +123,7 @@ def describe() -> str:
     if not supported():
         return f"system (no preloaded allocator on {sys.platform}/{platform.machine()})"
     if _wanted_library(choice) is None:
-        return "system (cmeel-mimalloc not installed: pip install cmeel-mimalloc for ~1.6x CPU)"
+        return "system (cmeel-mimalloc not installed: pip install cmeel-mimalloc trains faster)"
     if _reexecuted:
         return f"system ({_wanted_library(choice)} could not be preloaded)"
     return "system (not started through the compactlm entry point; see compactlm.allocator)"

@@ -127,7 +127,7 @@ def _report_eval(trainer, label: str, baselines: Callable[[], dict] | None = Non
             "bits per byte (xz -9)": f"{base['xz']:.4f}",
             "bits per byte (bzip2 -9)": f"{base['bz2']:.4f}",
             # Not a standalone compressor: xz primed with the text the model trained on.
-            "bits per byte (xz -9e | train)": f"{base['xz_given_train']:.4f}  "
+            "bits per byte (xz -9e|train)": f"{base['xz_given_train']:.4f}  "
             "(xz -9e given the training split: |xz(train+val)| - |xz(train)|)",
         },
     )

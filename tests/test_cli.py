@@ -78,7 +78,7 @@ def test_train_eval_generate_resume(tmp_path, capsys):
     assert report["bpb"] > 0 and report["baseline/gzip"] > 0
     # The conditional baseline (xz primed with the training split) is labelled as such, and the
     # training split helps xz on its own validation text.
-    assert "bits per byte (xz -9e | train)" in out and "given the training split" in out
+    assert "bits per byte (xz -9e|train)" in out and "given the training split" in out
     assert 0 < report["baseline/xz_given_train"] < report["baseline/xz"]
     for name in ("config.json", "data.json", "metrics.jsonl", "tokenizer.json"):
         assert (run_dir / name).exists(), name
