@@ -1,12 +1,15 @@
 # The two front-door commands: `make train` (main job) and `make test` (the suite CI runs).
 PY := .venv/bin/python
 
-.PHONY: setup train test lint
+.PHONY: setup train test lint recipe
 setup:
 	@bash scripts/bootstrap.sh
 
 train: setup
 	$(PY) -m compactlm train tiny workdir=runs/tiny
+
+recipe: setup
+	$(PY) -m compactlm recipe preset=tiny workdir=runs/recipe
 
 test: setup
 	$(PY) -m pytest -q

@@ -23,6 +23,7 @@ compactlm quantize RUN_DIR method=rtn|gptq|awq format=int4|int4_affine|nf4|fp4 b
                    group_size=128 calib.sequences=128 workdir=OUT
 compactlm prune RUN_DIR method=magnitude|wanda|sparsegpt pattern=2:4|4:8|unstructured
                 sparsity=0.5 [quantize.bits=4 ...] [recover.steps=N] workdir=OUT
+compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4] [workdir=runs/recipe]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ COMMANDS = (
     "sweep",
     "report",
     "pick",
+    "recipe",
     "export",
     "import",
     "quantize",
@@ -222,6 +224,15 @@ def _cmd_prune(args: list[str]) -> int:
     if run_dir is None:
         raise _usage_error("prune needs a RUN_DIR")
     return commands.prune(run_dir, overrides, workdir=special.get("workdir"))
+
+
+def _cmd_recipe(args: list[str]) -> int:
+    from compactlm import commands
+
+    run_dir, options, special = _split_args(args)
+    if "workdir" in special:
+        options.append(f"workdir={special['workdir']}")
+    return commands.recipe(run_dir, options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -477,3 +477,17 @@ def prune(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int
 
     prune_run(run_dir, overrides, workdir=workdir)
     return 0
+
+
+def recipe(run_dir: str | None, args: Sequence[str]) -> int:
+    """Pretrain (or take RUN_DIR), compress, and print the table of stages."""
+    from compactlm.eval.recipe import RecipeConfig, run_recipe, table
+
+    cfg = apply_overrides(RecipeConfig(), args)
+    rows = run_recipe(run_dir, cfg)
+    text = table(rows)
+    print("\n" + text)
+    out = Path(cfg.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.md").write_text(text + "\n")
+    return 1 if any(str(r["status"]).startswith("failed") for r in rows) else 0

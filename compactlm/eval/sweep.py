@@ -284,18 +284,23 @@ def git_commit() -> str | None:
 
 
 def model_figures(config: dict[str, Any]) -> dict[str, float]:
-    """Parameters and bytes of weights of a resolved config.json (as stored: param dtype)."""
+    """Parameters and bytes of weights of a resolved config.json (dense: as stored, param dtype).
+
+    A packed run (model.weight_format != dense) counts the parameters of its dense architecture;
+    its bytes come from the compression command's own report (read_metrics: weight_bytes)."""
+    import dataclasses as dc
+
     from compactlm.config import from_json
     from compactlm.models.footprint import count_params
 
     model = from_json(json.dumps(config)).model
-    counts = count_params(model)
+    dense = model.weight_format == "dense"
+    counts = count_params(model if dense else dc.replace(model, weight_format="dense"))
     itemsize = 2 if model.param_dtype == "bfloat16" else 4
-    return {
-        "params": counts["total"],
-        "params/non_embedding": counts["non_embedding"],
-        "weight_bytes": counts["total"] * itemsize,
-    }
+    figures = {"params": counts["total"], "params/non_embedding": counts["non_embedding"]}
+    if dense:
+        figures["weight_bytes"] = counts["total"] * itemsize
+    return figures
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,182 @@
+"""`compactlm recipe`: pretrain a compact model, compress it, and print one table of the stages.
+
+    compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4]
+                     [workdir=runs/recipe] [train_overrides=train.steps=600,...]
+
+Stages (each one command line, printed before it runs, so any row can be reproduced alone):
+- pretrain: `compactlm train PRESET workdir=WORKDIR/pretrain` — skipped when RUN_DIR (an
+  existing trained run) is given;
+- int4: `compactlm quantize SOURCE method=gptq format=int4` (GPTQ, Frantar et al. 2023);
+- sparse24_int4: `compactlm prune SOURCE method=wanda pattern=2:4 quantize.bits=4
+  recover.steps=N` (2:4 + int4 with masked recovery fine-tuning);
+each compression stage reads the pretrained run. The table: parameters, bytes of weights,
+validation bits per byte (with gzip / xz / bzip2 on the same bytes beside), and decode speed
+measured on this machine. A stage whose command this build lacks is listed as not available.
+Every stage writes its own run directory; re-running skips stages whose directory is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from compactlm.eval.sweep import read_metrics
+
+STAGES = ("pretrain", "int4", "sparse24_int4")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecipeConfig:
+    """Options of `compactlm recipe` (key=value)."""
+
+    preset: str = "tiny"  # the pretraining preset (ignored when a RUN_DIR is given)
+    stages: tuple[str, ...] = STAGES  # which stages to run, in this order
+    workdir: str = "runs/recipe"  # one run directory per stage below it
+    # Extra `key=value` for pretrain. 600 steps: half of `make train`, so that pretraining and both
+    # compressions fit in 10 minutes on 2 CPU cores.
+    train_overrides: tuple[str, ...] = ("train.steps=600",)
+    recover_steps: int = 100  # masked fine-tuning steps after 2:4 pruning
+    calib_sequences: int = 64  # calibration sequences for GPTQ / Wanda
+    eval_tokens: int = 0  # validation tokens for the compression commands (0 = all)
+    decode_tokens: int = 64  # tokens generated to time decoding (0 = skip)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stages {bad}; valid: {', '.join(STAGES)}")
+
+
+def stage_argv(stage: str, cfg: RecipeConfig, source: str) -> list[str]:
+    """The command line (after `compactlm`) of one stage."""
+    out = f"workdir={Path(cfg.workdir) / stage}"
+    if stage == "pretrain":
+        return ["train", cfg.preset, *cfg.train_overrides, out]
+    common = [f"calib.sequences={cfg.calib_sequences}", f"eval_tokens={cfg.eval_tokens}"]
+    if stage == "int4":
+        return ["quantize", source, "method=gptq", "format=int4", "bits=4", *common, out]
+    return [
+        "prune",
+        source,
+        "method=wanda",
+        "pattern=2:4",
+        "quantize.bits=4",
+        f"recover.steps={cfg.recover_steps}",
+        *common,
+        out,
+    ]
+
+
+def decode_speed(run_dir: str | Path, n_tokens: int) -> float:
+    """Tokens/s of greedy decoding from the run's model on this machine (after a warm-up call)."""
+    import jax
+    import numpy as np
+
+    from compactlm.models.generate import generate
+    from compactlm.train.run_dir import load_run
+
+    trainer = load_run(run_dir)
+    model = trainer.program.model(trainer.state)
+    prompt = np.asarray(trainer.data.tokenizer.encode("def "), np.int32)
+    jax.block_until_ready(generate(model, prompt, max_new_tokens=n_tokens, temperature=0))
+    t0 = time.perf_counter()
+    jax.block_until_ready(generate(model, prompt, max_new_tokens=n_tokens, temperature=0))
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def _figures(run_dir: Path) -> dict[str, Any]:
+    from compactlm.eval.sweep import model_figures
+
+    metrics = read_metrics(run_dir) or {}
+    config = json.loads((run_dir / "config.json").read_text())
+    figures = model_figures(config)
+    figures.update({k: metrics[k] for k in ("weight_bytes",) if k in metrics})
+    return {**figures, "metrics": metrics}
+
+
+def run_recipe(run_dir: str | None, cfg: RecipeConfig, *, log=print) -> list[dict[str, Any]]:
+    """Run the stages; returns one row per stage (status, command line, figures, seconds)."""
+    from compactlm.cli import COMMANDS
+
+    source = run_dir
+    rows = []
+    stages = list(cfg.stages)
+    if run_dir is not None:
+        stages = [s for s in stages if s != "pretrain"]
+        rows.append({"stage": "pretrained (given)", "dir": Path(run_dir), "status": "given"})
+    elif "pretrain" in stages:
+        source = str(Path(cfg.workdir) / "pretrain")
+    else:
+        raise ValueError("without a RUN_DIR the recipe needs the pretrain stage")
+    for i, stage in enumerate(stages, 1):
+        argv = stage_argv(stage, cfg, source)
+        line = shlex.join(["compactlm", *argv])
+        out = Path(cfg.workdir) / stage
+        row = {"stage": stage, "dir": out, "command_line": line}
+        rows.append(row)
+        if argv[0] not in COMMANDS:
+            row["status"] = f"not available (no `compactlm {argv[0]}` in this build)"
+            log(f"[{i}/{len(stages)}] {stage}: {row['status']}")
+            continue
+        if read_metrics(out) is not None:
+            row["status"] = "done earlier"
+            log(f"[{i}/{len(stages)}] {stage}: done earlier ({out})")
+            continue
+        if argv[0] != "train" and out.exists():
+            import shutil
+
+            shutil.rmtree(out)  # an unfinished output of a command that wants a new directory
+        log(f"[{i}/{len(stages)}] {stage}: {line}")
+        t0 = time.perf_counter()
+        code = subprocess.run([sys.executable, "-m", "compactlm", *argv]).returncode
+        row["seconds"] = time.perf_counter() - t0
+        row["status"] = "ran" if code == 0 and read_metrics(out) is not None else f"failed ({code})"
+        if row["status"] != "ran":
+            log(f"[{i}/{len(stages)}] {stage}: {row['status']}")
+            if stage == "pretrain":
+                break
+    for row in rows:
+        if row["status"] in ("ran", "done earlier", "given"):
+            row.update(_figures(row["dir"]))
+            if cfg.decode_tokens:
+                row["tokens_per_s"] = decode_speed(row["dir"], cfg.decode_tokens)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """One markdown table of the stages, then the compressors on the pretrained run's
+    validation bytes (eval.json's baselines)."""
+    from compactlm.eval.report import _count, _human
+
+    head = ["stage", "params", "weights", "val bpb", "Δ bpb", "decode tok/s", "command"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = next((r for r in rows if "metrics" in r and "bpb" in r["metrics"]), None)
+    for r in rows:
+        m = r.get("metrics")
+        if m is None or "bpb" not in m:
+            lines.append(f"| {r['stage']} | {r['status']} |" + " |" * (len(head) - 2))
+            continue
+        cells = [
+            r["stage"],
+            _count(r["params"]),
+            _human(r["weight_bytes"]) if "weight_bytes" in r else "",
+            f"{m['bpb']:.4f}",
+            f"{m['bpb'] - first['metrics']['bpb']:+.4f}",
+            f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "",
+            f"`{r['command_line']}`" if "command_line" in r else "(given)",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    base = first["metrics"] if first else {}
+    for name, key in (
+        ("gzip -9", "baseline/gzip"),
+        ("xz -9", "baseline/xz"),
+        ("bzip2 -9", "baseline/bz2"),
+    ):
+        if key in base:
+            lines.append(f"| {name} (same bytes) | | | {base[key]:.4f} | | | |")
+    return "\n".join(lines)

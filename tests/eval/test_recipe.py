@@ -1,0 +1,64 @@
+"""`compactlm recipe` on nano: stage command lines, the table, re-running skips finished stages."""
+
+import json
+import shlex
+
+import pytest
+
+from compactlm.cli import COMMANDS, _split_args, main
+from compactlm.eval.recipe import RecipeConfig, stage_argv
+
+
+def _cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code or 0
+
+
+@pytest.fixture(autouse=True)
+def _token_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("COMPACTLM_CACHE", str(tmp_path_factory.getbasetemp() / "recipe_cache"))
+
+
+def test_stage_command_lines(tmp_path):
+    cfg = RecipeConfig(workdir=str(tmp_path), recover_steps=7, calib_sequences=9)
+    pre = stage_argv("pretrain", cfg, "")
+    assert pre == ["train", "tiny", "train.steps=600", f"workdir={tmp_path / 'pretrain'}"]
+    int4 = stage_argv("int4", cfg, "SRC")
+    assert int4[:3] == ["quantize", "SRC", "method=gptq"] and "calib.sequences=9" in int4
+    prune = stage_argv("sparse24_int4", cfg, "SRC")
+    assert {"pattern=2:4", "quantize.bits=4", "recover.steps=7"} <= set(prune)
+    for argv in (int4, prune):  # each line is one the CLI parses: RUN_DIR, overrides, workdir
+        run_dir, _, special = _split_args(shlex.split(shlex.join(argv))[1:])
+        assert run_dir == "SRC" and special["workdir"].startswith(str(tmp_path))
+    with pytest.raises(ValueError, match="unknown stages"):
+        RecipeConfig(stages=("pretrain", "fp8"))
+
+
+def test_recipe_on_nano(tmp_path, capsys):
+    work = tmp_path / "recipe"
+    args = [
+        "recipe",
+        "preset=nano",
+        f"workdir={work}",
+        "train_overrides=train.steps=20,train.eval_every=0,train.progress=false,data.corpus=pydocs",
+        "recover_steps=5",
+        "calib_sequences=8",
+        "eval_tokens=4096",
+        "decode_tokens=8",
+    ]
+    assert _cli(*args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("| stage |") :]
+    report = json.loads((work / "pretrain" / "eval.json").read_text())
+    assert f"| pretrain | 217.66K | 850.2 KiB | {report['bpb']:.4f} | +0.0000 |" in table
+    assert f"| gzip -9 (same bytes) | | | {report['baseline/gzip']:.4f} |" in table
+    for stage, command in (("int4", "quantize"), ("sparse24_int4", "prune")):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {stage} |"))
+        if command in COMMANDS:  # compression has landed: the stage ran and has a bpb
+            assert "not available" not in row and "failed" not in row
+        else:
+            assert f"no `compactlm {command}`" in row
+    assert (work / "recipe.md").read_text().strip() == table.strip()
+    assert _cli(*args[:-1], "decode_tokens=0") == 0  # everything is done: nothing runs again
+    assert out.count("done earlier") == 0 and "pretrain: done earlier" in capsys.readouterr().out
