@@ -43,6 +43,9 @@ class RecipeConfig:
     train_overrides: tuple[str, ...] = ("train.steps=600",)
     recover_steps: int = 100  # masked fine-tuning steps after 2:4 pruning
     calib_sequences: int = 64  # calibration sequences for GPTQ / Wanda
+    # Dense rows per int4 scale; the 2:4 stage passes half (its groups count kept values), so both
+    # spend one scale per `group_size` dense rows. 128 divides tiny's K; nano needs 32.
+    group_size: int = 128
     eval_tokens: int = 0  # validation tokens for the compression commands (0 = all)
     decode_tokens: int = 64  # tokens generated to time decoding (0 = skip)
 
@@ -59,13 +62,15 @@ def stage_argv(stage: str, cfg: RecipeConfig, source: str) -> list[str]:
         return ["train", cfg.preset, *cfg.train_overrides, out]
     common = [f"calib.sequences={cfg.calib_sequences}", f"eval_tokens={cfg.eval_tokens}"]
     if stage == "int4":
-        return ["quantize", source, "method=gptq", "format=int4", "bits=4", *common, out]
+        gs = f"group_size={cfg.group_size}"
+        return ["quantize", source, "method=gptq", "format=int4", "bits=4", gs, *common, out]
     return [
         "prune",
         source,
         "method=wanda",
         "pattern=2:4",
         "quantize.bits=4",
+        f"quantize.group_size={cfg.group_size // 2}",
         f"recover.steps={cfg.recover_steps}",
         *common,
         out,
