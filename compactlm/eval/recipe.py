@@ -44,7 +44,7 @@ class RecipeConfig:
     recover_steps: int = 100  # masked fine-tuning steps after 2:4 pruning
     calib_sequences: int = 64  # calibration sequences for GPTQ / Wanda
     # Dense rows per int4 scale; the 2:4 stage passes half (its groups count kept values), so both
-    # spend one scale per `group_size` dense rows. 128 divides tiny's K; nano needs 32.
+    # spend one scale per `group_size` dense rows. 128 divides tiny's K (128, 384); nano needs 64.
     group_size: int = 128
     eval_tokens: int = 0  # validation tokens for the compression commands (0 = all)
     decode_tokens: int = 64  # tokens generated to time decoding (0 = skip)
@@ -158,6 +158,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     validation bytes (eval.json's baselines)."""
     from compactlm.eval.report import _count, _human
 
+    # Δ: against the same command's own "before" evaluation (same tokens) where it made one.
     head = ["stage", "params", "weights", "val bpb", "Δ bpb", "decode tok/s", "command"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = next((r for r in rows if "metrics" in r and "bpb" in r["metrics"]), None)
@@ -171,7 +172,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             _count(r["params"]),
             _human(r["weight_bytes"]) if "weight_bytes" in r else "",
             f"{m['bpb']:.4f}",
-            f"{m['bpb'] - first['metrics']['bpb']:+.4f}",
+            f"{m['bpb'] - m.get('before/bpb', first['metrics']['bpb']):+.4f}",
             f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "",
             f"`{r['command_line']}`" if "command_line" in r else "(given)",
         ]

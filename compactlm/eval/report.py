@@ -127,6 +127,11 @@ def summarize(values: Sequence[float]) -> tuple[float, float | None, int]:
     return mean, math.sqrt(var), n
 
 
+def _number(x: float) -> str:
+    """Counts with thousands separators (1,771,200), other values in %g."""
+    return f"{x:,.0f}" if abs(x) >= 1000 and float(x).is_integer() else f"{x:g}"
+
+
 def _pm(mean: float, std: float | None, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -177,7 +182,7 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
         row = entry["row"]
         cells = [row.name]
         if sweep.x_label:
-            cells.append("" if entry["x"] is None else f"{entry['x']:g}")
+            cells.append("" if entry["x"] is None else _number(entry["x"]))
         cells.append(_count(entry["params"][0]) if entry["params"] else "")
         cells.append(_human(entry["weight_bytes"][0]) if entry["weight_bytes"] else "")
         for m in sweep.metrics:

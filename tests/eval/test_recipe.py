@@ -43,7 +43,7 @@ def test_recipe_on_nano(tmp_path, capsys):
         f"workdir={work}",
         "train_overrides=train.steps=20,train.eval_every=0,train.progress=false,data.corpus=pydocs",
         "recover_steps=5",
-        "group_size=32",
+        "group_size=64",
         "calib_sequences=8",
         "eval_tokens=4096",
         "decode_tokens=8",
