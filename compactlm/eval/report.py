@@ -232,6 +232,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from compactlm.train.loop import load_metrics
 
@@ -274,6 +275,8 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
                 grid = np.geomspace(min(xs), max(xs), 50)
                 ax.plot(grid, a * grid**-alpha, "--", lw=1, label=f"fit: α = {alpha:.3f}")
                 ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
                 ax.legend(fontsize=8)
         ax.set(xlabel=sweep.x_label, ylabel=metric, title=f"{name}: {metric} vs {sweep.x_label}")
         paths.append(_save(fig, out / f"{name}_{metric}_vs_x.png"))
