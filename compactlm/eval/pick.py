@@ -55,6 +55,7 @@ class PickConfig:
     presets: tuple[str, ...] = ()  # presets considered; () = all
     formats: tuple[str, ...] = FORMATS  # storage formats considered
     runs: str = "runs"  # where measured quality is looked for (eval.json beside config.json)
+    corpus: str = "pystdlib"  # the validation corpus quality is compared on
     measure: bool = False  # time dense f32 decoding on this machine (CPU) beside the prediction
     plot: bool = False  # write quality vs memory as a PNG (also `--plot`)
     out: str = "runs/pick"  # folder for the plot
@@ -136,27 +137,36 @@ def shape_key(model: dict[str, Any] | Any) -> tuple:
     return tuple(get(f) for f in fields)
 
 
-def measured_quality(runs: str | Path, metric: str) -> dict[tuple, tuple[float, str]]:
-    """{(shape_key, format): (best metric, run dir)} over every run directory under `runs`."""
-    best: dict[tuple, tuple[float, str]] = {}
-    for eval_path in sorted(Path(runs).glob("**/eval.json")):
-        config_path = eval_path.parent / "config.json"
-        if not config_path.exists():
-            continue
+def measured_quality(
+    runs: str | Path, metric: str, corpus: str = "pystdlib"
+) -> dict[tuple, tuple[float, str]]:
+    """{(shape_key, format): (best metric, run dir)} over every finished run directory under
+    `runs` (a config.json and the metrics eval/sweep.read_metrics finds: eval.json, or a
+    compression command's compression.json) evaluated on `corpus`. Only evaluations of the whole
+    validation split count (the most tokens seen): a sweep that scored a prefix is not
+    comparable with one that scored everything."""
+    from compactlm.eval.sweep import read_metrics
+
+    found = []
+    for config_path in sorted(Path(runs).glob("**/config.json")):
         try:
-            metrics = json.loads(eval_path.read_text())
-            model = json.loads(config_path.read_text())["model"]
+            metrics = read_metrics(config_path.parent)
+            config = json.loads(config_path.read_text())
+            model = config["model"]
         except (json.JSONDecodeError, KeyError):
             continue
-        if metric not in metrics:
+        if not metrics or metric not in metrics or config.get("data", {}).get("corpus") != corpus:
             continue
         fmt = metrics.get("weight_format") or model.get("weight_format", "dense")
         if fmt == "dense":
             fmt = model.get("param_dtype", "float32")
-        key = (shape_key(model), fmt)
-        value = float(metrics[metric])
-        if key not in best or value < best[key][0]:
-            best[key] = (value, str(eval_path.parent))
+        tokens = float(metrics.get("tokens", 0))
+        found.append(((shape_key(model), fmt), float(metrics[metric]), tokens, config_path.parent))
+    full = max((t for _, _, t, _ in found), default=0)
+    best: dict[tuple, tuple[float, str]] = {}
+    for key, value, tokens, run_dir in found:
+        if tokens == full and (key not in best or value < best[key][0]):
+            best[key] = (value, str(run_dir))
     return best
 
 
@@ -165,7 +175,7 @@ def candidates(cfg: PickConfig, bandwidth: float) -> list[dict[str, Any]]:
     from compactlm.config import PRESETS
     from compactlm.models.footprint import count_params, memory_estimate
 
-    quality = measured_quality(cfg.runs, cfg.metric)
+    quality = measured_quality(cfg.runs, cfg.metric, cfg.corpus)
     rows = []
     for preset in cfg.presets or tuple(PRESETS):
         model = resolved_model(preset)

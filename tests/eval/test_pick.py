@@ -108,17 +108,26 @@ def test_measured_quality_joins_runs_by_shape_and_format(tmp_path):
     from compactlm.config import make_config, to_dict
     from compactlm.train.loop import resolve_vocab
 
-    for name, bpb in (("a", 2.6), ("b", 2.4)):  # two nano-shaped runs: the better one is used
+    # Two nano-shaped runs scored on the whole split: the better one is used; a third scored a
+    # prefix only (fewer tokens) and is not comparable, even though its number is lower.
+    for name, bpb, tokens in (("a", 2.6, 1000), ("b", 2.4, 1000), ("c", 1.9, 500)):
         run = tmp_path / "sweeps" / "s" / name / "seed0"
         run.mkdir(parents=True)
         (run / "config.json").write_text(
             json.dumps(to_dict(resolve_vocab(make_config("nano"), 259)))
         )
-        (run / "eval.json").write_text(json.dumps({"bpb": bpb}))
+        (run / "eval.json").write_text(json.dumps({"bpb": bpb, "tokens": tokens}))
+    # A quantize output: compression.json's "after" evaluation, the format from its config.
+    packed = tmp_path / "q"
+    packed.mkdir()
+    model_cfg = make_config("nano", ["model.weight_format=int4"])
+    (packed / "config.json").write_text(json.dumps(to_dict(resolve_vocab(model_cfg, 259))))
+    (packed / "compression.json").write_text(json.dumps({"after": {"bpb": 2.45, "tokens": 1000}}))
     cfg = PickConfig(memory="1MiB", device="h200", presets=("nano", "tiny"), runs=str(tmp_path))
     rows = {(r["preset"], r["format"]): r for r in candidates(cfg, bandwidth=4.8e12)}
     assert rows["nano", "float32"]["quality"] == 2.4 and "/b/" in rows["nano", "float32"]["source"]
-    assert rows["nano", "bfloat16"]["quality_approx"] and rows["nano", "int4"]["quality"] is None
+    assert rows["nano", "bfloat16"]["quality_approx"] and rows["nano", "int4"]["quality"] == 2.45
+    assert rows["nano", "nf4"]["quality"] is None
     assert rows["tiny", "float32"]["quality"] is None
     text = pick(cfg)
     assert "Recommended: nano in bfloat16" in text and "~2.4000" in text
