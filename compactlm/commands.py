@@ -24,6 +24,8 @@ USER_ERRORS = (
     CheckpointError,
     TrainingDiverged,
     FileNotFoundError,
+    FileExistsError,  # workdir=PATH names a file
+    NotADirectoryError,
     SweepError,
     InteropError,
 )
@@ -58,6 +60,14 @@ def _sample(trainer, sample: SampleConfig) -> str:
 
     tok = trainer.data.tokenizer
     prompt_ids = tok.encode(sample.prompt)
+    context = trainer.cfg.model.max_seq_len
+    if len(prompt_ids) + sample.max_new_tokens > context:
+        raise ConfigError(
+            f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens="
+            f"{sample.max_new_tokens} that is {len(prompt_ids) + sample.max_new_tokens} "
+            f"positions, more than the model's context (model.max_seq_len={context}); shorten "
+            "the prompt or lower max_new_tokens"
+        )
     model = trainer.program.model(trainer.state)
     out = generate_tokens(
         model,
@@ -145,7 +155,10 @@ def train(
     cfg = make_config(preset, overrides)
     workdir = workdir or f"runs/{preset}"
     if dry_run:
-        from compactlm.data import ByteTokenizer
+        from compactlm.data import ByteTokenizer, load_corpus
+
+        d = cfg.data  # the corpus must exist and hold text: a dry run that passes, trains
+        load_corpus(d.corpus, glob=d.glob, jsonl_field=d.jsonl_field, max_corpus_bytes=1 << 16)
 
         vocab = (
             ByteTokenizer().vocab_size if cfg.data.tokenizer == "byte" else cfg.data.bpe_vocab_size

@@ -126,7 +126,7 @@ def start(workdir: Path, *flags: str, steps: int | None = None) -> subprocess.Po
     )
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+def finish(proc: subprocess.Popen, timeout: float = 1800) -> tuple[int, str]:
     _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err
 

@@ -628,6 +628,10 @@ def import_hf(
         raise InteropError(f"{src / HF_CONFIG} is not a JSON object")
     cfg = config_from_llama(hf, overrides)
     tokenizer = tokenizer_from_hf(src, hf, cfg)
+    from compactlm.data import load_corpus
+
+    d = cfg.data  # eval / finetune will read it: a wrong data.corpus fails now, not later
+    load_corpus(d.corpus, glob=d.glob, jsonl_field=d.jsonl_field, max_corpus_bytes=1 << 16)
     tensors = read_safetensors(src)
     out = Path(out_dir)
     tmp = _fresh_dir(out)

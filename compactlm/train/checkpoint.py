@@ -16,6 +16,7 @@ Failure paths (each exercised by tests/train/test_faults.py and scripts/fault_in
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import resource
 import shutil
@@ -151,11 +152,50 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+# ModelConfig fields that fix the shapes of the saved state: a checkpoint saved with other values
+# cannot be restored into this model (checked from its config item, before orbax reads arrays).
+SHAPE_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "d_ff",
+    "tie_embeddings",
+    "scan_layers",
+)
+
+
+def check_model_matches(manager: ocp.CheckpointManager, step: int, model: dict) -> None:
+    """CheckpointError naming the fields when checkpoint `step` was saved for another shape.
+
+    A mismatched restore inside orbax fails too, but leaves tensorstore callbacks that print
+    pages of "Event loop is closed" tracebacks; this check reads one small JSON file instead.
+    """
+    path = Path(manager.directory) / str(step) / "config" / "metadata"
+    try:
+        saved = json.loads(path.read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable config item: the restore itself reports the checkpoint
+    diffs = [
+        f"model.{k}: checkpoint {saved[k]!r}, now {model.get(k)!r}"
+        for k in SHAPE_FIELDS
+        if k in saved and saved[k] != model.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint step {step} in {manager.directory} was saved for a different model "
+            f"({'; '.join(diffs)}); drop those overrides or use the run's own config"
+        )
+
+
 def restore_latest(
     manager: ocp.CheckpointManager,
     abstract_state: Any,
     *,
     move_aside: bool,
+    model: dict | None = None,
     warn: Callable[[str], None] = _warn,
 ) -> tuple[Any, dict, dict]:
     """restore() of the newest checkpoint that reads; older ones are tried in turn.
@@ -163,21 +203,25 @@ def restore_latest(
     Each unreadable one is reported through `warn` (which step, why). Once an older one has
     restored, and only then, the unreadable newer ones are moved (with move_aside; never
     deleted) to RUN_DIR/unreadable_checkpoints/, so that the run can save those steps again.
-    If none reads, nothing is moved and the error lists every step.
+    If none reads, nothing is moved and the error lists every step. model: the ModelConfig
+    (as a dict) the state is for; a checkpoint saved for other shapes is a plain error.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         raise CheckpointError(f"no checkpoint found in {manager.directory}")
+    if model is not None:
+        check_model_matches(manager, steps[0], model)
     bad: list[int] = []
+    reasons: list[str] = []
     for step in steps:
         try:
             restored = restore(manager, abstract_state, step)
         except CheckpointError as e:
             bad.append(step)
-            older = [s for s in steps if s < step]
-            then = f"trying step {older[0]}" if older else "no older checkpoint to fall back to"
-            warn(f"{e} — {then}")
+            reasons.append(str(e))
             continue
+        for reason in reasons:  # said only when there was something to fall back to
+            warn(f"{reason} — falling back to an older checkpoint")
         if bad and move_aside:
             aside = Path(manager.directory).parent / "unreadable_checkpoints"
             aside.mkdir(exist_ok=True)
@@ -191,7 +235,7 @@ def restore_latest(
         return restored
     raise CheckpointError(
         f"no readable checkpoint in {manager.directory}: steps {steps} could not be restored "
-        "(nothing was moved or deleted); see the warnings above for each"
+        f"(nothing was moved or deleted); step {steps[0]}: {reasons[0]}"
     )
 
 

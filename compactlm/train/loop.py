@@ -191,12 +191,21 @@ class Trainer:
             )
         self.cfg = cfg
         t = cfg.train
-        self.mesh = make_mesh(cfg.mesh)
+        from compactlm.config import ConfigError
+        from compactlm.data.dataset import batch_offsets
+
+        try:
+            self.mesh = make_mesh(cfg.mesh)
+        except ValueError as e:  # the mesh does not fit the devices: the user's mesh.* values
+            raise ConfigError(str(e)) from None
         if (t.batch_size // t.grad_accum) % batch_divisor(self.mesh):
-            raise ValueError(
-                f"micro-batch {t.batch_size // t.grad_accum} is not divisible by the "
-                f"data x fsdp mesh size {batch_divisor(self.mesh)}"
+            raise ConfigError(
+                f"micro-batch {t.batch_size // t.grad_accum} (train.batch_size / "
+                f"train.grad_accum) is not divisible by the data x fsdp mesh size "
+                f"{batch_divisor(self.mesh)}; change train.batch_size or mesh.*"
             )
+        # Too small a corpus for seq_len fails here, before any file of the run is opened.
+        batch_offsets(self.data.train_tokens.size, seed=0, step=0, batch_size=1, seq_len=t.seq_len)
         self.tx = make_optimizer(cfg.optim, t.steps, adapter=cfg.model.adapter)
         self.schedule = make_schedule(cfg.optim, t.steps)
         self.aux = aux
@@ -304,6 +313,8 @@ class Trainer:
         try:
             return self._train()
         finally:
+            for closable in getattr(self, "_closables", ()):  # on an error too: no atexit noise
+                closable.close()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -317,6 +328,7 @@ class Trainer:
         tokens_per_step = t.batch_size * t.seq_len
         writer = MetricsWriter(self.workdir, tensorboard=t.tensorboard)
         progress = Progress(total=t.steps, initial=start, enabled=t.progress)
+        self._closables = (progress, writer)
         last_ckpt = ckpt.latest_step(self.manager)
         summary: dict[str, Any] = {"start_step": start, "status": "done"}
         pending: tuple[int, dict] | None = None  # metrics of the step in flight (one-step lag)
@@ -437,9 +449,11 @@ def restore_state(
             return init_state(program, cfg.model, seed=seed)
         return state_from_model(program, build_from_base(cfg, base, seed=seed), seed=seed)
     target = abstract_state(program, cfg.model, seed=seed)
+    model = dataclasses.asdict(cfg.model)
     if not _adapter_only(program, base):
-        return ckpt.restore_latest(manager, target, move_aside=move_aside)[0]
-    state = ckpt.restore_latest(manager, target.replace(frozen=None), move_aside=move_aside)[0]
+        return ckpt.restore_latest(manager, target, move_aside=move_aside, model=model)[0]
+    target = target.replace(frozen=None)
+    state = ckpt.restore_latest(manager, target, move_aside=move_aside, model=model)[0]
     _, _, frozen = nnx.split(build_from_base(cfg, base, seed=seed), program.trainable, ...)
     return state.replace(frozen=jax.device_put(frozen, program.state_sharding.frozen))
 
