@@ -36,14 +36,17 @@ class SampleConfig:
     """Options of `compactlm generate` (and the sample printed after `train`)."""
 
     prompt: str = "def "  # text the sample continues
-    max_new_tokens: int = 200  # tokens to sample after the prompt
+    # Tokens to sample after the prompt. None: 200, or fewer where prompt + sample would pass the
+    # model's context (nano: 128); an explicit number past the context is an error.
+    max_new_tokens: int | None = None
     temperature: float = 0.8  # softmax temperature; 0 = greedy
     top_k: int = 50  # keep the k most likely tokens (0 = off)
     top_p: float = 0.95  # nucleus: smallest set with this much probability (1 = off)
     seed: int = 0  # sampling RNG seed
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.temperature < 0 or self.top_k < 0:
+        too_few = self.max_new_tokens is not None and self.max_new_tokens < 1
+        if too_few or self.temperature < 0 or self.top_k < 0:
             raise ValueError("need max_new_tokens >= 1, temperature >= 0 and top_k >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
@@ -61,18 +64,18 @@ def _sample(trainer, sample: SampleConfig) -> str:
     tok = trainer.data.tokenizer
     prompt_ids = tok.encode(sample.prompt)
     context = trainer.cfg.model.max_seq_len
-    if len(prompt_ids) + sample.max_new_tokens > context:
+    n_new = sample.max_new_tokens or max(min(200, context - len(prompt_ids)), 1)
+    if len(prompt_ids) + n_new > context:
         raise ConfigError(
-            f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens="
-            f"{sample.max_new_tokens} that is {len(prompt_ids) + sample.max_new_tokens} "
-            f"positions, more than the model's context (model.max_seq_len={context}); shorten "
-            "the prompt or lower max_new_tokens"
+            f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens={n_new} that is "
+            f"{len(prompt_ids) + n_new} positions, more than the model's context "
+            f"(model.max_seq_len={context}); shorten the prompt or lower max_new_tokens"
         )
     model = trainer.program.model(trainer.state)
     out = generate_tokens(
         model,
         prompt_ids,
-        max_new_tokens=sample.max_new_tokens,
+        max_new_tokens=n_new,
         temperature=sample.temperature,
         top_k=sample.top_k,
         top_p=sample.top_p,
