@@ -361,8 +361,8 @@ class Trainer:
                     "step": step,
                     "train/loss": host["loss"],
                     "train/nll": host["nll"],
-                    "lr": float(self.schedule(step - 1)),
-                    "grad_norm": host["grad_norm"],
+                    "train/lr": float(self.schedule(step - 1)),
+                    "train/grad_norm": host["grad_norm"],
                     "tokens/s": tps,
                     **clock(),
                 }
