@@ -1,0 +1,38 @@
+"""impl dispatch: the reference wherever Triton cannot run, a named reason when it was asked for."""
+
+import jax.numpy as jnp
+import pytest
+
+from compactlm.kernels import _dispatch
+
+
+@pytest.mark.parametrize(
+    "impl, reason, expected",
+    [
+        ("auto", None, "triton"),
+        ("auto", "needs a CUDA device", "reference"),
+        ("reference", None, "reference"),  # asked for: even where Triton could run
+        ("reference", "needs a CUDA device", "reference"),
+        ("triton", None, "triton"),
+    ],
+)
+def test_resolve_impl(impl, reason, expected):
+    assert _dispatch.resolve_impl(impl, "int4_matmul", reason) == expected
+
+
+def test_explicit_triton_that_cannot_run_names_the_op_and_the_constraint():
+    with pytest.raises(ValueError, match=r"int4_matmul\(impl='triton'\) cannot run: K % 8 != 0"):
+        _dispatch.resolve_impl("triton", "int4_matmul", "K % 8 != 0")
+
+
+def test_unknown_impl_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown impl 'cuda'; valid: auto, triton, reference"):
+        _dispatch.resolve_impl("cuda", "int4_matmul", None)
+
+
+def test_device_reason_on_this_cpu_machine(monkeypatch):
+    """No CUDA device on the CPU test machine: every dtype gets that reason (auto falls back)."""
+    monkeypatch.setattr(_dispatch._launch, "aot_target", lambda: None)
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        reason = _dispatch.device_reason(dtype)
+        assert reason is not None and "needs a CUDA device" in reason and "'cpu'" in reason
