@@ -153,20 +153,17 @@ def train(
     """Train (or resume) a run; then print the validation bpb beside gzip/xz and a sample."""
     from compactlm.config import to_json
     from compactlm.models.footprint import count_params
-    from compactlm.train.loop import Trainer, resolve_vocab
+    from compactlm.train.loop import Trainer
 
     cfg = make_config(preset, overrides)
     workdir = workdir or f"runs/{preset}"
     if dry_run:
-        from compactlm.data import ByteTokenizer, load_corpus
+        from compactlm.data import load_corpus
+        from compactlm.train.loop import configured_vocab
 
         d = cfg.data  # the corpus must exist and hold text: a dry run that passes, trains
         load_corpus(d.corpus, glob=d.glob, jsonl_field=d.jsonl_field, max_corpus_bytes=1 << 16)
-
-        vocab = (
-            ByteTokenizer().vocab_size if cfg.data.tokenizer == "byte" else cfg.data.bpe_vocab_size
-        )
-        cfg = resolve_vocab(cfg, vocab)
+        cfg = configured_vocab(cfg)
         print(to_json(cfg))
         counts = count_params(cfg.model)
         print(

@@ -85,6 +85,12 @@ class DataConfig:
             raise DataError(f"data.max_corpus_bytes must be positive, got {self.max_corpus_bytes}")
 
 
+def configured_vocab_size(cfg: DataConfig) -> int | None:
+    """Ids (incl. specials) of the tokenizer `cfg` names, known without building it; None for
+    "hf" (an imported tokenizer: only its run directory knows)."""
+    return {"byte": ByteTokenizer.vocab_size, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer)
+
+
 def resolve_cache_dir(cfg: DataConfig) -> Path:
     """cfg.cache_dir, else $COMPACTLM_CACHE, else ~/.cache/compactlm."""
     raw = cfg.cache_dir or os.environ.get("COMPACTLM_CACHE") or "~/.cache/compactlm"
@@ -180,10 +186,7 @@ def _get_tokenizer(
 ) -> ByteTokenizer | BpeTokenizer:
     if run_dir is not None and (Path(run_dir) / TOKENIZER_FILE).is_file():
         tok = load_tokenizer(run_dir)
-        expected = {"bpe": cfg.bpe_vocab_size, "byte": ByteTokenizer().vocab_size}.get(
-            cfg.tokenizer,
-            tok.vocab_size,  # "hf": the imported checkpoint's own vocabulary
-        )
+        expected = configured_vocab_size(cfg) or tok.vocab_size  # "hf": the import's own
         if tok.kind != cfg.tokenizer or tok.vocab_size != expected:
             raise DataError(
                 f"run directory {str(run_dir)!r} holds a {tok.kind} tokenizer with vocab "

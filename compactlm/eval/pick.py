@@ -104,12 +104,9 @@ def device_bandwidth(device: str) -> tuple[float, str]:
 def resolved_model(preset: str) -> Any:
     """The preset's ModelConfig with the vocabulary its tokenizer gives (as `info` does)."""
     from compactlm.config import make_config
-    from compactlm.data import ByteTokenizer
-    from compactlm.train.loop import resolve_vocab
+    from compactlm.train.loop import configured_vocab
 
-    cfg = make_config(preset)
-    vocab = ByteTokenizer().vocab_size if cfg.data.tokenizer == "byte" else cfg.data.bpe_vocab_size
-    return resolve_vocab(cfg, vocab).model
+    return configured_vocab(make_config(preset)).model
 
 
 def activation_bytes(model: Any, *, batch: int, context: int) -> int:

@@ -31,14 +31,9 @@ def _count(n: float) -> str:
 
 def info_rows(cfg: Any) -> dict[str, str]:
     """One preset's figures: shape, params, FLOPs/token, memory for training and inference."""
-    from compactlm.train.loop import resolve_vocab
+    from compactlm.train.loop import configured_vocab
 
-    if cfg.data.tokenizer == "byte":
-        from compactlm.data import ByteTokenizer
-
-        cfg = resolve_vocab(cfg, ByteTokenizer().vocab_size)
-    else:
-        cfg = resolve_vocab(cfg, cfg.data.bpe_vocab_size)
+    cfg = configured_vocab(cfg)
     m, t = cfg.model, cfg.train
     counts = count_params(m)
     flops = flops_per_token(m, t.seq_len)

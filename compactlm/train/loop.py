@@ -135,6 +135,14 @@ def resolve_vocab(cfg: Config, vocab_size: int) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=padded))
 
 
+def configured_vocab(cfg: Config) -> Config:
+    """resolve_vocab for the tokenizer the config names, without building it (dry runs, info,
+    pick); an "hf" tokenizer keeps the config's model.vocab_size."""
+    from compactlm.data.dataset import configured_vocab_size
+
+    return resolve_vocab(cfg, configured_vocab_size(cfg.data) or cfg.model.vocab_size)
+
+
 def _check_resume(saved: Config, cfg: Config) -> Config:
     from compactlm.config import ConfigError, diff
 
