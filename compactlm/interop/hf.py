@@ -195,26 +195,27 @@ def _unflatten(flat: Mapping[tuple, Any]) -> dict:
 
 
 def split_qkv(w_DC: np.ndarray, n_heads: int, n_kv_heads: int, head_dim: int) -> dict:
-    """Fused qkv kernel [D, K·(G+2)·H] → {"q": [D, N·H], "k": [D, K·H], "v": [D, K·H]}."""
-    D, K, H = w_DC.shape[0], n_kv_heads, head_dim
-    G = n_heads // K
-    w_DKJH = w_DC.reshape(D, K, G + 2, H)
-    return {
-        "q": w_DKJH[:, :, :G].reshape(D, n_heads * H),
-        "k": w_DKJH[:, :, G].reshape(D, K * H),
-        "v": w_DKJH[:, :, G + 1].reshape(D, K * H),
-    }
+    """Fused qkv kernel [D, K·(G+2)·H] → {"q": [D, N·H], "k": [D, K·H], "v": [D, K·H]}, through
+    the model's own named views (models/linear.py), so export never re-derives the columns."""
+    from compactlm.models.linear import qkv_layout
+
+    parts = qkv_layout(n_heads, n_kv_heads, head_dim).split_columns(w_DC)
+    return {name: np.asarray(w) for name, w in parts.items()}
 
 
 def join_qkv(parts: Mapping[str, np.ndarray], n_heads: int, n_kv_heads: int, head_dim: int):
-    """Inverse of split_qkv."""
-    q, k, v = parts["q"], parts["k"], parts["v"]
-    D, K, H = q.shape[0], n_kv_heads, head_dim
-    G = n_heads // K
-    w_DKJH = np.concatenate(
-        [q.reshape(D, K, G, H), k.reshape(D, K, 1, H), v.reshape(D, K, 1, H)], axis=2
-    )
-    return w_DKJH.reshape(D, K * (G + 2) * H)
+    """Inverse of split_qkv (Layout.join_columns)."""
+    from compactlm.models.linear import qkv_layout
+
+    return np.asarray(qkv_layout(n_heads, n_kv_heads, head_dim).join_columns(dict(parts)))
+
+
+def split_gate_up(w_D2F: np.ndarray) -> dict:
+    """Fused gate_up kernel [D, 2F] → {"gate": [D, F], "up": [D, F]} (Layout "halves")."""
+    from compactlm.models.linear import halves
+
+    parts = halves("gate", "up", w_D2F.shape[1] // 2).split_columns(w_D2F)
+    return {name: np.asarray(w) for name, w in parts.items()}
 
 
 # Per-layer parameters: our path inside a Block → HF name inside `model.layers.{i}.`
@@ -279,8 +280,8 @@ def to_hf_tensors(params: Mapping, cfg) -> dict[str, np.ndarray]:
             for part, mat in split_qkv(w, N, K, H).items():
                 out[pre + _QKV_HF[part]] = mat.T
         elif path == _GATE_UP:
-            gate, up = np.split(w, 2, axis=1)
-            out[pre + _GATE_UP_HF["gate"]], out[pre + _GATE_UP_HF["up"]] = gate.T, up.T
+            for part, mat in split_gate_up(w).items():
+                out[pre + _GATE_UP_HF[part]] = mat.T
         else:
             raise _unknown(("layers", i, *path))
     return {name: np.ascontiguousarray(w) for name, w in out.items()}
