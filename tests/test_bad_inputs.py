@@ -59,11 +59,12 @@ CASES = [
     # --- info / bench -----------------------------------------------------------------------
     (["info", "huge"], "unknown preset 'huge'; valid presets"),
     (["info", "nano", "model.d_model=abc"], "model.d_model='abc' is not an int"),
-    (["bench"], "bench needs a target: train or kernels"),
-    (["bench", "frobnicate"], "bench needs a target: train or kernels"),
+    (["bench"], "bench needs a target: train, kernels"),
+    (["bench", "frobnicate"], "bench needs a target: train, kernels"),
     (["bench", "kernels", "--formats", "int9"], "unknown formats ['int9']; valid: "),
     (["bench", "kernels", "formats=int9"], "unknown formats ['int9']; valid: "),
     (["bench", "train", "nano", "model.remat=x"], "choose one of: 'none' | 'block' | 'dots'"),
+    (["bench", "decode", "/no/such/run"], "a compactlm run directory?"),
     # --- export / import --------------------------------------------------------------------
     (["export", "{run}", "format=onnx", "workdir={tmp}/e"], "format='onnx' is not valid; choose"),
     (["export", "{run}", "format=hf"], "export needs workdir=OUT"),
