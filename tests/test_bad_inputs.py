@@ -94,6 +94,8 @@ CASES = [
     (["prune", "{run}", "pattern=3:4", "workdir={tmp}/p"], "choose one of: 'unstructured' |"),
     (["prune", "{run}", "sparsity=1.5", "workdir={tmp}/p"], "must be in (0, 1)"),
     (["merge", "/no/such/run", "workdir={tmp}/m"], "a compactlm run directory?"),
+    (["recipe", "frobnicate=1"], "unknown config key 'frobnicate'; valid keys: preset, stages"),
+    (["recipe", "/no/such/run"], "No such file or directory: '/no/such/run/config.json'"),
     (["frobnicate"], "unknown command 'frobnicate'; valid commands: train"),
 ]
 
