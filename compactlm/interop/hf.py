@@ -550,6 +550,16 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[Config, Any, dict, int]
     state, meta, _ = ckpt.restore(manager, target)
     model = program.model(state)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    # Packed (quantized / 2:4) storage lives in non-Param variables: exporting only the Params
+    # would silently drop those layers. Refuse, naming the way to a dense run.
+    extra = sorted(set(_flatten(nnx.to_pure_dict(nnx.state(model)))) - set(_flatten(params)))
+    if extra:
+        name = "/".join(map(str, extra[0]))
+        raise InteropError(
+            f"{run_dir} stores {name} (compressed or adapter weights), which a Hugging Face "
+            f"Llama has no place for; run `compactlm merge {run_dir} workdir=MERGED "
+            "dequantize=true` and export MERGED"
+        )
     return cfg, tokenizer, params, int(meta.get("step", int(state.step)))
 
 

@@ -314,3 +314,21 @@ def test_no_pickle_anywhere_in_the_package():
     ]
     assert not hits, hits
     assert len(list(root.rglob("*.py"))) > 30  # really scanned the package
+
+
+def test_a_compressed_run_exports_only_through_merge(byte_run, tmp_path, capsys):
+    """Packed int4 layers are not Params: exporting them directly would drop them silently."""
+    quantized, merged = tmp_path / "q", tmp_path / "m"
+    args = ["method=rtn", "format=int4", "group_size=32", f"workdir={quantized}"]
+    assert cli("quantize", str(byte_run), *args) == 0
+    assert cli("export", str(quantized), f"workdir={tmp_path / 'bad'}") == 2
+    err = capsys.readouterr().err
+    assert "compressed or adapter weights" in err and "compactlm merge" in err
+    assert not (tmp_path / "bad").exists()
+    assert cli("merge", str(quantized), f"workdir={merged}", "dequantize=true") == 0
+    out = tmp_path / "hf"
+    assert cli("export", str(merged), f"workdir={out}") == 0
+    tokens = np.arange(24) % 250
+    np.testing.assert_allclose(
+        _our_logits(merged, tokens), reference_llama_logits(out, tokens), **tol("model_f32")
+    )
