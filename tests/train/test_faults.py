@@ -55,7 +55,10 @@ def faults(tmp_path_factory):
     return fi, root, fi.reference(root)
 
 
-@pytest.mark.parametrize("mode, seed", [("steps", 1), ("save", 2)])
+@pytest.mark.parametrize(
+    "mode, seed",
+    [pytest.param("steps", 1, marks=pytest.mark.slow), ("save", 2)],  # CI: the kill inside a save
+)
 def test_kill_9_resumes_from_last_complete_checkpoint_bit_exact(faults, mode, seed):
     fi, root, ref = faults
     result = fi.kill_trial(root, ref, random.Random(seed), mode)
@@ -87,7 +90,7 @@ def _corrupt(step_dir: Path, how: str) -> list[Path]:
     return files
 
 
-@pytest.mark.parametrize("how", ["truncate", "garbage"])
+@pytest.mark.parametrize("how", ["truncate", pytest.param("garbage", marks=pytest.mark.slow)])
 def test_unreadable_latest_checkpoint_falls_back_and_deletes_nothing(tmp_path, capsys, how):
     cfg = nano("train.steps=6", "train.checkpoint_every=2")
     run(cfg, tmp_path / "straight")
