@@ -33,7 +33,12 @@ def test_count_params_closed_form():
 
 
 def test_default_is_tiny_shape():
-    assert count_params(ModelConfig())["total"] == 828_544
+    # tiny: V=320, D=128, L=4, N=4 and K=2 heads of H=32, F=384, tied embeddings. Per layer:
+    # q and o are D·N·H each, k and v D·K·H each, gate/up/down 3·D·F, two norms 2·D; then the
+    # embedding V·D and the final norm D.
+    V, D, L, N, K, H, F = 320, 128, 4, 4, 2, 32, 384
+    per_layer = 2 * D * N * H + 2 * D * K * H + 3 * D * F + 2 * D
+    assert count_params(ModelConfig())["total"] == V * D + L * per_layer + D == 828_544
 
 
 def test_flops_per_token():
