@@ -54,7 +54,8 @@ class PickConfig:
     batch: int = 1  # sequences decoded together
     presets: tuple[str, ...] = ()  # presets considered; () = all
     formats: tuple[str, ...] = FORMATS  # storage formats considered
-    runs: str = "runs"  # where measured quality is looked for (eval.json beside config.json)
+    # Folders searched for measured quality (run dirs: config.json + eval.json / compression.json).
+    runs: tuple[str, ...] = ("runs",)
     corpus: str = "pystdlib"  # the validation corpus quality is compared on
     measure: bool = False  # time dense f32 decoding on this machine (CPU) beside the prediction
     plot: bool = False  # write quality vs memory as a PNG (also `--plot`)
@@ -135,7 +136,7 @@ def shape_key(model: dict[str, Any] | Any) -> tuple:
 
 
 def measured_quality(
-    runs: str | Path, metric: str, corpus: str = "pystdlib"
+    runs: str | Path | tuple, metric: str, corpus: str = "pystdlib"
 ) -> dict[tuple, tuple[float, str]]:
     """{(shape_key, format): (best metric, run dir)} over every finished run directory under
     `runs` (a config.json and the metrics eval/sweep.read_metrics finds: eval.json, or a
@@ -145,7 +146,9 @@ def measured_quality(
     from compactlm.eval.sweep import read_metrics
 
     found = []
-    for config_path in sorted(Path(runs).glob("**/config.json")):
+    roots = [runs] if isinstance(runs, str | Path) else list(runs)
+    paths = sorted({p for root in roots for p in Path(root).glob("**/config.json")})
+    for config_path in paths:
         try:
             metrics = read_metrics(config_path.parent)
             config = json.loads(config_path.read_text())
