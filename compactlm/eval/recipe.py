@@ -112,6 +112,7 @@ def run_recipe(run_dir: str | None, cfg: RecipeConfig, *, log=print) -> list[dic
     rows = []
     stages = list(cfg.stages)
     if run_dir is not None:
+        json.loads((Path(run_dir) / "config.json").read_text())  # a run directory, before any work
         stages = [s for s in stages if s != "pretrain"]
         rows.append({"stage": "pretrained (given)", "dir": Path(run_dir), "status": "given"})
     elif "pretrain" in stages:
