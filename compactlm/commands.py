@@ -204,7 +204,9 @@ def distill(
         f"{student.cfg.data.corpus}, {int(rows['teacher']['tokens']):,} tokens)"
     )
     print(f"  {'':<24}{'params':>10}{'loss':>9}{'bpb':>8}{'teacher NLL of samples':>25}")
-    for name, row in rows.items():
+    labels = {"student": "student (distilled)", "baseline": "student (hard labels)"}
+    for key, row in rows.items():
+        name = labels.get(key, key)
         sampled = row.get("sample_teacher_nll")
         sampled = f"{sampled:.4f}" if sampled is not None else "-"
         print(f"  {name:<24}{row['params']:>10,}{row['loss']:>9.4f}{row['bpb']:>8.4f}{sampled:>25}")

@@ -208,7 +208,7 @@ def run(
             **evaluate_on(student, teacher, val),
             "params": count_params(teacher.cfg.model),
         },
-        "student (distilled)": {
+        "student": {
             **evaluate_on(student, student, val),
             "params": count_params(student.cfg.model),
             "sample_teacher_nll": sample_teacher_nll(student, t_graphdef, t_state, val),
@@ -216,12 +216,12 @@ def run(
     }
     if dcfg.baseline:
         base = load_run(dcfg.baseline)
-        rows["student (hard labels)"] = {
+        rows["baseline"] = {
             **evaluate_on(student, base, val),
             "params": count_params(base.cfg.model),
             "sample_teacher_nll": sample_teacher_nll(base, t_graphdef, t_state, val),
         }
     for row in rows.values():
         row["params"] = row["params"]["total"]
-    summary["report"] = rows
+    summary["report"] = rows  # keys teacher / student / baseline (eval.json; sweeps read a/b)
     return summary

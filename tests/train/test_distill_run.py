@@ -61,7 +61,7 @@ def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, caps
     assert record["teacher_fingerprint"] == before and record["distill"]["loss"] == "skl"
     assert run_fingerprint(teacher) == before  # the teacher's files are bit-identical
     rows = json.loads((out / "eval.json").read_text())
-    assert rows["teacher"]["tokens"] == rows["student (distilled)"]["tokens"]  # one val split
+    assert rows["teacher"]["tokens"] == rows["student"]["tokens"]  # one val split
     # the student directory is an ordinary run: eval and generate work on it
     assert main("eval", str(out)) == 0
     assert main("generate", str(out), "max_new_tokens=5") == 0
