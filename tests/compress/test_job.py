@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory):
     mp.setenv("COMPACTLM_CACHE", str(tmp_path_factory.getbasetemp() / "compress_cache"))
     path = tmp_path_factory.mktemp("compress") / "nano"
     common = ["train.progress=false", "train.eval_every=0", "data.corpus=pydocs"]
-    assert cli("train", "nano", "train.steps=15", *common, f"workdir={path}") == 0
+    assert cli("train", "nano", "train.steps=5", *common, f"workdir={path}") == 0
     yield path
     mp.undo()
 
