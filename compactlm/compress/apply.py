@@ -213,3 +213,14 @@ def apply_compression(
             compress_block(layer, block, {})
             calibrate.set_block(model, layer, block)
     return results
+
+
+def refresh_weights(model, results: dict) -> None:
+    """Read the model's current block kernels back into `results` (after recovery training)."""
+    for layer in range(calibrate.n_blocks(model)):
+        block = calibrate.get_block(model, layer)
+        for site in calibrate.SITES:
+            rec = results[(layer, site)]
+            rec.weight = _read(block, site)
+            if rec.keep is not None and (rec.weight[~rec.keep] != 0).any():
+                raise AssertionError(f"layer {layer} {site}: a pruned weight became non-zero")

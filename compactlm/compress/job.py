@@ -187,7 +187,12 @@ def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None)
 def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> dict:
     """The `compactlm prune` command; returns the report it wrote to compression.json."""
     from compactlm.compress import export
-    from compactlm.compress.apply import apply_compression, check_shapes, needs_calibration
+    from compactlm.compress.apply import (
+        apply_compression,
+        check_shapes,
+        needs_calibration,
+        refresh_weights,
+    )
     from compactlm.compress.calibrate import calibration_tokens
     from compactlm.train.run_dir import load_run
 
@@ -229,6 +234,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
         model = recover(trainer, results, job.recover, out / "recover")
         seconds += time.perf_counter() - t2
         _set_model(trainer, model)
+        refresh_weights(model, results)  # export the recovered weights, not the pruned ones
         if quant is not None:
             extra.append(("recovered", trainer.evaluate(job.eval_tokens)))
             keeps = {key: rec.keep for key, rec in results.items()}

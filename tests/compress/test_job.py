@@ -60,7 +60,8 @@ def test_bad_input_exits_2_and_touches_nothing(run_dir, tmp_path, capsys, comman
 
 def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     out = tmp_path / "pruned"
-    args = ["method=wanda", "pattern=4:8", "recover.steps=3", *FAST, f"workdir={out}"]
+    args = ["method=wanda", "pattern=4:8", "recover.steps=3", *FAST, "eval_tokens=0"]
+    args.append(f"workdir={out}")
     assert cli("prune", str(run_dir), *args) == 0
     printed = capsys.readouterr().out
     assert "before" in printed and "pruned" in printed and "after" in printed
@@ -79,7 +80,9 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     # Compressing a compressed run again is refused.
     assert cli("quantize", str(out), f"workdir={tmp_path / 'again'}") == 2
     assert "already compressed" in capsys.readouterr().err
+    # The run holds the recovered weights: its eval is the command's "after".
     assert cli("eval", str(out)) == 0
+    assert f"{report['after']['bpb']:.4f}" in capsys.readouterr().out
     assert cli("info", str(out)) == 0
     printed = capsys.readouterr().out
     assert (
@@ -103,4 +106,6 @@ def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_p
     args = ["batch_sizes=1", "new_tokens=2", "repeats=1"]
     assert cli("bench", "decode", str(out), *args) == 0
     printed = capsys.readouterr().out
-    assert "dense " in printed and "int4 / dense at batch 1" in printed and "jnp reference" in printed
+    assert (
+        "dense " in printed and "int4 / dense at batch 1" in printed and "jnp reference" in printed
+    )
