@@ -103,4 +103,4 @@ def test_bad_finetune_input_is_one_line_exit_2(base_dir, tmp_path, capsys, args,
 def test_missing_base_and_packed_merge_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["finetune", str(tmp_path / "nope"), f"workdir={tmp_path / 'x'}"])
-    assert e.value.code == 2 and "is not a compactlm run directory" in capsys.readouterr().err
+    assert e.value.code == 2 and "a compactlm run directory?" in capsys.readouterr().err
