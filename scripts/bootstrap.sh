@@ -16,17 +16,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 # The console script marks an installed package (`import compactlm` alone would also succeed from
-# the repo root without any install).
-# A venv made before a dependency was added (cmeel-mimalloc: the allocator the CLI preloads) is
-# brought up to date by the same install.
-if [ ! -x "$VENV/bin/compactlm" ] || ! "$VENV/bin/python" -c "import jax_triton" >/dev/null 2>&1 \
-  || ! "$VENV/bin/python" -c "import sys, platform, importlib.metadata as m; \
-sys.platform != 'linux' or platform.machine() not in ('x86_64', 'aarch64') \
-or m.version('cmeel-mimalloc')" >/dev/null 2>&1; then
+# the repo root without any install). A venv installed from another setup.py (a dependency added
+# since: safetensors, cmeel-mimalloc, ...) is brought up to date by the same install: the stamp
+# holds the sha256 of the setup.py it was installed from.
+STAMP="$VENV/.compactlm-setup.sha256"
+WANT=$(sha256sum setup.py | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/compactlm" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] \
+  || ! "$VENV/bin/python" -c "import jax_triton" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e ".[test]" "jax[cpu]==0.11.2" "triton==3.6.0"
   # jax-triton's declared deps would pull another jax; it needs none beyond what is installed.
   "$VENV/bin/python" -m pip install -q --no-deps "jax-triton==0.4.1"
+  echo "$WANT" > "$STAMP"
 fi
 # The CUDA 13 plugin (--no-deps: no CUDA libraries) registers the "cuda" lowering of
 # jax-triton's custom call, so tests/kernels/test_export.py can jax.export the real Triton path
