@@ -41,7 +41,26 @@ class Tokenizer(Protocol):
     def save(self, directory: str | os.PathLike) -> Path: ...
 
 
-class _SpecialsMixin(abc.ABC):
+class _Saved(abc.ABC):
+    """What every tokenizer kind shares: its saved JSON form, fingerprinted, written atomically."""
+
+    def fingerprint(self) -> str:
+        """sha256 of the saved form: equal fingerprints tokenize identically (cache keys use it)."""
+        return hashlib.sha256(self._serialize().encode()).hexdigest()
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `directory/tokenizer.json` atomically; load_tokenizer(directory) restores it."""
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self._serialize())
+        return path
+
+    @abc.abstractmethod
+    def _serialize(self) -> str:
+        """The saved JSON text (each tokenizer kind defines it)."""
+
+
+class _SpecialsMixin(_Saved):
     n_base: int  # ordinary tokens; specials are n_base, n_base + 1, ...
     vocab_size: int  # >= n_base + specials; ids past the specials are unused (decode to "")
 
@@ -64,21 +83,6 @@ class _SpecialsMixin(abc.ABC):
             bad = ids[(ids < 0) | (ids >= self.vocab_size)][:5].tolist()
             raise ValueError(f"token ids {bad} outside the vocabulary [0, {self.vocab_size})")
         return ids[ids < self.n_base]  # specials and unused ids are not text
-
-    def fingerprint(self) -> str:
-        """sha256 of the saved form: equal fingerprints tokenize identically (cache keys use it)."""
-        return hashlib.sha256(self._serialize().encode()).hexdigest()
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write `directory/tokenizer.json` atomically; load_tokenizer(directory) restores it."""
-        path = Path(directory) / TOKENIZER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, self._serialize())
-        return path
-
-    @abc.abstractmethod
-    def _serialize(self) -> str:
-        """The saved JSON text (each tokenizer kind defines it)."""
 
 
 class ByteTokenizer(_SpecialsMixin):
@@ -185,7 +189,7 @@ class BpeTokenizer(_SpecialsMixin):
         return hash(self.fingerprint())
 
 
-class HfTokenizer:
+class HfTokenizer(_Saved):
     """A Hugging Face `tokenizer.json` brought in by `compactlm import` (any tokenizers model).
 
     Unlike ours, its specials live wherever the checkpoint put them (Llama 2: bos 1, eos 2), so
@@ -253,15 +257,6 @@ class HfTokenizer:
                 "hf": json.loads(self._tok.to_str()),
             }
         )
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self._serialize().encode()).hexdigest()
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / TOKENIZER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, self._serialize())
-        return path
 
     def hf_json(self) -> str:
         """The Hugging Face tokenizer.json text (what `compactlm export` writes)."""

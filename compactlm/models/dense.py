@@ -77,6 +77,17 @@ class StorageLinear(nnx.Module):
 
     adapter: nnx.Module | None
 
+    def _init_storage(self, in_features, out_features, compute_dtype, out_dtype, layout) -> None:
+        """The attributes every storage class sets; the adapter slot stays None until
+        make_linear attaches a models/lora.py Adapter (nnx.data: it will hold a Module)."""
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype, self.out_dtype = compute_dtype, out_dtype
+        self.layout, self.adapter = layout, nnx.data(None)
+
+    def _check_shape(self, w) -> None:
+        if tuple(w.shape) != (self.in_features, self.out_features):
+            raise ValueError(f"weight shape {w.shape} != {(self.in_features, self.out_features)}")
+
     def __call__(
         self, x: Float[Array, "... I"], rng: jax.Array | None = None
     ) -> Float[Array, "... O"]:
@@ -107,10 +118,7 @@ class Linear(StorageLinear):
         rngs: nnx.Rngs,
         layout=None,
     ):
-        self.in_features, self.out_features = in_features, out_features
-        self.compute_dtype, self.out_dtype = compute_dtype, out_dtype
-        # adapter: a data slot (None until make_linear attaches a models/lora.py Adapter)
-        self.layout, self.adapter = layout, nnx.data(None)
+        self._init_storage(in_features, out_features, compute_dtype, out_dtype, layout)
         init = param_init(init_std, kernel_axes)
         self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), param_dtype))
 
@@ -122,4 +130,5 @@ class Linear(StorageLinear):
         return self.kernel[...].astype(jnp.float32)
 
     def load_dense(self, w: Float[Array, "I O"]) -> None:
+        self._check_shape(w)
         self.kernel[...] = jnp.asarray(w, self.kernel[...].dtype)

@@ -52,10 +52,7 @@ class QuantizedLinear(StorageLinear):
                 f"in_features={in_features} is not divisible by the {format} block size "
                 f"{group_size} (model.quant_group_size)"
             )
-        self.in_features, self.out_features = in_features, out_features
-        self.compute_dtype, self.out_dtype = compute_dtype, out_dtype
-        # adapter: a data slot (None until make_linear attaches a models/lora.py Adapter)
-        self.layout, self.adapter = layout, nnx.data(None)
+        self._init_storage(in_features, out_features, compute_dtype, out_dtype, layout)
         self.format, self.group_size = format, group_size
         self.zero_point = zero_point  # affine int4 (w = (q − z)·s, unsigned codes): `zeros`
         self.double_quant = double_quant and format != "int4"
@@ -97,8 +94,7 @@ class QuantizedLinear(StorageLinear):
 
     def load_dense(self, w: Float[Array, "I O"]) -> None:
         """Quantize a dense [in, out] weight into this layer's format (QLoRA: at load time)."""
-        if tuple(w.shape) != (self.in_features, self.out_features):
-            raise ValueError(f"weight shape {w.shape} != {(self.in_features, self.out_features)}")
+        self._check_shape(w)
         self._store(w)
 
     def block_scales(self) -> Float[Array, "KG O"]:
@@ -173,9 +169,7 @@ class Sparse24Linear(StorageLinear):
                 f"in_features={in_features}: 2:4 storage needs K % 32 == 0 (one int32 of "
                 "metadata covers 32 rows)"
             )
-        self.in_features, self.out_features = in_features, out_features
-        self.compute_dtype, self.out_dtype = compute_dtype, out_dtype
-        self.layout, self.adapter = layout, nnx.data(None)
+        self._init_storage(in_features, out_features, compute_dtype, out_dtype, layout)
         self.quantized, self.zero_point = quantized, zero_point and quantized
         self.group_size = (group_size or in_features // 2) if quantized else 0
         if quantized and (in_features // 2) % self.group_size:
@@ -207,8 +201,7 @@ class Sparse24Linear(StorageLinear):
 
     def load_dense(self, w: Float[Array, "I O"]) -> None:
         """Store a dense W that is already 2:4 sparse along K (refused otherwise)."""
-        if tuple(w.shape) != (self.in_features, self.out_features):
-            raise ValueError(f"weight shape {w.shape} != {(self.in_features, self.out_features)}")
+        self._check_shape(w)
         if (msg := packing.find_24_violation(w)) is not None:
             raise ValueError(msg)
         self._store(w)
