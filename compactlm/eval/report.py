@@ -222,7 +222,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> list[Path]:
-    """loss curves per row, first metric vs the swept variable, and metric vs bytes of weights."""
+    """loss curves per row; the first metric vs the swept variable (or per row, for categorical
+    rows); the first metric vs bytes of weights when the rows differ in size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,12 +276,22 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
                 ax.legend(fontsize=8)
         ax.set(xlabel=sweep.x_label, ylabel=metric, title=f"{name}: {metric} vs {sweep.x_label}")
         paths.append(_save(fig, out / f"{name}_{metric}_vs_x.png"))
+    bars = [(e["row"].name, *e[metric][:2]) for e in rows if e[metric]]
+    if not sweep.x_label and len(bars) >= 2:  # rows are categories: the metric per row
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(bars) + 1.5), 4.0))
+        means = [b[1] for b in bars]
+        ax.bar(range(len(bars)), means, yerr=[b[2] or 0.0 for b in bars], capsize=3)
+        ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=35, ha="right", fontsize=7)
+        spread = max(means) - min(means) or abs(means[0]) * 0.01 or 1.0
+        ax.set_ylim(min(means) - spread, max(means) + spread)  # the differences, not the 0 line
+        ax.set(ylabel=metric, title=f"{name}: {metric} per row (± std over seeds)")
+        paths.append(_save(fig, out / f"{name}_{metric}_by_row.png"))
     pts = [
         (e["weight_bytes"][0], e[metric][0], e["row"].name)
         for e in rows
         if e["weight_bytes"] and e[metric]
     ]
-    if pts:
+    if len({p[0] for p in pts}) >= 2:  # one size for every row (adapters, augmentation): no plot
         fig, ax = plt.subplots(figsize=(5.6, 4.0))
         ax.scatter([p[0] for p in pts], [p[1] for p in pts])
         for x, y, label in pts:

@@ -1,5 +1,6 @@
 """`compactlm report`: mean ± std over seeds against NumPy, paper columns, power-law fit, plots."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -50,11 +51,13 @@ SPEC = Sweep(
 )
 
 
-def _write_results(root, values):
+def _write_results(root, values, spec=SPEC, bytes_of=lambda row: 500 * int(row[1:])):
     """Records as run_sweep writes them (same argv as the plan), with metrics.jsonl curves."""
     path = sweeps.results_path("toy", root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs = sweeps.plan("toy", SPEC, SweepOptions(root=str(root)))
+    runs = [
+        r for r in sweeps.plan("toy", spec, SweepOptions(root=str(root))) if r.row.name in values
+    ]
     with path.open("w") as f:
         for run in runs:
             bpb = values[run.row.name][run.seed]
@@ -70,7 +73,7 @@ def _write_results(root, values):
                 "command_line": run.command_line,
                 "metrics": {"bpb": bpb, "loss": bpb * 0.69},
                 "params": 1000 * (1 + run.seed * 0),
-                "weight_bytes": 4000,
+                "weight_bytes": bytes_of(run.row.name),
                 "wall_s": 10.0 + run.seed,
                 "git_commit": "0123456789abcdef",
                 "workdir": str(run.workdir),
@@ -110,3 +113,14 @@ def test_report_writes_markdown_and_plots(tmp_path):
     for png in ("toy_loss.png", "toy_bpb_vs_x.png", "toy_bpb_vs_bytes.png"):
         assert (out / png).stat().st_size > 1000 and f"]({png})" in text
     assert (out / "report.md").read_text() == text
+
+
+def test_categorical_rows_get_a_bar_plot_and_equal_sizes_no_bytes_plot(tmp_path):
+    """Rows without a swept x (LoRA targets, augmentations) are drawn as one bar per row; a
+    metric-vs-bytes plot needs rows of different sizes (here all share 4000 bytes)."""
+    spec = dataclasses.replace(SPEC, x_label="", x_log=False)
+    _write_results(tmp_path, {"r4": [2.0, 2.1, 2.3], "r8": [1.8, 1.9, 1.85]}, spec, lambda r: 4000)
+    out = tmp_path / "docs"
+    text = write_report("toy", spec, ReportOptions(root=str(tmp_path), out=str(out)))
+    assert (out / "toy_bpb_by_row.png").stat().st_size > 1000 and "](toy_bpb_by_row.png)" in text
+    assert not (out / "toy_bpb_vs_bytes.png").exists() and not (out / "toy_bpb_vs_x.png").exists()

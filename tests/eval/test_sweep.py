@@ -74,6 +74,19 @@ def test_the_scaling_sweep_file_plans_valid_configs():
     assert widths == sorted(widths) and len(set(widths)) == len(spec.rows)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [n for n in sweeps.available() if sweeps.load(n)[1].command in ("train", "finetune")],
+)
+def test_every_training_sweep_file_has_valid_overrides(name):
+    """Each row of a shipped train / finetune sweep file builds a config (a typo in a key or a
+    value fails here, not minutes into the sweep): against its preset, or tiny for `{base}`."""
+    _, spec = sweeps.load(name)
+    preset = "tiny" if spec.target[0] == "{base}" else spec.target[0]
+    for row in spec.rows:
+        make_config(preset, [*spec.common, *row.overrides])
+
+
 def _fake_execute(calls, *, bpb=lambda argv: 1.0, finish=lambda argv: True):
     """Stands in for the child process: writes config.json and (if finished) eval.json."""
 
