@@ -284,6 +284,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
         ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=35, ha="right", fontsize=7)
         spread = max(means) - min(means) or abs(means[0]) * 0.01 or 1.0
         ax.set_ylim(min(means) - spread, max(means) + spread)  # the differences, not the 0 line
+        ax.axhline(means[0], ls="--", lw=0.8, color="gray")  # the first row: the reference
         ax.set(ylabel=metric, title=f"{name}: {metric} per row (± std over seeds)")
         paths.append(_save(fig, out / f"{name}_{metric}_by_row.png"))
     pts = [
