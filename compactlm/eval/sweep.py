@@ -284,7 +284,8 @@ def git_commit() -> str | None:
 
 
 def model_figures(config: dict[str, Any]) -> dict[str, float]:
-    """Parameters and bytes of weights of a resolved config.json (dense: as stored, param dtype).
+    """Parameters and bytes of weights of a resolved config.json (dense: as stored, param dtype);
+    with adapters also their parameters (`params/adapter`; `params` counts the base alone).
 
     A packed run (model.weight_format != dense) counts the parameters of its dense architecture;
     its bytes come from the compression command's own report (read_metrics: weight_bytes)."""
@@ -298,6 +299,8 @@ def model_figures(config: dict[str, Any]) -> dict[str, float]:
     counts = count_params(model if dense else dc.replace(model, weight_format="dense"))
     itemsize = 2 if model.param_dtype == "bfloat16" else 4
     figures = {"params": counts["total"], "params/non_embedding": counts["non_embedding"]}
+    if model.adapter.kind != "none":  # what an adapter run trains (not in "params": the base's)
+        figures["params/adapter"] = counts["adapter"]
     if dense:
         figures["weight_bytes"] = counts["total"] * itemsize
     return figures

@@ -29,7 +29,7 @@ SWEEP = Sweep(
     ),
     rows=tuple(Row(name=f"r{r}", overrides=(f"adapter.rank={r}",), x=r) for r in RANKS),
     seeds=2,
-    metrics=("bpb", "loss", "trainable_params"),
+    metrics=("bpb", "loss", "params/adapter"),
     x_label="LoRA rank r",
     x_log=True,
     paper_note=(

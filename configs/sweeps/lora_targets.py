@@ -45,7 +45,7 @@ SWEEP = Sweep(
         for name, (t, r, sql, mnli) in _ROWS.items()
     ),
     seeds=1,
-    metrics=("bpb", "loss"),
+    metrics=("bpb", "loss", "params/adapter"),
     paper_note=(
         "At a fixed budget, adapting more matrices at a lower rank beats one matrix at a higher "
         "rank (W_q W_v r4 and all four r2 are best); W_q or W_k alone is worst."

@@ -169,6 +169,19 @@ def test_record_fields(tmp_path):
     assert record["config"]["model"]["d_model"] == 32
     assert record["command_line"].startswith("compactlm train nano ")
     assert record["wall_s"] >= 0 and "git_commit" in record and record["seed"] == 0
+    assert "params/adapter" not in record
+
+
+def test_adapter_runs_record_their_adapter_parameters():
+    """LoRA on q at r8 in nano (d 64, 4 layers): 4 · r · (64 + 64) = 4096 adapter weights beside
+    the base's parameters, which the adapters do not change."""
+    plain = to_dict(make_config("nano", []))
+    lora = to_dict(
+        make_config("nano", ["adapter.kind=lora", "adapter.targets=q", "adapter.rank=8"])
+    )
+    figures = sweeps.model_figures(lora)
+    assert figures["params/adapter"] == 4 * 8 * (64 + 64)
+    assert figures["params"] == sweeps.model_figures(plain)["params"]
 
 
 def test_base_fixture_runs_once_and_fills_the_placeholder(tmp_path):
