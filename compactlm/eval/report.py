@@ -128,6 +128,8 @@ def _number(x: float) -> str:
 
 
 def _pm(mean: float, std: float | None, digits: int = 4) -> str:
+    if not std and float(mean).is_integer():  # a count the seeds agree on (adapter parameters)
+        return _number(mean)
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 

@@ -9,6 +9,7 @@ import pytest
 from compactlm.eval import sweep as sweeps
 from compactlm.eval.report import (
     ReportOptions,
+    _pm,
     power_law_fit,
     summarize,
     sweep_table,
@@ -124,3 +125,8 @@ def test_categorical_rows_get_a_bar_plot_and_equal_sizes_no_bytes_plot(tmp_path)
     text = write_report("toy", spec, ReportOptions(root=str(tmp_path), out=str(out)))
     assert (out / "toy_bpb_by_row.png").stat().st_size > 1000 and "](toy_bpb_by_row.png)" in text
     assert not (out / "toy_bpb_vs_bytes.png").exists() and not (out / "toy_bpb_vs_x.png").exists()
+
+
+def test_counts_the_seeds_agree_on_print_as_counts():
+    assert _pm(8192.0, 0.0) == "8,192" and _pm(12.0, None) == "12"
+    assert _pm(2.5, None) == "2.5000" and _pm(8192.0, 1.5) == "8192.0000 ± 1.5000"
