@@ -106,7 +106,9 @@ class ReportOptions:
     """Options of `compactlm report NAME`."""
 
     root: str = "runs/sweeps"  # where the sweep ran (`compactlm sweep ... root=`)
-    out: str = ""  # directory for report.md and the PNGs; empty = ROOT/NAME
+    # Directory for NAME.md and the PNGs (all named after the sweep, so several sweeps can share
+    # one, e.g. docs/ablations); empty = ROOT/NAME.
+    out: str = ""
     plots: bool = True  # write the PNG plots
 
 
@@ -306,7 +308,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
 
 
 def write_report(name: str, sweep: Any, options: ReportOptions) -> str:
-    """report.md (+ PNGs) for the sweep's current results; returns the markdown."""
+    """NAME.md (+ PNGs) for the sweep's current results; returns the markdown."""
     from compactlm.eval.sweep import current_records
 
     records = current_records(name, sweep, options.root)
@@ -329,7 +331,7 @@ def write_report(name: str, sweep: Any, options: ReportOptions) -> str:
         for path in sweep_plots(name, sweep, records, out):
             parts += ["", f"![{path.stem}]({path.name})"]
     text = "\n".join(parts) + "\n"
-    (out / "report.md").write_text(text)
+    (out / f"{name}.md").write_text(text)
     return text
 
 

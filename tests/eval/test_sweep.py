@@ -257,7 +257,7 @@ def test_sweep_end_to_end_on_nano(tmp_path, capsys):
     assert "done earlier, skipped" in capsys.readouterr().out
     assert _cli("report", str(path), f"root={root}") == 0
     out = capsys.readouterr().out
-    assert "| narrow |" in out and (root / "toy" / "report.md").exists()
+    assert "| narrow |" in out and (root / "toy" / "toy.md").exists()
     assert (root / "toy" / "toy_loss.png").exists()
 
 
