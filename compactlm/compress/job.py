@@ -2,9 +2,10 @@
 
 Both load the run (its latest checkpoint), evaluate it, draw the calibration set from its
 training split, compress the block linears (``apply.apply_compression``), optionally recover
-(pruning: masked fine-tuning), evaluate the result and write it as a new run directory holding
-the packed weights (``export.py``), which ``eval`` / ``generate`` / ``info`` load like any run.
-The printed report: validation loss and bits per byte before / after, bytes of weights, time.
+(pruning: masked fine-tuning, or distillation from the dense run), evaluate the result and
+write it as a new run directory holding the packed weights (``export.py``), which ``eval`` /
+``generate`` / ``info`` load like any run. The printed report: validation loss and bits per
+byte before / after, bytes of weights, time.
 
 Nothing is written to the source run; the output directory must be new (or empty).
 """
@@ -117,6 +118,23 @@ def _report(title: str, before: dict, after: dict, sizes: dict, seconds: float, 
     print(f"  time       {seconds:.1f}s")
 
 
+def _check_recover(rcfg: RecoverConfig, cfg) -> None:
+    """What recover.distill.* can only check against the run (vocabulary, sequence length)."""
+    if rcfg.distill.init_from_teacher or rcfg.distill.baseline:
+        raise ValueError(
+            "recover.distill.init_from_teacher / baseline do not apply to recovery (the "
+            "student is the pruned model itself)"
+        )
+    if rcfg.steps == 0 or rcfg.mode != "distill":
+        return
+    rcfg.distill.check_vocab(cfg.model.vocab_size)
+    if rcfg.distill.on_policy > 0 and rcfg.distill.on_policy_prompt >= cfg.train.seq_len:
+        raise ValueError(
+            f"recover.distill.on_policy_prompt={rcfg.distill.on_policy_prompt} leaves nothing to "
+            f"sample in train.seq_len={cfg.train.seq_len} tokens; use a shorter prompt"
+        )
+
+
 def _model_and_state(trainer):
     """A copy of the trainer's model to compress in place: merging a state shares its
     Variables, so compressing `program.model(state)` itself would also rewrite `state`."""
@@ -205,6 +223,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
     try:
         export.check_exportable(job, quant)
         check_shapes(model, job, quant)
+        _check_recover(job.recover, trainer.cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     t0 = time.perf_counter()
@@ -225,13 +244,18 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
         log=_log,
     )
     seconds = time.perf_counter() - t1
+    teacher = None
+    if job.recover.steps > 0 and job.recover.mode == "distill":
+        from compactlm.train.distill_run import teacher_aux
+
+        teacher = teacher_aux(trainer, job.recover.distill.teacher_dtype)  # still the dense run
     _set_model(trainer, model)
     if job.recover.steps > 0:
         from compactlm.compress.recover import recover
 
         extra.append(("pruned", trainer.evaluate(job.eval_tokens)))
         t2 = time.perf_counter()
-        model = recover(trainer, results, job.recover, out / "recover")
+        model = recover(trainer, results, job.recover, out / "recover", teacher=teacher)
         seconds += time.perf_counter() - t2
         _set_model(trainer, model)
         refresh_weights(model, results)  # export the recovered weights, not the pruned ones
@@ -272,7 +296,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
     if quant is not None:
         what += f" + {quant.method} {quant.format} bits={quant.bits}"
     if job.recover.steps:
-        what += f" + recover {job.recover.steps} steps"
+        what += f" + recover ({job.recover.mode}) {job.recover.steps} steps"
     _report(f"{what} → {out}", before, after, sizes, seconds, extra)
     return report
 

@@ -1,11 +1,15 @@
-"""Recovery after pruning: fine-tune the pruned dense model with its masks held fixed.
+"""Recovery after pruning: train the pruned dense model with its masks held fixed.
 
-The objective multiplies every block kernel by its keep mask before the forward pass, so the
+Two modes (`recover.mode`): ``finetune``, next-token cross-entropy on the training split; and
+``distill``, distillation from the dense original as the teacher (train/distill_step.py's
+objective: the frozen teacher runs in the same jitted step under stop_gradient, the divergence
+and its mixing with CE are `recover.distill.*` = train/distill.py's DistillConfig). Either way
+the objective multiplies every block kernel by its keep mask before the forward pass, so the
 gradient of a pruned weight is exactly zero; AdamW then leaves it at exactly zero too (zero first
 and second moments give a zero step, and decoupled decay of 0 is 0) — a test holds it through
 training. The masks travel as the train step's ``aux`` argument (not baked into the compiled
-step as constants). Runs through the ordinary ``Trainer`` (its loop, logging, checkpoints) in a
-sub-directory of the compressed run.
+step as constants); in distill mode aux = (masks, teacher state). Runs through the ordinary
+``Trainer`` (its loop, logging, checkpoints) in a sub-directory of the compressed run.
 """
 
 from __future__ import annotations
@@ -13,32 +17,47 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from compactlm.compress import calibrate
+from compactlm.train.distill import DistillConfig
 from compactlm.train.step import lm_objective
+
+RECOVER_MODES = ("finetune", "distill")
+
+
+def _recovery_distill() -> DistillConfig:
+    # Pure distillation (alpha 1) at temperature 1: the teacher IS the function the mask broke,
+    # so the target is its own distribution (no softening, no hard labels); forward KL, the
+    # SparseGPT / oBERT-style logit-distillation recovery objective.
+    return DistillConfig(loss="fkl", temperature=1.0, alpha=1.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RecoverConfig:
-    """`recover.*`: fine-tuning after pruning (0 steps = none)."""
+    """`recover.*`: training after pruning with the mask fixed (0 steps = none)."""
 
-    # Optimizer steps of masked fine-tuning; 0 = no recovery.
+    # Optimizer steps of masked recovery; 0 = no recovery.
     steps: int = 0
-    # "finetune": next-token CE on the training split with the mask fixed.
-    mode: Literal["finetune"] = "finetune"
+    # "finetune": next-token CE on the training split; "distill": distillation from the dense
+    # original (the run being pruned) as teacher, `recover.distill.*` below.
+    mode: Literal["finetune", "distill"] = "finetune"
     # Peak learning rate (cosine to 10 %, short warmup). 3e-4: a third of `tiny`'s pretraining lr
     # (the model is near a minimum already; larger steps undo more than they recover).
     lr: float = 3e-4
     # Warmup steps of that schedule.
     warmup_steps: int = 10
+    # mode=distill: divergence, temperature, alpha (CE mix), top_k, on-policy fraction, teacher
+    # dtype (train/distill.py). init_from_teacher / baseline belong to `compactlm distill` only.
+    distill: DistillConfig = dataclasses.field(default_factory=_recovery_distill)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"recover.steps must be >= 0, got {self.steps}")
-        if self.mode != "finetune":
-            raise ValueError(f"recover.mode={self.mode!r}; valid: finetune")
+        if self.mode not in RECOVER_MODES:
+            raise ValueError(f"recover.mode={self.mode!r}; valid: {', '.join(RECOVER_MODES)}")
         if not self.lr > 0:
             raise ValueError(f"recover.lr must be > 0, got {self.lr}")
 
@@ -77,8 +96,26 @@ def masked_objective(z_loss: float = 0.0):
     return objective
 
 
-def recover(trainer, results: dict, cfg: RecoverConfig, workdir) -> object:
-    """Masked fine-tuning of trainer's (pruned) model for cfg.steps in `workdir`; the model."""
+def masked_distill_objective(cfg: DistillConfig, teacher_graphdef):
+    """Distillation from the teacher (aux[1]) of the model with its kernels masked (aux[0])."""
+    from compactlm.train.distill_step import make_objective
+
+    base = make_objective(cfg, teacher_graphdef)
+
+    def objective(model, tokens_BT1, rng, aux):
+        masks, teacher_state = aux
+        apply_masks(model, masks)
+        return base(model, tokens_BT1, rng, teacher_state)
+
+    return objective
+
+
+def recover(trainer, results: dict, cfg: RecoverConfig, workdir, *, teacher=None) -> object:
+    """Masked recovery of trainer's (pruned) model for cfg.steps in `workdir`; the model.
+
+    teacher: (graphdef, state) of the dense original (train/distill_run.py::teacher_aux), needed
+    by mode=distill.
+    """
     from pathlib import Path
 
     from compactlm.data.tokenizer import TOKENIZER_FILE
@@ -86,6 +123,15 @@ def recover(trainer, results: dict, cfg: RecoverConfig, workdir) -> object:
 
     keeps = {key: rec.keep for key, rec in results.items()}
     masks = stack_masks(keeps, trainer.cfg.model.n_layers)
+    if cfg.mode == "distill":
+        if teacher is None:
+            raise ValueError("recover.mode=distill needs the dense teacher")
+        objective = masked_distill_objective(cfg.distill, teacher[0])
+        # The student's state is donated to every step; a teacher array it shares (the
+        # embedding and norms were never pruned) would be donated too: the teacher gets copies.
+        aux = (masks, jax.tree.map(jnp.copy, teacher[1]))
+    else:
+        objective, aux = masked_objective(trainer.cfg.train.z_loss), masks
     base = trainer.cfg
     rcfg = dataclasses.replace(
         base,
@@ -105,7 +151,7 @@ def recover(trainer, results: dict, cfg: RecoverConfig, workdir) -> object:
     tok = Path(trainer.workdir) / TOKENIZER_FILE
     if tok.is_file():  # the exact tokenizer the run was trained with (BPE is trained per run)
         (workdir / TOKENIZER_FILE).write_bytes(tok.read_bytes())
-    rt = Trainer(rcfg, workdir, objective=masked_objective(base.train.z_loss), aux=masks)
+    rt = Trainer(rcfg, workdir, objective=objective, aux=aux)
     state = rt.restore_or_init()
     params, frozen = trainer.state.params, trainer.state.frozen
     rt.state = state.replace(params=params, frozen=frozen, opt_state=rt.tx.init(params))

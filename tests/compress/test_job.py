@@ -46,6 +46,14 @@ FAST = ["eval_tokens=4096", "calib.sequences=4", "calib.batch_size=4"]
         ("prune", ["sparsity=1.5"], "sparsity=1.5 must be in (0, 1)"),
         ("prune", ["quantize.format=nf4"], "2:4 values are stored as symmetric int4"),
         ("prune", [], "give the output directory: workdir=OUT"),
+        ("prune", ["recover.mode=kd"], "choose one of: 'finetune' | 'distill'\n"),
+        ("prune", ["recover.distill.loss=kl"], "choose one of: 'fkl' | 'rkl' | 'jsd'"),
+        (
+            "prune",
+            ["recover.steps=2", "recover.mode=distill", "recover.distill.top_k=999"],
+            "distill.top_k=999 exceeds the vocabulary size",
+        ),  # fmt: skip
+        ("prune", ["recover.distill.init_from_teacher=true"], "do not apply to recovery"),
     ],
 )
 def test_bad_input_exits_2_and_touches_nothing(run_dir, tmp_path, capsys, command, args, message):
@@ -88,6 +96,30 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     assert (
         "weights in memory" in printed and "made by                    compactlm prune" in printed
     )
+
+
+def test_prune_recover_by_distillation_keeps_the_2of4_mask(run_dir, tmp_path, capsys):
+    out = tmp_path / "distilled"
+    args = ["method=magnitude", "pattern=2:4", "recover.steps=3", "recover.mode=distill"]
+    assert cli("prune", str(run_dir), *args, "eval_tokens=4096", f"workdir={out}") == 0
+    printed = capsys.readouterr().out
+    assert "recover (distill) 3 steps" in printed and "pruned" in printed
+    # The recovery trained on the divergence to the dense teacher (its metrics were logged) ...
+    logged = [json.loads(line) for line in (out / "recover" / "metrics.jsonl").open()]
+    assert any("distill/divergence" in row for row in logged)
+    # ... and the exported sparse24 run still satisfies 2:4 (its packed values decompress to a
+    # W whose pruned positions are exactly zero: the compressed storage refuses anything else).
+    from compactlm.compress import apply as A
+    from compactlm.compress import calibrate as C
+    from compactlm.train.run_dir import load_run
+
+    trainer = load_run(out)
+    assert trainer.cfg.model.weight_format == "sparse24"
+    model = trainer.program.model(trainer.state)
+    for layer in range(model.cfg.n_layers):
+        for site in C.SITES:
+            w = np.asarray(A.linear_of(C.get_block(model, layer), site).dense_weight())
+            assert (w.reshape(-1, 4, w.shape[1]) != 0).sum(axis=1).max() <= 2
 
 
 def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_path, capsys):
