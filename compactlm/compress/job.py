@@ -255,7 +255,14 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
 
         extra.append(("pruned", trainer.evaluate(job.eval_tokens)))
         t2 = time.perf_counter()
-        model = recover(trainer, results, job.recover, out / "recover", teacher=teacher)
+        model = recover(
+            trainer,
+            results,
+            job.recover,
+            out / "recover",
+            teacher=teacher,
+            eval_tokens=job.eval_tokens,
+        )
         seconds += time.perf_counter() - t2
         _set_model(trainer, model)
         refresh_weights(model, results)  # export the recovered weights, not the pruned ones

@@ -49,6 +49,9 @@ class RecoverConfig:
     lr: float = 3e-4
     # Warmup steps of that schedule.
     warmup_steps: int = 10
+    # Validate every N recovery steps (the recovery curve, eval/bpb in recover/metrics.jsonl,
+    # on the command's eval_tokens); 0 = only the command's before / pruned / after.
+    eval_every: int = 0
     # mode=distill: divergence, temperature, alpha (CE mix), top_k, on-policy fraction, teacher
     # dtype (train/distill.py). init_from_teacher / baseline belong to `compactlm distill` only.
     distill: DistillConfig = dataclasses.field(default_factory=_recovery_distill)
@@ -58,6 +61,8 @@ class RecoverConfig:
             raise ValueError(f"recover.steps must be >= 0, got {self.steps}")
         if self.mode not in RECOVER_MODES:
             raise ValueError(f"recover.mode={self.mode!r}; valid: {', '.join(RECOVER_MODES)}")
+        if self.eval_every < 0:
+            raise ValueError(f"recover.eval_every must be >= 0, got {self.eval_every}")
         if not self.lr > 0:
             raise ValueError(f"recover.lr must be > 0, got {self.lr}")
 
@@ -110,11 +115,13 @@ def masked_distill_objective(cfg: DistillConfig, teacher_graphdef):
     return objective
 
 
-def recover(trainer, results: dict, cfg: RecoverConfig, workdir, *, teacher=None) -> object:
+def recover(
+    trainer, results: dict, cfg: RecoverConfig, workdir, *, teacher=None, eval_tokens: int = 0
+) -> object:
     """Masked recovery of trainer's (pruned) model for cfg.steps in `workdir`; the model.
 
     teacher: (graphdef, state) of the dense original (train/distill_run.py::teacher_aux), needed
-    by mode=distill.
+    by mode=distill. eval_tokens: validation tokens of the periodic evals (0 = all).
     """
     from pathlib import Path
 
@@ -138,7 +145,8 @@ def recover(trainer, results: dict, cfg: RecoverConfig, workdir, *, teacher=None
         train=dataclasses.replace(
             base.train,
             steps=cfg.steps,
-            eval_every=0,
+            eval_every=cfg.eval_every,
+            eval_tokens=eval_tokens,
             checkpoint_every=0,
             progress=False,
             tensorboard=False,

@@ -101,12 +101,14 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
 def test_prune_recover_by_distillation_keeps_the_2of4_mask(run_dir, tmp_path, capsys):
     out = tmp_path / "distilled"
     args = ["method=magnitude", "pattern=2:4", "recover.steps=3", "recover.mode=distill"]
+    args.append("recover.eval_every=2")
     assert cli("prune", str(run_dir), *args, "eval_tokens=4096", f"workdir={out}") == 0
     printed = capsys.readouterr().out
     assert "recover (distill) 3 steps" in printed and "pruned" in printed
     # The recovery trained on the divergence to the dense teacher (its metrics were logged) ...
     logged = [json.loads(line) for line in (out / "recover" / "metrics.jsonl").open()]
     assert any("distill/divergence" in row for row in logged)
+    assert [row["step"] for row in logged if "eval/bpb" in row] == [2]  # the recovery curve
     # ... and the exported sparse24 run still satisfies 2:4 (its packed values decompress to a
     # W whose pruned positions are exactly zero: the compressed storage refuses anything else).
     from compactlm.compress import apply as A
