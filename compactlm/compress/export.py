@@ -47,14 +47,33 @@ def check_exportable(prune_cfg, quant) -> None:
             f"bits={quant.bits} has no packed storage format (the int4 container holds codes of "
             f"at most 4 bits); valid for export: {', '.join(map(str, PACKED_BITS))}"
         )
+    if quant is not None and quant.double_quant and quant.format not in ("nf4", "fp4"):
+        raise ValueError(
+            f"double_quant=true quantizes nf4 / fp4 absmax constants (QLoRA §3), not "
+            f"format={quant.format!r}'s scales; use format=nf4 or fp4"
+        )
 
 
-def packed_arrays(rec, fmt: str, param_dtype) -> dict[str, np.ndarray]:
-    """One CompressedLinear as the arrays its storage class holds."""
+def double_quant(quant) -> bool:
+    """Whether an export stores its absmax constants double-quantized."""
+    return quant is not None and quant.double_quant and quant.format in ("nf4", "fp4")
+
+
+def packed_arrays(rec, fmt: str, param_dtype, *, dq: bool = False) -> dict[str, np.ndarray]:
+    """One CompressedLinear as the arrays its storage class holds (models/quantized.py); dq:
+    nf4 / fp4 absmax double-quantized (packing.double_quantize) in place of `scales`."""
     if fmt == "dense":
         return {"kernel": rec.weight.astype(param_dtype)}
     if fmt in ("int4", "nf4", "fp4"):
-        return rec.quantized.pack()
+        out = rec.quantized.pack()
+        if dq:
+            codes, scales, mean = packing.double_quantize(out.pop("scales"))
+            out |= {
+                "absmax_codes": np.asarray(codes),
+                "absmax_scales": np.asarray(scales),
+                "absmax_mean": np.asarray(mean),
+            }
+        return out
     values, meta = packing.compress_24(jax.numpy.asarray(rec.weight), check=True)
     if fmt == "sparse24":
         return {"values": np.asarray(values).astype(param_dtype), "meta": np.asarray(meta)}
@@ -83,6 +102,8 @@ def size_report(results: dict, arrays: dict, fmt: str, model_bytes_other: int, q
     nnz = sum(int(np.count_nonzero(rec.weight)) for rec in results.values())
     total = sum(rec.weight.size for rec in results.values())
     notes = []
+    if double_quant(quant):
+        notes.append("absmax constants double-quantized (int8, blocks of 256; QLoRA §3)")
     if quant is not None and quant.bits == 3:
         notes.append("3-bit codes are stored in 4-bit nibbles (the int4 container): no bytes saved")
     if fmt == "dense" and nnz < total:
@@ -105,7 +126,7 @@ def compressed_model_config(model, fmt: str, quant):
     changes = {"weight_format": fmt}
     if quant is not None:
         # group_size 0 = per channel: each linear's own K (models/quantized.py).
-        changes |= {"quant_group_size": quant.group_size, "double_quant": False}
+        changes |= {"quant_group_size": quant.group_size, "double_quant": double_quant(quant)}
         if quant.format == "int4_affine":
             changes["quant_zero_point"] = True
     return dataclasses.replace(model, **changes)
@@ -147,7 +168,8 @@ def write_run(trainer, results: dict, out: Path, *, prune_cfg, quant) -> dict:
 
     fmt = storage_format(prune_cfg, quant)
     param_dtype = np.dtype(trainer.cfg.model.param_dtype)
-    arrays = {key: packed_arrays(rec, fmt, param_dtype) for key, rec in results.items()}
+    dq = double_quant(quant)
+    arrays = {key: packed_arrays(rec, fmt, param_dtype, dq=dq) for key, rec in results.items()}
     source = trainer.program.model(trainer.state)
     other = sum(
         int(np.prod(v.shape)) * v.dtype.itemsize
@@ -214,9 +236,10 @@ def run_info(run_dir: str) -> str:
     disk = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     fmt = m.weight_format
     if fmt in ("int4", "nf4", "fp4", "sparse24_int4"):
-        fmt += (
-            f" (group {m.quant_group_size or 'K'}{', zero points' if m.quant_zero_point else ''})"
-        )
+        extra = ", zero points" if m.quant_zero_point else ""
+        if m.double_quant and fmt in ("nf4", "fp4"):
+            extra += ", double-quantized absmax"
+        fmt += f" (group {m.quant_group_size or 'K'}{extra})"
     lines = [
         f"run {run_dir} (step {int(trainer.state.step)})",
         f"  {'block linears':<26} {fmt}",

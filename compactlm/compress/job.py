@@ -110,7 +110,8 @@ def _report(title: str, before: dict, after: dict, sizes: dict, seconds: float, 
     ratio = sizes["linear_bytes"] / sizes["dense_linear_bytes"]
     print(
         f"  weights    block linears {sizes['dense_linear_bytes']:,} → "
-        f"{sizes['linear_bytes']:,} bytes ({ratio:.3f}x); whole model "
+        f"{sizes['linear_bytes']:,} bytes ({ratio:.3f}x, "
+        f"{sizes['linear_bits_per_weight']:.3f} bits/weight); whole model "
         f"{sizes['dense_model_bytes']:,} → {sizes['model_bytes']:,} bytes"
     )
     if sizes.get("note"):
@@ -192,8 +193,8 @@ def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None)
     }
     (out / "compression.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     _report(
-        f"quantize {job.method} {job.format} bits={job.bits} group_size={job.group_size or 'K'} "
-        f"→ {out}",
+        f"quantize {job.method} {job.format} bits={job.bits} group_size={job.group_size or 'K'}"
+        f"{' double_quant' if job.double_quant else ''} → {out}",
         before,
         after,
         sizes,

@@ -76,6 +76,10 @@ class QuantConfig:
     damp: float = obs.DEFAULT_DAMP
     # GPTQ: rows per lazy-update block (the paper's B = 128).
     block_size: int = obs.DEFAULT_BLOCK
+    # nf4 / fp4 export: store the per-block absmax constants quantized again (QLoRA §3 double
+    # quantization: int8 codes in flat blocks of 256, one f32 scale per block, an f32 mean);
+    # 4.127 instead of 4.5 bits/weight at group_size=64. Off: the kernels' plain f32 absmax.
+    double_quant: bool = False
 
     def __post_init__(self) -> None:
         check_quant_args(self.method, self.format, self.bits, self.group_size)

@@ -3,10 +3,13 @@
 A fine-tuning run directory holds `base.json` (the base run's path, its content fingerprint and
 step). Its model is built from the config (`model.weight_format`, `adapter.*`) and the base's
 weights are written into it: dense linears copy them, packed ones quantize them at load time
-(QLoRA), PiSSA adapters take the top-r SVD of the base weight and leave the residual frozen,
-DoRA magnitudes start at the base's column norms. With adapters only training, checkpoints hold
-the adapters + their optimizer state + step + RNG; the frozen base is rebuilt from `base.json`
-(and its fingerprint checked) whenever the run is loaded.
+(QLoRA). A base that is itself packed (`compactlm quantize` / `prune` output: int4 / nf4 / fp4 /
+2:4 / int4+2:4) keeps its storage: its frozen arrays (codes, scales, metadata) are copied bit for
+bit into the same storage class, never dequantized and quantized again, and only adapters train
+on top (QLoRA on the compressed model itself). PiSSA adapters take the top-r SVD of the base
+weight and leave the residual frozen, DoRA magnitudes start at the base's column norms. With
+adapters only training, checkpoints hold the adapters + their optimizer state + step + RNG; the
+frozen base is rebuilt from `base.json` (and its fingerprint checked) whenever the run is loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from compactlm.models.config import Frozen
 from compactlm.models.linear import iter_linears
 from compactlm.models.transformer import Transformer
 from compactlm.train.checkpoint import CheckpointError
@@ -30,6 +34,10 @@ if TYPE_CHECKING:
     from compactlm.config import Config
 
 BASE_FILE = "base.json"
+
+# Model fields that define a packed base's stored arrays: fixed when the base is packed (a
+# change would mean dequantizing and quantizing again, which QLoRA on a compressed base avoids).
+STORAGE_FIELDS = ("weight_format", "quant_group_size", "quant_zero_point", "double_quant")
 
 # Model fields a fine-tuning run may change w.r.t. its base (storage, adapters, numerics and
 # execution); anything else would not fit the base's weights.
@@ -74,24 +82,48 @@ def finetune_config(base_dir: str | Path, overrides: Sequence[str]) -> Config:
             f"{base_dir} workdir=DIR) and fine-tune the merged run"
         )
     base = from_json(config_path.read_text())
-    if base.model.weight_format != "dense":
-        raise _config_error(
-            f"base {base_dir} stores {base.model.weight_format} weights; fine-tuning needs a "
-            "dense base (QLoRA quantizes a dense base at load time: model.weight_format=nf4)"
-        )
     cfg = apply_overrides(base, overrides)
+    changeable = CHANGEABLE_MODEL_FIELDS
+    fmt = base.model.weight_format
+    if fmt != "dense":
+        changeable = tuple(f for f in changeable if f not in STORAGE_FIELDS)
+        _check_packed_base(base_dir, fmt, cfg)
     fixed = {
         k: v
         for k, v in diff(base, cfg).items()
-        if k.startswith("model.") and k.split(".")[1] not in CHANGEABLE_MODEL_FIELDS
+        if k.startswith("model.") and k.split(".")[1] not in changeable
     }
+    if fixed and fmt != "dense" and any(k.split(".")[1] in STORAGE_FIELDS for k in fixed):
+        detail = "; ".join(f"{k}: base {a!r}, asked {b!r}" for k, (a, b) in fixed.items())
+        raise _config_error(
+            f"base {base_dir} is stored {fmt}: adapters train on exactly that storage ({detail}); "
+            "for another storage, compress the base's dense source run again"
+        )
     if fixed:
         detail = "; ".join(f"{k}: base {a!r}, asked {b!r}" for k, (a, b) in fixed.items())
         raise _config_error(
             f"fine-tuning keeps the base's shape ({detail}); changeable model keys: "
-            + ", ".join(f"model.{k}" for k in CHANGEABLE_MODEL_FIELDS)
+            + ", ".join(f"model.{k}" for k in changeable)
         )
     return cfg
+
+
+def _check_packed_base(base_dir, fmt: str, cfg: Config) -> None:
+    """A packed base trains through adapters only, and none that rewrites the base."""
+    from compactlm.train.loop import trainable_filter
+
+    adapter = cfg.model.adapter
+    if adapter.kind == "none" or trainable_filter(cfg) is not nnx.LoRAParam:
+        raise _config_error(
+            f"base {base_dir} stores packed {fmt} weights (frozen): fine-tune it with adapters "
+            "(adapter.kind=lora or dora, train.trainable=auto|adapters), or fully fine-tune its "
+            "dense source run"
+        )
+    if adapter.init == "pissa":
+        raise _config_error(
+            f"adapter.init=pissa rewrites the base (W − B·A, quantized again), but base "
+            f"{base_dir} is kept exactly as stored ({fmt}); use adapter.init=kaiming|gaussian"
+        )
 
 
 def prepare_workdir(base_dir: str | Path, workdir: str | Path) -> None:
@@ -168,10 +200,36 @@ def transfer_weights(target: Transformer, source: Transformer, *, merge: bool = 
         pairs.extend((t, s) for (_, t), (_, s) in zip(t_lin, s_lin, strict=True))
     for t, s in pairs:
         w = s.adapter.merged_weight(s) if merge and s.adapter is not None else s.dense_weight()
-        t.load_dense(w)
+        if is_packed(s) and not (merge and s.adapter is not None) and type(t) is type(s):
+            copy_storage(t, s)  # a packed base: its codes as stored (QLoRA on a compressed run)
+        else:
+            t.load_dense(w)
         if t.adapter is not None:
             t.adapter.init_from_base(t, w)
     restack_blocks(target, t_blocks)
+
+
+def storage_vars(linear) -> dict[str, Frozen]:
+    """A linear's own frozen storage (packed codes, scales, 2:4 metadata; not its adapter's)."""
+    return {k: v for k, v in vars(linear).items() if isinstance(v, Frozen)}
+
+
+def is_packed(linear) -> bool:
+    return bool(storage_vars(linear))
+
+
+def copy_storage(target, source) -> None:
+    """target's frozen storage ← source's, bit for bit (same class, names, shapes, dtypes)."""
+    src, dst = storage_vars(source), storage_vars(target)
+    if src.keys() != dst.keys():
+        raise ValueError(f"storage arrays differ: base {sorted(src)}, target {sorted(dst)}")
+    for name, var in src.items():
+        if (var[...].shape, var[...].dtype) != (dst[name][...].shape, dst[name][...].dtype):
+            raise ValueError(
+                f"{name}: base {var[...].shape} {var[...].dtype}, target "
+                f"{dst[name][...].shape} {dst[name][...].dtype}"
+            )
+        dst[name][...] = var[...]
 
 
 def build_from_base(cfg: Config, ref: dict, *, seed: int) -> Transformer:

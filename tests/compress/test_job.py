@@ -2,10 +2,13 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from compactlm.cli import main
+from tests.tolerances import tol
 
 
 def cli(*args: str) -> int:
@@ -41,6 +44,7 @@ FAST = ["eval_tokens=4096", "calib.sequences=4", "calib.batch_size=4"]
         ("quantize", ["bits=8"], "bits=8 has no packed storage"),
         ("quantize", ["group_size=128"], "group_size=128 does not divide K=64"),
         ("quantize", ["group_size=48"], "group_size=48 is not supported"),
+        ("quantize", ["double_quant=true"], "double_quant=true quantizes nf4 / fp4 absmax"),
         ("prune", ["method=obs"], "choose one of: 'magnitude' | 'wanda' | 'sparsegpt'"),
         ("prune", ["pattern=1:4"], "choose one of: 'unstructured' | '2:4' | '4:8'"),
         ("prune", ["sparsity=1.5"], "sparsity=1.5 must be in (0, 1)"),
@@ -142,4 +146,57 @@ def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_p
     printed = capsys.readouterr().out
     assert (
         "dense " in printed and "int4 / dense at batch 1" in printed and "jnp reference" in printed
+    )
+
+
+def test_qlora_on_a_packed_double_quantized_base_keeps_its_storage(run_dir, tmp_path, capsys):
+    from flax.nnx import state as nnx_state
+
+    from compactlm.models.linear import iter_linears
+    from compactlm.train.finetune import storage_vars
+    from compactlm.train.run_dir import load_run
+
+    base = tmp_path / "nf4dq"
+    args = ["format=nf4", "group_size=64", "double_quant=true", "eval_tokens=4096"]
+    assert cli("quantize", str(run_dir), *args, f"workdir={base}") == 0
+    assert "double_quant" in capsys.readouterr().out
+    sizes = json.loads((base / "compression.json").read_text())["sizes"]
+    assert 4.1 < sizes["linear_bits_per_weight"] < 4.2  # 4 + 8/64 + (256-block scales, means)
+    # A packed base trains through adapters only, on exactly its storage.
+    for bad, message in [
+        ([], "fine-tune it with adapters"),
+        (["adapter.kind=lora", "model.weight_format=int4"], "adapters train on exactly that"),
+        (["adapter.kind=lora", "adapter.init=pissa"], "adapter.init=pissa rewrites the base"),
+    ]:
+        assert cli("finetune", str(base), *bad, f"workdir={tmp_path / 'bad'}") == 2
+        assert message in capsys.readouterr().err
+    ft = tmp_path / "qlora"
+    common = ["train.steps=2", "train.eval_every=0", "train.progress=false", "optim.lr=1e-2"]
+    lora = ["adapter.kind=lora", "adapter.targets=all-linear"]
+    assert cli("finetune", str(base), *common, *lora, f"workdir={ft}") == 0
+    capsys.readouterr()
+    packed, tuned = load_run(base), load_run(ft)  # the adapter run rebuilds its frozen base
+    packed_model, model = packed.program.model(packed.state), tuned.program.model(tuned.state)
+    n_packed = 0
+    for (path, a), (_, b) in zip(iter_linears(packed_model), iter_linears(model), strict=True):
+        stored, copied = storage_vars(a), storage_vars(b)
+        assert stored.keys() == copied.keys(), path
+        for name, var in stored.items():  # the codes / int8 absmax as stored: bit for bit
+            assert var[...].dtype == copied[name][...].dtype
+            assert np.array_equal(np.asarray(var[...]), np.asarray(copied[name][...])), path
+        n_packed += bool(stored)
+        if b.adapter is not None and stored:
+            assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(nnx_state(b.adapter)))
+    assert n_packed == 4 * (1 if model.cfg.scan_layers else model.cfg.n_layers)  # scanned: stacked
+    # eval / generate take the adapter run; merge dequantize=true gives the same function dense.
+    assert cli("eval", str(ft)) == 0
+    assert cli("generate", str(ft), "prompt=def ", "max_new_tokens=4", "temperature=0") == 0
+    merged = tmp_path / "merged"
+    assert cli("merge", str(ft), "dequantize=true", f"workdir={merged}") == 0
+    capsys.readouterr()
+    dense = load_run(merged)
+    assert dense.cfg.model.weight_format == "dense"
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(2, 16)), jnp.int32)
+    np.testing.assert_allclose(
+        dense.program.model(dense.state)(tokens), model(tokens), **tol("model_f32")
     )
