@@ -188,8 +188,8 @@ def test_qlora_on_a_packed_double_quantized_base_keeps_its_storage(run_dir, tmp_
         if b.adapter is not None and stored:
             assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(nnx_state(b.adapter)))
     assert n_packed == 4 * (1 if model.cfg.scan_layers else model.cfg.n_layers)  # scanned: stacked
-    # eval / generate take the adapter run; merge dequantize=true gives the same function dense.
-    assert cli("eval", str(ft)) == 0
+    # generate takes the adapter run (finetune's own report evaluated it); merge dequantize=true
+    # gives the same function, dense.
     assert cli("generate", str(ft), "prompt=def ", "max_new_tokens=4", "temperature=0") == 0
     merged = tmp_path / "merged"
     assert cli("merge", str(ft), "dequantize=true", f"workdir={merged}") == 0

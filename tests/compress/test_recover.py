@@ -28,10 +28,10 @@ def _masks(model, rng):
 def _grads(objective, model, tokens, aux):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def loss(params):
+    def loss(params, rest, aux):
         return objective(nnx.merge(graphdef, params, rest), tokens, jax.random.key(0), aux)[0]
 
-    return jax.grad(loss)(params), loss(params)
+    return jax.jit(jax.value_and_grad(loss))(params, rest, aux)[::-1]
 
 
 @pytest.mark.parametrize("mode", R.RECOVER_MODES)
