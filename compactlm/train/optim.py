@@ -1,4 +1,10 @@
-"""AdamW with warmup + decay schedule, global-norm clipping and a weight-decay mask (optax)."""
+"""AdamW or Muon with warmup + decay schedule, global-norm clipping and a weight-decay mask (optax).
+
+Muon (Jordan et al. 2024, modded-nanogpt; optax.contrib.muon) orthogonalizes the momentum of each
+block linear's kernel with Newton-Schulz iterations; the embedding and the RMSNorm scales stay on
+AdamW. Its updates are rescaled to AdamW's typical RMS (`muon_rms`, Liu et al. 2025 "Muon is
+Scalable", §2.2), so the learning rate and weight decay of an AdamW recipe carry over.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ from compactlm.models.config import AdapterConfig
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
+    # "adamw" everywhere; "muon": Muon on the block linears' kernels, AdamW on the embedding and
+    # norm scales (see the module docstring).
+    kind: Literal["adamw", "muon"] = "adamw"
     lr: float = (
         3e-3  # peak learning rate; small byte-level models tolerate ~3e-3 (nanoGPT char: 1e-3)
     )
@@ -27,6 +36,11 @@ class OptimConfig:
     decay_embeddings: bool = False  # decay the embedding table too (off: sparse rows get shrunk)
     decay_norms: bool = False  # decay RMSNorm scales too (off: they are gains, not weights)
     grad_clip: float = 1.0  # global-norm clip; 0 disables
+    # Muon only: momentum of the orthogonalized gradient (Nesterov), as modded-nanogpt / optax.
+    muon_momentum: float = 0.95
+    # Muon only: RMS of an orthogonalized update per unit learning rate. 0.2 matches AdamW's
+    # (Liu et al. 2025), so `lr` is shared with the AdamW group; larger = a hotter Muon group.
+    muon_rms: float = 0.2
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -35,6 +49,8 @@ class OptimConfig:
             raise ValueError("min_lr_ratio must be in [0, 1]")
         if self.warmup_steps < 0:
             raise ValueError("warmup_steps must be >= 0")
+        if self.kind == "muon" and (self.decay_embeddings or self.decay_norms):
+            raise ValueError("optim.kind=muon keeps embeddings and norm scales undecayed")
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -85,6 +101,22 @@ def decay_mask(cfg: OptimConfig, params: Any, adapter: AdapterConfig | None = No
     return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_variable)
 
 
+def muon_dimensions(params: Any) -> Any:
+    """optax Muon's dimension numbers: the last two axes (in, out) of every block linear's kernel,
+    leading axes (scanned layers) batched; None (AdamW) for the embedding and the norm scales."""
+    from optax.contrib import MuonDimensionNumbers
+
+    def mark(path: tuple[Any, ...], leaf: Any) -> Any:
+        value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+        names = [n.lower() for n in _path_names(path)]
+        ndim = getattr(value, "ndim", 0)  # 0 for optax's MaskedNode (the AdamW group's leaves)
+        matrix = ndim >= 2 and not any("norm" in n or "embed" in n for n in names)
+        dims = MuonDimensionNumbers(ndim - 2, ndim - 1) if matrix else None
+        return leaf.replace(dims) if isinstance(leaf, nnx.Variable) else dims
+
+    return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_variable)
+
+
 def scale_lora_b(ratio: float) -> optax.GradientTransformation:
     """Multiply the updates of LoRA's B factors by `ratio`: after AdamW that is exactly a learning
     rate of ratio × lr for B (decoupled decay included), which is LoRA+ (Hayou et al. 2024).
@@ -111,16 +143,35 @@ def make_optimizer(
     chain = []
     if cfg.grad_clip > 0:
         chain.append(optax.clip_by_global_norm(cfg.grad_clip))
-    chain.append(
-        optax.adamw(
-            schedule,
-            b1=cfg.b1,
-            b2=cfg.b2,
-            eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
-            mask=lambda p: decay_mask(cfg, p, adapter),
+    if cfg.kind == "muon":
+        from optax.contrib import muon
+
+        # Every Muon leaf is a matrix, so decay applies to all of them; the AdamW group
+        # (embedding, norms) is undecayed, as decay_mask has it by default.
+        chain.append(
+            muon(
+                schedule,
+                beta=cfg.muon_momentum,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+                consistent_rms=cfg.muon_rms,
+                muon_weight_dimension_numbers=muon_dimensions,
+                adam_b1=cfg.b1,
+                adam_b2=cfg.b2,
+                adam_weight_decay=0.0,
+            )
         )
-    )
+    else:
+        chain.append(
+            optax.adamw(
+                schedule,
+                b1=cfg.b1,
+                b2=cfg.b2,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+                mask=lambda p: decay_mask(cfg, p, adapter),
+            )
+        )
     ratio = adapter.lora_plus_ratio if adapter is not None and adapter.kind != "none" else 0.0
     if ratio > 0:
         chain.append(scale_lora_b(ratio))

@@ -118,8 +118,15 @@ def build(
     frozen_sh = _shardings(mesh, abs_frozen)
     replicated = NamedSharding(mesh, PartitionSpec())
     abs_opt = jax.eval_shape(tx.init, abs_params)
+    # A partitioned optimizer (Muon + AdamW) holds each group's state as a params tree with
+    # optax.MaskedNode where the other group's leaves are: those keep their (leafless) node.
     opt_sh = optax.tree_map_params(
-        tx, lambda _, sh: sh, abs_opt, param_sh, transform_non_params=lambda _: replicated
+        tx,
+        lambda leaf, sh: leaf if isinstance(leaf, optax.MaskedNode) else sh,
+        abs_opt,
+        param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode),
     )
     state_sharding = TrainState(
         step=replicated, params=param_sh, frozen=frozen_sh, opt_state=opt_sh, rng=replicated
