@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv (Python 3.12 where pyenv has it) and install compactlm with its test extras.
 # Idempotent: a second run only checks that the package imports.
+# --no-export-plugin: skip the CUDA export plugin (~410 MB unpacked, only the export tests and
+# `bench kernels sass=1` use it); `make train` passes it, a later plain run adds the plugin.
 set -euo pipefail
+EXPORT_PLUGIN=1
+if [ "${1:-}" = "--no-export-plugin" ]; then EXPORT_PLUGIN=0; fi
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
@@ -34,7 +38,7 @@ fi
 # on a CPU-only machine. It goes into its own folder, not site-packages: only the export tests put
 # it on PYTHONPATH, so plain CPU runs never discover it (it would log a cuDNN error at start-up).
 PLUGIN_DIR="$VENV/cuda-export"
-if [ ! -d "$PLUGIN_DIR/jax_cuda13_plugin" ]; then
+if [ "$EXPORT_PLUGIN" = 1 ] && [ ! -d "$PLUGIN_DIR/jax_cuda13_plugin" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps --target "$PLUGIN_DIR" \
     "jax-cuda13-plugin==0.11.2" "jax-cuda13-pjrt==0.11.2"
 fi

@@ -61,7 +61,7 @@ def main() -> None:
                     ax.get_xlim()[1],
                     final[key],
                     f" {label} {final[key]:.3f}",
-                    va="center",
+                    va="top" if key == "baseline/xz" else "bottom",  # xz and bzip2 sit close
                     fontsize=7,
                     color="gray",
                     ha="right",

@@ -60,3 +60,15 @@ def test_bad_overrides_name_the_problem(override, message):
         make_config("nano", [override])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_make_train_recipe_is_a_valid_tiny_config():
+    # `make train` passes its recipe as overrides: a renamed or retyped field must fail here,
+    # not on a new user's first command.
+    from pathlib import Path
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    recipe = next(x for x in makefile.splitlines() if x.startswith("TRAIN_RECIPE :="))
+    overrides = recipe.split(":=", 1)[1].split()
+    cfg = make_config("tiny", overrides)
+    assert cfg.optim.kind == "muon" and cfg.train.eval_every == 0
