@@ -2,8 +2,8 @@
 
 Muon (Jordan et al. 2024, modded-nanogpt; optax.contrib.muon) orthogonalizes the momentum of each
 block linear's kernel with Newton-Schulz iterations; the embedding and the RMSNorm scales stay on
-AdamW. Its updates are rescaled to AdamW's typical RMS (`muon_rms`, Liu et al. 2025 "Muon is
-Scalable", §2.2), so the learning rate and weight decay of an AdamW recipe carry over.
+AdamW. Its updates are rescaled to a fixed RMS per unit learning rate (`muon_rms`; Liu et al. 2025
+"Muon is Scalable", §2.2, match AdamW's with 0.2), so both groups share one schedule.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ class OptimConfig:
     grad_clip: float = 1.0  # global-norm clip; 0 disables
     # Muon only: momentum of the orthogonalized gradient (Nesterov), as modded-nanogpt / optax.
     muon_momentum: float = 0.95
-    # Muon only: RMS of an orthogonalized update per unit learning rate. 0.2 matches AdamW's
-    # (Liu et al. 2025), so `lr` is shared with the AdamW group; larger = a hotter Muon group.
-    muon_rms: float = 0.2
+    # Muon only: RMS of an orthogonalized update per unit learning rate, so `lr` is shared with
+    # the AdamW group. 0.2 matches AdamW's update RMS (Liu et al. 2025); 0.6 was the best of
+    # 0.2 / 0.6 / 1.2 for `tiny` at lr 3e-3 (docs/benchmarks.md, make train).
+    muon_rms: float = 0.6
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -147,7 +148,8 @@ def make_optimizer(
         from optax.contrib import muon
 
         # Every Muon leaf is a matrix, so decay applies to all of them; the AdamW group
-        # (embedding, norms) is undecayed, as decay_mask has it by default.
+        # (embedding, norms) is undecayed, as decay_mask has it by default. optax runs that
+        # group with Nesterov momentum too (NAdamW), as it does the Muon group.
         chain.append(
             muon(
                 schedule,
