@@ -20,9 +20,10 @@ compactlm export RUN_DIR format=hf workdir=OUT
 compactlm import HF_DIR workdir=RUN_DIR [key=value ...]
 compactlm pick memory=2GiB [latency_ms=...] [device=cpu|h100|h200] [metric=bpb] [--plot]
 compactlm quantize RUN_DIR method=rtn|gptq|awq format=int4|int4_affine|nf4|fp4 bits=4
-                   group_size=128 calib.sequences=128 workdir=OUT
+                   group_size=128 calib.sequences=128 [double_quant=true] workdir=OUT
 compactlm prune RUN_DIR method=magnitude|wanda|sparsegpt pattern=2:4|4:8|unstructured
-                sparsity=0.5 [quantize.bits=4 ...] [recover.steps=N] workdir=OUT
+                sparsity=0.5 [quantize.bits=4 ...] [recover.steps=N
+                recover.mode=finetune|distill] workdir=OUT
 compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4] [workdir=runs/recipe]
 """
 
