@@ -105,3 +105,38 @@ def test_missing_base_and_packed_merge_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["finetune", str(tmp_path / "nope"), f"workdir={tmp_path / 'x'}"])
     assert e.value.code == 2 and "a compactlm run directory?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "fmt, extra",
+    # (nf4 + double quantization: tests/compress/test_job.py, through the CLI. Plain sparse24
+    # is left out: its f32 values survive a dense round trip unchanged, so it could not fail.)
+    [("int4", {"quant_zero_point": True}), ("sparse24_int4", {"quant_group_size": 32})],
+)  # fmt: skip
+def test_a_packed_base_is_copied_bit_for_bit_under_adapters(fmt, extra):
+    """transfer_weights from a packed model: the same storage class gets the stored arrays
+    themselves (no dequantize → quantize round trip, which would move NF4 / int4 codes)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from compactlm.models.config import AdapterConfig, ModelConfig
+    from compactlm.models.linear import iter_linears
+    from compactlm.models.transformer import Transformer
+    from compactlm.train.finetune import storage_vars, transfer_weights
+
+    cfg = ModelConfig(
+        vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+        max_seq_len=32, scan_layers=False, weight_format=fmt, **extra,
+    )  # fmt: skip
+    base = Transformer(cfg, rngs=nnx.Rngs(0))
+    lora = AdapterConfig(kind="lora", targets=("all-linear",), rank=2)
+    target = Transformer(dataclasses.replace(cfg, adapter=lora), rngs=nnx.Rngs(1))
+    transfer_weights(target, base)
+    n = 0
+    for (_, a), (_, b) in zip(iter_linears(base), iter_linears(target), strict=True):
+        for name, var in storage_vars(a).items():
+            got = storage_vars(b)[name][...]
+            assert got.dtype == var[...].dtype and np.array_equal(got, var[...]), name
+            n += 1
+    assert n >= 2 * 4 * 2  # two layers × four block linears × at least two arrays
