@@ -59,6 +59,23 @@ def double_quant(quant) -> bool:
     return quant is not None and quant.double_quant and quant.format in ("nf4", "fp4")
 
 
+def apply_double_quant(model, results: dict) -> None:
+    """Make the (fake-quantized) model compute what a double-quantized export stores:
+    W = codebook[q] · double_dequantize(double_quantize(absmax)), per block linear, written
+    into `results` and the model's kernels (the command's "after" is then the packed run's)."""
+    from compactlm.compress.apply import _write
+
+    for layer in range(calibrate.n_blocks(model)):
+        block = calibrate.get_block(model, layer)
+        for site in calibrate.SITES:
+            rec = results[(layer, site)]
+            q = rec.quantized
+            absmax = packing.double_dequantize(packing.double_quantize(q.scales))
+            rec.weight = q._replace(scales=np.asarray(absmax, np.float32)).dequantize()
+            _write(block, site, rec.weight)
+        calibrate.set_block(model, layer, block)
+
+
 def packed_arrays(rec, fmt: str, param_dtype, *, dq: bool = False) -> dict[str, np.ndarray]:
     """One CompressedLinear as the arrays its storage class holds (models/quantized.py); dq:
     nf4 / fp4 absmax double-quantized (packing.double_quantize) in place of `scales`."""

@@ -177,6 +177,8 @@ def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None)
     results = apply_compression(
         model, quant=job, tokens=tokens, batch_size=job.calib.batch_size, log=_log
     )
+    if export.double_quant(job):
+        export.apply_double_quant(model, results)
     seconds = time.perf_counter() - t1
     _set_model(trainer, model)
     after = trainer.evaluate(job.eval_tokens)
@@ -284,6 +286,9 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
             )
             seconds += time.perf_counter() - t3
             _set_model(trainer, model)
+    if export.double_quant(quant):
+        export.apply_double_quant(model, results)
+        _set_model(trainer, model)
     after = trainer.evaluate(job.eval_tokens)
     sizes = export.write_run(trainer, results, out, prune_cfg=job, quant=quant)
     report = {

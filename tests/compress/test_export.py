@@ -101,6 +101,10 @@ def test_double_quantized_export_matches_the_definition(fmt):
     E.load_compressed(ref, source, sq)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(2, 16)))
     np.testing.assert_allclose(packed(tokens), ref(tokens), **tol("double_quant_logits"))
+    # The commands score the fake-quantized model: with double quantization applied to it, it
+    # computes the packed model (so their printed "after" is the written run's).
+    E.apply_double_quant(source, results)
+    np.testing.assert_allclose(source(tokens), packed(tokens), **tol("model_f32"))
     # ... and the export refuses int4 scales (not absmax constants) before any work.
     with pytest.raises(ValueError, match="double_quant=true quantizes nf4 / fp4 absmax"):
         E.check_exportable(None, dataclasses.replace(quant, format="int4"))

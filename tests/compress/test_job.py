@@ -157,11 +157,13 @@ def test_qlora_on_a_packed_double_quantized_base_keeps_its_storage(run_dir, tmp_
     from compactlm.train.run_dir import load_run
 
     base = tmp_path / "nf4dq"
-    args = ["format=nf4", "group_size=64", "double_quant=true", "eval_tokens=4096"]
+    args = ["format=nf4", "group_size=64", "double_quant=true", "eval_tokens=0"]
     assert cli("quantize", str(run_dir), *args, f"workdir={base}") == 0
     assert "double_quant" in capsys.readouterr().out
-    sizes = json.loads((base / "compression.json").read_text())["sizes"]
-    assert 4.1 < sizes["linear_bits_per_weight"] < 4.2  # 4 + 8/64 + (256-block scales, means)
+    report = json.loads((base / "compression.json").read_text())
+    assert 4.1 < report["sizes"]["linear_bits_per_weight"] < 4.2  # 4 + 8/64 + 256-block scales
+    assert cli("eval", str(base)) == 0  # the packed run computes what the command scored
+    assert f"{report['after']['bpb']:.4f}" in capsys.readouterr().out
     # A packed base trains through adapters only, on exactly its storage.
     for bad, message in [
         ([], "fine-tune it with adapters"),
