@@ -76,15 +76,24 @@ def test_the_scaling_sweep_file_plans_valid_configs():
 
 @pytest.mark.parametrize(
     "name",
-    [n for n in sweeps.available() if sweeps.load(n)[1].command in ("train", "finetune")],
+    [n for n in sweeps.available() if sweeps.load(n)[1].command != "distill"],
 )
-def test_every_training_sweep_file_has_valid_overrides(name):
-    """Each row of a shipped train / finetune sweep file builds a config (a typo in a key or a
-    value fails here, not minutes into the sweep): against its preset, or tiny for `{base}`."""
+def test_every_sweep_file_has_valid_overrides(name):
+    """Each row of a shipped sweep file builds its command's config (a typo in a key or a value
+    fails here, not minutes into the sweep): train / finetune against the preset (tiny for
+    `{base}`), quantize / prune against their job configs."""
+    from compactlm.compress.job import PruneJob, QuantizeJob
+    from compactlm.config import apply_overrides
+
     _, spec = sweeps.load(name)
     preset = "tiny" if spec.target[0] == "{base}" else spec.target[0]
+    jobs = {"quantize": QuantizeJob, "prune": PruneJob}
     for row in spec.rows:
-        make_config(preset, [*spec.common, *row.overrides])
+        overrides = [*spec.common, *row.overrides]
+        if spec.command in jobs:
+            apply_overrides(jobs[spec.command](), overrides)
+        else:
+            make_config(preset, overrides)
 
 
 def _fake_execute(calls, *, bpb=lambda argv: 1.0, finish=lambda argv: True):
