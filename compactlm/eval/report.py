@@ -276,7 +276,8 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
                 ax.plot(grid, a * grid**-alpha, "--", lw=1, label=f"fit: α = {alpha:.3f}")
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-                ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+                # 3 digits: a curve spanning 2.43-2.52 (LoRA ranks) printed "2.5" on every tick
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
                 ax.legend(fontsize=8)
         ax.set(xlabel=sweep.x_label, ylabel=metric, title=f"{name}: {metric} vs {sweep.x_label}")
         paths.append(_save(fig, out / f"{name}_{metric}_vs_x.png"))
