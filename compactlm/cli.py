@@ -14,7 +14,7 @@ compactlm bench train [preset] [key=value ...]
 compactlm bench kernels [formats=int4,nf4,...] [shapes=4096x4096,...] [ms=1,16] [impl=triton]
 compactlm bench kernels sass=1 [formats=...]   SASS instructions per weight (no GPU needed)
 compactlm bench decode RUN_DIR [batch_sizes=1,16] [new_tokens=64]   compressed vs dense tokens/s
-compactlm sweep NAME [--dry-run] [seeds=3] [only=ROW,...] [root=runs/sweeps]
+compactlm sweep NAME [--dry-run] [seeds=3] [only=ROW,...] [rerun=true] [root=runs/sweeps]
 compactlm report NAME [out=DIR] [root=runs/sweeps]
 compactlm export RUN_DIR format=hf workdir=OUT
 compactlm import HF_DIR workdir=RUN_DIR [key=value ...]

@@ -12,7 +12,8 @@ the one override language of the CLI) and seeds. Every (row, seed) is one comman
 (a child process each, so what ran is what was printed) and appends one record per finished run
 to `runs/sweeps/NAME/results.jsonl`: row, seed, argv, resolved config, metrics (the command's
 `eval.json`), parameters, wall time, git commit. Re-running skips (row, seed) pairs whose record
-has the same argv; an interrupted run is re-run with the same command line, and `train` resumes
+has the same argv (`rerun=true` runs them again, e.g. after a fix; the newest record
+wins); an interrupted run is re-run with the same command line, and `train` resumes
 from its checkpoint; a command that does not resume (quantize, prune: they want a new output
 directory) starts again in a fresh one. A command's final metrics are `WORKDIR/eval.json` (train)
 or the "after" section of `WORKDIR/compression.json` (quantize, prune). The runner's own files sit
@@ -118,6 +119,10 @@ class SweepOptions:
     seeds: int = 0  # seeds per row; 0 = the sweep file's value
     only: str = ""  # comma-separated row names to run (empty = all)
     root: str = "runs/sweeps"  # where each sweep's directory (results, run dirs, plots) lives
+    # Run the selected rows again from scratch although they have records (their run directories
+    # are deleted first; the new record supersedes the old): for results a since-fixed bug made.
+    # Use with only=ROW,... (without only=, every row runs again).
+    rerun: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +459,10 @@ def run_sweep(
             log(f"  base ready in {time.perf_counter() - t0:.0f} s")
     for i, run in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed}"
-        if (run.row.name, run.seed, run.argv) in done:
+        if options.rerun:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+            run.marker_path.unlink(missing_ok=True)
+        elif (run.row.name, run.seed, run.argv) in done:
             counts["skipped"] += 1
             log(f"{tag}: done earlier, skipped")
             continue

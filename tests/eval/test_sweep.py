@@ -160,6 +160,29 @@ def test_resume_skips_finished_runs_and_reruns_unfinished(tmp_path):
     assert [r["row"] for r in current] == ["narrow"] and "model.d_model=48" in current[0]["argv"]
 
 
+def test_rerun_runs_finished_rows_again_and_the_new_record_wins(tmp_path):
+    """rerun=true re-runs the selected finished rows in fresh directories; the report then reads
+    the new record (the latest per argv), the other rows stay skipped."""
+    opts = SweepOptions(root=str(tmp_path))
+    sweeps.run_sweep("toy", TOY, opts, execute=_fake_execute([], bpb=lambda a: 1.0), log=print)
+    stale = tmp_path / "toy" / "narrow" / "seed0" / "stale.txt"
+    stale.write_text("from the first run")
+    calls: list = []
+    counts = sweeps.run_sweep(
+        "toy",
+        TOY,
+        SweepOptions(root=str(tmp_path), only="narrow", rerun=True),
+        execute=_fake_execute(calls, bpb=lambda a: 0.5),
+        log=print,
+    )
+    assert counts["ran"] == 1 and len(calls) == 1 and not stale.exists()
+    assert len(sweeps.read_results(sweeps.results_path("toy", tmp_path))) == 3
+    current = {r["row"]: r["metrics"]["bpb"] for r in sweeps.current_records("toy", TOY, tmp_path)}
+    assert current == {"narrow": 0.5, "prompty": 1.0}
+    again = sweeps.run_sweep("toy", TOY, opts, execute=_fake_execute([]), log=print)
+    assert again["skipped"] == 2 and again["ran"] == 0
+
+
 def test_record_fields(tmp_path):
     calls: list = []
     sweeps.run_sweep(
