@@ -22,9 +22,7 @@ from typing import Any, Literal
 
 from compactlm.data import DataConfig
 from compactlm.models.config import ModelConfig
-from compactlm.train.loop import TrainConfig
-from compactlm.train.mesh import MeshConfig
-from compactlm.train.optim import OptimConfig
+from compactlm.train.config import MeshConfig, OptimConfig, TrainConfig
 
 
 class ConfigError(ValueError):

@@ -72,3 +72,26 @@ def test_make_train_recipe_is_a_valid_tiny_config():
     overrides = recipe.split(":=", 1)[1].split()
     cfg = make_config("tiny", overrides)
     assert cfg.optim.kind == "muon" and cfg.train.eval_every == 0
+
+
+def test_the_override_parser_imports_no_training_code():
+    """compactlm.config composes the sections without the code that reads them: in a fresh
+    interpreter, importing it and resolving a preset loads no training loop, step, checkpoint,
+    optimizer, mesh, model or kernel module (the config.py <-> train/loop.py cycle stays gone)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, compactlm.config as c; c.make_config('nano', ['optim.lr=1e-3']); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('compactlm', 'orbax')))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert "compactlm.train.config" in loaded  # the probe saw the sections' module
+    heavy = {
+        m
+        for m in loaded
+        if m.startswith(("compactlm.train.", "compactlm.kernels", "compactlm.compress", "orbax"))
+        or m in ("compactlm.models.transformer", "compactlm.models.layers", "compactlm.eval")
+    }
+    assert heavy == {"compactlm.train.config"}, heavy - {"compactlm.train.config"}

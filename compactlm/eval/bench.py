@@ -101,22 +101,13 @@ def bench_train(
     peak_tflops: override the device peak (else `device_peak`). out: also write the dict as JSON.
     """
     from compactlm.models.footprint import count_params, flops_per_token
-    from compactlm.train.mesh import batch_sharding, make_mesh
-    from compactlm.train.optim import make_optimizer
-    from compactlm.train.step import build, init_state
+    from compactlm.train.loop import make_program
+    from compactlm.train.step import init_state
 
     t = cfg.train
-    mesh = make_mesh(cfg.mesh)
-    tx = make_optimizer(cfg.optim, t.steps)
     t0 = time.perf_counter()
-    program = build(
-        cfg.model,
-        tx,
-        mesh,
-        z_loss=t.z_loss,
-        grad_accum=t.grad_accum,
-        batch_sharding=batch_sharding(mesh),
-    )
+    program = make_program(cfg)  # exactly the Trainer's program (optimizer, what trains)
+    mesh = program.mesh
     state = init_state(program, cfg.model, seed=t.seed)
     batches = _random_batches(cfg, program, 2)
     lowered = program.train_step.lower(state, batches[0], None)

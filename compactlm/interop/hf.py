@@ -502,23 +502,11 @@ def tokenizer_from_hf(hf_dir: Path, hf: Mapping[str, Any], cfg: Config) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _program(cfg: Config):
-    """A one-device Program for cfg (abstract shapes, the optimizer's state structure)."""
-    from compactlm.train.loop import trainable_filter
-    from compactlm.train.mesh import MeshConfig, batch_sharding, make_mesh
-    from compactlm.train.optim import make_optimizer
-    from compactlm.train.step import build
+def _one_device() -> Any:
+    """Export and import run on one device: a run trained on N devices reads anywhere."""
+    from compactlm.train.mesh import MeshConfig, make_mesh
 
-    mesh = make_mesh(MeshConfig(devices=1))
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    return build(
-        cfg.model,
-        tx,
-        mesh,
-        trainable=trainable_filter(cfg),
-        grad_accum=cfg.train.grad_accum,
-        batch_sharding=batch_sharding(mesh),
-    )
+    return make_mesh(MeshConfig(devices=1))
 
 
 def load_run_params(run_dir: str | os.PathLike) -> tuple[Config, Any, dict, int]:
@@ -530,8 +518,8 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[Config, Any, dict, int]
 
     from compactlm.data import load_tokenizer
     from compactlm.train import checkpoint as ckpt
-    from compactlm.train.loop import resolve_vocab
-    from compactlm.train.step import abstract_state
+    from compactlm.train.finetune import read_base
+    from compactlm.train.loop import program_and_state, resolve_vocab
 
     run = Path(run_dir)
     config_path = run / "config.json"
@@ -544,10 +532,7 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[Config, Any, dict, int]
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)
     if not (run / "checkpoints").is_dir():
         raise ckpt.CheckpointError(f"no checkpoint found in {run / 'checkpoints'}")
-    program = _program(cfg)
-    manager = ckpt.make_manager(run, max_to_keep=cfg.train.keep_checkpoints)
-    target = abstract_state(program, cfg.model, seed=cfg.train.seed)
-    state, meta, _ = ckpt.restore(manager, target)
+    program, state = program_and_state(cfg, run, base=read_base(run), mesh=_one_device())
     model = program.model(state)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     # Packed (quantized / 2:4) storage lives in non-Param variables: exporting only the Params
@@ -560,7 +545,7 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[Config, Any, dict, int]
             f"Llama has no place for; run `compactlm merge {run_dir} workdir=MERGED "
             "dequantize=true` and export MERGED"
         )
-    return cfg, tokenizer, params, int(meta.get("step", int(state.step)))
+    return cfg, tokenizer, params, int(state.step)
 
 
 def _fresh_dir(out_dir: Path) -> Path:
@@ -626,6 +611,7 @@ def import_hf(
     from flax import nnx
 
     from compactlm.train import checkpoint as ckpt
+    from compactlm.train.loop import make_program
     from compactlm.train.step import init_state
 
     src = Path(hf_dir)
@@ -647,7 +633,7 @@ def import_hf(
     out = Path(out_dir)
     tmp = _fresh_dir(out)
     try:
-        program = _program(cfg)
+        program = make_program(cfg, mesh=_one_device())
         state = init_state(program, cfg.model, seed=cfg.train.seed)
         template = nnx.to_pure_dict(state.params)
         loaded = from_hf_tensors(tensors, template, cfg.model)

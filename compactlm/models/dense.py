@@ -19,7 +19,7 @@ def param_init(std: float, axes: tuple[str | None, ...]) -> nnx.Initializer:
 
     eager_sharding=False: flax >= 0.12 otherwise shards annotated variables at creation and then
     *requires* a mesh context, so a plain single-device `Transformer(cfg, rngs=...)` would fail.
-    Sharded creation goes through `create_sharded_model` (jit + with_sharding_constraint).
+    Sharded creation is `train.step.init_state` (jit with the annotations' out_shardings).
     """
     return nnx.with_partitioning(nnx.initializers.normal(stddev=std), axes, eager_sharding=False)
 

@@ -26,7 +26,7 @@ from compactlm.models.input_noise import apply_input_noise
 from compactlm.models.layers import MLP, Attention, RMSNorm, rope_sin_cos
 from compactlm.models.linear import make_linear, single
 
-__all__ = ["Block", "KVCache", "ModelConfig", "Transformer", "create_sharded_model"]
+__all__ = ["Block", "KVCache", "ModelConfig", "Transformer"]
 
 
 class KVCache(NamedTuple):
@@ -226,35 +226,3 @@ def _check_uniform_targets(cfg: ModelConfig) -> None:
                 f"adapter.target_regex={cfg.adapter.target_regex!r} selects {part} in some layers "
                 "only; scanned layers share one structure: set model.scan_layers=false"
             )
-
-
-def create_sharded_model(
-    cfg: ModelConfig, mesh: jax.sharding.Mesh, rngs_seed: int = 0
-) -> Transformer:
-    """Initialize a Transformer directly into its shards on an Auto-axis `mesh` ("fsdp", "tensor").
-
-    Flax's GSPMD recipe: under jit, build the model, constrain its state to the NamedShardings
-    from the parameters' annotations, so no device ever holds the full unsharded model.
-    """
-    if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
-        # jax.make_mesh defaults to Explicit axes, where every gather/einsum of the forward pass
-        # would need an out_sharding; the model is written for GSPMD propagation (Auto).
-        raise ValueError(
-            f"mesh axis_types must all be AxisType.Auto, got {mesh.axis_types}; build it with "
-            "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))"
-        )
-    missing = {"fsdp", "tensor"} - set(mesh.axis_names)
-    if missing:
-        raise ValueError(f"mesh needs axes 'fsdp' and 'tensor' (size 1 is fine); missing {missing}")
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(rngs_seed)))
-    shardings = nnx.get_named_sharding(nnx.state(abstract), mesh)
-
-    @nnx.jit
-    def create() -> Transformer:
-        model = Transformer(cfg, rngs=nnx.Rngs(rngs_seed))
-        state = jax.lax.with_sharding_constraint(nnx.state(model), shardings)
-        nnx.update(model, state)
-        return model
-
-    with jax.set_mesh(mesh):
-        return create()

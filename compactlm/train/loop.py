@@ -9,13 +9,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from compactlm.config import Config, ConfigError, diff, from_json, to_dict, to_json
 from compactlm.train import checkpoint as ckpt
+from compactlm.train.config import TrainConfig
 from compactlm.train.mesh import (
     batch_divisor,
     batch_sharding,
@@ -33,41 +36,7 @@ from compactlm.train.step import (
     state_from_model,
 )
 
-if TYPE_CHECKING:
-    from compactlm.config import Config
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    steps: int = 1200  # optimizer steps; tiny: 1200 x 16 x 256 = 4.9M tokens (~0.5 epoch), <10 min
-    batch_size: int = 16  # sequences per optimizer step (global, over all devices)
-    seq_len: int = 256  # tokens per sequence (context length used in training)
-    grad_accum: int = 1  # micro-batches per step; batch_size must divide by it
-    seed: int = 0  # parameters, data order and RNG all derive from it
-    z_loss: float = 0.0  # PaLM z-loss coefficient (1e-4 helps bf16 stability; 0 = off)
-    log_every: int = 25  # steps between metrics.jsonl / TensorBoard / progress-bar updates
-    eval_every: int = 500  # steps between validation evaluations (0 = only at the end)
-    eval_tokens: int = 131072  # validation tokens scored at periodic evals (0 = all); final is all
-    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 3  # most recent checkpoints kept
-    progress: bool = True  # tqdm progress bar (tokens/s, loss, ETA) on stderr
-    tensorboard: bool = True  # TensorBoard event files under RUN_DIR/tb
-    # What trains: "all" = every nnx.Param (pretraining, full fine-tuning); "adapters" = only the
-    # nnx.LoRAParam adapters (the base is frozen state, outside the optimizer); "auto" = adapters
-    # when model.adapter.kind is not none, else all.
-    trainable: Literal["auto", "all", "adapters"] = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1")
-        if self.trainable not in ("auto", "all", "adapters"):
-            raise ValueError(f"train.trainable={self.trainable!r}; valid: auto, all, adapters")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(
-                f"train.batch_size={self.batch_size} must be divisible by "
-                f"train.grad_accum={self.grad_accum}"
-            )
+__all__ = ["TrainConfig", "Trainer", "make_program", "program_and_state", "run"]
 
 
 def trainable_filter(cfg: Config) -> Any:
@@ -76,8 +45,6 @@ def trainable_filter(cfg: Config) -> Any:
     if mode == "auto":
         mode = "all" if cfg.model.adapter.kind == "none" else "adapters"
     if mode == "adapters" and cfg.model.adapter.kind == "none":
-        from compactlm.config import ConfigError
-
         raise ConfigError("train.trainable=adapters needs adapter.kind=lora or dora")
     return nnx.LoRAParam if mode == "adapters" else nnx.Param
 
@@ -144,8 +111,6 @@ def configured_vocab(cfg: Config) -> Config:
 
 
 def _check_resume(saved: Config, cfg: Config) -> Config:
-    from compactlm.config import ConfigError, diff
-
     changes = diff(saved, cfg)
     bad = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
     if bad:
@@ -175,7 +140,6 @@ class Trainer:
         objective / aux / aux_sharding: see `train.step.build` (default: next-token CE, no aux);
         `aux` is passed to every train step (distillation: the teacher's state).
         """
-        from compactlm.config import from_json, to_json
         from compactlm.data import prepare_data
 
         maybe_initialize_distributed(cfg.mesh)
@@ -199,13 +163,9 @@ class Trainer:
             )
         self.cfg = cfg
         t = cfg.train
-        from compactlm.config import ConfigError
         from compactlm.data.dataset import batch_offsets
 
-        try:
-            self.mesh = make_mesh(cfg.mesh)
-        except ValueError as e:  # the mesh does not fit the devices: the user's mesh.* values
-            raise ConfigError(str(e)) from None
+        self.mesh = config_mesh(cfg)
         if (t.batch_size // t.grad_accum) % batch_divisor(self.mesh):
             raise ConfigError(
                 f"micro-batch {t.batch_size // t.grad_accum} (train.batch_size / "
@@ -214,21 +174,12 @@ class Trainer:
             )
         # Too small a corpus for seq_len fails here, before any file of the run is opened.
         batch_offsets(self.data.train_tokens.size, seed=0, step=0, batch_size=1, seq_len=t.seq_len)
-        self.tx = make_optimizer(cfg.optim, t.steps, adapter=cfg.model.adapter)
-        self.schedule = make_schedule(cfg.optim, t.steps)
         self.aux = aux
-        self.program: Program = build(
-            cfg.model,
-            self.tx,
-            self.mesh,
-            trainable=trainable_filter(cfg),
-            objective=objective,
-            aux=aux,
-            aux_sharding=aux_sharding,
-            z_loss=t.z_loss,
-            grad_accum=t.grad_accum,
-            batch_sharding=batch_sharding(self.mesh),
+        self.program: Program = make_program(
+            cfg, mesh=self.mesh, objective=objective, aux=aux, aux_sharding=aux_sharding
         )
+        self.tx = self.program.tx
+        self.schedule = make_schedule(cfg.optim, t.steps)
         self.manager = ckpt.make_manager(self.workdir, max_to_keep=t.keep_checkpoints)
         self.state: TrainState | None = None
         from compactlm.train.finetune import read_base
@@ -252,8 +203,6 @@ class Trainer:
         return self.state
 
     def save(self, metrics: dict | None = None) -> Path:
-        from compactlm.config import to_dict
-
         step = int(self.state.step)
         meta = {
             "step": step,
@@ -466,14 +415,26 @@ def restore_state(
     return state.replace(frozen=jax.device_put(frozen, program.state_sharding.frozen))
 
 
-def program_and_state(
-    cfg: Config, run_dir: str | Path, *, base: dict | None = None
-) -> tuple[Program, TrainState]:
-    """Build the plain LM program of a saved run and restore its latest checkpoint (no data:
-    a base or teacher loaded to serve another corpus)."""
-    mesh = make_mesh(cfg.mesh)
+def config_mesh(cfg: Config) -> Mesh:
+    """The mesh cfg.mesh asks for; one that does not fit the devices is the user's mesh.* error."""
+    try:
+        return make_mesh(cfg.mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def make_program(cfg: Config, *, mesh: Mesh | None = None, **step_kw: Any) -> Program:
+    """THE training program of a config, the one place it is built: the Trainer, saved runs
+    loaded as bases / teachers / exports (`program_and_state`), `bench train`, HF import.
+
+    The optimizer (`optim.*`, LoRA+ from the adapter), what trains (`trainable_filter`), z-loss
+    and gradient accumulation all come from `cfg`; mesh: default `cfg.mesh` (export / import pass
+    one device so a run trained on N devices reads anywhere). step_kw: the objective, aux and
+    aux_sharding of `train.step.build` (default: next-token cross-entropy, no aux).
+    """
+    mesh = config_mesh(cfg) if mesh is None else mesh
     t = cfg.train
-    program = build(
+    return build(
         cfg.model,
         make_optimizer(cfg.optim, t.steps, adapter=cfg.model.adapter),
         mesh,
@@ -481,8 +442,17 @@ def program_and_state(
         z_loss=t.z_loss,
         grad_accum=t.grad_accum,
         batch_sharding=batch_sharding(mesh),
+        **step_kw,
     )
-    manager = ckpt.make_manager(run_dir, max_to_keep=t.keep_checkpoints)
+
+
+def program_and_state(
+    cfg: Config, run_dir: str | Path, *, base: dict | None = None, mesh: Mesh | None = None
+) -> tuple[Program, TrainState]:
+    """The plain LM program of a saved run and its latest readable checkpoint (no data: a base
+    or teacher loaded to serve another corpus, an export); nothing is written in run_dir."""
+    program = make_program(cfg, mesh=mesh)
+    manager = ckpt.make_manager(run_dir, max_to_keep=cfg.train.keep_checkpoints)
     return program, restore_state(program, cfg, manager, base, require_checkpoint=True)
 
 

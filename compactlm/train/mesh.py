@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from compactlm.train.config import MeshConfig
+
 AXES = ("data", "fsdp", "tensor")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MeshConfig:
-    data: int = -1  # data-parallel replicas; -1 = all devices left after fsdp and tensor
-    fsdp: int = 1  # parameter/optimizer sharding (ZeRO-3 style); batches are split over it too
-    tensor: int = 1  # tensor (model) parallelism over heads / MLP hidden (Megatron layout)
-    devices: int = 0  # use only the first N devices (0 = all): 1-device baselines, benchmarks
-    distributed: bool = False  # call jax.distributed.initialize() (multi-host); env vars work too
-    coordinator_address: str = ""  # host:port of process 0 when not auto-detected
-    num_processes: int = 0  # 0 = auto-detect (SLURM, TPU pods, Kubernetes)
-    process_id: int = -1  # -1 = auto-detect
-
-    def __post_init__(self) -> None:
-        for name in ("fsdp", "tensor"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"mesh.{name} must be >= 1")
-        if self.devices < 0:
-            raise ValueError("mesh.devices must be >= 0 (0 = all devices)")
-        if self.data == 0 or self.data < -1:
-            raise ValueError("mesh.data must be >= 1, or -1 to use the remaining devices")
 
 
 def maybe_initialize_distributed(cfg: MeshConfig) -> None:

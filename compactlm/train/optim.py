@@ -8,50 +8,16 @@ AdamW. Its updates are rescaled to a fixed RMS per unit learning rate (`muon_rms
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import optax
 from flax import nnx
 
 from compactlm.models.config import AdapterConfig
+from compactlm.train.config import OptimConfig
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class OptimConfig:
-    # "adamw" everywhere; "muon": Muon on the block linears' kernels, AdamW on the embedding and
-    # norm scales (see the module docstring).
-    kind: Literal["adamw", "muon"] = "adamw"
-    lr: float = (
-        3e-3  # peak learning rate; small byte-level models tolerate ~3e-3 (nanoGPT char: 1e-3)
-    )
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
-    warmup_steps: int = 100  # linear warmup from 0 (Adam's second moment is noisy early)
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (Chinchilla/Llama use 0.1)
-    b1: float = 0.9
-    b2: float = 0.95  # 0.95 rather than 0.999: more stable for LMs at small batch (Llama, GPT-3)
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # decoupled (AdamW); applied to matrices only, see decay_* below
-    decay_embeddings: bool = False  # decay the embedding table too (off: sparse rows get shrunk)
-    decay_norms: bool = False  # decay RMSNorm scales too (off: they are gains, not weights)
-    grad_clip: float = 1.0  # global-norm clip; 0 disables
-    # Muon only: momentum of the orthogonalized gradient (Nesterov), as modded-nanogpt / optax.
-    muon_momentum: float = 0.95
-    # Muon only: RMS of an orthogonalized update per unit learning rate, so `lr` is shared with
-    # the AdamW group. 0.2 matches AdamW's update RMS (Liu et al. 2025); 0.6 was the best of
-    # 0.2 / 0.6 / 1.2 for `tiny` at lr 3e-3 (docs/benchmarks.md, make train).
-    muon_rms: float = 0.6
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("min_lr_ratio must be in [0, 1]")
-        if self.warmup_steps < 0:
-            raise ValueError("warmup_steps must be >= 0")
-        if self.kind == "muon" and (self.decay_embeddings or self.decay_norms):
-            raise ValueError("optim.kind=muon keeps embeddings and norm scales undecayed")
+__all__ = ["OptimConfig", "decay_mask", "make_optimizer", "make_schedule"]
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from compactlm.models.transformer import ModelConfig, Transformer, create_sharded_model
+from compactlm.models.transformer import ModelConfig, Transformer
 from tests.tolerances import tol
 
 SMALL = ModelConfig(
@@ -121,29 +120,3 @@ def test_partition_specs():
     assert flat["layers/mlp/gate_up_proj/kernel"] == P(None, "fsdp", None)  # see MLP
     assert flat["layers/mlp/down_proj/kernel"] == P(None, "tensor", "fsdp")
     assert flat["layers/attn_norm/scale"] == P(None, None)
-
-
-def test_sharded_creation_matches_unsharded():
-    auto = (AxisType.Auto,) * 3
-    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=auto)
-    cfg = dataclasses.replace(SMALL, tie_embeddings=False)
-    model = create_sharded_model(cfg, mesh, rngs_seed=0)
-    ref = Transformer(cfg, rngs=nnx.Rngs(0))
-    q = nnx.state(model)["layers"]["attn"]["qkv_proj"]["kernel"].get_value()
-    assert q.sharding.spec == P(None, "fsdp", "tensor") and len(q.sharding.device_set) == 8
-    # jit vs eager init: XLA's fused erf_inv may differ in the last ulp.
-    for a, b in zip(
-        jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(ref)), strict=True
-    ):
-        np.testing.assert_allclose(a, b, **tol("f32_reorder"))
-    tokens = _tokens(B=4)
-    with jax.set_mesh(mesh):
-        sharded_tokens = jax.device_put(tokens, NamedSharding(mesh, P(("data", "fsdp"))))
-        got = nnx.jit(lambda m, t: m(t))(model, sharded_tokens)
-    np.testing.assert_allclose(got, _forward(ref, tokens), **tol("model_f32"))
-
-
-def test_sharded_creation_rejects_explicit_mesh():
-    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(AxisType.Explicit,) * 3)
-    with pytest.raises(ValueError, match="AxisType.Auto"):
-        create_sharded_model(SMALL, mesh)
