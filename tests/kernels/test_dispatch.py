@@ -36,3 +36,34 @@ def test_device_reason_on_this_cpu_machine(monkeypatch):
     for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
         reason = _dispatch.device_reason(dtype)
         assert reason is not None and "needs a CUDA device" in reason and "'cpu'" in reason
+
+
+def _fake_cuda(monkeypatch, cc, jax_triton_error=None):
+    """device_reason's view of a CUDA machine of compute capability `cc` (no GPU needed)."""
+    monkeypatch.setattr(_dispatch._launch, "on_cuda", lambda: True)
+    monkeypatch.setattr(_dispatch._launch, "compute_capability", lambda: cc)
+
+    def jax_triton():
+        if jax_triton_error is not None:
+            raise ImportError(jax_triton_error)
+
+    monkeypatch.setattr(_dispatch._launch, "_jax_triton", jax_triton)
+
+
+def test_bf16_needs_ampere_or_newer_and_other_dtypes_do_not(monkeypatch):
+    _fake_cuda(monkeypatch, (7, 5))  # Turing: no bf16 tensor-core dot
+    reason = _dispatch.device_reason(jnp.bfloat16)
+    assert reason == "bf16 tensor-core dots need compute capability >= 8.0, found (7, 5)"
+    assert _dispatch.device_reason(jnp.float16) is None
+    _fake_cuda(monkeypatch, (9, 0))  # Hopper: everything runs
+    assert _dispatch.device_reason(jnp.bfloat16) is None
+    assert _dispatch.resolve_impl("auto", "int4_matmul", None) == "triton"
+
+
+def test_a_missing_jax_triton_is_the_reason_auto_falls_back(monkeypatch):
+    _fake_cuda(monkeypatch, (9, 0), jax_triton_error="jax_triton is not installed: pip install ...")
+    reason = _dispatch.device_reason(jnp.float32)
+    assert reason == "jax_triton is not installed: pip install ..."
+    assert _dispatch.resolve_impl("auto", "int4_matmul", reason) == "reference"
+    with pytest.raises(ValueError, match="cannot run: jax_triton is not installed"):
+        _dispatch.resolve_impl("triton", "int4_matmul", reason)
