@@ -124,7 +124,6 @@ def _label(kind: str, args: list[str]) -> str:
 
 
 def run_rows(run_dir: str, out: Path, tables: list[int]) -> list[dict]:
-    from flax import nnx
 
     from compactlm.compress.calibrate import calibration_tokens
     from compactlm.train.run_dir import load_run
@@ -136,12 +135,6 @@ def run_rows(run_dir: str, out: Path, tables: list[int]) -> list[dict]:
     dense = trainer.evaluate(EVAL_TOKENS)
     print(f"dense: {dense} ({time.perf_counter() - t0:.0f}s)", flush=True)
     rows = []
-    source = trainer.program.model(base_state)
-    other = sum(
-        int(np.prod(v.shape)) * v.dtype.itemsize
-        for path, v in nnx.to_flat_state(nnx.state(source, nnx.Param))
-        if not E._is_block_linear(path)
-    )
     outliers_state = None
     for table in [t for t in tables if t in TABLES]:
         title, specs = TABLES[table]
@@ -174,9 +167,7 @@ def run_rows(run_dir: str, out: Path, tables: list[int]) -> list[dict]:
             J._set_model(trainer, model)
             after = trainer.evaluate(EVAL_TOKENS)
             fmt = E.storage_format(prune_cfg, quant)
-            pdt = np.dtype(trainer.cfg.model.param_dtype)
-            arrays = {k: E.packed_arrays(r, fmt, pdt) for k, r in results.items()}
-            sizes = E.size_report(results, arrays, fmt, other, quant)
+            sizes = E.size_report(results, trainer.cfg.model, fmt, quant)
             label = _label(kind, args)
             source_dir = run_dir if table != 4 else f"{run_dir}(+outliers)"
             row = {

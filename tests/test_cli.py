@@ -65,7 +65,7 @@ def test_info_lists_every_preset(capsys):
     out = capsys.readouterr().out
     for name in ("nano", "tiny", "small", "base"):
         assert name in out
-    assert "weights int4 (g128)" in out and "KV cache" in out
+    assert "weights int4 (g64)" in out and "KV cache" in out
 
 
 def test_train_eval_generate_resume(tmp_path, capsys):

@@ -112,10 +112,15 @@ def packed_arrays(rec, fmt: str, param_dtype, *, dq: bool = False) -> dict[str, 
     return out
 
 
-def size_report(results: dict, arrays: dict, fmt: str, model_bytes_other: int, quant) -> dict:
-    """Bytes of the block linears dense (f32 as trained, and bf16) vs stored, and notes."""
-    dense = sum(rec.weight.size * 4 for rec in results.values())
-    stored = sum(a.nbytes for per in arrays.values() for a in per.values())
+def size_report(results: dict, model_cfg, fmt: str, quant) -> dict:
+    """Bytes of the weights of the dense source and as stored in `fmt`, both from the one
+    storage-cost formula (`models.footprint.weight_bytes`, tested equal to what `write_run`
+    writes), and notes."""
+    from compactlm.models.footprint import weight_bytes
+
+    dense = weight_bytes(model_cfg)
+    stored = weight_bytes(compressed_model_config(model_cfg, fmt, quant))
+    dense_bf16 = weight_bytes(dataclasses.replace(model_cfg, param_dtype="bfloat16"))
     nnz = sum(int(np.count_nonzero(rec.weight)) for rec in results.values())
     total = sum(rec.weight.size for rec in results.values())
     notes = []
@@ -127,12 +132,12 @@ def size_report(results: dict, arrays: dict, fmt: str, model_bytes_other: int, q
         notes.append("unstructured / 4:8 sparsity has no kernel: stored dense with exact zeros")
     return {
         "weight_format": fmt,
-        "dense_linear_bytes": dense,
-        "dense_linear_bytes_bf16": dense // 2,
-        "linear_bytes": stored,
-        "dense_model_bytes": dense + model_bytes_other,
-        "model_bytes": stored + model_bytes_other,
-        "linear_bits_per_weight": 8 * stored / total,
+        "dense_linear_bytes": dense["linear"],
+        "dense_linear_bytes_bf16": dense_bf16["linear"],
+        "linear_bytes": stored["linear"],
+        "dense_model_bytes": dense["total"],
+        "model_bytes": stored["total"],
+        "linear_bits_per_weight": 8 * stored["linear"] / total,
         "density": nnz / total,
         "note": "; ".join(notes),
     }
@@ -188,12 +193,7 @@ def write_run(trainer, results: dict, out: Path, *, prune_cfg, quant) -> dict:
     dq = double_quant(quant)
     arrays = {key: packed_arrays(rec, fmt, param_dtype, dq=dq) for key, rec in results.items()}
     source = trainer.program.model(trainer.state)
-    other = sum(
-        int(np.prod(v.shape)) * v.dtype.itemsize
-        for path, v in nnx.to_flat_state(nnx.state(source, nnx.Param))
-        if not _is_block_linear(path)
-    )
-    sizes = size_report(results, arrays, fmt, other, quant)
+    sizes = size_report(results, trainer.cfg.model, fmt, quant)
 
     out.mkdir(parents=True, exist_ok=True)
     tok = Path(trainer.workdir) / TOKENIZER_FILE
@@ -235,20 +235,12 @@ def run_info(run_dir: str) -> str:
     and the compression report when the run was made by `quantize` / `prune`."""
     import json
 
-    from flax import nnx
-
+    from compactlm.models.footprint import weight_bytes
     from compactlm.train.run_dir import latest_checkpoint_dir, load_run
 
     trainer = load_run(run_dir)
-    model = trainer.program.model(trainer.state)
-    linear = other = 0
-    for path, var in nnx.to_flat_state(nnx.state(model)):
-        nbytes = int(np.prod(var[...].shape)) * var[...].dtype.itemsize
-        if _is_block_linear(path):
-            linear += nbytes
-        else:
-            other += nbytes
     m = trainer.cfg.model
+    w = weight_bytes(m)
     ckpt = latest_checkpoint_dir(run_dir)
     disk = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     fmt = m.weight_format
@@ -260,8 +252,9 @@ def run_info(run_dir: str) -> str:
     lines = [
         f"run {run_dir} (step {int(trainer.state.step)})",
         f"  {'block linears':<26} {fmt}",
-        f"  {'weights in memory':<26} {linear + other:,} bytes (block linears {linear:,}, "
-        f"embedding / norms / head {other:,})",
+        f"  {'weights in memory':<26} {w['total']:,} bytes (block linears {w['linear']:,}, "
+        f"embedding / norms / head {w['other']:,}"
+        + (f", adapters {w['adapter']:,})" if w["adapter"] else ")"),
         f"  {'checkpoint on disk':<26} {disk:,} bytes ({ckpt}; includes the optimizer state of "
         "the trainable parameters)",
     ]

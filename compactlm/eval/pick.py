@@ -3,9 +3,10 @@
 `compactlm pick memory=2GiB [latency_ms=5] [device=cpu|h100|h200] [metric=bpb] [--plot]`
 
 For every preset and storage format it predicts
-- memory: weights (models/footprint.py: block linears at `storage_bits(fmt)`, embeddings and
-  norms in bf16, f32 for the f32 format), the KV cache at `context` tokens and the prefill
-  activations (`activation_bytes`, below);
+- memory: weights (`models.footprint.weight_bytes`, the one storage-cost formula: what
+  `compactlm quantize` / `prune` write for the format, embeddings and norms at the preset's
+  param_dtype, everything in bf16 for the bfloat16 row), the KV cache at `context` tokens and
+  the prefill activations (`activation_bytes`, below);
 - decode latency per token, memory bound: bytes moved (every weight once + the KV cache at full
   context) ÷ the device's bandwidth (DEVICES: the CPU's measured here with a large copy, the GPUs'
   vendor peak from eval/bench_kernels.py). Small models on any device are bound by launch /

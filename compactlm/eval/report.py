@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from compactlm.models.footprint import count_params, flops_per_token, memory_estimate
@@ -49,8 +48,8 @@ def info_rows(cfg: Any) -> dict[str, str]:
         "batch (B x T)": f"{t.batch_size} x {t.seq_len}",
         "weights f32": _human(mem["weights/float32"]),
         "weights bf16": _human(mem["weights/bfloat16"]),
-        "weights int4 (g128)": _human(mem["weights/int4"]),
-        "weights 2:4 bf16": _human(mem["weights/sparse24"]),
+        f"weights int4 (g{m.quant_group_size or 'K'})": _human(mem["weights/int4"]),
+        f"weights 2:4 ({m.param_dtype} values)": _human(mem["weights/sparse24"]),
         "weights int4+2:4": _human(mem["weights/sparse24_int4"]),
         "AdamW state (f32)": _human(mem["optimizer/adamw"]),
         "activations (no remat)": _human(mem["activations/remat=none"]),
@@ -62,22 +61,22 @@ def info_rows(cfg: Any) -> dict[str, str]:
 
 def _adaptation_rows(cfg: Any, counts: dict[str, int]) -> dict[str, str]:
     """Fine-tuning figures when the config has adapters or a packed base (QLoRA)."""
-    from compactlm.models.footprint import base_bits_per_param
+    from compactlm.models.footprint import base_bits_per_param, weight_bytes
 
     m = cfg.model
     rows: dict[str, str] = {}
     if m.weight_format == "dense" and m.adapter.kind == "none":
         return rows
     bits = base_bits_per_param(m)
-    rest = counts["total"] - counts["linear"]
-    base_bytes = counts["linear"] * bits / 8 + rest * jnp.dtype(m.param_dtype).itemsize
+    w = weight_bytes(m)
+    base_bytes = w["linear"] + w["other"]
     rows[f"base linears ({m.weight_format})"] = f"{bits:.3f} bits/param"
     rows["base weights (frozen)"] = _human(base_bytes)
     if m.adapter.kind != "none":
-        adapter_bytes = counts["adapter"] * 4
+        adapter_bytes = w["adapter"] + 8 * counts["adapter"]  # + AdamW's two f32 moments
         rows[f"adapter params ({m.adapter.kind} r{m.adapter.rank})"] = _count(counts["adapter"])
-        rows["adapters + AdamW state (f32)"] = _human(3 * adapter_bytes)
-        rows["fine-tune weights + optimizer"] = _human(base_bytes + 3 * adapter_bytes)
+        rows["adapters + AdamW state (f32)"] = _human(adapter_bytes)
+        rows["fine-tune weights + optimizer"] = _human(base_bytes + adapter_bytes)
     return rows
 
 

@@ -2,54 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from compactlm.models.config import QUANTIZED_FORMATS, STORAGE_FORMATS
+from compactlm.models.config import QUANTIZED_FORMATS, STORAGE_FORMATS, AdapterConfig
 from compactlm.models.transformer import ModelConfig, Transformer
 
-# Served packed formats store their scales in bf16 (what a deployed model keeps; halves f32's).
-SERVED_SCALE_BITS = 16
-
-
-def storage_bits(fmt: str) -> float:
-    """Storage bits per weight of a block linear kernel stored as `fmt` (DESIGN §3).
-
-    `fmt`: "float32" / "bfloat16" (dense) or a models/config.py STORAGE_FORMATS name ("dense" =
-    bfloat16). int4 / nf4 / fp4: kernels/packing.py's bits_per_parameter at the format's default
-    group (int4 128, nf4 / fp4 64) with bf16 scales: 4 + 16/128 = 4.125, 4 + 16/64 = 4.25.
-    sparse24: half the values in bf16 (8 bits/weight) + a 4-bit index nibble per group of four
-    (1 bit/weight) = 9 = 0.5625 × bf16. sparse24_int4: the kept half as int4 (4.125 / 2) + 1.
-    """
-    from compactlm.kernels.packing import (
-        DEFAULT_GROUP_SIZE,
-        SPARSE24_GROUP,
-        SPARSE24_KEEP,
-        bits_per_parameter,
-    )
-
-    meta_bits = 4 / SPARSE24_GROUP  # one nibble (i0 | i1 << 2) per group of four weights
-    keep = SPARSE24_KEEP / SPARSE24_GROUP
-    if fmt == "float32":
-        return 32.0
-    if fmt in ("bfloat16", "dense"):
-        return 16.0
-    if fmt in QUANTIZED_FORMATS:
-        return bits_per_parameter(fmt, DEFAULT_GROUP_SIZE[fmt], scale_bits=SERVED_SCALE_BITS)
-    if fmt == "sparse24":
-        return keep * 16 + meta_bits
-    if fmt == "sparse24_int4":
-        return keep * storage_bits("int4") + meta_bits
-    raise ValueError(
-        f"unknown storage format {fmt!r}; valid: float32, bfloat16, {', '.join(STORAGE_FORMATS)}"
-    )
-
-
-# Bits per block-linear weight of every stored variant: dense f32 / bf16, then the packed formats.
-KERNEL_BITS: dict[str, float] = {
-    fmt: storage_bits(fmt) for fmt in ("float32", "bfloat16", *STORAGE_FORMATS[1:])
-}
+# The weight rows of memory_estimate: dense f32 / bf16, then every packed storage format.
+WEIGHT_VARIANTS: tuple[str, ...] = ("float32", "bfloat16", *STORAGE_FORMATS[1:])
 # Optimizer state in f32 values per parameter.
 OPTIMIZER_SLOTS: dict[str, int] = {"adamw": 2, "lion": 1, "sgd": 0}
 
@@ -63,10 +26,6 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     linear counts its K·N weights) and without adapters; adapter: the adapters' parameters
     (what trains under `adapter.kind`).
     """
-    import dataclasses
-
-    from compactlm.models.config import AdapterConfig
-
     dense = dataclasses.replace(cfg, weight_format="dense", adapter=AdapterConfig())
     model = nnx.eval_shape(lambda: Transformer(dense, rngs=nnx.Rngs(0)))
     counts = {"embedding": 0, "lm_head": 0, "non_embedding": 0, "linear": 0}
@@ -89,32 +48,78 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     return counts
 
 
-def base_bits_per_param(cfg: ModelConfig) -> float:
-    """Storage bits per block-linear weight of cfg.weight_format at cfg's group size and double
-    quantization (f32 scales, as the packed layers hold them): 4.127 for QLoRA's NF4, G = 64."""
+def block_linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """[K, N] of each block's linear kernels as stored (the fused qkv / gate_up stay fused)."""
+    D, H, F = cfg.d_model, cfg.resolved_head_dim, cfg.d_ff
+    G = cfg.n_heads // cfg.n_kv_heads
+    return {
+        "qkv": (D, cfg.n_kv_heads * (G + 2) * H),
+        "o": (cfg.n_heads * H, D),
+        "gate_up": (D, 2 * F),
+        "down": (F, D),
+    }
+
+
+def linear_bytes(cfg: ModelConfig, k: int, n: int) -> int:
+    """Bytes of one block linear [K, N] as cfg.weight_format stores it (models/quantized.py, the
+    arrays kernels/packing.py defines), exactly:
+
+    dense: K·N at param_dtype. int4 / nf4 / fp4: 4-bit codes in int32 words + f32 scales (+ f32
+    zeros with quant_zero_point) per group of quant_group_size rows (0 = K), or for nf4 / fp4
+    with double_quant the absmax as int8 codes + one f32 scale per 256 + an f32 mean
+    (`packing.bits_per_parameter`, QLoRA §3). sparse24: the kept half at param_dtype + an int32
+    of metadata per 32 rows. sparse24_int4: the kept half as int4 codes + f32 scales (+ zeros)
+    per group of kept rows (0 = K/2) + the same metadata.
+    """
     from compactlm.kernels.packing import bits_per_parameter
 
-    if cfg.weight_format == "dense":
-        return float(jnp.dtype(cfg.param_dtype).itemsize * 8)
-    if cfg.weight_format not in QUANTIZED_FORMATS:
-        return storage_bits(cfg.weight_format)
-    H = cfg.resolved_head_dim
-    shapes = [
-        (cfg.d_model, cfg.n_kv_heads * (cfg.n_heads // cfg.n_kv_heads + 2) * H),
-        (cfg.n_heads * H, cfg.d_model),
-        (cfg.d_model, 2 * cfg.d_ff),
-        (cfg.d_ff, cfg.d_model),
-    ]
-    dq = cfg.double_quant and cfg.weight_format != "int4"
-    bits = sum(
-        bits_per_parameter(
-            cfg.weight_format, cfg.quant_group_size or k, double_quant=dq, shape=(k, n)
+    fmt = cfg.weight_format
+    itemsize = jnp.dtype(cfg.param_dtype).itemsize
+    if fmt == "dense":
+        return k * n * itemsize
+    if fmt in QUANTIZED_FORMATS:
+        bits = bits_per_parameter(
+            fmt,
+            cfg.quant_group_size or k,
+            affine=cfg.quant_zero_point and fmt == "int4",
+            double_quant=cfg.double_quant and fmt != "int4",
+            scale_bits=32,
+            shape=(k, n),
         )
-        * k
-        * n
-        for k, n in shapes
+        return round(bits * k * n / 8)
+    meta = (k // 32) * n * 4
+    kept = k // 2
+    if fmt == "sparse24":
+        return kept * n * itemsize + meta
+    if fmt == "sparse24_int4":
+        groups = (kept // (cfg.quant_group_size or kept)) * n
+        return kept * n // 2 + meta + 4 * groups * (2 if cfg.quant_zero_point else 1)
+    raise ValueError(f"unknown storage format {fmt!r}; valid: {', '.join(STORAGE_FORMATS)}")
+
+
+def weight_bytes(cfg: ModelConfig) -> dict[str, int]:
+    """THE storage cost of a model's weights, in bytes (what `compactlm quantize` / `prune`
+    write, `info`, `pick`, `report` and the compression report all show; tested equal to the
+    exported arrays per format in tests/compress/test_export.py).
+
+    linear: the block linears (`linear_bytes`, every layer); other: embedding, norms and an
+    untied lm_head, which every format keeps at param_dtype; adapter: LoRA / DoRA parameters
+    (param_dtype); total: all three.
+    """
+    counts = count_params(cfg)
+    itemsize = jnp.dtype(cfg.param_dtype).itemsize
+    linear = cfg.n_layers * sum(
+        linear_bytes(cfg, k, n) for k, n in block_linear_shapes(cfg).values()
     )
-    return bits / sum(k * n for k, n in shapes)
+    other = (counts["total"] - counts["linear"]) * itemsize
+    adapter = counts["adapter"] * itemsize
+    return {"linear": linear, "other": other, "adapter": adapter, "total": linear + other + adapter}
+
+
+def base_bits_per_param(cfg: ModelConfig) -> float:
+    """Storage bits per block-linear weight of cfg.weight_format (`weight_bytes`): 32 for a dense
+    f32 base, 4.127 for QLoRA's NF4 at G = 64 with double quantization."""
+    return 8 * weight_bytes(cfg)["linear"] / count_params(cfg)["linear"]
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
@@ -150,8 +155,10 @@ def memory_estimate(
 ) -> dict[str, int]:
     """Bytes of training and inference state (rough where noted), keyed "what/variant".
 
-    weights/<fmt>: block linear kernels stored as <fmt> (KERNEL_BITS), embeddings, norms and
-      lm_head kept in bf16 (f32 for weights/float32).
+    weights/<fmt>: `weight_bytes` of cfg stored as <fmt> (float32 / bfloat16: dense at that
+      param_dtype; a packed format: its codes and f32 scales at cfg's quant_group_size, or per
+      channel where that does not divide the widths, the rest at cfg.param_dtype, as `compactlm
+      quantize` / `prune` write it).
     grads, optimizer/<name>: f32 per param (Adam(W): m and v; Lion: one momentum).
     activations/remat=<mode>: per-layer stored activations (see _activation_elems_per_token_layer,
       in the spirit of Korthikanti et al. 2022 §4) × B·T·L in compute dtype, plus one block's
@@ -161,11 +168,17 @@ def memory_estimate(
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"optimizer {optimizer!r}; valid: {', '.join(OPTIMIZER_SLOTS)}")
     counts = count_params(cfg)
-    other = counts["total"] - counts["linear"]
     out: dict[str, int] = {}
-    for fmt, bits in KERNEL_BITS.items():
-        other_bits = 32 if fmt == "float32" else 16
-        out[f"weights/{fmt}"] = int(counts["linear"] * bits / 8 + other * other_bits / 8)
+    plain = dataclasses.replace(cfg, adapter=AdapterConfig())
+    for fmt in WEIGHT_VARIANTS:
+        if fmt in ("float32", "bfloat16"):
+            variant = dataclasses.replace(plain, weight_format="dense", param_dtype=fmt)
+        else:
+            try:
+                variant = dataclasses.replace(plain, weight_format=fmt)
+            except ValueError:  # quant_group_size does not divide a width: per channel
+                variant = dataclasses.replace(plain, weight_format=fmt, quant_group_size=0)
+        out[f"weights/{fmt}"] = weight_bytes(variant)["total"]
     out["grads/float32"] = 4 * counts["total"]
     out[f"optimizer/{optimizer}"] = 4 * OPTIMIZER_SLOTS[optimizer] * counts["total"]
     act_bytes = jax.numpy.dtype(cfg.compute_dtype).itemsize

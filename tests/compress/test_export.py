@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,6 +19,10 @@ from compactlm.models.transformer import Transformer
 from tests.tolerances import tol
 
 CFG = dict(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=32)
+
+
+def _nbytes(model) -> int:
+    return sum(int(x.nbytes) for x in jax.tree.leaves(nnx.state(model)))
 
 
 @pytest.mark.parametrize(
@@ -39,7 +44,11 @@ def test_exported_model_computes_the_compressed_weights(prune_cfg, quant, scan):
     E.load_compressed(packed, source, arrays)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(2, 16)))
     np.testing.assert_allclose(packed(tokens), source(tokens), **tol("model_f32"))
-    sizes = E.size_report(results, arrays, fmt, 0, quant)
+    sizes = E.size_report(results, cfg, fmt, quant)
+    # The one storage-cost formula is what the export holds: every array of the packed model
+    # (what write_run saves), codes, scales, metadata, embedding and norms alike.
+    assert sizes["model_bytes"] == _nbytes(packed)
+    assert sizes["dense_model_bytes"] == _nbytes(source)
     expected = {"int4": 4.0, "nf4": 4.0, "fp4": 4.0, "sparse24": 17.0, "sparse24_int4": 3.0}
     if fmt in expected:  # codes (+ metadata) without the per-group scales
         assert expected[fmt] <= sizes["linear_bits_per_weight"] < expected[fmt] + 1.1
@@ -84,7 +93,8 @@ def test_double_quantized_export_matches_the_definition(fmt):
         np.testing.assert_allclose(linear.dense_weight(), w, **tol("f32_reorder"))
     # Bits per weight: the stored arrays' bytes = packing's exact count for each shape, below
     # the single-quantized export's (4 + 32/32 = 5 bits at block 32).
-    sizes = E.size_report(results, dq, fmt, 0, quant)
+    sizes = E.size_report(results, cfg, fmt, quant)
+    assert sizes["model_bytes"] == _nbytes(packed)  # the one formula = the exported arrays
     n = sum(r.weight.size for r in results.values())
     expected = sum(
         P.bits_per_parameter(fmt, 32, double_quant=True, shape=r.weight.shape) * r.weight.size
@@ -93,7 +103,7 @@ def test_double_quantized_export_matches_the_definition(fmt):
     assert sizes["linear_bits_per_weight"] == pytest.approx(expected / n, rel=1e-12)
     assert (
         sizes["linear_bits_per_weight"]
-        < E.size_report(results, sq, fmt, 0, single)["linear_bits_per_weight"]
+        < E.size_report(results, cfg, fmt, single)["linear_bits_per_weight"]
         == pytest.approx(5.0)
     )
     # Logits stay within tolerance of the single-quantized model's.

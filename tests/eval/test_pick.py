@@ -33,27 +33,20 @@ def test_parse_bytes():
             parse_bytes(bad)
 
 
-# Bits per block-linear weight from DESIGN §3, written out here independently of footprint.py.
-DEFINITION_BITS = {
-    "float32": 32,
-    "bfloat16": 16,
-    "int4": 4 + 16 / 128,
-    "nf4": 4 + 16 / 64,
-    "fp4": 4 + 16 / 64,
-    "sparse24": 16 / 2 + 4 / 4,
-    "sparse24_int4": (4 + 16 / 128) / 2 + 4 / 4,
-}
 INFO_LABELS = {
     "float32": "weights f32",
     "bfloat16": "weights bf16",
-    "int4": "weights int4 (g128)",
-    "sparse24": "weights 2:4 bf16",
+    "int4": "weights int4 (g64)",
+    "sparse24": "weights 2:4 (float32 values)",
     "sparse24_int4": "weights int4+2:4",
 }
 
 
 def test_predicted_bytes_match_info_and_the_definitions(tmp_path):
+    import dataclasses
+
     from compactlm.config import make_config
+    from compactlm.models.footprint import WEIGHT_VARIANTS, weight_bytes
 
     cfg = PickConfig(device="h100", runs=str(tmp_path))
     rows = candidates(cfg, bandwidth=3.35e12)
@@ -63,12 +56,18 @@ def test_predicted_bytes_match_info_and_the_definitions(tmp_path):
         counts = count_params(model)
         other = counts["total"] - counts["linear"]
         mine = {r["format"]: r for r in rows if r["preset"] == preset}
-        assert set(mine) == set(DEFINITION_BITS)
-        for fmt, bits in DEFINITION_BITS.items():
-            other_bytes = other * (4 if fmt == "float32" else 2)
-            assert mine[fmt]["weights"] == int(counts["linear"] * bits / 8 + other_bytes), fmt
-            if fmt in INFO_LABELS:
-                assert _human(mine[fmt]["weights"]) == info[INFO_LABELS[fmt]], (preset, fmt)
+        assert set(mine) == set(WEIGHT_VARIANTS)
+        # By hand from DESIGN §3, every preset being f32 with quant_group_size 64: dense f32 /
+        # bf16 are 4 / 2 bytes a weight; int4 is 4 bits + an f32 scale per 64 rows, the rest f32.
+        assert model.param_dtype == "float32" and model.quant_group_size == 64
+        assert mine["float32"]["weights"] == 4 * counts["total"]
+        assert mine["bfloat16"]["weights"] == 2 * counts["total"]
+        assert mine["int4"]["weights"] == counts["linear"] * (4 + 32 / 64) / 8 + 4 * other
+        for fmt in WEIGHT_VARIANTS[2:]:  # the one storage-cost formula (tests/models/)
+            stored = dataclasses.replace(model, weight_format=fmt)
+            assert mine[fmt]["weights"] == weight_bytes(stored)["total"], (preset, fmt)
+        for fmt, label in INFO_LABELS.items():
+            assert _human(mine[fmt]["weights"]) == info[label], (preset, fmt)
         # KV cache at the preset's max context, B = 1: info's row; by definition 2·L·T·K·H·2 B.
         kv = 2 * model.n_layers * model.max_seq_len * model.n_kv_heads * model.resolved_head_dim
         assert mine["bfloat16"]["kv_cache"] == 2 * kv
@@ -135,9 +134,10 @@ def test_measured_quality_joins_runs_by_shape_and_format(tmp_path):
 
 def test_pick_cli(tmp_path, capsys):
     args = ["pick", "memory=3MiB", "device=h100", "presets=nano,tiny", f"runs={tmp_path}"]
-    assert _cli(*args, "latency_ms=0.0002", f"out={tmp_path}", "--plot") == 0
+    assert _cli(*args, "latency_ms=0.00023", f"out={tmp_path}", "--plot") == 0
     out = capsys.readouterr().out
-    # 3 MiB admits tiny up to nf4; 0.2 µs/token at 3.35 TB/s only its int4+2:4 (647 KB moved).
+    # 3 MiB admits tiny up to int4; 0.23 µs/token at 3.35 TB/s only its int4+2:4 (476.5 KiB of
+    # weights + 256 KiB of KV cache = 750,080 B moved: 0.224 µs; nf4's 836,403 B: 0.250 µs).
     assert "Recommended: tiny in sparse24_int4" in out and (tmp_path / "pick.png").exists()
     assert _cli("pick", "memory=lots") == 2
     err = capsys.readouterr().err

@@ -3,6 +3,8 @@
 import dataclasses
 
 import jax
+import numpy as np
+import pytest
 from flax import nnx
 
 from compactlm.models.footprint import count_params, flops_per_token, memory_estimate
@@ -52,38 +54,69 @@ def test_memory_estimate_rows():
     table = memory_estimate(SMALL, batch_size=2, seq_len=16)
     total = count_params(SMALL)["total"]
     assert table["weights/float32"] == 4 * total
-    assert table["weights/int4"] < table["weights/sparse24_int4"] * 2
-    assert table["weights/sparse24_int4"] < table["weights/int4"] < table["weights/sparse24"]
-    assert table["weights/sparse24"] < table["weights/bfloat16"]
+    assert table["weights/bfloat16"] == 2 * total
+    # f32 params: 2:4 keeps half the values in f32 + 1 bit of metadata per weight (17 of 32 bits)
+    assert table["weights/sparse24_int4"] < table["weights/int4"] < table["weights/bfloat16"]
+    assert table["weights/bfloat16"] < table["weights/sparse24"] < table["weights/float32"]
     assert table["optimizer/adamw"] == 8 * total
     assert table["kv_cache/bfloat16"] == 2 * (2 * 2 * 2 * 16 * 2 * 8)
     acts = [table[f"activations/remat={m}"] for m in ("block", "dots", "none")]
     assert acts == sorted(acts)
 
 
-def test_storage_bits_are_the_packed_arrays_bytes():
-    """storage_bits(fmt) against the nbytes of weights actually packed by kernels/packing.py
-    (bf16 scales, each format's default group): the formula and the storage contract agree."""
-    import jax.numpy as jnp
-    import numpy as np
+STORAGE_VARIANTS = [
+    dict(weight_format="dense"),
+    dict(weight_format="dense", param_dtype="bfloat16"),
+    dict(weight_format="int4", quant_group_size=32),
+    dict(weight_format="int4", quant_group_size=0, quant_zero_point=True),
+    dict(weight_format="nf4", quant_group_size=64, double_quant=False),
+    dict(weight_format="nf4", quant_group_size=32),  # double quantization (the default)
+    dict(weight_format="fp4", quant_group_size=64),
+    dict(weight_format="sparse24"),
+    dict(weight_format="sparse24", param_dtype="bfloat16"),
+    dict(weight_format="sparse24_int4", quant_group_size=0),
+    dict(weight_format="sparse24_int4", quant_group_size=32, quant_zero_point=True),
+]
 
-    from compactlm.kernels import packing
-    from compactlm.models.footprint import KERNEL_BITS, storage_bits
 
-    k, n = 256, 64
-    w = jnp.asarray(np.random.default_rng(0).normal(size=(k, n)), jnp.float32)
-    w24 = w * packing.mask_24_magnitude(w)
-    packed = {
-        "int4": packing.quantize(w, "int4", scale_dtype=jnp.bfloat16),
-        "nf4": packing.quantize(w, "nf4", scale_dtype=jnp.bfloat16),
-        "fp4": packing.quantize(w, "fp4", scale_dtype=jnp.bfloat16),
-        "sparse24": packing.compress_24(w24.astype(jnp.bfloat16)),
-        "sparse24_int4": packing.quantize_sparse24_int4(w24, scale_dtype=jnp.bfloat16),
+@pytest.mark.parametrize("variant", STORAGE_VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+def test_weight_bytes_are_the_models_arrays(variant):
+    """The one storage-cost formula against the nbytes of every array the model holds in that
+    storage (models/quantized.py: codes, scales, zeros, double-quant constants, 2:4 metadata)."""
+    from compactlm.models.footprint import block_linear_shapes, weight_bytes
+
+    cfg = dataclasses.replace(SMALL, d_model=64, d_ff=128, tie_embeddings=False, **variant)
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    sizes = {"linear": 0, "other": 0}
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        value = var.get_value()
+        nbytes = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
+        sizes["linear" if len(path) > 1 and path[-2] in LINEAR_NAMES else "other"] += nbytes
+    predicted = weight_bytes(cfg)
+    assert predicted["linear"] == sizes["linear"] and predicted["other"] == sizes["other"]
+    assert predicted["total"] == sizes["linear"] + sizes["other"]
+    kernels = {
+        path[-2]: var.get_value().shape[-2:]
+        for path, var in nnx.to_flat_state(nnx.state(model))
+        if path[-1] == "kernel" and path[-2] in LINEAR_NAMES
     }
-    for fmt, arrays in packed.items():
-        nbytes = sum(a.nbytes for a in arrays if a is not None)
-        assert storage_bits(fmt) == KERNEL_BITS[fmt] == nbytes * 8 / (k * n), fmt
-    assert storage_bits("dense") == storage_bits("bfloat16") == 16 and KERNEL_BITS["float32"] == 32
+    if cfg.weight_format == "dense":  # the formula's shapes are the model's [K, N]
+        assert {LINEAR_NAMES[k]: v for k, v in kernels.items()} == block_linear_shapes(cfg)
+
+
+LINEAR_NAMES = {"qkv_proj": "qkv", "o_proj": "o", "gate_up_proj": "gate_up", "down_proj": "down"}
+
+
+def test_packed_bits_match_the_storage_contract_by_hand():
+    """Closed forms from DESIGN §3 written out here: int4 at G=32 with f32 scales is
+    4 + 32/32 = 5 bits; 2:4 f32 values + a nibble per 4 rows is 16 + 1 = 17 bits."""
+    from compactlm.models.footprint import base_bits_per_param
+
+    int4 = dataclasses.replace(SMALL, weight_format="int4", quant_group_size=32)
+    assert base_bits_per_param(int4) == 4 + 32 / 32
+    sparse = dataclasses.replace(SMALL, weight_format="sparse24", quant_group_size=32)
+    assert base_bits_per_param(sparse) == 17
+    assert base_bits_per_param(SMALL) == 32
 
 
 def test_packed_and_adapted_models_count_the_same_weights_plus_adapters():
