@@ -55,6 +55,9 @@ class DataConfig:
     # Optional cap on corpus size in UTF-8 bytes (first documents in id order); None = all.
     # For quick experiments and tests.
     max_corpus_bytes: int | None = None
+    # Low-data experiments: train on only the first fraction of the TRAINING split's tokens
+    # (cut after the split, so the validation split stays the full corpus'); 1 = all of it.
+    train_fraction: float = 1.0
     # Where token caches and trained BPE tokenizers live. "" = $COMPACTLM_CACHE, else
     # ~/.cache/compactlm (resolved when used, so the recorded config stays portable).
     cache_dir: str = ""
@@ -83,6 +86,8 @@ class DataConfig:
             raise DataError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.max_corpus_bytes is not None and self.max_corpus_bytes <= 0:
             raise DataError(f"data.max_corpus_bytes must be positive, got {self.max_corpus_bytes}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise DataError(f"data.train_fraction must be in (0, 1], got {self.train_fraction}")
 
 
 def configured_vocab_size(cfg: DataConfig) -> int | None:
@@ -160,11 +165,17 @@ def prepare_data(cfg: DataConfig, run_dir: str | os.PathLike | None = None) -> D
     if not hit:
         _write_token_cache(token_dir, tokenizer, split.train, split.val, split_info)
     val_text = "".join(d.text for d in split.val)
+    train_tokens = np.load(token_dir / "train.npy", mmap_mode="r")
+    train_bytes = split.info["train_bytes"]
+    if cfg.train_fraction < 1.0:  # the cache holds the whole split; the run reads its prefix
+        kept = max(int(train_tokens.size * cfg.train_fraction), 2)
+        train_bytes = round(train_bytes * kept / train_tokens.size)
+        train_tokens = train_tokens[:kept]
     return Data(
-        train_tokens=np.load(token_dir / "train.npy", mmap_mode="r"),
+        train_tokens=train_tokens,
         val_tokens=np.load(token_dir / "val.npy", mmap_mode="r"),
         tokenizer=tokenizer,
-        train_bytes=split.info["train_bytes"],
+        train_bytes=train_bytes,
         val_bytes=split.info["val_bytes"],
         val_text=val_text,
         split=split_info,

@@ -46,10 +46,12 @@ RESUMING = ("train", "finetune", "distill")
 
 # The shared base models: command lines like any row. tiny at 600 steps (half the default run,
 # ~3-4 minutes on 2 idle cores) is trained enough that adapters and compression have something to
-# lose; nano is the test-size base.
+# lose; nano is the test-size base; tiny1200 the finished teacher of the distillation sweeps.
 FIXTURES: dict[str, list[str]] = {
     "tiny": ["train", "tiny", "train.steps=600", "train.seed=0", "train.eval_every=0"],
     "nano": ["train", "nano", "train.steps=200", "train.seed=0", "train.eval_every=0"],
+    # The distillation teacher: tiny's full default schedule (beats gzip -9; docs/distillation.md).
+    "tiny1200": ["train", "tiny", "train.steps=1200", "train.seed=0", "train.eval_every=0"],
 }
 
 

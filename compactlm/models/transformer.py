@@ -140,7 +140,12 @@ class Transformer(nnx.Module):
         positions_BT: Int[Array, "B T"] | None = None,
         cache: KVCache | None = None,
         rng: jax.Array | None = None,
-    ) -> Float[Array, "B T V"] | tuple[Float[Array, "B T V"], KVCache]:
+        return_hidden: bool = False,
+    ) -> (
+        Float[Array, "B T V"]
+        | tuple[Float[Array, "B T V"], KVCache]
+        | tuple[Float[Array, "B T V"], Float[Array, "L1 B T D"]]
+    ):
         """float32 logits. Without a cache: causal over tokens_BT (training / scoring).
 
         With a cache: tokens_BT are positions cache.index … cache.index+T-1 (a prefill, or T=1 for
@@ -148,8 +153,13 @@ class Transformer(nnx.Module):
         Shapes are static, so one jitted step serves every decode position.
         rng: the training step's key for stochastic regularisers (adapter dropout); None =
         deterministic (evaluation, generation).
+        return_hidden (no cache): also return the residual stream hidden_LBTD [L + 1, B, T, D]
+        in the compute dtype: index 0 the embedding output, index l the output of block l
+        (before the final norm), so l = n_layers is the last block's (feature distillation).
         """
         cfg = self.cfg
+        if return_hidden and cache is not None:
+            raise ValueError("return_hidden needs the uncached forward pass (cache=None)")
         B, T = tokens_BT.shape
         if positions_BT is None:
             start = 0 if cache is None else cache.index
@@ -182,20 +192,31 @@ class Transformer(nnx.Module):
 
             def body(x_BTD, xs):
                 layer_state, cache_kv, layer_rng = xs
-                return apply_block(graphdef, layer_state, x_BTD, cache_kv, layer_rng)
+                x_BTD, cache_kv = apply_block(graphdef, layer_state, x_BTD, cache_kv, layer_rng)
+                # The per-layer outputs are stacked only when asked for (scan's ys are stored).
+                return x_BTD, ((cache_kv, x_BTD) if return_hidden else cache_kv)
 
-            x_BTD, kv = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs))
+            x0_BTD = x_BTD
+            x_BTD, ys = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs))
+            if return_hidden:
+                kv, blocks_LBTD = ys
+                hidden_LBTD = jnp.concatenate([x0_BTD[None], blocks_LBTD])
+            else:
+                kv = ys
         else:
+            hidden = [x_BTD]
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
                 graphdef, state = nnx.split(layer)
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
                 layer_rng = None if layer_rngs is None else layer_rngs[i]
                 x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv, layer_rng)
+                hidden.append(x_BTD)
                 if layer_kv is not None:
                     new_k.append(layer_kv[0])
                     new_v.append(layer_kv[1])
             kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+            hidden_LBTD = jnp.stack(hidden) if return_hidden else None
 
         x_BTD = self.final_norm(x_BTD)
         if self.lm_head is None:
@@ -210,6 +231,8 @@ class Transformer(nnx.Module):
                 x_BTD, rng=None if rng is None else jax.random.fold_in(rng, 0xFFFFFFFF)
             )
         logits_BTV = logits_BTV.astype(jnp.float32)
+        if return_hidden:
+            return logits_BTV, hidden_LBTD
         if cache is None:
             return logits_BTV
         return logits_BTV, KVCache(kv[0], kv[1], cache.index + T)

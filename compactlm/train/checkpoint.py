@@ -1,7 +1,10 @@
 """Orbax checkpoints of the train state (model, optimizer, step = data position, RNG) + config.
 
 A checkpoint is one orbax step directory with three items: `state` (the sharded TrainState),
-`meta` (step, seed, wall-clock, metrics at save) and `config` (the resolved config). Orbax writes
+`meta` (step, seed, wall-clock, metrics at save) and `config` (the resolved config), and, for a
+model with training-only parameters (distillation's feature projections: `Program.extra_key`),
+a fourth, `extra`, holding them and their optimizer state, so that `state` stays exactly the
+plain Transformer's TrainState that eval / generate / export restore. Orbax writes
 into a temporary directory and renames it on commit, so a crash mid-save leaves the previous
 checkpoint as the latest valid one; half-written directories are ignored and cleaned up.
 
@@ -27,7 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 
 class CheckpointError(RuntimeError):
@@ -42,7 +47,54 @@ def make_manager(workdir: str | os.PathLike, *, max_to_keep: int = 3) -> ocp.Che
         # Synchronous saves: a SIGTERM handler or a NaN stop must know the checkpoint is on disk.
         enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta", "config"))
+    return ocp.CheckpointManager(
+        directory, options=options, item_names=("state", "meta", "config", "extra")
+    )
+
+
+def _is_state(x: Any) -> bool:
+    return isinstance(x, nnx.State)
+
+
+def split_extra(state: Any, key: str) -> tuple[Any, dict]:
+    """(TrainState without parameter `key`, {"params": state.params[key], "opt": (...)}).
+
+    `key` is a top-level entry of the params State; the optimizer state holds mirrors of the
+    params State (Adam's mu and nu, ...), each of which loses the same entry into "opt", in tree
+    order. A state without the key comes back unchanged with an empty extra.
+    """
+    found: list[Any] = []
+
+    def strip(s: Any) -> Any:
+        if _is_state(s) and key in s:
+            found.append(s[key])
+            return nnx.State({k: v for k, v in s.items() if k != key})
+        return s
+
+    params = strip(state.params)
+    opt_state = jax.tree.map(strip, state.opt_state, is_leaf=_is_state)
+    if not found:
+        return state, {}
+    return state.replace(params=params, opt_state=opt_state), {
+        "params": found[0],
+        "opt": tuple(found[1:]),
+    }
+
+
+def merge_extra(template: Any, plain: Any, extra: dict, key: str) -> Any:
+    """The inverse of split_extra: `plain` with `extra` put back where `template` (a state of the
+    full structure, abstract is fine) holds `key`."""
+    if not extra:
+        return plain
+    opt_items = iter(extra["opt"])
+    full, treedef = jax.tree.flatten(template.opt_state, is_leaf=_is_state)
+    parts = jax.tree.leaves(plain.opt_state, is_leaf=_is_state)
+    merged = [
+        nnx.State({**dict(p.items()), key: next(opt_items)}) if _is_state(t) and key in t else p
+        for t, p in zip(full, parts, strict=True)
+    ]
+    params = nnx.State({**dict(plain.params.items()), key: extra["params"]})
+    return plain.replace(params=params, opt_state=jax.tree.unflatten(treedef, merged))
 
 
 def save(
@@ -53,11 +105,19 @@ def save(
     config: dict,
     *,
     force: bool = False,
+    extra_key: str | None = None,
 ) -> bool:
-    """Save and wait until it is committed; returns False when orbax skipped it (same step)."""
+    """Save and wait until it is committed; returns False when orbax skipped it (same step).
+
+    extra_key: parameters under that key (and their optimizer state) go to the `extra` item."""
     if step in manager.all_steps():
         return False
     _check_room(manager, step, state)
+    items = {}
+    if extra_key is not None:
+        state, extra = split_extra(state, extra_key)
+        if extra:
+            items["extra"] = ocp.args.StandardSave(extra)
     try:
         saved = manager.save(
             step,
@@ -65,6 +125,7 @@ def save(
                 state=ocp.args.StandardSave(state),
                 meta=ocp.args.JsonSave(meta),
                 config=ocp.args.JsonSave(config),
+                **items,
             ),
             force=force,
         )
@@ -116,10 +177,14 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
 
 
 def restore(
-    manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    step: int | None = None,
+    *,
+    extra_key: str | None = None,
 ) -> tuple[Any, dict, dict]:
     """(state, meta, config) of `step` (default: latest), restored into `abstract_state`'s
-    shapes, dtypes and shardings."""
+    shapes, dtypes and shardings (extra_key: as saved by `save`, from the `extra` item)."""
     step = manager.latest_step() if step is None else step
     where = manager.directory
     if step is None:
@@ -129,13 +194,18 @@ def restore(
             f"no checkpoint for step {step} in {where}; "
             f"available steps: {list(manager.all_steps())}"
         )
+    target, extra_target = abstract_state, {}
+    if extra_key is not None:
+        target, extra_target = split_extra(abstract_state, extra_key)
+    items = {"extra": ocp.args.StandardRestore(extra_target)} if extra_target else {}
     try:
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
+                state=ocp.args.StandardRestore(target),
                 meta=ocp.args.JsonRestore(),
                 config=ocp.args.JsonRestore(),
+                **items,
             ),
         )
     except Exception as e:  # orbax raises many types for truncated / corrupt / mismatched files
@@ -145,7 +215,10 @@ def restore(
             "model config. Older steps, if any, are left untouched: "
             f"{[s for s in manager.all_steps() if s != step]}"
         ) from e
-    return restored.state, restored.meta, restored.config
+    state = restored.state
+    if extra_target:
+        state = merge_extra(abstract_state, state, restored.extra, extra_key)
+    return state, restored.meta, restored.config
 
 
 def _warn(message: str) -> None:
@@ -197,6 +270,7 @@ def restore_latest(
     move_aside: bool,
     model: dict | None = None,
     warn: Callable[[str], None] = _warn,
+    extra_key: str | None = None,
 ) -> tuple[Any, dict, dict]:
     """restore() of the newest checkpoint that reads; older ones are tried in turn.
 
@@ -215,7 +289,7 @@ def restore_latest(
     reasons: list[str] = []
     for step in steps:
         try:
-            restored = restore(manager, abstract_state, step)
+            restored = restore(manager, abstract_state, step, extra_key=extra_key)
         except CheckpointError as e:
             bad.append(step)
             reasons.append(str(e))

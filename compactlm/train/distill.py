@@ -55,6 +55,8 @@ LossName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
 # Metric names (STYLE.md: split/name). `nll` is the student's hard-label CE under the name the
 # training loop logs as train/nll, so distilled and hard-label runs compare on one curve.
 METRICS = ("distill/divergence", "distill/ce", "distill/teacher_ce", "distill/agreement")
+# With distill.features: the feature term (its weight not applied), train/distill_features.py.
+FEATURE_METRIC = "distill/feature"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,15 @@ class DistillConfig:
     # Start the student from the teacher's embedding/head and every other block (DistilBERT);
     # needs the teacher's per-layer shapes (train/distill_init.py).
     init_from_teacher: bool = False
+    # Feature distillation (train/distill_features.py): "cosine" or "l2" between paired hidden
+    # states, learned projection when widths differ; "none" = logits only (the default).
+    features: Literal["none", "cosine", "l2"] = "none"
+    # "s:t,s:t": student hidden state s against teacher state t (0 = embeddings, l = output of
+    # block l). "" = every student block l against teacher block l·L_teacher/L_student.
+    feature_layers: str = ""
+    # Weight of the feature term added to the loss (>= 0). 1: cosine and l2 are O(1) at init,
+    # like the logit terms.
+    feature_weight: float = 1.0
     # A run directory of the same student trained on hard labels only: the end-of-run report
     # prints it beside the teacher and the distilled student ("" = none).
     baseline: str = ""
@@ -109,6 +120,17 @@ class DistillConfig:
             )
         if self.on_policy_temperature < 0:
             raise ValueError("distill.on_policy_temperature must be >= 0 (0 = greedy)")
+        from compactlm.train.distill_features import FEATURES, parse_pairs
+
+        if self.features not in FEATURES:
+            raise ValueError(
+                f"unknown distill.features {self.features!r}; valid: {', '.join(FEATURES)}"
+            )
+        if not (self.feature_weight >= 0 and math.isfinite(self.feature_weight)):
+            raise ValueError(f"distill.feature_weight must be >= 0, got {self.feature_weight}")
+        parse_pairs(self.feature_layers)
+        if self.feature_layers and self.features == "none":
+            raise ValueError("distill.feature_layers needs distill.features=cosine or l2")
 
     def check_vocab(self, vocab_size: int) -> None:
         """top_k needs the vocabulary size, known only once the models are."""

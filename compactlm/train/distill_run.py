@@ -68,6 +68,7 @@ def check_student(cfg, dcfg: DistillConfig, teacher, workdir: Path) -> None:
     from compactlm.config import ConfigError
     from compactlm.data import prepare_data
     from compactlm.data.tokenizer import TOKENIZER_FILE
+    from compactlm.train.distill_features import feature_pairs
     from compactlm.train.distill_init import check_compatible
     from compactlm.train.loop import resolve_vocab
 
@@ -90,6 +91,8 @@ def check_student(cfg, dcfg: DistillConfig, teacher, workdir: Path) -> None:
         dcfg.check_vocab(student_model.vocab_size)
         if dcfg.init_from_teacher:
             check_compatible(student_model, teacher.cfg.model)
+        if dcfg.features != "none":
+            feature_pairs(dcfg.feature_layers, student_model.n_layers, teacher.cfg.model.n_layers)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if dcfg.on_policy > 0 and dcfg.on_policy_prompt >= cfg.train.seq_len:
@@ -166,7 +169,9 @@ def run(
     """Distill (or resume); returns the summary with the end-of-run report rows."""
     from compactlm.config import apply_overrides, get_preset
     from compactlm.models.footprint import count_params
+    from compactlm.train.distill_features import feature_pairs, make_student_fn
     from compactlm.train.distill_init import init_from_teacher
+    from compactlm.train.loop import resolve_vocab
     from compactlm.train.distill_step import make_objective
     from compactlm.train.loop import Trainer
     from compactlm.train.run_dir import load_run, run_fingerprint
@@ -187,13 +192,27 @@ def run(
     check_resume(workdir, record)
 
     t_graphdef, t_state = teacher_aux(teacher, dcfg.teacher_dtype)
-    student = Trainer(cfg, workdir, objective=make_objective(dcfg, t_graphdef), aux=t_state)
+    pairs, model_fn = (), None
+    if dcfg.features != "none":
+        s_model, t_model = resolve_vocab(cfg, teacher.cfg.model.vocab_size).model, teacher.cfg.model
+        pairs = feature_pairs(dcfg.feature_layers, s_model.n_layers, t_model.n_layers)
+        model_fn = make_student_fn(s_model, t_model, len(pairs))
+    student = Trainer(
+        cfg,
+        workdir,
+        objective=make_objective(dcfg, t_graphdef, pairs),
+        aux=t_state,
+        model_fn=model_fn,
+    )
     student.progress_metrics = ("distill/divergence", "distill/agreement")
+    if pairs:
+        student.progress_metrics += ("distill/feature",)
     if jax.process_index() == 0:
         (workdir / DISTILL_FILE).write_text(json.dumps(record, indent=2) + "\n")
     state = student.restore_or_init()
     if int(state.step) == 0 and dcfg.init_from_teacher:
         _, t_params, _ = nnx.split(teacher.program.model(teacher.state), nnx.Param, ...)
+        # (init_from_teacher needs equal widths, so there is no feature projection here)
         params = init_from_teacher(state.params, t_params, student.cfg.model, teacher.cfg.model)
         model = nnx.merge(student.program.graphdef, params, state.frozen)
         student.state = state_from_model(student.program, model, seed=student.cfg.train.seed)

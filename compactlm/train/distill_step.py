@@ -12,6 +12,11 @@ that sequence. The coin and the samples come from the step's rng (a function of 
 so a resumed run draws the same batches. On a sampled batch the divergence covers the positions
 that predict sampled tokens and the hard-label CE only the data prompt (the student's own samples
 are not labels); on a data batch both cover every position.
+
+Feature distillation (`distill.features`, train/distill_features.py): both models also return
+their hidden states; the paired ones add `feature_weight` × the feature loss (metric
+`distill/feature`) over the divergence's positions, through the student's own projection when
+the widths differ.
 """
 # ruff: noqa: F722  (jaxtyping shape strings are not forward references)
 
@@ -22,11 +27,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Int
 
 from compactlm.models.generate import sample_logits
-from compactlm.train.distill import DistillConfig, DistillLoss
+from compactlm.train.distill import FEATURE_METRIC, DistillConfig, DistillLoss
+from compactlm.train.distill_features import feature_loss
 
 
 def sample_continuation(
@@ -75,10 +82,20 @@ def on_policy_masks(seq_len: int, prompt_len: int) -> tuple[jax.Array, jax.Array
 
 
 def make_objective(
-    cfg: DistillConfig, teacher_graphdef: nnx.GraphDef
+    cfg: DistillConfig,
+    teacher_graphdef: nnx.GraphDef,
+    feature_pairs: tuple[tuple[int, int], ...] = (),
 ) -> Callable[[nnx.Module, jax.Array, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]:
-    """objective(student, tokens_BT1, rng, teacher_state) -> (loss, metrics) for build()."""
+    """objective(student, tokens_BT1, rng, teacher_state) -> (loss, metrics) for build().
+
+    feature_pairs: (student, teacher) hidden-state indices (distill_features.feature_pairs);
+    used when cfg.features != "none"."""
     loss_fn = DistillLoss(cfg)
+    features = cfg.features != "none"
+    if features and not feature_pairs:
+        raise ValueError("distill.features needs the (student, teacher) hidden-state pairs")
+    s_idx = np.asarray([s for s, _ in feature_pairs], np.int32)  # static gathers
+    t_idx = np.asarray([t for _, t in feature_pairs], np.int32)
 
     def objective(model, tokens_BT1, rng, aux):
         B, S = tokens_BT1.shape
@@ -103,15 +120,32 @@ def make_objective(
             on_policy = use.astype(jnp.float32)
         inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
         teacher = nnx.merge(teacher_graphdef, aux)
-        teacher_logits_BTV = jax.lax.stop_gradient(teacher(inputs_BT))
-        student_logits_BTV = model(inputs_BT, rng=model_rng)
+        div_mask_BT = jnp.broadcast_to(div_mask_T, targets_BT.shape)
+        if features:
+            teacher_logits_BTV, t_hidden = teacher(inputs_BT, return_hidden=True)
+            student_logits_BTV, s_hidden = model(inputs_BT, rng=model_rng, return_hidden=True)
+            teacher_logits_BTV = jax.lax.stop_gradient(teacher_logits_BTV)
+        else:
+            teacher_logits_BTV = jax.lax.stop_gradient(teacher(inputs_BT))
+            student_logits_BTV = model(inputs_BT, rng=model_rng)
         loss, metrics = loss_fn(
             student_logits_BTV,
             teacher_logits_BTV,
             targets_BT,
-            jnp.broadcast_to(div_mask_T, targets_BT.shape),
+            div_mask_BT,
             ce_mask_BT=jnp.broadcast_to(ce_mask_T, targets_BT.shape),
         )
+        if features:
+            proj = getattr(model, "feature_proj", None)
+            feat = feature_loss(
+                s_hidden[s_idx],
+                t_hidden[t_idx],
+                cfg.features,
+                div_mask_BT,
+                None if proj is None else proj[...],
+            )
+            loss = loss + cfg.feature_weight * feat
+            metrics[FEATURE_METRIC] = feat
         metrics["distill/on_policy"] = on_policy
         return loss, metrics
 

@@ -134,11 +134,13 @@ class Trainer:
         objective: Any = None,
         aux: Any = None,
         aux_sharding: Any = None,
+        model_fn: Any = None,
     ) -> None:
         """readonly: load an existing run (eval / generate) without writing into its directory.
 
-        objective / aux / aux_sharding: see `train.step.build` (default: next-token CE, no aux);
-        `aux` is passed to every train step (distillation: the teacher's state).
+        objective / aux / aux_sharding / model_fn: see `train.step.build` (default: next-token
+        CE, no aux, a Transformer); `aux` is passed to every train step (distillation: the
+        teacher's state).
         """
         from compactlm.data import prepare_data
 
@@ -176,7 +178,12 @@ class Trainer:
         batch_offsets(self.data.train_tokens.size, seed=0, step=0, batch_size=1, seq_len=t.seq_len)
         self.aux = aux
         self.program: Program = make_program(
-            cfg, mesh=self.mesh, objective=objective, aux=aux, aux_sharding=aux_sharding
+            cfg,
+            mesh=self.mesh,
+            objective=objective,
+            aux=aux,
+            aux_sharding=aux_sharding,
+            model_fn=model_fn,
         )
         self.tx = self.program.tx
         self.schedule = make_schedule(cfg.optim, t.steps)
@@ -213,7 +220,9 @@ class Trainer:
         saved = self.state
         if _adapter_only(self.program, self.base):  # the base is rebuilt from base.json
             saved = saved.replace(frozen=None)
-        ckpt.save(self.manager, step, saved, meta, to_dict(self.cfg))
+        ckpt.save(
+            self.manager, step, saved, meta, to_dict(self.cfg), extra_key=self.program.extra_key
+        )
         return Path(self.manager.directory) / str(step)
 
     # -- data ------------------------------------------------------------------------------
@@ -408,7 +417,9 @@ def restore_state(
     target = abstract_state(program, cfg.model, seed=seed)
     model = dataclasses.asdict(cfg.model)
     if not _adapter_only(program, base):
-        return ckpt.restore_latest(manager, target, move_aside=move_aside, model=model)[0]
+        return ckpt.restore_latest(
+            manager, target, move_aside=move_aside, model=model, extra_key=program.extra_key
+        )[0]
     target = target.replace(frozen=None)
     state = ckpt.restore_latest(manager, target, move_aside=move_aside, model=model)[0]
     _, _, frozen = nnx.split(build_from_base(cfg, base, seed=seed), program.trainable, ...)
@@ -429,8 +440,9 @@ def make_program(cfg: Config, *, mesh: Mesh | None = None, **step_kw: Any) -> Pr
 
     The optimizer (`optim.*`, LoRA+ from the adapter), what trains (`trainable_filter`), z-loss
     and gradient accumulation all come from `cfg`; mesh: default `cfg.mesh` (export / import pass
-    one device so a run trained on N devices reads anywhere). step_kw: the objective, aux and
-    aux_sharding of `train.step.build` (default: next-token cross-entropy, no aux).
+    one device so a run trained on N devices reads anywhere). step_kw: the objective, aux,
+    aux_sharding and model_fn of `train.step.build` (default: next-token cross-entropy, no aux, a
+    Transformer).
     """
     mesh = config_mesh(cfg) if mesh is None else mesh
     t = cfg.train

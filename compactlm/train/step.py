@@ -50,6 +50,12 @@ class Program:
     train_step: Callable[[TrainState, jax.Array, Any], tuple[TrainState, dict[str, jax.Array]]]
     eval_step: Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
     trainable: Filter = nnx.Param  # what `params` holds; the rest is `frozen`
+    # model_fn(model_cfg, rngs=) builds the module that trains (Transformer, or a subclass
+    # carrying training-only parameters: distillation's feature projections).
+    model_fn: Callable[..., nnx.Module] = Transformer
+    # Top-level parameter key of training-only state that checkpoints keep apart from the model
+    # (the module's `checkpoint_extra`; train/checkpoint.py::split_extra); None = none.
+    extra_key: str | None = None
 
     def model(self, state: TrainState) -> nnx.Module:
         return nnx.merge(self.graphdef, state.params, state.frozen)
@@ -64,8 +70,10 @@ def _shardings(mesh: Mesh, abstract_state: nnx.State) -> Any:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
-def abstract_model(model_cfg: ModelConfig, seed: int = 0) -> nnx.Module:
-    return nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)))
+def abstract_model(
+    model_cfg: ModelConfig, seed: int = 0, model_fn: Callable[..., nnx.Module] = Transformer
+) -> nnx.Module:
+    return nnx.eval_shape(lambda: model_fn(model_cfg, rngs=nnx.Rngs(seed)))
 
 
 # objective(model, tokens [B, T+1], rng, aux) -> (loss to differentiate, {metric: f32 scalar}).
@@ -103,6 +111,7 @@ def build(
     z_loss: float = 0.0,
     grad_accum: int = 1,
     batch_sharding: NamedSharding,
+    model_fn: Callable[..., nnx.Module] | None = None,
 ) -> Program:
     """Shapes, shardings and the compiled step functions; no arrays are allocated here.
 
@@ -110,10 +119,12 @@ def build(
     the rest of the model is `frozen` state (never in the optimizer). objective: see `Objective`
     (default `lm_objective(z_loss)`). aux: an example or abstract (ShapeDtypeStruct) pytree of
     what will be passed as `train_step(state, batch, aux)`; aux_sharding its shardings
-    (default: replicated).
+    (default: replicated). model_fn: see `Program.model_fn` (default: Transformer).
     """
     objective = objective or lm_objective(z_loss)
-    graphdef, abs_params, abs_frozen = nnx.split(abstract_model(model_cfg), trainable, ...)
+    model_fn = model_fn or Transformer
+    abs_model = abstract_model(model_cfg, model_fn=model_fn)
+    graphdef, abs_params, abs_frozen = nnx.split(abs_model, trainable, ...)
     param_sh = _shardings(mesh, abs_params)
     frozen_sh = _shardings(mesh, abs_frozen)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -190,6 +201,8 @@ def build(
         jit_train,
         jit_eval,
         trainable,
+        model_fn,
+        getattr(abs_model, "checkpoint_extra", None),
     )
 
 
@@ -197,7 +210,7 @@ def init_state(program: Program, model_cfg: ModelConfig, *, seed: int) -> TrainS
     """Fresh parameters created directly in their shards (never materialised on one device)."""
 
     def init() -> TrainState:
-        return _state_of(program, Transformer(model_cfg, rngs=nnx.Rngs(seed)), seed)
+        return _state_of(program, program.model_fn(model_cfg, rngs=nnx.Rngs(seed)), seed)
 
     return jax.jit(init, out_shardings=program.state_sharding)()
 

@@ -180,3 +180,19 @@ def test_pystdlib_default_split_size(tmp_path) -> None:
     np.testing.assert_array_equal(
         b, get_batch(data.train_tokens, seed=2, step=7, batch_size=2, seq_len=8)
     )
+
+
+def test_train_fraction_keeps_a_prefix_of_the_training_tokens_and_all_of_validation(
+    tmp_path,
+) -> None:
+    full = prepare_data(_cfg(tmp_path))
+    low = prepare_data(_cfg(tmp_path, train_fraction=0.03))
+    assert low.cache_key == full.cache_key  # one cache: the cut is applied when it is read
+    kept = int(full.train_tokens.size * 0.03)
+    np.testing.assert_array_equal(low.train_tokens, full.train_tokens[:kept])
+    np.testing.assert_array_equal(low.val_tokens, full.val_tokens)
+    assert low.info()["train_tokens"] == kept
+    assert abs(low.train_bytes / full.train_bytes - kept / full.train_tokens.size) < 1e-6
+    for bad in (0.0, 1.5):
+        with pytest.raises(DataError, match="train_fraction"):
+            _cfg(tmp_path, train_fraction=bad)
