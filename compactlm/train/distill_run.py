@@ -171,9 +171,8 @@ def run(
     from compactlm.models.footprint import count_params
     from compactlm.train.distill_features import feature_pairs, make_student_fn
     from compactlm.train.distill_init import init_from_teacher
-    from compactlm.train.loop import resolve_vocab
     from compactlm.train.distill_step import make_objective
-    from compactlm.train.loop import Trainer
+    from compactlm.train.loop import Trainer, resolve_vocab
     from compactlm.train.run_dir import load_run, run_fingerprint
     from compactlm.train.step import state_from_model
 

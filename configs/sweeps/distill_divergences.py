@@ -1,4 +1,4 @@
-"""Distillation divergences: fkl, rkl, jsd, skl, srkl, tvd (+ top-k, + features) into nano (DistiLLM / GKD).
+"""Distillation divergences fkl, rkl, jsd, skl, srkl, tvd (+ top-k, features) into nano (DistiLLM).
 
 The shared `tiny1200` base (tiny's full 1200-step schedule, better than gzip -9) is the teacher;
 every row distills a fresh `nano` student for the same 300 steps with a different divergence
