@@ -10,6 +10,7 @@
 #   F MLP hidden       V vocab               R LoRA rank         L layers (the scan axis)
 #   J slot in a fused qkv group (G query heads, then k, v; G = N / K)
 #   M folded query rows T·G of one kv head (models/attention.py)
+#   L1 hidden states L + 1 (return_hidden: the embedding output, then each block's)
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ class Transformer(nnx.Module):
         Shapes are static, so one jitted step serves every decode position.
         rng: the training step's key for stochastic regularisers (adapter dropout); None =
         deterministic (evaluation, generation).
-        return_hidden (no cache): also return the residual stream hidden_LBTD [L + 1, B, T, D]
+        return_hidden (no cache): also return the residual stream hidden_L1BTD [L1, B, T, D]
         in the compute dtype: index 0 the embedding output, index l the output of block l
         (before the final norm), so l = n_layers is the last block's (feature distillation).
         """
@@ -200,7 +201,7 @@ class Transformer(nnx.Module):
             x_BTD, ys = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs))
             if return_hidden:
                 kv, blocks_LBTD = ys
-                hidden_LBTD = jnp.concatenate([x0_BTD[None], blocks_LBTD])
+                hidden_L1BTD = jnp.concatenate([x0_BTD[None], blocks_LBTD])
             else:
                 kv = ys
         else:
@@ -216,7 +217,7 @@ class Transformer(nnx.Module):
                     new_k.append(layer_kv[0])
                     new_v.append(layer_kv[1])
             kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
-            hidden_LBTD = jnp.stack(hidden) if return_hidden else None
+            hidden_L1BTD = jnp.stack(hidden) if return_hidden else None
 
         x_BTD = self.final_norm(x_BTD)
         if self.lm_head is None:
@@ -232,7 +233,7 @@ class Transformer(nnx.Module):
             )
         logits_BTV = logits_BTV.astype(jnp.float32)
         if return_hidden:
-            return logits_BTV, hidden_LBTD
+            return logits_BTV, hidden_L1BTD
         if cache is None:
             return logits_BTV
         return logits_BTV, KVCache(kv[0], kv[1], cache.index + T)

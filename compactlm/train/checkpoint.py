@@ -56,6 +56,16 @@ def _is_state(x: Any) -> bool:
     return isinstance(x, nnx.State)
 
 
+def _copy(s: nnx.State) -> nnx.State:
+    return jax.tree.map(lambda x: x, s)
+
+
+def _with(s: nnx.State, key: str, value: Any) -> nnx.State:
+    s = _copy(s)
+    s[key] = value
+    return s
+
+
 def split_extra(state: Any, key: str) -> tuple[Any, dict]:
     """(TrainState without parameter `key`, {"params": state.params[key], "opt": (...)}).
 
@@ -67,8 +77,8 @@ def split_extra(state: Any, key: str) -> tuple[Any, dict]:
 
     def strip(s: Any) -> Any:
         if _is_state(s) and key in s:
-            found.append(s[key])
-            return nnx.State({k: v for k, v in s.items() if k != key})
+            s = _copy(s)  # (rebuilding State from items() would turn nested dicts into States)
+            found.append(s.pop(key))
         return s
 
     params = strip(state.params)
@@ -90,10 +100,10 @@ def merge_extra(template: Any, plain: Any, extra: dict, key: str) -> Any:
     full, treedef = jax.tree.flatten(template.opt_state, is_leaf=_is_state)
     parts = jax.tree.leaves(plain.opt_state, is_leaf=_is_state)
     merged = [
-        nnx.State({**dict(p.items()), key: next(opt_items)}) if _is_state(t) and key in t else p
+        _with(p, key, next(opt_items)) if _is_state(t) and key in t else p
         for t, p in zip(full, parts, strict=True)
     ]
-    params = nnx.State({**dict(plain.params.items()), key: extra["params"]})
+    params = _with(plain.params, key, extra["params"])
     return plain.replace(params=params, opt_state=jax.tree.unflatten(treedef, merged))
 
 

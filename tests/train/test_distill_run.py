@@ -4,6 +4,7 @@ and the bad-input table (one line, exit 2, nothing written)."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from compactlm import cli
@@ -70,6 +71,43 @@ def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, caps
     assert "distill.loss: saved 'skl', now 'rkl'" in capsys.readouterr().err
 
 
+def test_feature_distillation_keeps_the_projection_out_of_the_student_model(
+    teacher, tmp_path, capsys
+):
+    """Narrower student (d 32 vs 64): a learned projection per pair, trained and resumed from the
+    checkpoint's extra item; eval / generate see the plain Transformer."""
+    out = tmp_path / "student"
+    args = ["distill", str(teacher), "nano", *FAST, "model.d_model=32", "model.n_layers=2"]
+    args += ["distill.features=l2", "distill.feature_layers=1:2,2:4", f"workdir={out}"]
+    assert main(*args, "train.steps=2") == 0
+    assert main(*args, "train.steps=4") == 0  # resumes: the projection comes back too
+    metrics = [m for m in load_metrics(out) if "distill/feature" in m]
+    assert [m["step"] for m in metrics] == [2, 4] and metrics[-1]["distill/feature"] > 0
+    assert (out / "checkpoints" / "4" / "extra").is_dir()
+    assert main("eval", str(out)) == 0
+    assert main("generate", str(out), "max_new_tokens=3") == 0
+    capsys.readouterr()
+
+
+def test_init_from_teacher_from_the_cli_takes_every_other_block(teacher, tmp_path):
+    """`distill.init_from_teacher=true`: a 2-layer student starts as the 4-layer teacher's blocks
+    0 and 2 (DistilBERT); lr 1e-9 keeps one step's update below 1e-8."""
+    from compactlm.train.run_dir import load_model
+
+    out = tmp_path / "student"
+    args = ["distill", str(teacher), "nano", *FAST, "model.n_layers=2", "optim.lr=1e-9"]
+    assert main(*args, "distill.init_from_teacher=true", "train.steps=1", f"workdir={out}") == 0
+    _, student = load_model(out)
+    _, full = load_model(teacher)
+    # nano's blocks are scanned: kernels stacked on a leading layer axis
+    np.testing.assert_allclose(
+        np.asarray(student.layers.mlp.down_proj.kernel[...]),
+        np.asarray(full.layers.mlp.down_proj.kernel[...])[[0, 2]],
+        atol=1e-8,
+    )
+    np.testing.assert_allclose(student.embedding[...], full.embedding[...], atol=1e-8)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -81,6 +119,11 @@ def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, caps
         (["distill.top_k=1000"], "distill.top_k=1000 exceeds the vocabulary size 320"),
         (["data.tokenizer=bpe", "data.bpe_vocab_size=300"], "tokenizers differ: teacher byte"),
         (["distill.init_from_teacher=true", "model.d_ff=128"], "d_ff 128 vs teacher 192"),
+        (["distill.features=mse"], "choose one of: 'none' | 'cosine' | 'l2'"),
+        (["distill.features=cosine", "distill.feature_layers=5:1"], "pair 5:1 is out of range"),
+        (["distill.features=cosine", "distill.feature_layers=1-2"], "STUDENT:TEACHER"),
+        (["distill.feature_layers=1:1"], "needs distill.features=cosine or l2"),
+        (["distill.features=l2", "distill.feature_weight=-1"], "feature_weight must be >= 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
