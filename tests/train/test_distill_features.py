@@ -21,7 +21,7 @@ from compactlm.train.distill_step import make_objective
 from tests.tolerances import tol
 
 STUDENT = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
-TEACHER = ModelConfig(vocab_size=64, d_model=48, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=96)
+TEACHER = ModelConfig(vocab_size=64, d_model=48, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=96)
 
 
 def numpy_feature_loss(u, v, kind, mask, proj=None):
@@ -105,7 +105,7 @@ def _student(seed=0):
 def test_objective_adds_the_weighted_feature_term_and_trains_the_projection():
     student, teacher = _student(), Transformer(TEACHER, rngs=nnx.Rngs(1))
     assert isinstance(student, FeatureStudent) and make_student_fn(STUDENT, STUDENT, 2) is None
-    cfg = DistillConfig(features="cosine", feature_layers="1:2,2:4", feature_weight=0.7)
+    cfg = DistillConfig(features="cosine", feature_layers="1:3,2:1", feature_weight=0.7)
     pairs = feature_pairs(cfg.feature_layers, STUDENT.n_layers, TEACHER.n_layers)
     t_graphdef, t_state = nnx.split(teacher)
     s_graphdef, s_state = nnx.split(student)
@@ -123,7 +123,7 @@ def test_objective_adds_the_weighted_feature_term_and_trains_the_projection():
     logit_loss, _ = DistillLoss(cfg)(s_logits, t_logits, data[:, 1:])
     proj = np.asarray(student.feature_proj[...])
     want_feat = numpy_feature_loss(
-        np.asarray(s_hidden)[[1, 2]], np.asarray(t_hidden)[[2, 4]], "cosine", np.ones((3, 8)), proj
+        np.asarray(s_hidden)[[1, 2]], np.asarray(t_hidden)[[3, 1]], "cosine", np.ones((3, 8)), proj
     )
     np.testing.assert_allclose(float(metrics["distill/feature"]), want_feat, **tol("model_f32"))
     np.testing.assert_allclose(float(loss), float(logit_loss) + 0.7 * want_feat, **tol("model_f32"))

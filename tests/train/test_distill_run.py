@@ -1,5 +1,6 @@
-"""`compactlm distill` end to end on nano: resume, eval/generate on the output, a frozen teacher,
-and the bad-input table (one line, exit 2, nothing written)."""
+"""`compactlm distill` end to end on nano: resume (with feature distillation's projection),
+eval/generate on the output, a frozen teacher, init from the teacher's blocks, and the bad-input
+table (one line, exit 2, nothing written)."""
 
 import json
 import shutil
@@ -45,6 +46,11 @@ def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, caps
         "nano",
         *FAST,
         "model.n_layers=2",
+        # narrower than the teacher (d 64): feature distillation learns a projection per pair,
+        # resumed from the checkpoint's extra item; eval / generate see the plain Transformer
+        "model.d_model=32",
+        "distill.features=l2",
+        "distill.feature_layers=1:2,2:4",
         "distill.loss=skl",
         "distill.on_policy=0.5",
         "distill.on_policy_prompt=16",
@@ -58,6 +64,8 @@ def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, caps
     metrics = [m for m in load_metrics(out) if "distill/divergence" in m]
     assert [m["step"] for m in metrics] == [2, 4, 6]
     assert {"distill/ce", "distill/teacher_ce", "distill/agreement"} <= set(metrics[0])
+    assert metrics[-1]["distill/feature"] > 0
+    assert (out / "checkpoints" / "6" / "extra").is_dir()
     record = json.loads((out / "distill.json").read_text())
     assert record["teacher_fingerprint"] == before and record["distill"]["loss"] == "skl"
     assert run_fingerprint(teacher) == before  # the teacher's files are bit-identical
@@ -69,24 +77,6 @@ def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, caps
     # a changed teacher is refused on resume
     assert main(*args, "train.steps=8", "distill.loss=rkl") == 2
     assert "distill.loss: saved 'skl', now 'rkl'" in capsys.readouterr().err
-
-
-def test_feature_distillation_keeps_the_projection_out_of_the_student_model(
-    teacher, tmp_path, capsys
-):
-    """Narrower student (d 32 vs 64): a learned projection per pair, trained and resumed from the
-    checkpoint's extra item; eval / generate see the plain Transformer."""
-    out = tmp_path / "student"
-    args = ["distill", str(teacher), "nano", *FAST, "model.d_model=32", "model.n_layers=2"]
-    args += ["distill.features=l2", "distill.feature_layers=1:2,2:4", f"workdir={out}"]
-    assert main(*args, "train.steps=2") == 0
-    assert main(*args, "train.steps=4") == 0  # resumes: the projection comes back too
-    metrics = [m for m in load_metrics(out) if "distill/feature" in m]
-    assert [m["step"] for m in metrics] == [2, 4] and metrics[-1]["distill/feature"] > 0
-    assert (out / "checkpoints" / "4" / "extra").is_dir()
-    assert main("eval", str(out)) == 0
-    assert main("generate", str(out), "max_new_tokens=3") == 0
-    capsys.readouterr()
 
 
 def test_init_from_teacher_from_the_cli_takes_every_other_block(teacher, tmp_path):
