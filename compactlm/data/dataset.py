@@ -124,6 +124,7 @@ class Data:
         """JSON-able summary for config.json / metadata: split, tokenizer, token counts, cache."""
         return {
             **self.split,
+            "train_bytes": self.train_bytes,  # of the tokens trained on (data.train_fraction)
             "tokenizer": self.tokenizer.kind,
             "vocab_size": self.tokenizer.vocab_size,
             "tokenizer_sha256": self.tokenizer.fingerprint(),

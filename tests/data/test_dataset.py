@@ -191,7 +191,7 @@ def test_train_fraction_keeps_a_prefix_of_the_training_tokens_and_all_of_validat
     kept = int(full.train_tokens.size * 0.03)
     np.testing.assert_array_equal(low.train_tokens, full.train_tokens[:kept])
     np.testing.assert_array_equal(low.val_tokens, full.val_tokens)
-    assert low.info()["train_tokens"] == kept
+    assert low.info()["train_tokens"] == kept and low.info()["train_bytes"] == low.train_bytes
     assert abs(low.train_bytes / full.train_bytes - kept / full.train_tokens.size) < 1e-6
     for bad in (0.0, 1.5):
         with pytest.raises(DataError, match="train_fraction"):
