@@ -215,6 +215,11 @@ def _fit_line(sweep: Any, rows: Sequence[dict]) -> str:
     )
 
 
+def _file_part(metric: str) -> str:
+    """A metric name as part of a file name: nested keys (distill's `student/bpb`) use '-'."""
+    return metric.replace("/", "-")
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -279,7 +284,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
                 ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
                 ax.legend(fontsize=8)
         ax.set(xlabel=sweep.x_label, ylabel=metric, title=f"{name}: {metric} vs {sweep.x_label}")
-        paths.append(_save(fig, out / f"{name}_{metric}_vs_x.png"))
+        paths.append(_save(fig, out / f"{name}_{_file_part(metric)}_vs_x.png"))
     bars = [(e["row"].name, *e[metric][:2]) for e in rows if e[metric]]
     if not sweep.x_label and len(bars) >= 2:  # rows are categories: the metric per row
         fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(bars) + 1.5), 4.0))
@@ -290,7 +295,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
         ax.set_ylim(min(means) - spread, max(means) + spread)  # the differences, not the 0 line
         ax.axhline(means[0], ls="--", lw=0.8, color="gray")  # the first row: the reference
         ax.set(ylabel=metric, title=f"{name}: {metric} per row (± std over seeds)")
-        paths.append(_save(fig, out / f"{name}_{metric}_by_row.png"))
+        paths.append(_save(fig, out / f"{name}_{_file_part(metric)}_by_row.png"))
     pts = [
         (e["weight_bytes"][0], e[metric][0], e["row"].name)
         for e in rows
@@ -303,7 +308,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
             ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set(xlabel="bytes of weights", ylabel=metric, title=f"{name}: {metric} vs weight bytes")
-        paths.append(_save(fig, out / f"{name}_{metric}_vs_bytes.png"))
+        paths.append(_save(fig, out / f"{name}_{_file_part(metric)}_vs_bytes.png"))
     return paths
 
 
