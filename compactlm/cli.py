@@ -29,6 +29,7 @@ compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4] [w
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -266,10 +267,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     handler = globals()[f"_cmd_{command}"]
     try:
         code = handler(rest)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
     except _UsageError as e:
         print(f"compactlm {command}: {e}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     except USER_ERRORS as e:
         print(f"compactlm {command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader went away (`compactlm sweep NAME --dry-run | head`): stop quietly, as `cat`
+        # does, and point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer killed by the pipe
     sys.exit(code or 0)

@@ -103,3 +103,23 @@ def test_train_eval_generate_resume(tmp_path, capsys):
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps[-1] == 25 and steps.count(20) == 1
+
+
+@pytest.mark.parametrize("args", [["info"], ["sweep", "lora_targets", "--dry-run"]])
+def test_closed_stdout_stops_quietly(args):
+    """`compactlm ... | head`: a reader that goes away ends the program without a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COMPACTLM_ALLOCATOR": "system"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compactlm", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
