@@ -30,8 +30,8 @@ RECOVER_MODES = ("finetune", "distill")
 
 def _recovery_distill() -> DistillConfig:
     # Pure distillation (alpha 1) at temperature 1: the teacher IS the function the mask broke,
-    # so the target is its own distribution (no softening, no hard labels); forward KL, the
-    # SparseGPT / oBERT-style logit-distillation recovery objective.
+    # so the target is its own distribution (no softening, no hard labels); forward KL
+    # (Hinton et al. 2015), mean-covering like the CE it replaces.
     return DistillConfig(loss="fkl", temperature=1.0, alpha=1.0)
 
 
