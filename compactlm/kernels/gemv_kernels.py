@@ -11,8 +11,9 @@ every dequantized weight through shared memory. Here each thread owns a few pack
 row of 8 k and several columns, dequantizes them in registers and FMAs them with the matching x,
 keeping [M, BLOCK_SIZE_K/8, BLOCK_SIZE_N] f32 partial sums; one tl.sum after the K loop. Costs
 per weight (SASS, compactlm/eval/sass.py): LOP3 + FADD for the code (``nibble_f32``, the
-magic-number trick: no int→float conversion), one FFMA with x; per word one shift and one FFMA
-with the group scale (the scale multiplies the sum of 8 products, not every weight).
+magic-number trick: no int→float conversion), or for NF4 / FP4 one shift + one SHFL (a register
+code book, ``codebook_f32``), one FFMA with x; per word one shift and one FFMA with the group
+scale (the scale multiplies the sum of 8 products, not every weight).
 
 Numerics: W is exact in f32 ((q − z)·s, codebook·absmax): unlike the references, which cast W to
 x's dtype first, nothing is rounded to bf16, so on bf16 inputs the GEMV is at least as accurate
@@ -25,7 +26,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from compactlm.kernels._tile_ops import nibble_f32, nibble_magic
+from compactlm.kernels._tile_ops import (
+    codebook_f32,
+    lane_select,
+    lane_table,
+    nibble_f32,
+    nibble_magic,
+)
 
 
 @triton.jit
@@ -35,8 +42,11 @@ def _int4_gemv_kernel(
     y_ptr,
     N: tl.constexpr, K: tl.constexpr, GROUP_SIZE: tl.constexpr, FMT: tl.constexpr,
     BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    SHFL_LUT: tl.constexpr,
 ):  # fmt: skip
-    """y[m, N tile] (or partial[split, m]) = x[m, Ks] @ W[Ks, N tile]; one row m per program."""
+    """y[m, N tile] (or partial[split, m]) = x[m, Ks] @ W[Ks, N tile]; one row m per program.
+
+    SHFL_LUT: NF4 / FP4 codes through ``codebook_f32``'s warp-shuffle table (compiled only)."""
     ROWS: tl.constexpr = BLOCK_SIZE_K // 8  # packed words per column per tile
     K_TILES: tl.constexpr = (K + BLOCK_SIZE_K - 1) // BLOCK_SIZE_K
     TILES_PER_SPLIT: tl.constexpr = (K_TILES + SPLIT_K - 1) // SPLIT_K
@@ -96,8 +106,8 @@ def _int4_gemv_kernel(
             else:
                 xj = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32)
             src = words if j < 4 else high
-            if FMT == 2:  # NF4 / FP4: 16-entry code book (64 bytes, one L1 line)
-                w = tl.load(codebook_ptr + ((src >> (4 * (j % 4))) & 0xF))
+            if FMT == 2:  # NF4 / FP4: 16-entry code book, a register table (one SHFL per code)
+                w = codebook_f32(codebook_ptr, src, j % 4, SHFL_LUT)
             elif FMT == 1:
                 w = nibble_magic(src, j % 4, False, magic) - (z + 2.0 ** (23 - 4 * (j % 4)))
             else:
@@ -130,6 +140,7 @@ def _sparse24_gemv_kernel(
     N: tl.constexpr, K: tl.constexpr, INT4: tl.constexpr, HAS_ZEROS: tl.constexpr,
     QUANT_GROUP: tl.constexpr,
     BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    SELECT_I0: tl.constexpr, SELECT_I1: tl.constexpr,
 ):  # fmt: skip
     """y[m, N tile] (or partial[split, m]) = x[m, Ks] @ W[Ks, N tile], W in 2:4 storage.
 
@@ -138,8 +149,12 @@ def _sparse24_gemv_kernel(
     each; i0 ∈ 0..2, i1 ∈ 1..3). The tile is ROWS metadata words (8 groups = 32 k each) deep.
     int4 values: the compressed rows of one metadata word are two qvalues words (4 groups each);
     QUANT_GROUP (compressed rows per scale) is a multiple of 16, so one scale per metadata word.
+    SELECT_I0 / SELECT_I1: ``lane_select``'s PTX (compiled kernels, BLOCK_SIZE_K = 32: one word
+    deep, so every lane decodes the same groups), or "" for the selects (the interpreter).
     """
     ROWS: tl.constexpr = BLOCK_SIZE_K // 32  # metadata words per column per tile
+    SHFL: tl.constexpr = SELECT_I0 != ""
+    tl.static_assert(ROWS == 1 or not SHFL, "lane_select needs BLOCK_SIZE_K == 32")
     K_TILES: tl.constexpr = (K + BLOCK_SIZE_K - 1) // BLOCK_SIZE_K
     TILES_PER_SPLIT: tl.constexpr = (K_TILES + SPLIT_K - 1) // SPLIT_K
     EVEN: tl.constexpr = (
@@ -189,7 +204,12 @@ def _sparse24_gemv_kernel(
         x_ok = (32 * rows < K)[:, None]
         part = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
         for j in tl.static_range(8):  # the word's 8 groups
-            if EVEN:
+            nib = meta >> (4 * j)
+            if SHFL:  # x[4g + i0], x[4g + i1] from per-lane tables (one SHFL each)
+                valid = (k0 < K).to(tl.int32)
+                x_i0 = lane_select(lane_table(x_row + k0 + 4 * j, valid, SELECT_I0), nib, 0)
+                x_i1 = lane_select(lane_table(x_row + k0 + 4 * j, valid, SELECT_I1), nib, 1)
+            elif EVEN:
                 x0 = tl.load(x_ptrs + 4 * j).to(tl.float32)
                 x1 = tl.load(x_ptrs + 4 * j + 1).to(tl.float32)
                 x2 = tl.load(x_ptrs + 4 * j + 2).to(tl.float32)
@@ -199,9 +219,9 @@ def _sparse24_gemv_kernel(
                 x1 = tl.load(x_ptrs + 4 * j + 1, mask=x_ok, other=0.0).to(tl.float32)
                 x2 = tl.load(x_ptrs + 4 * j + 2, mask=x_ok, other=0.0).to(tl.float32)
                 x3 = tl.load(x_ptrs + 4 * j + 3, mask=x_ok, other=0.0).to(tl.float32)
-            nib = meta >> (4 * j)
-            x_i0 = tl.where((nib & 2) != 0, x2, tl.where((nib & 1) != 0, x1, x0))
-            x_i1 = tl.where((nib & 8) != 0, tl.where((nib & 4) != 0, x3, x2), x1)
+            if not SHFL:
+                x_i0 = tl.where((nib & 2) != 0, x2, tl.where((nib & 1) != 0, x1, x0))
+                x_i1 = tl.where((nib & 8) != 0, tl.where((nib & 4) != 0, x3, x2), x1)
             if INT4:  # codes of compressed rows 2j, 2j + 1 of this metadata word
                 word = q_lo if j < 4 else q_hi
                 src = word if j % 4 < 2 else word >> sixteen

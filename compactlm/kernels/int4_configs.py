@@ -64,12 +64,9 @@ DEFAULTS: dict[str, Config] = {
 }
 
 # Per-format defaults where a format's kernel needs other tiles than the bucket's (SASS counts,
-# docs/benchmarks.md): the NF4 / FP4 code-book gather is one load per weight whose layout
-# differs from the words' (a shared-memory conversion); at 1024x32 that spills, 256x64 not.
-FORMAT_DEFAULTS: dict[tuple[str, str], Config] = {
-    ("gemv", "nf4"): dict(BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, num_warps=4, num_stages=3),
-    ("gemv", "fp4"): dict(BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, num_warps=4, num_stages=3),
-}
+# docs/benchmarks.md). NF4 / FP4 decode their codes through a register table now and take the
+# GEMV's 1024x32 like int4 (the tl.load code-book gather needed 256x64 not to spill).
+FORMAT_DEFAULTS: dict[tuple[str, str], Config] = {}
 
 # H100 and H200 share the SM (132 SMs, 227 KB shared memory per block); the H200's larger, faster
 # HBM moves the decode roofline but not the tile shapes, so they start from the same rows (two

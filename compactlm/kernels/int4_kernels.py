@@ -20,7 +20,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from compactlm.kernels._tile_ops import MAGIC_2_23, dot_acc, grouped_pid, nibble
+from compactlm.kernels._tile_ops import MAGIC_2_23, compiled, dot_acc, grouped_pid, nibble
 from compactlm.kernels.gemv_kernels import _int4_gemv_kernel, gemv_grid
 from compactlm.kernels.packing import CODEBOOKS
 
@@ -275,7 +275,7 @@ def launch_int4_gemv(launch, x, qweight, scales, zeros, *, format: str, config: 
     cfg["SPLIT_K"] = grid[2]
     out = ((m, n), x.dtype) if grid[2] == 1 else ((grid[2], m, n), np.float32)
     y = launch(_int4_gemv_kernel, grid, x, *ptrs, m, k, MAGIC_2_23, out_shape=out, N=n, K=k,
-               **meta, **cfg)  # fmt: skip
+               SHFL_LUT=compiled(_int4_gemv_kernel), **meta, **cfg)  # fmt: skip
     return y if grid[2] == 1 else y.sum(axis=0).astype(x.dtype)
 
 

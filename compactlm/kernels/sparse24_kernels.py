@@ -21,7 +21,15 @@ import triton
 import triton.language as tl
 
 from compactlm.kernels import _launch, int4_configs
-from compactlm.kernels._tile_ops import MAGIC_2_23, dot_acc, grouped_pid, nibble, repeat_rows
+from compactlm.kernels._tile_ops import (
+    MAGIC_2_23,
+    compiled,
+    dot_acc,
+    grouped_pid,
+    lane_table_asm,
+    nibble,
+    repeat_rows,
+)
 from compactlm.kernels.gemv_kernels import _sparse24_gemv_kernel, gemv_grid
 
 DECODE_MAX_M = 16  # rows served by the decode kernel; tl.dot's smallest tile is 16
@@ -314,6 +322,10 @@ def _launch_gemv(call, x2, values, meta, scales, zeros, *, out_dtype, config, do
         )
     grid = gemv_grid(M, N, K, cfg)
     cfg["SPLIT_K"] = grid[2]
+    shfl = compiled(_sparse24_gemv_kernel) and cfg["BLOCK_SIZE_K"] == 32
+    dtype = jnp.dtype(x2.dtype).name
+    cfg["SELECT_I0"] = lane_table_asm(dtype, 0) if shfl else ""
+    cfg["SELECT_I1"] = lane_table_asm(dtype, 1) if shfl else ""
     out = (M, N) if grid[2] == 1 else (grid[2], M, N)
     y = call(
         _sparse24_gemv_kernel, grid, x2, *ptrs, M, K, MAGIC_2_23,

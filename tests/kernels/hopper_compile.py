@@ -177,6 +177,9 @@ def compile_case(case: dict) -> dict:
             "spills": res["spill_stores"] + res["spill_loads"],
             "wgmma": "wgmma.mma_async" in ptx,
             "mma_sync": "mma.sync" in ptx,
+            # codebook_f32's register table (inline PTX): shuffles in the PTX, shared-memory ops
+            "shuffles": ptx.count("shfl.sync.idx.b32"),
+            "shared_ops": ptx.count("st.shared") + ptx.count("ld.shared"),
             "specialised": sorted(n for n in spec.constants if n in fn.arg_names and not
                                   fn.params[fn.arg_names.index(n)].is_constexpr),
             "seconds": round(time.perf_counter() - t0, 2),

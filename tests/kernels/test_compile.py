@@ -14,6 +14,8 @@ CASES = [
     ("gemv_int4_affine_ragged", "int4", False, 2, 11008, 4096, 128, "bfloat16", "bfloat16",
      False, GEMV, "none"),
     ("gemv_nf4", "nf4", True, 1, 4096, 4096, 64, "bfloat16", "float32", False, GEMV, "none"),
+    ("gemv_fp4_ragged", "fp4", True, 2, 11008, 4104, None, "bfloat16", "bfloat16", False, GEMV,
+     "none"),
     # A 16-row tile is below wgmma's m64 shape: mma.sync, fine for a memory-bound decode.
     ("decode_int4_sym", "int4", True, 8, 4096, 4096, 128, "bfloat16", "bfloat16", False, DECODE,
      "mma.sync"),
@@ -54,6 +56,16 @@ def test_compiles_for_sm90(compiled, case, request):
     if case[0] in KNOWN:
         request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN[case[0]]))
     check_compiled(compiled[case[0]], kernel=case[10], mma=case[11])
+
+
+def test_codebook_gemv_decodes_through_the_shuffle_table(compiled):
+    """NF4 / FP4 codes go through codebook_f32's warp shuffle (the compiled path), with no
+    shared-memory layout conversion in the loop (the tl.load gather had one every iteration);
+    int4 decodes arithmetically and never shuffles."""
+    for case in ("gemv_nf4", "gemv_fp4_ragged"):
+        assert compiled[case]["shuffles"] >= 8, compiled[case]  # one per code of a word
+        assert compiled[case]["shared_ops"] == 0, compiled[case]
+    assert compiled["gemv_int4_sym"]["shuffles"] == 0
 
 
 def test_specialised_like_jax_triton(compiled):

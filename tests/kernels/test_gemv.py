@@ -1,5 +1,7 @@
 """Decode GEMV kernels (gemv_kernels.py) in the interpreter vs the references; the magic trick."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +12,14 @@ from compactlm.kernels import int4_kernels as IK
 from compactlm.kernels import int4_matmul as I
 from compactlm.kernels import packing as P
 from compactlm.kernels._interpret import interpret_call
-from compactlm.kernels._tile_ops import MAGIC_2_23, nibble_f32
+from compactlm.kernels._tile_ops import (
+    MAGIC_2_23,
+    SELECT_SHFL_0,
+    SELECT_SHFL_1,
+    SHFL_LUT_ASM,
+    lane_table_asm,
+    nibble_f32,
+)
 from tests.tolerances import tol
 
 pytestmark = pytest.mark.filterwarnings(
@@ -46,6 +55,69 @@ def test_magic_number_nibbles_are_exact(signed):
     if signed:
         bits = ((words & 0xF) ^ 0x4B000008).astype(np.int32).view(np.float32)
         np.testing.assert_array_equal(bits - np.float32(8388616.0), out[0])
+
+
+def _shfl_idx(values, b, c):
+    """PTX ISA ``shfl.sync.idx.b32 d, a, b, c`` over one full warp: values[lane] is each lane's
+    a, b[lane] its source-lane operand; the ISA's pseudo-code, verbatim."""
+    segmask, clamp = (c >> 8) & 0x1F, c & 0x1F
+    lane = np.arange(32)
+    min_lane = lane & segmask
+    max_lane = min_lane | (clamp & ~segmask)
+    j = min_lane | (b & 0x1F & ~segmask)
+    return values[np.where(j <= max_lane, j, lane)]
+
+
+@pytest.mark.parametrize("format", ["nf4", "fp4"])
+def test_shuffle_table_looks_up_every_code(format):
+    """codebook_f32's compiled path (inline PTX: the interpreter cannot run it) by its PTX
+    semantics: lane l holds book[l & 15]; shfl with the asm's c reads book[b & 15] for any upper
+    bits of b (the kernel passes src >> 4P unmasked). What stays untested without a GPU is the
+    hardware itself (tests/kernels/test_gpu_int4.py runs NF4 / FP4 GEMVs on one)."""
+    asm = SHFL_LUT_ASM.value
+    c = _shfl_c(asm)
+    assert "and.b32 l, l, 15;" in asm and "mad.wide.u32 a, l, 4, $1;" in asm
+    book = P.CODEBOOKS[format]
+    lane_values = book[np.arange(32) & 15]
+    rng = np.random.default_rng(3)
+    for p in range(8):  # every code at every nibble position, under random upper bits
+        codes = np.concatenate([np.arange(16), rng.integers(0, 16, 16)])
+        words = rng.integers(-(2**31), 2**31, 32, dtype=np.int64)
+        words = (words & ~(0xF << (4 * p))) | (codes << (4 * p))
+        b = (words.astype(np.int32) >> (4 * p)).astype(np.int64)  # arithmetic, as in the kernel
+        got = _shfl_idx(lane_values, b, c)
+        np.testing.assert_array_equal(got.view(np.uint32), book[codes].view(np.uint32))
+
+
+def _shfl_c(asm):
+    (c,) = re.findall(r"shfl\.sync\.idx\.b32 \$0, \S+, \$2, (0x[0-9a-f]+), -1;", asm)
+    return int(c, 16)
+
+
+# lane_table_asm's per-lane index instructions, as NumPy (the only two it emits).
+LANE_INDEX = {"and.b32 l, l, 3;": lambda lane: lane & 3,
+              "bfe.u32 l, l, 2, 2;": lambda lane: (lane >> 2) & 3}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_lane_tables_select_the_kept_activations(dtype):
+    """The 2:4 GEMV's compiled selection (inline PTX, not run by the interpreter) by its PTX
+    semantics: table t's lane l holds x[p + index_t(l)]; the shuffle with c_t from any lane then
+    reads x[p + i0] (t = 0) or x[p + i1] (t = 1) for every valid nibble i0 | i1 << 2 (i0 < i1)
+    under random upper bits (the kernel passes meta >> 4j unmasked)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(4).astype(np.float32)
+    pairs = [(i0, i1) for i1 in range(4) for i0 in range(i1)]
+    for t, shfl in enumerate((SELECT_SHFL_0.value, SELECT_SHFL_1.value)):
+        asm = lane_table_asm(dtype, t)
+        (index,) = [v for key, v in LANE_INDEX.items() if key in asm]
+        size = {"bfloat16": 2, "float16": 2, "float32": 4}[dtype]
+        assert f"mad.wide.u32 a, l, {size}, $1;" in asm and "@q ld.global.nc" in asm
+        table = x[index(np.arange(32))]
+        for i0, i1 in pairs:
+            nib = (rng.integers(0, 2**27, 32) << 4) | (i0 | i1 << 2)
+            got = _shfl_idx(table, nib, _shfl_c(shfl))
+            np.testing.assert_array_equal(got, np.full(32, x[(i0, i1)[t]]))
 
 
 VARIANTS = [("int4", True), ("int4", False), ("nf4", True), ("fp4", True)]

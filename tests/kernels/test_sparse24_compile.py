@@ -12,6 +12,10 @@ CASES = [
     ("gemv_bf16", "sparse24", True, 1, 4096, 4096, None, "bfloat16", False, GEMV, "none"),
     ("gemv_int4_affine_ragged", "sparse24_int4", False, 3, 11008, 4096, 128, "bfloat16", False,
      GEMV, "none"),
+    # lane_table's other activation dtypes; K = 4160 leaves the last split's tiles past K.
+    ("gemv_f16", "sparse24", True, 2, 4096, 4096, None, "float16", False, GEMV, "none"),
+    ("gemv_int4_f32_uneven", "sparse24_int4", True, 1, 1000, 4160, 32, "float32", False, GEMV,
+     "none"),
     # 16-row tiles sit below wgmma's m64 shape (mma.sync).
     ("decode_dot_bf16", "sparse24", True, 8, 4096, 4096, None, "bfloat16", False, DECODE,
      "mma.sync"),
@@ -42,3 +46,11 @@ def compiled(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_compiles_for_sm90(compiled, case):
     check_compiled(compiled[case[0]], kernel=case[9], mma=case[10])
+
+
+def test_gemv_selects_x_through_lane_tables(compiled):
+    """The compiled GEMVs pick x[4g + i0], x[4g + i1] with one shuffle each (lane_select: 16 per
+    metadata word) from per-lane tables, with no shared-memory layout conversion."""
+    for case in ("gemv_bf16", "gemv_int4_affine_ragged", "gemv_f16", "gemv_int4_f32_uneven"):
+        assert compiled[case]["shuffles"] >= 16, compiled[case]
+        assert compiled[case]["shared_ops"] == 0, compiled[case]
