@@ -41,12 +41,16 @@ def _int4_gemv_kernel(
     M, stride_xm, magic,
     y_ptr,
     N: tl.constexpr, K: tl.constexpr, GROUP_SIZE: tl.constexpr, FMT: tl.constexpr,
-    BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    SHFL_LUT: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, SHFL_LUT: tl.constexpr,
 ):  # fmt: skip
-    """y[m, N tile] (or partial[split, m]) = x[m, Ks] @ W[Ks, N tile]; one row m per program.
+    """y[m, N tile] (or partial[split, m]) = x[m, Ks] @ W[Ks, N tile] for the BLOCK_SIZE_M ≤ 4
+    rows m of x of this program: W is decoded once per tile and FMA'd with each row (one [ROWS,
+    BN] accumulator per row, named: a 3-D [BM, ROWS, BN] tile gets layouts that convert through
+    shared memory every iteration).
 
     SHFL_LUT: NF4 / FP4 codes through ``codebook_f32``'s warp-shuffle table (compiled only)."""
+    tl.static_assert(BLOCK_SIZE_M <= 4, "the GEMV holds at most 4 rows of x per program")
     ROWS: tl.constexpr = BLOCK_SIZE_K // 8  # packed words per column per tile
     K_TILES: tl.constexpr = (K + BLOCK_SIZE_K - 1) // BLOCK_SIZE_K
     TILES_PER_SPLIT: tl.constexpr = (K_TILES + SPLIT_K - 1) // SPLIT_K
@@ -64,11 +68,17 @@ def _int4_gemv_kernel(
     offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
     offs_r = tl.arange(0, ROWS)
     n_ok = (offs_n < N)[None, :]
-    x_row = x_ptr + pid_m * stride_xm
+    m0 = pid_m * BLOCK_SIZE_M
+    x_row = x_ptr + m0 * stride_xm
+    # rows m0 + 1 .. m0 + 3 of x where this block has them (a row past M reads as zeros)
+    ok1, ok2, ok3 = m0 + 1 < M, m0 + 2 < M, m0 + 3 < M
     sixteen = (magic >> 23) - 134  # 16, opaque to the compiler (magic = 150 << 23)
 
     # -------------------------------------------------------------- K loop
     acc = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+    acc1 = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+    acc2 = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+    acc3 = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
     for t in range(TILES_PER_SPLIT):
         k0 = (pid_k * TILES_PER_SPLIT + t) * BLOCK_SIZE_K
         rows = k0 // 8 + offs_r  # packed word rows of the tile
@@ -100,11 +110,22 @@ def _int4_gemv_kernel(
                 z = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
         # ---- the word's 8 codes times x, then the group scale times their sum
         part = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+        part1 = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+        part2 = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
+        part3 = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=tl.float32)
         for j in tl.static_range(8):
             if EVEN_K:
                 xj = tl.load(x_ptrs + j).to(tl.float32)
             else:
                 xj = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32)
+            if BLOCK_SIZE_M > 1:
+                x1j = tl.load(x_ptrs + stride_xm + j, mask=x_ok & ok1, other=0.0).to(tl.float32)
+            if BLOCK_SIZE_M > 2:
+                x2j = tl.load(x_ptrs + 2 * stride_xm + j, mask=x_ok & ok2, other=0.0)
+                x2j = x2j.to(tl.float32)
+            if BLOCK_SIZE_M > 3:
+                x3j = tl.load(x_ptrs + 3 * stride_xm + j, mask=x_ok & ok3, other=0.0)
+                x3j = x3j.to(tl.float32)
             src = words if j < 4 else high
             if FMT == 2:  # NF4 / FP4: 16-entry code book, a register table (one SHFL per code)
                 w = codebook_f32(codebook_ptr, src, j % 4, SHFL_LUT)
@@ -113,15 +134,39 @@ def _int4_gemv_kernel(
             else:
                 w = nibble_f32(src, j % 4, True, magic)
             part += w * xj
+            if BLOCK_SIZE_M > 1:
+                part1 += w * x1j
+            if BLOCK_SIZE_M > 2:
+                part2 += w * x2j
+            if BLOCK_SIZE_M > 3:
+                part3 += w * x3j
         acc += part * s
+        if BLOCK_SIZE_M > 1:
+            acc1 += part1 * s
+        if BLOCK_SIZE_M > 2:
+            acc2 += part2 * s
+        if BLOCK_SIZE_M > 3:
+            acc3 += part3 * s
 
     # -------------------------------------------------------------- epilogue
-    y = tl.sum(acc, axis=0)
     y_ok = offs_n < N
+    y_ptrs = y_ptr + (m0 * N + offs_n if SPLIT_K == 1 else (pid_k * M + m0) * N + offs_n)
+    _store_row(y_ptrs, tl.sum(acc, axis=0), y_ok, SPLIT_K)
+    if BLOCK_SIZE_M > 1:
+        _store_row(y_ptrs + N, tl.sum(acc1, axis=0), y_ok & ok1, SPLIT_K)
+    if BLOCK_SIZE_M > 2:
+        _store_row(y_ptrs + 2 * N, tl.sum(acc2, axis=0), y_ok & ok2, SPLIT_K)
+    if BLOCK_SIZE_M > 3:
+        _store_row(y_ptrs + 3 * N, tl.sum(acc3, axis=0), y_ok & ok3, SPLIT_K)
+
+
+@triton.jit
+def _store_row(ptrs, y, mask, SPLIT_K: tl.constexpr):
+    """One output row: in y's dtype, or an f32 partial under split-K."""
     if SPLIT_K == 1:
-        tl.store(y_ptr + pid_m * N + offs_n, y.to(y_ptr.dtype.element_ty), mask=y_ok)
+        tl.store(ptrs, y.to(ptrs.dtype.element_ty), mask=mask)
     else:
-        tl.store(y_ptr + (pid_k * M + pid_m) * N + offs_n, y, mask=y_ok)
+        tl.store(ptrs, y, mask=mask)
 
 
 def gemv_grid(m: int, n: int, k: int, config: dict) -> tuple[int, int, int]:
@@ -129,7 +174,7 @@ def gemv_grid(m: int, n: int, k: int, config: dict) -> tuple[int, int, int]:
     block_n, block_k, split = config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"], config["SPLIT_K"]
     k_tiles = triton.cdiv(k, block_k)
     split = triton.cdiv(k_tiles, triton.cdiv(k_tiles, split))
-    return m, triton.cdiv(n, block_n), split
+    return triton.cdiv(m, config.get("BLOCK_SIZE_M", 1)), triton.cdiv(n, block_n), split
 
 
 @triton.jit
@@ -172,7 +217,10 @@ def _sparse24_gemv_kernel(
     offs_n = tl.max_contiguous(pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N), 4)
     offs_r = tl.arange(0, ROWS)
     n_ok = (offs_n < N)[None, :]
-    x_row = x_ptr + pid_m * stride_xm
+    m0 = pid_m * BLOCK_SIZE_M
+    x_row = x_ptr + m0 * stride_xm
+    # rows m0 + 1 .. m0 + 3 of x where this block has them (a row past M reads as zeros)
+    ok1, ok2, ok3 = m0 + 1 < M, m0 + 2 < M, m0 + 3 < M
     sixteen = (magic >> 23) - 134  # 16, opaque to the compiler (see _int4_gemv_kernel)
 
     # -------------------------------------------------------------- K loop

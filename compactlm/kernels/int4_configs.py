@@ -16,11 +16,20 @@ from __future__ import annotations
 Config = dict[str, int]
 
 M_BUCKETS = ("gemv", "decode", "small", "medium", "large")
-# Rows served by the GEMV kernels (gemv_kernels.py; FMAs, no tl.dot), per format. A GEMV program
-# serves one row and re-decodes W for each, the 16-row tl.dot decode kernel decodes once: by the
-# SASS count per weight of W (docs/benchmarks.md) the GEMV is cheaper up to M = 2 for int4 /
-# NF4 / FP4 (int4: 3.7 per row vs 10.3 for any M <= 16) and up to M = 4 for 2:4 (3.7-4.0 vs 19-25).
-GEMV_MAX_M: dict[str, int] = {"int4": 2, "nf4": 2, "fp4": 2, "sparse24": 4, "sparse24_int4": 4}
+# Rows served by the GEMV kernels (gemv_kernels.py; FMAs, no tl.dot), per format. The int4 /
+# NF4 / FP4 GEMV decodes each W tile once for up to GEMV_ROWS rows of x; by the SASS count per
+# weight of W (docs/benchmarks.md) it is cheaper than the 16-row tl.dot decode kernel (int4 10.3,
+# NF4 / FP4 23.4 for any M <= 16) up to M = 4 (int4: 3.7 / 5.4 / 8.0 / 10.0 at M = 1..4). The 2:4
+# GEMV serves one row per program and stays cheaper up to M = 4 (2.4-2.8 per row vs 19-25).
+GEMV_MAX_M: dict[str, int] = {"int4": 4, "nf4": 4, "fp4": 4, "sparse24": 4, "sparse24_int4": 4}
+GEMV_ROWS = 4  # rows of x per int4 / NF4 / FP4 GEMV program (named accumulators: at most 4)
+
+
+def gemv_rows(m: int, block_n: int) -> Config:
+    """BLOCK_SIZE_M (rows per GEMV program) and BLOCK_SIZE_N for M rows: from 3 rows on, at
+    most 512 columns (3-4 rows of 1024-column f32 partial sums need > 255 registers: spills)."""
+    rows = min(m, GEMV_ROWS)
+    return dict(BLOCK_SIZE_M=rows, BLOCK_SIZE_N=block_n if rows < 3 else min(block_n, 512))
 
 
 def gemv_max_m(format: str) -> int:

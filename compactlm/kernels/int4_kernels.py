@@ -20,6 +20,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from compactlm.kernels import int4_configs
 from compactlm.kernels._tile_ops import MAGIC_2_23, compiled, dot_acc, grouped_pid, nibble
 from compactlm.kernels.gemv_kernels import _int4_gemv_kernel, gemv_grid
 from compactlm.kernels.packing import CODEBOOKS
@@ -257,7 +258,8 @@ def launch_int4_matmul(
 
 
 def launch_int4_gemv(launch, x, qweight, scales, zeros, *, format: str, config: dict):
-    """Decode ``y[M, N] = x[M, K] @ W`` with the GEMV kernel (no tl.dot), any small M.
+    """Decode ``y[M, N] = x[M, K] @ W`` with the GEMV kernel (no tl.dot), any small M: up to
+    ``int4_configs.GEMV_ROWS`` rows of x per program (``gemv_rows``), each tile decoded once.
 
     BLOCK_SIZE_K is capped at the group size so every tile has one scale row (a power of two
     G ≥ 8 divides it); SPLIT_K > 1 writes f32 partials that are summed here (deterministic).
@@ -266,8 +268,9 @@ def launch_int4_gemv(launch, x, qweight, scales, zeros, *, format: str, config: 
     if m == 0:
         return jnp.zeros((0, n), x.dtype)
     ptrs, meta = _weight_operands(qweight, scales, zeros, format)
-    cfg = {key: v for key, v in config.items() if key not in ("BLOCK_SIZE_M", "GROUP_SIZE_M")}
+    cfg = {key: v for key, v in config.items() if key != "GROUP_SIZE_M"}
     cfg.setdefault("SPLIT_K", 1)
+    cfg.update(int4_configs.gemv_rows(m, cfg["BLOCK_SIZE_N"]))
     g = meta["GROUP_SIZE"]
     if g < cfg["BLOCK_SIZE_K"] and g & (g - 1) == 0:
         cfg["BLOCK_SIZE_K"] = g

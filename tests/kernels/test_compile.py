@@ -16,6 +16,9 @@ CASES = [
     ("gemv_nf4", "nf4", True, 1, 4096, 4096, 64, "bfloat16", "float32", False, GEMV, "none"),
     ("gemv_fp4_ragged", "fp4", True, 2, 11008, 4104, None, "bfloat16", "bfloat16", False, GEMV,
      "none"),
+    # 4 rows of x per GEMV program (4 accumulators): must not spill.
+    ("gemv_int4_affine_rows4", "int4", False, 4, 4096, 4096, 128, "bfloat16", "bfloat16", False,
+     GEMV, "none"),
     # A 16-row tile is below wgmma's m64 shape: mma.sync, fine for a memory-bound decode.
     ("decode_int4_sym", "int4", True, 8, 4096, 4096, 128, "bfloat16", "bfloat16", False, DECODE,
      "mma.sync"),

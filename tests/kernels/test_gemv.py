@@ -124,13 +124,14 @@ VARIANTS = [("int4", True), ("int4", False), ("nf4", True), ("fp4", True)]
 VARIANT_IDS = ["int4_sym", "int4_affine", "nf4", "fp4"]
 # (M, N, K, G, SPLIT_K): ragged N (40 vs BN = 16), ragged K (200 vs BK = 64: the last split is
 # short), G = 32 < BK (the launcher caps BK at G), per-channel groups on ragged K, 1-3 splits,
-# M = 1..4.
+# M = 1..4 (one program per tile holds all rows), M = 6 (a full and a half-empty row block).
 CASES = [
     (1, 48, 256, 32, 1),
     (1, 40, 200, None, 2),
     (3, 40, 192, 64, 3),
     (4, 32, 256, 32, 2),
     (2, 24, 136, None, 1),
+    (6, 24, 64, 32, 1),
 ]
 CONFIG = dict(BLOCK_SIZE_N=16, BLOCK_SIZE_K=64, num_warps=4, num_stages=2)
 
