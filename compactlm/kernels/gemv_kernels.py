@@ -217,10 +217,7 @@ def _sparse24_gemv_kernel(
     offs_n = tl.max_contiguous(pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N), 4)
     offs_r = tl.arange(0, ROWS)
     n_ok = (offs_n < N)[None, :]
-    m0 = pid_m * BLOCK_SIZE_M
-    x_row = x_ptr + m0 * stride_xm
-    # rows m0 + 1 .. m0 + 3 of x where this block has them (a row past M reads as zeros)
-    ok1, ok2, ok3 = m0 + 1 < M, m0 + 2 < M, m0 + 3 < M
+    x_row = x_ptr + pid_m * stride_xm
     sixteen = (magic >> 23) - 134  # 16, opaque to the compiler (see _int4_gemv_kernel)
 
     # -------------------------------------------------------------- K loop
