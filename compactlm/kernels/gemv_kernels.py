@@ -9,11 +9,18 @@ a time (one compile per layer shape, ~0.5 s); EVEN_N / EVEN_K drop the masks.
 Why not tl.dot (gemlite's GEMV idea): at M = 1 an MMA tile wastes 15 of its 16 rows and forces
 every dequantized weight through shared memory. Here each thread owns a few packed words per
 row of 8 k and several columns, dequantizes them in registers and FMAs them with the matching x,
-keeping [M, BLOCK_SIZE_K/8, BLOCK_SIZE_N] f32 partial sums; one tl.sum after the K loop. Costs
-per weight (SASS, compactlm/eval/sass.py): LOP3 + FADD for the code (``nibble_f32``, the
-magic-number trick: no int→float conversion), or for NF4 / FP4 one shift + one SHFL (a register
-code book, ``codebook_f32``), one FFMA with x; per word one shift and one FFMA with the group
-scale (the scale multiplies the sum of 8 products, not every weight).
+keeping [BLOCK_SIZE_K/8, BLOCK_SIZE_N] f32 partial sums per row of x (up to 4 rows per int4
+program: each tile decoded once); one tl.sum after the K loop. Costs per weight (SASS,
+compactlm/eval/sass.py): LOP3 + FADD for the code (``nibble_f32``, the magic-number trick: no
+int→float conversion), or for NF4 / FP4 one shift + one SHFL (a register code book,
+``codebook_f32``), one FFMA per row of x; per word one shift and one FFMA with the group scale
+(the scale multiplies the sum of 8 products, not every weight). The 2:4 GEMV picks the two kept
+activations of a group with one SHFL each from per-lane tables (``lane_table``).
+
+Inline PTX (the shuffles) runs only compiled; under the interpreter the same kernels take a
+``tl.load`` code-book gather and ``tl.where`` selects (exact, the tested path); the PTX
+constants are checked against the PTX ISA's ``shfl.sync`` definition in NumPy
+(tests/kernels/test_gemv.py) and the compiled kernels on a GPU by tests/kernels/test_gpu_*.py.
 
 Numerics: W is exact in f32 ((q − z)·s, codebook·absmax): unlike the references, which cast W to
 x's dtype first, nothing is rounded to bf16, so on bf16 inputs the GEMV is at least as accurate

@@ -58,9 +58,10 @@ def _tiles(m: int, n: int, k: int, warps: int, stages: int, *, group_m: int | No
 
 
 DEFAULTS: dict[str, Config] = {
-    # GEMV (M ≤ gemv_max_m; one row of x per program): wide N tiles so that each
-    # thread owns several 16-byte column chunks (the x values it loads serve all of them), split
-    # K for ≥ 2 programs per SM (SPLIT_K from split_k_for), BLOCK_SIZE_K capped at the group.
+    # GEMV (M ≤ gemv_max_m; up to GEMV_ROWS rows of x per program, gemv_rows): wide N tiles so
+    # that each thread owns several 16-byte column chunks (the x values it loads serve all of
+    # them), split K for ≥ 2 programs per SM (SPLIT_K from split_k_for), BLOCK_SIZE_K capped at
+    # the group.
     "gemv": dict(BLOCK_SIZE_N=1024, BLOCK_SIZE_K=32, num_warps=4, num_stages=3),
     # Decode: one 16-row tile (tl.dot's minimum), wide K tiles so each program streams
     # contiguous qweight rows; SPLIT_K chosen at launch to fill the SMs (see split_k_for).

@@ -12,13 +12,16 @@ CUDA or ``_interpret.interpret_call`` in tests; output pointers last):
 - ``_int4_matmul_kernel``: tiled GEMM after Triton tutorial 03 (grouped pid ordering, masks on
   every edge); the packed ``[BK/8, BN]`` words are loaded once and unpacked in registers
   (broadcast over the 8 nibbles, shift, reshape; the idea of gemlite's bitpacking).
-- ``_int4_gemv_kernel`` (``gemv_kernels.py``): decode for M ≤ 2 (``int4_configs.gemv_max_m``):
-  no tl.dot, magic-number nibbles, N / K constexpr; W stays exact in f32 (not rounded to x's
-  dtype, so bf16 results differ from the reference by at most that rounding). Its SASS
-  instruction count per weight is the CPU proxy in ``compactlm/eval/sass.py``.
-- ``_int4_splitk_kernel``: decode path for 2 < M ≤ 16 — memory bound, so the grid is split along K
+- ``_int4_gemv_kernel`` (``gemv_kernels.py``): decode for M ≤ 4 (``int4_configs.gemv_max_m``):
+  no tl.dot, magic-number nibbles, NF4 / FP4 through a warp-shuffle register code book, up to 4
+  rows of x per program (each W tile decoded once), N / K constexpr; W stays exact in f32 (not
+  rounded to x's dtype, so bf16 results differ from the reference by at most that rounding).
+  Its SASS instruction count per weight is the CPU proxy in ``compactlm/eval/sass.py``.
+- ``_int4_splitk_kernel``: decode path for 4 < M ≤ 16 — memory bound, so the grid is split along K
   (Marlin's split-K idea) to fill the SMs; each split writes an f32 partial ``[SPLIT_K, M, N]``
-  and a second stage sums them (deterministic, no atomics, no zero-initialised output).
+  and a second stage sums them (deterministic, no atomics, no zero-initialised output). Where a
+  tile lies in one group (and for symmetric int4 / NF4 / FP4) the group scale multiplies the
+  tile's dot, not every weight.
 - ``_int4_matmul_bwd_kernel``: ``dx = dy @ W^T``, contracting over N with the same packed W.
 - NF4 / FP4 codes index a 16-entry code book in-kernel (QLoRA; E2M1).
 
