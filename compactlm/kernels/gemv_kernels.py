@@ -201,7 +201,7 @@ def _sparse24_gemv_kernel(
     each; i0 ∈ 0..2, i1 ∈ 1..3). The tile is ROWS metadata words (8 groups = 32 k each) deep.
     int4 values: the compressed rows of one metadata word are two qvalues words (4 groups each);
     QUANT_GROUP (compressed rows per scale) is a multiple of 16, so one scale per metadata word.
-    SELECT_I0 / SELECT_I1: ``lane_select``'s PTX (compiled kernels, BLOCK_SIZE_K = 32: one word
+    SELECT_I0 / SELECT_I1: ``lane_table_asm`` PTX (compiled kernels, BLOCK_SIZE_K = 32: one word
     deep, so every lane decodes the same groups), or "" for the selects (the interpreter).
     """
     ROWS: tl.constexpr = BLOCK_SIZE_K // 32  # metadata words per column per tile
