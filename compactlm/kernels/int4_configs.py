@@ -18,9 +18,10 @@ Config = dict[str, int]
 M_BUCKETS = ("gemv", "decode", "small", "medium", "large")
 # Rows served by the GEMV kernels (gemv_kernels.py; FMAs, no tl.dot), per format. The int4 /
 # NF4 / FP4 GEMV decodes each W tile once for up to GEMV_ROWS rows of x; by the SASS count per
-# weight of W (docs/benchmarks.md) it is cheaper than the 16-row tl.dot decode kernel (int4 10.3,
-# NF4 / FP4 23.4 for any M <= 16) up to M = 4 (int4: 3.7 / 5.4 / 8.0 / 10.0 at M = 1..4). The 2:4
-# GEMV serves one row per program and stays cheaper up to M = 4 (2.4-2.8 per row vs 19-25).
+# weight of W (docs/benchmarks.md) it is cheaper than the 16-row tl.dot decode kernel (int4 9.1,
+# NF4 / FP4 12.5 at any 4 < M <= 16) up to M = 4 (int4: 3.7 / 5.4 / 8.0 / 10.0 at M = 1..4).
+# The 2:4 GEMV serves one row per program and stays cheaper up to M = 4 (2.4-2.8 per row vs
+# 19-25).
 GEMV_MAX_M: dict[str, int] = {"int4": 4, "nf4": 4, "fp4": 4, "sparse24": 4, "sparse24_int4": 4}
 GEMV_ROWS = 4  # rows of x per int4 / NF4 / FP4 GEMV program (named accumulators: at most 4)
 
