@@ -32,6 +32,19 @@ def _listing(path):
     return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*"))
 
 
+def _written_bytes(run_dir) -> int:
+    """nbytes of every model array in the run's latest checkpoint (no optimizer state)."""
+    import jax
+    from flax import nnx
+
+    from compactlm.train.run_dir import load_run
+
+    trainer = load_run(run_dir)
+    return sum(
+        int(x.nbytes) for x in jax.tree.leaves(nnx.state(trainer.program.model(trainer.state)))
+    )
+
+
 FAST = ["eval_tokens=4096", "calib.sequences=4", "calib.batch_size=4"]
 
 
@@ -79,6 +92,7 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     assert "before" in printed and "pruned" in printed and "after" in printed
     report = json.loads((out / "compression.json").read_text())
     assert report["sizes"]["density"] == pytest.approx(0.5)
+    assert _written_bytes(out) == report["sizes"]["model_bytes"]
     # The recovered model's pruned weights are still exactly zero (and it is a loadable run).
     from compactlm.compress import apply as A
     from compactlm.compress import calibrate as C
@@ -136,6 +150,11 @@ def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_p
     report = json.loads((out / "compression.json").read_text())
     assert json.loads((out / "config.json").read_text())["model"]["weight_format"] == "int4"
     assert report["sizes"]["linear_bytes"] < 0.2 * report["sizes"]["dense_linear_bytes"]
+    # Predicted = written: the run's restored arrays are the bytes the report (the one formula,
+    # models/footprint.weight_bytes) states, and `info` prints the same figure.
+    assert _written_bytes(out) == report["sizes"]["model_bytes"]
+    assert cli("info", str(out)) == 0
+    assert f"{report['sizes']['model_bytes']:,} bytes" in capsys.readouterr().out
     # eval of the packed run (int4_matmul, reference path on CPU) = the "after" of the command.
     assert cli("eval", str(out)) == 0
     assert f"{report['after']['bpb']:.4f}" in capsys.readouterr().out
