@@ -30,8 +30,9 @@ setup(
     extras_require={
         # jax-triton is installed --no-deps by scripts/bootstrap.sh: its pinned deps would replace jax.
         "gpu": ["jax-triton>=0.4.1"],
-        "test": ["pytest>=8"],
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        # beartype: the checker of the jaxtyping annotations under pytest (tests/conftest.py).
+        "test": ["pytest>=8", "beartype>=0.18"],
+        "dev": ["pytest>=8", "beartype>=0.18", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["compactlm=compactlm.cli:main"]},
 )

@@ -24,3 +24,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="compactlm-xla-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# jaxtyping annotations are checked under pytest only (STYLE.md; free in runs): every compactlm
+# module that uses jaxtyping is imported through jaxtyping's import hook, with beartype checking
+# each call's array annotations (tests/typecheck.py). Installed before anything imports
+# compactlm; tests/test_jaxtyping.py proves it is live.
+import tests.typecheck  # noqa: E402
+
+tests.typecheck.install()

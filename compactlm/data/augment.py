@@ -140,7 +140,7 @@ def augmented_batch(
     step: int,
     batch_size: int,
     seq_len: int,
-) -> Int32[np.ndarray, "B T+1"]:
+) -> Int32[np.ndarray, "B T1"]:  # T1 = seq_len + 1 (inputs and next-token targets)
     """get_batch's windows (same starts), extended to the right, with `names` applied in order.
 
     ordinary_ids: the token ids that stand for text (insertion draws from them); fill_id: the id

@@ -322,7 +322,7 @@ def get_batch(
     batch_size: int,
     seq_len: int,
     row_start: int = 0,
-) -> Int32[np.ndarray, "B T+1"]:
+) -> Int32[np.ndarray, "B T1"]:  # T1 = seq_len + 1 (inputs and next-token targets)
     """[batch_size, seq_len + 1] int32 windows at random offsets: inputs [:, :-1], targets [:, 1:].
 
     A pure function of (seed, step): a counter-based hash (SplitMix64 of seed, step, row) picks
