@@ -8,7 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from compactlm.models.transformer import Transformer
 
@@ -108,7 +108,7 @@ def _generate(
 
 def generate(
     model: Transformer,
-    prompt_tokens: Int[Array, "B P"] | Int[Array, " P"],
+    prompt_tokens: Int[ArrayLike, "B P"] | Int[ArrayLike, " P"],  # jax or NumPy ids
     *,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -117,7 +117,7 @@ def generate(
     seed: int = 0,
     eos_id: int | None = None,
     vocab_limit: int | None = None,
-) -> Int[Array, "B P+M"]:
+) -> Int[Array, "B PM"]:  # PM = P + max_new_tokens
     """Prompt followed by max_new_tokens sampled tokens (rows that hit eos_id are padded with it).
 
     All rows share the prompt length P (left-pad ragged prompts yourself). The cache holds exactly

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from compactlm.models.config import ModelConfig
 from compactlm.models.dense import param_init
@@ -136,9 +136,9 @@ class Transformer(nnx.Module):
 
     def __call__(
         self,
-        tokens_BT: Int[Array, "B T"],
+        tokens_BT: Int[ArrayLike, "B T"],  # jax or NumPy ids (a gather: either indexes)
         *,
-        positions_BT: Int[Array, "B T"] | None = None,
+        positions_BT: Int[ArrayLike, "B T"] | None = None,
         cache: KVCache | None = None,
         rng: jax.Array | None = None,
         return_hidden: bool = False,
