@@ -8,7 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, Integer
 
 from compactlm.models.transformer import Transformer
 
@@ -108,7 +108,7 @@ def _generate(
 
 def generate(
     model: Transformer,
-    prompt_tokens: Int[ArrayLike, "B P"] | Int[ArrayLike, " P"],  # jax or NumPy ids
+    prompt_tokens: Integer[ArrayLike, "B P"] | Integer[ArrayLike, " P"],  # jax or NumPy ids
     *,
     max_new_tokens: int,
     temperature: float = 1.0,

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, Integer
 
 from compactlm.models.config import ModelConfig
 from compactlm.models.dense import param_init
@@ -136,9 +136,9 @@ class Transformer(nnx.Module):
 
     def __call__(
         self,
-        tokens_BT: Int[ArrayLike, "B T"],  # jax or NumPy ids (a gather: either indexes)
+        tokens_BT: Integer[ArrayLike, "B T"],  # jax or NumPy ids, any int width (uint16 memmaps)
         *,
-        positions_BT: Int[ArrayLike, "B T"] | None = None,
+        positions_BT: Integer[ArrayLike, "B T"] | None = None,
         cache: KVCache | None = None,
         rng: jax.Array | None = None,
         return_hidden: bool = False,

@@ -137,7 +137,7 @@ def _our_logits(run_dir: Path, tokens: np.ndarray) -> np.ndarray:
     cfg, _, params, _ = hf.load_run_params(run_dir)
     model = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(0)))
     state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
     nnx.update(model, state)
     return np.asarray(model(tokens[None]))[0]
 

@@ -212,7 +212,9 @@ def test_mixed_objective_masks_and_metrics():
     mask = np.ones((2, 6), np.float32)
     mask[1, 3:] = 0.0
     cfg = DistillConfig(loss="rkl", temperature=2.0, alpha=0.3)
-    loss, m = DistillLoss(cfg)(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), mask)
+    loss, m = DistillLoss(cfg)(
+        jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask)
+    )
     keep = mask.astype(bool)
     div = np_kl(np_softmax(s, 2.0), np_softmax(t, 2.0))[keep].mean()
     nll = -np.log(np.take_along_axis(np_softmax(s), targets[..., None], -1)[..., 0])[keep].mean()
@@ -227,7 +229,9 @@ def test_mixed_objective_masks_and_metrics():
     # masked positions do not matter
     s2 = s.copy()
     s2[1, 3:] = 1e3
-    loss2, _ = DistillLoss(cfg)(jnp.asarray(s2), jnp.asarray(t), jnp.asarray(targets), mask)
+    loss2, _ = DistillLoss(cfg)(
+        jnp.asarray(s2), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask)
+    )
     np.testing.assert_allclose(float(loss2), float(loss), **tol("f32_reorder"))
 
 

@@ -49,12 +49,14 @@ def test_feature_loss_matches_numpy(kind, widths):
     v = rng.normal(size=(2, 3, 5, dt)).astype(np.float32)
     proj = rng.normal(size=(2, ds, dt)).astype(np.float32) if ds != dt else None
     mask = (rng.random((3, 5)) > 0.3).astype(np.float32)
-    got = feature_loss(u, v, kind, mask, proj)
+    as_jax = None if proj is None else jnp.asarray(proj)
+    got = feature_loss(jnp.asarray(u), jnp.asarray(v), kind, jnp.asarray(mask), as_jax)
     want = numpy_feature_loss(u, v, kind, mask, proj)
     np.testing.assert_allclose(float(got), want, **tol("f32_reorder"))
     # identical states: zero loss (cosine also for any positive rescaling)
     if proj is None:
-        same = feature_loss(u, (3.0 if kind == "cosine" else 1.0) * u, kind, mask)
+        u_j = jnp.asarray(u)
+        same = feature_loss(u_j, (3.0 if kind == "cosine" else 1.0) * u_j, kind, jnp.asarray(mask))
         np.testing.assert_allclose(float(same), 0.0, atol=1e-6)
 
 
