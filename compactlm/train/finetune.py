@@ -50,6 +50,9 @@ CHANGEABLE_MODEL_FIELDS = (
     "scan_layers",
     "remat",
     "attention_impl",
+    # training-time input noise (NEFTune, span masking): regularisers of the fine-tune itself
+    "neftune_alpha",
+    "span_mask_rate",
 )
 
 

@@ -101,6 +101,14 @@ def test_bad_finetune_input_is_one_line_exit_2(base_dir, tmp_path, capsys, args,
     assert len(err.splitlines()) == 1
 
 
+def test_input_noise_is_a_finetune_setting(base_dir):
+    """NEFTune / span masking regularise the fine-tune itself: not a change of the base's shape."""
+    from compactlm.train.finetune import finetune_config
+
+    cfg = finetune_config(base_dir, ["model.neftune_alpha=5", "model.span_mask_rate=0.05"])
+    assert cfg.model.neftune_alpha == 5.0 and cfg.model.span_mask_rate == 0.05
+
+
 def test_missing_base_and_packed_merge_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["finetune", str(tmp_path / "nope"), f"workdir={tmp_path / 'x'}"])
