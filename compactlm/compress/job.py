@@ -129,6 +129,11 @@ def _check_recover(rcfg: RecoverConfig, cfg) -> None:
     if rcfg.steps == 0 or rcfg.mode != "distill":
         return
     rcfg.distill.check_vocab(cfg.model.vocab_size)
+    if rcfg.distill.features != "none":
+        from compactlm.train.distill_features import feature_pairs
+
+        n = cfg.model.n_layers
+        feature_pairs(rcfg.distill.feature_layers, n, n)  # raises on a pair out of range
     if rcfg.distill.on_policy > 0 and rcfg.distill.on_policy_prompt >= cfg.train.seq_len:
         raise ValueError(
             f"recover.distill.on_policy_prompt={rcfg.distill.on_policy_prompt} leaves nothing to "

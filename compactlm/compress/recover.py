@@ -53,7 +53,8 @@ class RecoverConfig:
     # on the command's eval_tokens); 0 = only the command's before / pruned / after.
     eval_every: int = 0
     # mode=distill: divergence, temperature, alpha (CE mix), top_k, on-policy fraction, teacher
-    # dtype (train/distill.py). init_from_teacher / baseline belong to `compactlm distill` only.
+    # dtype, feature matching layer for layer (train/distill.py). init_from_teacher / baseline
+    # belong to `compactlm distill` only.
     distill: DistillConfig = dataclasses.field(default_factory=_recovery_distill)
 
     def __post_init__(self) -> None:
@@ -101,11 +102,22 @@ def masked_objective(z_loss: float = 0.0):
     return objective
 
 
-def masked_distill_objective(cfg: DistillConfig, teacher_graphdef):
-    """Distillation from the teacher (aux[1]) of the model with its kernels masked (aux[0])."""
+def masked_distill_objective(cfg: DistillConfig, teacher_graphdef, n_layers: int = 0):
+    """Distillation from the teacher (aux[1]) of the model with its kernels masked (aux[0]).
+
+    With cfg.features the pruned model's hidden states are matched to the dense original's, layer
+    for layer by default (`distill.feature_layers` picks others): student and teacher have the
+    same widths, so no projection (layer-wise distillation for sparse recovery: Kurtic et al.
+    2023, "Sparse Fine-tuning for Inference Acceleration of LLMs", SquareHead). n_layers: the
+    model's depth, needed only then.
+    """
+    from compactlm.train.distill_features import feature_pairs
     from compactlm.train.distill_step import make_objective
 
-    base = make_objective(cfg, teacher_graphdef)
+    pairs = ()
+    if cfg.features != "none":
+        pairs = feature_pairs(cfg.feature_layers, n_layers, n_layers)
+    base = make_objective(cfg, teacher_graphdef, pairs)
 
     def objective(model, tokens_BT1, rng, aux):
         masks, teacher_state = aux
@@ -133,7 +145,9 @@ def recover(
     if cfg.mode == "distill":
         if teacher is None:
             raise ValueError("recover.mode=distill needs the dense teacher")
-        objective = masked_distill_objective(cfg.distill, teacher[0])
+        objective = masked_distill_objective(
+            cfg.distill, teacher[0], trainer.cfg.model.n_layers
+        )
         # The student's state is donated to every step; a teacher array it shares (the
         # embedding and norms were never pruned) would be donated too: the teacher gets copies.
         aux = (masks, jax.tree.map(jnp.copy, teacher[1]))

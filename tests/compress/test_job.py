@@ -71,6 +71,12 @@ FAST = ["eval_tokens=4096", "calib.sequences=4", "calib.batch_size=4"]
             "distill.top_k=999 exceeds the vocabulary size",
         ),  # fmt: skip
         ("prune", ["recover.distill.init_from_teacher=true"], "do not apply to recovery"),
+        (
+            "prune",
+            ["recover.steps=2", "recover.mode=distill", "recover.distill.features=l2",
+             "recover.distill.feature_layers=1:9"],
+            "distill.feature_layers pair 1:9 is out of range",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_exits_2_and_touches_nothing(run_dir, tmp_path, capsys, command, args, message):
@@ -116,16 +122,19 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     )
 
 
-def test_prune_recover_by_distillation_keeps_the_2of4_mask(run_dir, tmp_path, capsys):
+@pytest.mark.parametrize("features", ["none", "cosine"])
+def test_prune_recover_by_distillation_keeps_the_2of4_mask(run_dir, tmp_path, capsys, features):
     out = tmp_path / "distilled"
     args = ["method=magnitude", "pattern=2:4", "recover.steps=3", "recover.mode=distill"]
-    args.append("recover.eval_every=2")
+    args += ["recover.eval_every=2", f"recover.distill.features={features}"]
     assert cli("prune", str(run_dir), *args, "eval_tokens=4096", f"workdir={out}") == 0
     printed = capsys.readouterr().out
     assert "recover (distill) 3 steps" in printed and "pruned" in printed
     # The recovery trained on the divergence to the dense teacher (its metrics were logged) ...
     logged = [json.loads(line) for line in (out / "recover" / "metrics.jsonl").open()]
     assert any("distill/divergence" in row for row in logged)
+    # With features, the hidden states were matched too (layer for layer: same widths).
+    assert any("distill/feature" in row for row in logged) == (features != "none")
     assert [row["step"] for row in logged if "eval/bpb" in row] == [2]  # the recovery curve
     # ... and the exported sparse24 run still satisfies 2:4 (its packed values decompress to a
     # W whose pruned positions are exactly zero: the compressed storage refuses anything else).

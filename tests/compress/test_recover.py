@@ -68,6 +68,30 @@ def test_distillation_from_itself_with_a_full_mask_is_zero():
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) < 1e-5
 
 
+def test_feature_recovery_adds_the_layerwise_l2_of_the_hidden_states():
+    # The objective with features=l2 minus the same objective without them is feature_weight x
+    # the mean over blocks 1..L of the mean squared hidden-state difference, computed here
+    # from the two models' hidden states in NumPy (full masks: the student is the model itself).
+    model = Transformer(ModelConfig(**CFG, scan_layers=False), rngs=nnx.Rngs(0))
+    teacher = Transformer(ModelConfig(**CFG, scan_layers=False), rngs=nnx.Rngs(1))
+    ones = {site: jnp.ones_like(m) for site, m in _masks(model, np.random.default_rng(0)).items()}
+    t_graphdef, t_state = nnx.split(teacher)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 64, size=(2, 17)), jnp.int32)
+    plain = apply_overrides(R.RecoverConfig(), ["mode=distill"]).distill
+    feats = apply_overrides(plain, ["features=l2", "feature_weight=0.5"])
+
+    def loss(cfg):
+        objective = R.masked_distill_objective(cfg, t_graphdef, model.cfg.n_layers)
+        return float(objective(nnx.clone(model), tokens, jax.random.key(0), (ones, t_state))[0])
+
+    _, hs = model(tokens[:, :-1], return_hidden=True)
+    _, ht = teacher(tokens[:, :-1], return_hidden=True)
+    hs, ht = np.asarray(hs, np.float64)[1:], np.asarray(ht, np.float64)[1:]
+    expected = 0.5 * np.mean((hs - ht) ** 2)
+    assert expected > 0
+    np.testing.assert_allclose(loss(feats) - loss(plain), expected, rtol=1e-4)
+
+
 def test_recover_config_names_the_modes():
     with pytest.raises(ConfigError, match="choose one of: 'finetune' | 'distill'"):
         apply_overrides(R.RecoverConfig(), ["mode=kd"])
