@@ -145,9 +145,7 @@ def recover(
     if cfg.mode == "distill":
         if teacher is None:
             raise ValueError("recover.mode=distill needs the dense teacher")
-        objective = masked_distill_objective(
-            cfg.distill, teacher[0], trainer.cfg.model.n_layers
-        )
+        objective = masked_distill_objective(cfg.distill, teacher[0], trainer.cfg.model.n_layers)
         # The student's state is donated to every step; a teacher array it shares (the
         # embedding and norms were never pruned) would be donated too: the teacher gets copies.
         aux = (masks, jax.tree.map(jnp.copy, teacher[1]))

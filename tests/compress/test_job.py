@@ -73,8 +73,12 @@ FAST = ["eval_tokens=4096", "calib.sequences=4", "calib.batch_size=4"]
         ("prune", ["recover.distill.init_from_teacher=true"], "do not apply to recovery"),
         (
             "prune",
-            ["recover.steps=2", "recover.mode=distill", "recover.distill.features=l2",
-             "recover.distill.feature_layers=1:9"],
+            [
+                "recover.steps=2",
+                "recover.mode=distill",
+                "recover.distill.features=l2",
+                "recover.distill.feature_layers=1:9",
+            ],
             "distill.feature_layers pair 1:9 is out of range",
         ),  # fmt: skip
     ],
