@@ -70,7 +70,7 @@ def read_base(run_dir: str | Path) -> dict | None:
 
 def finetune_config(base_dir: str | Path, overrides: Sequence[str]) -> Config:
     """The base run's config with `overrides` applied; model shape changes are refused."""
-    from compactlm.config import apply_overrides, diff, from_json
+    from compactlm.config import from_json
     from compactlm.train.run_dir import latest_checkpoint_dir
 
     config_path = Path(base_dir) / "config.json"
@@ -85,12 +85,27 @@ def finetune_config(base_dir: str | Path, overrides: Sequence[str]) -> Config:
             f"{base_dir} workdir=DIR) and fine-tune the merged run"
         )
     base = from_json(config_path.read_text())
+    return apply_finetune_overrides(base, overrides, base_dir=base_dir)
+
+
+def apply_finetune_overrides(
+    base: Config, overrides: Sequence[str], *, base_dir: str | Path | None = None
+) -> Config:
+    """`base` (a run's config) with `overrides` applied; model shape changes are refused.
+
+    base_dir: the base run, where a packed base's storage is checked against its checkpoint;
+    None checks the configs alone (sweep files are validated this way before any base exists).
+    """
+    from compactlm.config import apply_overrides, diff
+
     cfg = apply_overrides(base, overrides)
     changeable = CHANGEABLE_MODEL_FIELDS
     fmt = base.model.weight_format
+    where = base_dir if base_dir is not None else "the base run"
     if fmt != "dense":
         changeable = tuple(f for f in changeable if f not in STORAGE_FIELDS)
-        _check_packed_base(base_dir, fmt, cfg)
+        if base_dir is not None:
+            _check_packed_base(base_dir, fmt, cfg)
     fixed = {
         k: v
         for k, v in diff(base, cfg).items()
@@ -99,7 +114,7 @@ def finetune_config(base_dir: str | Path, overrides: Sequence[str]) -> Config:
     if fixed and fmt != "dense" and any(k.split(".")[1] in STORAGE_FIELDS for k in fixed):
         detail = "; ".join(f"{k}: base {a!r}, asked {b!r}" for k, (a, b) in fixed.items())
         raise _config_error(
-            f"base {base_dir} is stored {fmt}: adapters train on exactly that storage ({detail}); "
+            f"base {where} is stored {fmt}: adapters train on exactly that storage ({detail}); "
             "for another storage, compress the base's dense source run again"
         )
     if fixed:

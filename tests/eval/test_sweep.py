@@ -80,10 +80,12 @@ def test_the_scaling_sweep_file_plans_valid_configs():
 )
 def test_every_sweep_file_has_valid_overrides(name):
     """Each row of a shipped sweep file builds its command's config (a typo in a key or a value
-    fails here, not minutes into the sweep): train / finetune against the preset (tiny for
-    `{base}`), quantize / prune against their job configs."""
+    fails here, not minutes into the sweep): train against the preset, finetune through the
+    same shape checks as `compactlm finetune` against the base fixture's config, quantize / prune
+    against their job configs."""
     from compactlm.compress.job import PruneJob, QuantizeJob
     from compactlm.config import apply_overrides
+    from compactlm.train.finetune import apply_finetune_overrides
 
     _, spec = sweeps.load(name)
     preset = "tiny" if spec.target[0] == "{base}" else spec.target[0]
@@ -92,6 +94,11 @@ def test_every_sweep_file_has_valid_overrides(name):
         overrides = [*spec.common, *row.overrides]
         if spec.command in jobs:
             apply_overrides(jobs[spec.command](), overrides)
+        elif spec.command == "finetune":
+            # What `compactlm finetune` checks against the base: the fixture's own config, so a
+            # row that changes the base's shape (or a pretraining-only key) fails here too.
+            _, fixture_preset, *fixture_overrides = sweeps.FIXTURES[spec.base]
+            apply_finetune_overrides(make_config(fixture_preset, fixture_overrides), overrides)
         else:
             make_config(preset, overrides)
 
