@@ -43,6 +43,10 @@ class SampleConfig:
     top_k: int = 50  # keep the k most likely tokens (0 = off)
     top_p: float = 0.95  # nucleus: smallest set with this much probability (1 = off)
     seed: int = 0  # sampling RNG seed
+    # Token healing (data/tokenizer.py::heal_prompt): the prompt's last token is re-chosen by the
+    # model among the ids that start with its text, so "def " under BPE continues like "def f",
+    # not like a rare lone " " token. No effect on byte-level ids.
+    heal: bool = True
 
     def __post_init__(self) -> None:
         too_few = self.max_new_tokens is not None and self.max_new_tokens < 1
@@ -59,10 +63,14 @@ def _print_kv(title: str, rows: dict) -> None:
 
 
 def _sample(trainer, sample: SampleConfig) -> str:
+    """The prompt and its sampled continuation, as text."""
+    from compactlm.data.tokenizer import heal_prompt
     from compactlm.models.generate import generate as generate_tokens
 
     tok = trainer.data.tokenizer
-    prompt_ids = tok.encode(sample.prompt)
+    prompt_ids, first_allowed = (
+        heal_prompt(tok, sample.prompt) if sample.heal else (tok.encode(sample.prompt), None)
+    )
     context = trainer.cfg.model.max_seq_len
     n_new = sample.max_new_tokens or max(min(200, context - len(prompt_ids)), 1)
     if len(prompt_ids) + n_new > context:
@@ -82,13 +90,15 @@ def _sample(trainer, sample: SampleConfig) -> str:
         seed=sample.seed,
         eos_id=tok.eos_id,
         vocab_limit=tok.vocab_size,
+        first_allowed=first_allowed,
     )
     new = [int(t) for t in out[0, len(prompt_ids) :]]
     if tok.eos_id in new:  # the model ended the document
         new = new[: new.index(tok.eos_id)]
     # model.vocab_size is the tokenizer's padded to a multiple of 64; the padding ids are never
-    # targets, but an undertrained model can still sample them: they decode to nothing.
-    return tok.decode([t for t in new if t < tok.vocab_size])
+    # targets, but an undertrained model can still sample them: they decode to nothing. The
+    # prompt's ids and the new ones decode together (a healed token completes the prompt).
+    return tok.decode([*map(int, prompt_ids), *(t for t in new if t < tok.vocab_size)])
 
 
 def _baselines_in_background(trainer) -> Callable[[], dict]:
@@ -184,7 +194,7 @@ def train(
     (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     sample = SampleConfig()
     print(f"\nsample (prompt {sample.prompt!r}, temperature {sample.temperature}):")
-    print(sample.prompt + _sample(trainer, sample))
+    print(_sample(trainer, sample))
     return 0
 
 
@@ -229,8 +239,7 @@ def evaluate(run_dir: str, overrides: Sequence[str]) -> int:
 def generate(run_dir: str, args: Sequence[str]) -> int:
     sample = apply_overrides(SampleConfig(), args)
     trainer = _load_run(run_dir, [])
-    text = _sample(trainer, sample)
-    print(sample.prompt + text)
+    print(_sample(trainer, sample))
     return 0
 
 

@@ -123,3 +123,17 @@ def test_closed_stdout_stops_quietly(args):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_generate_heals_a_bpe_prompt_that_ends_mid_token(tmp_path, capsys):
+    # "The " ends in a lone " " token under BPE; healing backs it off and the first new token
+    # is one that starts with " ", so the printed text still starts with the whole prompt.
+    run_dir = tmp_path / "bpe"
+    data = ["data.corpus=pydocs", "data.tokenizer=bpe", "data.bpe_vocab_size=512"]
+    common = ["train.progress=false", "train.eval_every=0", "data.max_corpus_bytes=200000"]
+    assert cli("train", "nano", "train.steps=10", *data, *common, f"workdir={run_dir}") == 0
+    capsys.readouterr()
+    for heal in ("true", "false"):
+        args = ["prompt=The ", "max_new_tokens=8", "temperature=0", f"heal={heal}"]
+        assert cli("generate", str(run_dir), *args) == 0
+        assert capsys.readouterr().out.startswith("The ")

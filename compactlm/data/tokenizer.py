@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ class Tokenizer(Protocol):
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
     def decode(self, ids) -> str: ...
     def token_byte_lengths(self) -> np.ndarray: ...
+    def token_bytes(self) -> list[bytes]: ...
     def fingerprint(self) -> str: ...
     def save(self, directory: str | os.PathLike) -> Path: ...
 
@@ -105,6 +107,10 @@ class ByteTokenizer(_SpecialsMixin):
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes each id stands for (0 for specials): bytes covered = lengths[ids].sum()."""
         return np.concatenate([np.ones(256, np.int64), np.zeros(len(SPECIAL_TOKENS), np.int64)])
+
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id stands for (b"" for specials)."""
+        return [bytes([i]) for i in range(256)] + [b""] * len(SPECIAL_TOKENS)
 
     def _serialize(self) -> str:
         return json.dumps({"compactlm_tokenizer": "byte", "special_tokens": SPECIAL_TOKENS})
@@ -178,6 +184,13 @@ class BpeTokenizer(_SpecialsMixin):
             lengths[i] = len(piece)  # one byte-level character per byte
         return lengths
 
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id stands for (b"" for specials and unused ids)."""
+        out = [b""] * self.vocab_size
+        for piece, i in self._tok.get_vocab().items():
+            out[i] = byte_level_bytes(piece)
+        return out
+
     def _serialize(self) -> str:
         hf = json.loads(self._tok.to_str())
         return json.dumps({"compactlm_tokenizer": "bpe", "vocab_size": self.vocab_size, "hf": hf})
@@ -246,6 +259,22 @@ class HfTokenizer(_Saved):
                 lengths[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
         return lengths
 
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id stands for (b"" for specials and unused ids), read as
+        token_byte_lengths reads the pieces."""
+        byte_level = "ByteLevel" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
+        out = [b""] * self.vocab_size
+        for piece, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if i in self._special or i >= self.vocab_size:
+                continue
+            if byte_level:
+                out[i] = byte_level_bytes(piece)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                out[i] = bytes([int(piece[3:5], 16)])
+            else:
+                out[i] = piece.replace("\u2581", " ").encode("utf-8")
+        return out
+
     def _serialize(self) -> str:
         return json.dumps(
             {
@@ -261,6 +290,44 @@ class HfTokenizer(_Saved):
     def hf_json(self) -> str:
         """The Hugging Face tokenizer.json text (what `compactlm export` writes)."""
         return self._tok.to_str()
+
+
+@functools.cache
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (what `tokenizers`' ByteLevel pre-tokenizer uses): printable
+    Latin-1 bytes stand for themselves, the other 68 bytes for code points 256, 257, ... in
+    byte order (Radford et al. 2019, openai/gpt-2 encoder.py bytes_to_unicode)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table = {chr(b): b for b in printable}
+    others = [b for b in range(256) if b not in table.values()]
+    table.update({chr(256 + n): b for n, b in enumerate(others)})
+    return table
+
+
+def byte_level_bytes(piece: str) -> bytes:
+    """The bytes a byte-level BPE piece stands for (one character per byte)."""
+    table = _byte_level_table()
+    return bytes(table[c] for c in piece)
+
+
+def heal_prompt(tokenizer: Tokenizer, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Token healing (Lundberg 2023, guidance; HF generate's token_healing): the prompt's ids
+    without its last token, and the mask of the ids whose bytes start with that token's bytes.
+
+    A prompt that ends mid-token ("def " : BPE merges the space into the NEXT word, so a lone
+    " " token is rare in training text) otherwise conditions the model on a split it has hardly
+    seen; sampling the first new token from the mask lets it re-choose the boundary, and the
+    text still begins with the prompt. Byte-level ids need no healing (one byte per token: the
+    mask would hold only the removed byte), nor does a one-token prompt (nothing would be left).
+    Returns (ids, None) when there is nothing to heal.
+    """
+    ids = tokenizer.encode(text)
+    if tokenizer.kind == "byte" or len(ids) < 2:
+        return ids, None
+    pieces = tokenizer.token_bytes()
+    tail = pieces[int(ids[-1])]
+    allowed = np.array([len(p) > 0 and p.startswith(tail) for p in pieces], bool)
+    return ids[:-1], allowed
 
 
 def make_tokenizer(cfg: DataConfig, train_texts: list[str]) -> ByteTokenizer | BpeTokenizer:

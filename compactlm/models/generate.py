@@ -8,7 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Float, Int, Integer
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Integer
 
 from compactlm.models.transformer import Transformer
 
@@ -75,9 +75,11 @@ def _generate(
     top_k: int,
     eos_id: int | None,
     vocab_limit: int | None = None,
+    first_V: jax.Array | None = None,
 ) -> jax.Array:
     """Prefill the prompt, then lax.while_loop one decode step per token (one compile, no
-    per-token host round trip, early exit once every row has emitted eos_id)."""
+    per-token host round trip, early exit once every row has emitted eos_id). first_V: the
+    ids the first new token may be (token healing), None = any."""
     B, P = prompt_BP.shape
     cache = model.init_cache(B, P + max_new_tokens)
     logits_BPV, cache = model(prompt_BP, cache=cache)
@@ -94,6 +96,9 @@ def _generate(
         if vocab_limit is not None:  # padded embedding rows are not tokens: never sample them
             valid_V = jnp.arange(last_logits_BV.shape[-1]) < vocab_limit
             last_logits_BV = jnp.where(valid_V, last_logits_BV, jnp.finfo(jnp.float32).min)
+        if first_V is not None:
+            barred_V = (i == 0) & ~first_V
+            last_logits_BV = jnp.where(barred_V, jnp.finfo(jnp.float32).min, last_logits_BV)
         tok_B = sample_logits(last_logits_BV, step_rng, temperature, top_k, top_p)
         tok_B = jnp.where(done_B, pad, tok_B)
         out_BS = jax.lax.dynamic_update_slice(out_BS, tok_B[:, None], (0, P + i))
@@ -117,6 +122,7 @@ def generate(
     seed: int = 0,
     eos_id: int | None = None,
     vocab_limit: int | None = None,
+    first_allowed: Bool[ArrayLike, " W"] | None = None,
 ) -> Int[Array, "B PM"]:  # PM = P + max_new_tokens
     """Prompt followed by max_new_tokens sampled tokens (rows that hit eos_id are padded with it).
 
@@ -124,6 +130,9 @@ def generate(
     P + max_new_tokens positions; one compile per (B, P, max_new_tokens, top_k, eos_id) — a
     different temperature / top_p / seed reuses it. vocab_limit: only ids below it are sampled
     (the tokenizer's vocabulary; the embedding is padded past it to a multiple of 64).
+    first_allowed: a mask over the first W ids (W <= the model's vocabulary; ids past it are
+    barred) that the FIRST new token is drawn from, renormalized: the second half of token
+    healing (data/tokenizer.py::heal_prompt). None = no constraint.
     """
     prompt_BP = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_BP.ndim == 1:
@@ -145,4 +154,18 @@ def generate(
         top_k=top_k,
         eos_id=eos_id,
         vocab_limit=vocab_limit,
+        first_V=_first_mask(first_allowed, model.cfg.vocab_size),
     )
+
+
+def _first_mask(allowed_W, vocab_size: int) -> jax.Array | None:
+    """The first-token mask padded with False to the model's vocabulary."""
+    if allowed_W is None:
+        return None
+    allowed_W = jnp.asarray(allowed_W, bool)
+    if allowed_W.shape[0] > vocab_size or not bool(allowed_W.any()):
+        raise ValueError(
+            f"first_allowed must mark at least one of the model's {vocab_size} ids "
+            f"(got {allowed_W.shape[0]} entries, {int(allowed_W.sum())} set)"
+        )
+    return jnp.zeros((vocab_size,), bool).at[: allowed_W.shape[0]].set(allowed_W)

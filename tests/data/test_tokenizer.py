@@ -153,3 +153,48 @@ def test_make_tokenizer_from_config() -> None:
     assert tok.token_byte_lengths().shape == (300,)
     with pytest.raises(DataError, match="too small"):
         make_tokenizer(DataConfig(tokenizer="bpe", bpe_vocab_size=100), ["x"])
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe", "hf"])
+def test_token_bytes_spell_every_encoding(kind: str, bpe: BpeTokenizer) -> None:
+    from compactlm.data.tokenizer import HfTokenizer
+
+    tok = {"byte": ByteTokenizer(), "bpe": bpe}.get(kind)
+    if kind == "hf":  # a byte-level tokenizer.json as `compactlm import` brings one in
+        n = bpe.n_base
+        tok = HfTokenizer(bpe._tok, vocab_size=n + 3, eos_id=n, pad_id=n + 1, bos_id=n + 2)
+    pieces = tok.token_bytes()
+    assert len(pieces) == tok.vocab_size
+    assert [pieces[i] for i in (tok.eos_id, tok.pad_id, tok.bos_id)] == [b"", b"", b""]
+    np.testing.assert_array_equal([len(p) for p in pieces], tok.token_byte_lengths())
+    for text in _cases():
+        assert b"".join(pieces[i] for i in tok.encode(text)) == text.encode("utf-8")
+
+
+def test_byte_level_table_is_the_tokenizers_alphabet() -> None:
+    from tokenizers import pre_tokenizers
+
+    from compactlm.data.tokenizer import _byte_level_table
+
+    table = _byte_level_table()
+    assert set(table) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert sorted(table.values()) == list(range(256))
+
+
+def test_heal_prompt_backs_off_the_last_token_and_masks_its_completions(bpe) -> None:
+    from compactlm.data.tokenizer import heal_prompt
+
+    prompt = "def f(x):\n    return "
+    ids, allowed = heal_prompt(bpe, prompt)
+    full = bpe.encode(prompt)
+    np.testing.assert_array_equal(ids, full[:-1])
+    assert allowed is not None and allowed[full[-1]]  # the original split stays possible
+    # Reference through the tokenizer's own decoder: id j is allowed iff the healed prompt
+    # followed by j decodes to a text that starts with the whole prompt.
+    expected = [bpe.decode([*ids, j]).startswith(prompt) for j in range(bpe.vocab_size)]
+    np.testing.assert_array_equal(allowed, expected)
+    assert 1 < allowed.sum() < bpe.vocab_size // 2
+    # Nothing to heal: byte-level ids, a one-token prompt.
+    assert heal_prompt(ByteTokenizer(), prompt)[1] is None
+    one = bpe.decode(bpe.encode("def")[:1])
+    assert heal_prompt(bpe, one)[1] is None

@@ -105,3 +105,25 @@ def test_generate_sampling_is_seeded():
     # spreads top-10/top-0.9 mass over several tokens, so 4 seeds x 6 draws all equal is ~0).
     others = [np.asarray(generate(model, prompt, seed=s, **kw)) for s in (2, 3, 4, 5)]
     assert any((o != np.asarray(a)).any() for o in others)
+
+
+def test_first_allowed_constrains_only_the_first_token():
+    model = Transformer(SMALL, rngs=nnx.Rngs(0))
+    prompt = jnp.array([[1, 2, 3]])
+    kw = dict(max_new_tokens=4, temperature=1.0)
+    allowed = np.zeros(50, bool)  # shorter than the vocabulary: ids past it are barred too
+    allowed[[7, 11, 40]] = True
+    firsts, rests = set(), set()
+    for seed in range(12):
+        out = np.asarray(generate(model, prompt, seed=seed, first_allowed=allowed, **kw))[0]
+        firsts.add(int(out[3]))
+        rests.update(out[4:].tolist())
+    assert firsts <= {7, 11, 40} and len(firsts) > 1
+    assert not rests <= {7, 11, 40}  # later tokens are free
+    everything = np.ones(SMALL.vocab_size, bool)
+    np.testing.assert_array_equal(
+        generate(model, prompt, seed=3, first_allowed=everything, **kw),
+        generate(model, prompt, seed=3, **kw),
+    )
+    with pytest.raises(ValueError, match="first_allowed must mark at least one"):
+        generate(model, prompt, first_allowed=np.zeros(8, bool), **kw)
