@@ -72,6 +72,7 @@ def test_make_train_recipe_is_a_valid_tiny_config():
     overrides = recipe.split(":=", 1)[1].split()
     cfg = make_config("tiny", overrides)
     assert cfg.optim.kind == "muon" and cfg.train.eval_every == 0
+    assert cfg.data.tokenizer == "bpe" and cfg.train.steps == 600
 
 
 def test_the_override_parser_imports_no_training_code():

@@ -254,16 +254,25 @@ class ModelConfig:
                 + ", ".join(map(str, QUANT_GROUP_SIZES))
                 + ", or 0 (per channel)"
             )
-        if self.weight_format != "dense" and self.quant_group_size:
-            widths = {"d_model": self.d_model, "d_ff": self.d_ff}
-            widths["n_heads*head_dim"] = self.n_heads * self.resolved_head_dim
-            for name, width in widths.items():
-                if width % self.quant_group_size:
-                    raise ValueError(
-                        f"{self.weight_format} packs the inputs of every linear in blocks of "
-                        f"quant_group_size={self.quant_group_size}, but {name}={width} is not "
-                        "divisible by it"
-                    )
+        # What each packed format needs of every linear's input width K: int4 / NF4 / FP4 scale
+        # blocks of quant_group_size rows; 2:4 metadata words of 32 rows (8 groups of 4); the
+        # int4 + 2:4 variant both. sparse24 keeps bf16 values: no group size applies.
+        sparse = self.weight_format in ("sparse24", "sparse24_int4")
+        grouped = self.weight_format not in ("dense", "sparse24") and self.quant_group_size
+        widths = {"d_model": self.d_model, "d_ff": self.d_ff}
+        widths["n_heads*head_dim"] = self.n_heads * self.resolved_head_dim
+        for name, width in widths.items():
+            if grouped and width % self.quant_group_size:
+                raise ValueError(
+                    f"{self.weight_format} packs the inputs of every linear in blocks of "
+                    f"quant_group_size={self.quant_group_size}, but {name}={width} is not "
+                    "divisible by it"
+                )
+            if sparse and width % 32:
+                raise ValueError(
+                    f"{self.weight_format} stores 2:4 metadata in words of 32 input rows, but "
+                    f"{name}={width} is not divisible by 32"
+                )
 
     @property
     def resolved_head_dim(self) -> int:

@@ -36,11 +36,22 @@ def _tokens(B=2, T=8, V=64, seed=0):
         (dict(compute_dtype="float16"), "valid: float32, bfloat16"),
         (dict(n_layers=0), "n_layers must be >= 1"),
         (dict(init_std=0.0), "must be > 0"),
+        # 2:4 metadata words hold 32 rows of K; int4 scales, blocks of quant_group_size rows.
+        (dict(weight_format="sparse24", d_ff=80), "d_ff=80 is not divisible by 32"),
+        (dict(weight_format="int4", quant_group_size=32, d_ff=80), "=32, but d_ff=80 is not"),
+        (dict(weight_format="sparse24_int4", quant_group_size=0, d_ff=80), "d_ff=80 is not div"),
     ],
 )
 def test_bad_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(SMALL, **overrides)
+
+
+def test_bf16_2of4_needs_no_group_size():
+    # sparse24 keeps bf16 values: a width the int4 group size does not divide is fine (the
+    # check used to apply quant_group_size to it too).
+    cfg = dataclasses.replace(SMALL, weight_format="sparse24", d_ff=96, quant_group_size=64)
+    assert cfg.d_ff == 96
 
 
 def test_config_is_frozen_and_keyword_only():
