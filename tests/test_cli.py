@@ -99,6 +99,9 @@ def test_train_eval_generate_resume(tmp_path, capsys):
 
     # Re-running with more steps resumes from step 20 instead of starting over.
     assert cli("train", "nano", "train.steps=25", *common, f"workdir={run_dir}") == 0
+    assert "train.steps 20 -> 25: the learning-rate schedule now decays to step 25" in (
+        capsys.readouterr().err
+    )
     steps = [
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]

@@ -119,6 +119,15 @@ def _check_resume(saved: Config, cfg: Config) -> Config:
             f"the run directory holds a run with a different config ({detail}); use a new "
             f"workdir, or change only {', '.join(RESUMABLE_CHANGES)} when resuming"
         )
+    if "train.steps" in changes and jax.process_index() == 0:
+        # Extending (or shortening) a run is allowed; say what it does to the schedule, which
+        # is a function of the total (warm-up then decay to min_lr_ratio at train.steps).
+        was, now = changes["train.steps"]
+        print(
+            f"train.steps {was} -> {now}: the learning-rate schedule now decays to step {now}; "
+            "the remaining steps follow it, not the saved run's",
+            file=sys.stderr,
+        )
     return cfg
 
 
