@@ -57,6 +57,15 @@ class _Saved(abc.ABC):
         atomic_write_text(path, self._serialize())
         return path
 
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for (0 for specials and unused ids), for bits per byte:
+        bytes covered = lengths[ids].sum()."""
+        return np.array([len(piece) for piece in self.token_bytes()], np.int64)
+
+    @abc.abstractmethod
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id stands for (each tokenizer kind defines it)."""
+
     @abc.abstractmethod
     def _serialize(self) -> str:
         """The saved JSON text (each tokenizer kind defines it)."""
@@ -103,10 +112,6 @@ class ByteTokenizer(_SpecialsMixin):
     def decode(self, ids) -> str:
         # Sampled ids can form invalid UTF-8 (half a multi-byte character): replace, don't crash.
         return self._base_ids(ids).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
-
-    def token_byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes each id stands for (0 for specials): bytes covered = lengths[ids].sum()."""
-        return np.concatenate([np.ones(256, np.int64), np.zeros(len(SPECIAL_TOKENS), np.int64)])
 
     def token_bytes(self) -> list[bytes]:
         """The bytes each id stands for (b"" for specials)."""
@@ -177,13 +182,6 @@ class BpeTokenizer(_SpecialsMixin):
         # The ByteLevel decoder decodes its bytes lossily: invalid UTF-8 becomes U+FFFD.
         return self._tok.decode(self._base_ids(ids).tolist(), skip_special_tokens=False)
 
-    def token_byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes each id stands for (0 for specials): bytes covered = lengths[ids].sum()."""
-        lengths = np.zeros(self.vocab_size, np.int64)
-        for piece, i in self._tok.get_vocab().items():
-            lengths[i] = len(piece)  # one byte-level character per byte
-        return lengths
-
     def token_bytes(self) -> list[bytes]:
         """The bytes each id stands for (b"" for specials and unused ids)."""
         out = [b""] * self.vocab_size
@@ -240,28 +238,10 @@ class HfTokenizer(_Saved):
         keep = [int(i) for i in ids if i < self.n_tokens and int(i) not in self._special]
         return self._tok.decode(keep, skip_special_tokens=True)
 
-    def token_byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes per id (0 for specials and unused ids), for bits per byte.
-
-        Byte-level vocabularies (GPT-2 / Llama 3): one character per byte. SentencePiece-style
-        ones (Llama 2): "▁" is a space, "<0xAB>" byte-fallback pieces are one byte.
-        """
-        byte_level = "ByteLevel" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
-        lengths = np.zeros(self.vocab_size, np.int64)
-        for piece, i in self._tok.get_vocab(with_added_tokens=True).items():
-            if i in self._special:
-                continue
-            if byte_level:
-                lengths[i] = len(piece)
-            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-                lengths[i] = 1
-            else:
-                lengths[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
-        return lengths
-
     def token_bytes(self) -> list[bytes]:
-        """The bytes each id stands for (b"" for specials and unused ids), read as
-        token_byte_lengths reads the pieces."""
+        """The bytes each id stands for (b"" for specials and unused ids). Byte-level
+        vocabularies (GPT-2 / Llama 3): one character per byte. SentencePiece-style ones
+        (Llama 2): "▁" is a space, "<0xAB>" byte-fallback pieces are one byte."""
         byte_level = "ByteLevel" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
         out = [b""] * self.vocab_size
         for piece, i in self._tok.get_vocab(with_added_tokens=True).items():
