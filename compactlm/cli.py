@@ -2,11 +2,11 @@
 
 compactlm train [preset] [key=value ...] [workdir=DIR] [--dry-run]
 compactlm finetune BASE_RUN_DIR [adapter.kind=lora adapter.targets=q,v model.weight_format=nf4
-                   data.corpus=pydocs ...] workdir=DIR
+                   data.corpus=pydocs ...] workdir=DIR [--dry-run]
 compactlm merge RUN_DIR workdir=DIR [dequantize=true]
 compactlm distill TEACHER_RUN_DIR [student preset] distill.loss=fkl|rkl|jsd|skl|srkl|tvd
     distill.temperature=2 distill.alpha=0.5 distill.beta=0.5 distill.skew=0.1 distill.top_k=0
-    distill.on_policy=0.0 [key=value ...] [workdir=DIR]
+    distill.on_policy=0.0 [key=value ...] [workdir=DIR] [--dry-run]
 compactlm eval RUN_DIR [key=value ...]
 compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
 compactlm info [preset | RUN_DIR]   RUN_DIR: storage format, bytes in memory and on disk
@@ -20,11 +20,12 @@ compactlm export RUN_DIR format=hf workdir=OUT
 compactlm import HF_DIR workdir=RUN_DIR [key=value ...]
 compactlm pick memory=2GiB [latency_ms=...] [device=cpu|h100|h200] [metric=bpb] [--plot]
 compactlm quantize RUN_DIR method=rtn|gptq|awq format=int4|int4_affine|nf4|fp4 bits=4
-                   group_size=128 calib.sequences=128 [double_quant=true] workdir=OUT
+                   group_size=128 calib.sequences=128 [double_quant=true] workdir=OUT [--dry-run]
 compactlm prune RUN_DIR method=magnitude|wanda|sparsegpt pattern=2:4|4:8|unstructured
                 sparsity=0.5 [quantize.bits=4 ...] [recover.steps=N
-                recover.mode=finetune|distill] workdir=OUT
+                recover.mode=finetune|distill] workdir=OUT [--dry-run]
 compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4] [workdir=runs/recipe]
+                 [--dry-run]
 """
 
 from __future__ import annotations
@@ -89,13 +90,19 @@ def _cmd_train(args: list[str]) -> int:
     )
 
 
+def _dry_run(args: list[str]) -> tuple[bool, list[str]]:
+    """(whether --dry-run was given, the other arguments)."""
+    return "--dry-run" in args, [a for a in args if a != "--dry-run"]
+
+
 def _cmd_finetune(args: list[str]) -> int:
     from compactlm import commands
 
+    dry_run, args = _dry_run(args)
     base_dir, overrides, special = _split_args(args)
     if base_dir is None:
         raise _usage_error("finetune needs a BASE_RUN_DIR")
-    return commands.finetune(base_dir, overrides, workdir=special.get("workdir"))
+    return commands.finetune(base_dir, overrides, workdir=special.get("workdir"), dry_run=dry_run)
 
 
 def _cmd_merge(args: list[str]) -> int:
@@ -110,6 +117,7 @@ def _cmd_merge(args: list[str]) -> int:
 def _cmd_distill(args: list[str]) -> int:
     from compactlm import commands
 
+    dry_run, args = _dry_run(args)
     positional = [a for a in args if "=" not in a]
     if not positional:
         raise _usage_error("distill needs a TEACHER_RUN_DIR")
@@ -117,7 +125,9 @@ def _cmd_distill(args: list[str]) -> int:
         raise _usage_error(f"unexpected arguments {positional[2:]}")
     _, overrides, special = _split_args([a for a in args if a not in positional])
     preset = positional[1] if len(positional) == 2 else "nano"
-    return commands.distill(positional[0], preset, overrides, workdir=special.get("workdir"))
+    return commands.distill(
+        positional[0], preset, overrides, workdir=special.get("workdir"), dry_run=dry_run
+    )
 
 
 def _cmd_eval(args: list[str]) -> int:
@@ -213,28 +223,31 @@ def _cmd_pick(args: list[str]) -> int:
 def _cmd_quantize(args: list[str]) -> int:
     from compactlm import commands
 
+    dry_run, args = _dry_run(args)
     run_dir, overrides, special = _split_args(args)
     if run_dir is None:
         raise _usage_error("quantize needs a RUN_DIR")
-    return commands.quantize(run_dir, overrides, workdir=special.get("workdir"))
+    return commands.quantize(run_dir, overrides, workdir=special.get("workdir"), dry_run=dry_run)
 
 
 def _cmd_prune(args: list[str]) -> int:
     from compactlm import commands
 
+    dry_run, args = _dry_run(args)
     run_dir, overrides, special = _split_args(args)
     if run_dir is None:
         raise _usage_error("prune needs a RUN_DIR")
-    return commands.prune(run_dir, overrides, workdir=special.get("workdir"))
+    return commands.prune(run_dir, overrides, workdir=special.get("workdir"), dry_run=dry_run)
 
 
 def _cmd_recipe(args: list[str]) -> int:
     from compactlm import commands
 
+    dry_run, args = _dry_run(args)
     run_dir, options, special = _split_args(args)
     if "workdir" in special:
         options.append(f"workdir={special['workdir']}")
-    return commands.recipe(run_dir, options)
+    return commands.recipe(run_dir, options, dry_run=dry_run)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -263,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(2)
     from compactlm.commands import USER_ERRORS
+    from compactlm.interrupt import Interrupted
 
     handler = globals()[f"_cmd_{command}"]
     try:
@@ -274,6 +288,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except USER_ERRORS as e:
         print(f"compactlm {command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:  # SIGINT / SIGTERM, stopped at a safe point (compactlm/interrupt.py)
+        print(f"compactlm {command}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a command's safe points
+        print(f"compactlm {command}: interrupted", file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT
     except BrokenPipeError:
         # The reader went away (`compactlm sweep NAME --dry-run | head`): stop quietly, as `cat`
         # does, and point stdout at /dev/null so the interpreter's final flush cannot raise again.

@@ -10,6 +10,7 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from compactlm import interrupt
 from compactlm.config import ConfigError, apply_overrides, make_config
 from compactlm.data import DataError
 from compactlm.eval.sweep import SweepError
@@ -49,6 +50,8 @@ class SampleConfig:
     heal: bool = True
 
     def __post_init__(self) -> None:
+        if not self.prompt:  # zero ids: the prefill has nothing to condition the first token on
+            raise ValueError("the prompt is empty; give the text to continue, e.g. prompt='def '")
         too_few = self.max_new_tokens is not None and self.max_new_tokens < 1
         if too_few or self.temperature < 0 or self.top_k < 0:
             raise ValueError("need max_new_tokens >= 1, temperature >= 0 and top_k >= 0")
@@ -164,9 +167,11 @@ def train(
     from compactlm.config import to_json
     from compactlm.models.footprint import count_params
     from compactlm.train.loop import Trainer
+    from compactlm.train.workdir import check_workdir, claim_workdir
 
     cfg = make_config(preset, overrides)
     workdir = workdir or f"runs/{preset}"
+    check_workdir(workdir, "train")
     if dry_run:
         from compactlm.data import load_corpus
         from compactlm.train.loop import configured_vocab
@@ -184,12 +189,13 @@ def train(
     from compactlm.allocator import loaded
 
     print(f"train {preset} -> {workdir} (allocator: {loaded()[0]})", file=sys.stderr, flush=True)
+    claim_workdir(workdir, "train")
     trainer = Trainer(cfg, workdir)
     baselines = _baselines_in_background(trainer)
     trainer.restore_or_init()
     summary = trainer.train()
-    if summary["status"] != "done":
-        return 0
+    if summary["status"] != "done":  # a signal: checkpoint saved, exit 130 / 143 (cli.main)
+        raise interrupt.Interrupted(summary["signal"], summary["detail"])
     results = _report_eval(trainer, f"validation after step {summary['step']}", baselines)
     (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     sample = SampleConfig()
@@ -199,19 +205,35 @@ def train(
 
 
 def distill(
-    teacher_dir: str, preset: str, overrides: Sequence[str], *, workdir: str | None = None
+    teacher_dir: str,
+    preset: str,
+    overrides: Sequence[str],
+    *,
+    workdir: str | None = None,
+    dry_run: bool = False,
 ) -> int:
     """Distill the teacher run into a `preset` student (or resume); print student vs teacher."""
     from compactlm.train.distill_run import run as run_distill
 
     workdir = workdir or f"runs/{preset}-distilled"
-    summary = run_distill(teacher_dir, preset, overrides, workdir)
-    if summary["status"] != "done":
+    if dry_run:
+        from compactlm import dry_run as plan
+        from compactlm.train.workdir import check_workdir
+
+        check_workdir(workdir, "distill")
+        plan.distill(teacher_dir, preset, overrides, workdir)
         return 0
+    summary = run_distill(teacher_dir, preset, overrides, workdir)
+    if summary["status"] != "done":  # a signal: checkpoint saved, exit 130 / 143 (cli.main)
+        raise interrupt.Interrupted(summary["signal"], summary["detail"])
     student, rows = summary["student"], summary["report"]
+    s_len, t_len = student.cfg.train.seq_len, summary["teacher"].cfg.train.seq_len
+    context = f"every row scored at the student's context, {s_len} tokens"
+    if t_len != s_len:
+        context += f"; the teacher trained at {t_len}"
     print(
         f"\ndistillation report after step {summary['step']} (validation: "
-        f"{student.cfg.data.corpus}, {int(rows['teacher']['tokens']):,} tokens)"
+        f"{student.cfg.data.corpus}, {int(rows['teacher']['tokens']):,} tokens; {context})"
     )
     print(f"  {'':<24}{'params':>10}{'loss':>9}{'bpb':>8}{'teacher NLL of samples':>25}")
     labels = {"student": "student (distilled)", "baseline": "student (hard labels)"}
@@ -251,6 +273,11 @@ def info(preset: str | None, overrides: Sequence[str]) -> int:
     if preset is not None and (Path(preset) / "config.json").is_file():
         from compactlm.compress.export import run_info
 
+        if overrides:
+            raise ConfigError(
+                f"info {preset} describes the run as saved; overrides {list(overrides)} would be "
+                "ignored (they apply to a preset: compactlm info PRESET key=value ...)"
+            )
         print(run_info(preset))
         return 0
     names = [preset] if preset else list(PRESETS)
@@ -317,11 +344,14 @@ class ExportConfig:
 def export(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
     """Write the run's latest checkpoint in another ecosystem's format."""
     from compactlm.interop.hf import export_hf
+    from compactlm.train.workdir import check_workdir
 
     opts = apply_overrides(ExportConfig(), overrides)
     if not workdir:
         raise ConfigError("export needs workdir=OUT (the directory to write)")
-    summary = export_hf(run_dir, workdir)
+    check_workdir(workdir, "export")  # written whole in a temporary sibling, then renamed
+    with interrupt.writing(workdir):  # a signal: no OUT (export_hf renames a complete temp dir)
+        summary = export_hf(run_dir, workdir)
     print(
         f"exported step {summary['step']} of {run_dir} as format={opts.format} to {workdir}: "
         f"{summary['tensors']} tensors, {summary['parameters']:,} parameters "
@@ -333,9 +363,11 @@ def export(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> in
 def import_(source: str, overrides: Sequence[str], *, workdir: str | None) -> int:
     """Turn a Hugging Face Llama directory into a compactlm run directory (step 0)."""
     from compactlm.interop.hf import import_hf
+    from compactlm.train.workdir import check_workdir
 
     if not workdir:
         raise ConfigError("import needs workdir=RUN_DIR (the run directory to create)")
+    check_workdir(workdir, "import")  # written whole in a temporary sibling, then renamed
     summary = import_hf(source, workdir, overrides)
     m = summary["config"].model
     print(
@@ -358,11 +390,11 @@ def pick(args: Sequence[str]) -> int:
 
 def _evaluate_base_on(trainer, base_dir: str) -> dict:
     """The base model's validation metrics on the fine-tuning run's (new) validation split."""
-    from compactlm.config import from_json
     from compactlm.eval.perplexity import evaluate_tokens
     from compactlm.train.loop import program_and_state
+    from compactlm.train.run_dir import read_config
 
-    base_cfg = from_json((Path(base_dir) / "config.json").read_text())
+    base_cfg = read_config(base_dir)
     program, state = program_and_state(base_cfg, base_dir)
     t = trainer.cfg.train
     return evaluate_tokens(
@@ -395,22 +427,31 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def finetune(base_dir: str, overrides: Sequence[str], *, workdir: str | None = None) -> int:
+def finetune(
+    base_dir: str, overrides: Sequence[str], *, workdir: str | None = None, dry_run: bool = False
+) -> int:
     """Adapt a trained run (LoRA / DoRA / QLoRA / full) to `data.*`; print base vs fine-tuned."""
-    from compactlm.train.finetune import finetune_config, prepare_workdir
+    from compactlm.train.finetune import finetune_config, prepare_workdir, schedule_line
     from compactlm.train.loop import Trainer
+    from compactlm.train.workdir import check_workdir, claim_workdir
 
-    cfg = finetune_config(base_dir, overrides)
     workdir = workdir or f"runs/finetune-{Path(base_dir).name}"
-    if Path(workdir).resolve() == Path(base_dir).resolve():
-        raise ConfigError("workdir must differ from the base run directory")
+    check_workdir(workdir, "finetune")  # the base's own directory, or any other run, is refused
+    if dry_run:
+        from compactlm import dry_run as plan
+
+        plan.finetune(base_dir, overrides, workdir)
+        return 0
+    cfg = finetune_config(base_dir, overrides, workdir=workdir)
+    claim_workdir(workdir, "finetune")
     prepare_workdir(base_dir, workdir)
     trainer = Trainer(cfg, workdir)
     trainer.restore_or_init()
     print(_startup_line(trainer))
+    print(schedule_line(trainer.cfg))
     summary = trainer.train()
-    if summary["status"] != "done":
-        return 0
+    if summary["status"] != "done":  # a signal: checkpoint saved, exit 130 / 143 (cli.main)
+        raise interrupt.Interrupted(summary["signal"], summary["detail"])
     results = _report_eval(trainer, f"fine-tuned, validation after step {summary['step']}")
     base = _evaluate_base_on(trainer, base_dir)
     _print_kv(
@@ -453,33 +494,28 @@ class MergeConfig:
 
 def merge(run_dir: str, overrides: Sequence[str], *, workdir: str | None = None) -> int:
     """Fold a run's adapters into its base: a dense run directory eval / generate / export take."""
-    from flax import nnx
-
-    from compactlm.models.transformer import Transformer
     from compactlm.train import checkpoint as ckpt
-    from compactlm.train.finetune import merged_config, transfer_weights
+    from compactlm.train.finetune import merged_config, merged_model
     from compactlm.train.loop import Trainer
+    from compactlm.train.run_dir import read_config
     from compactlm.train.step import state_from_model
+    from compactlm.train.workdir import check_workdir, claim_workdir
 
     opts = apply_overrides(MergeConfig(), overrides)
     if workdir is None:
         raise ConfigError("merge needs workdir=DIR for the merged run")
-    if Path(workdir).resolve() == Path(run_dir).resolve():
-        raise ConfigError("workdir must differ from the run being merged")
-    if (Path(workdir) / "checkpoints").is_dir() and any((Path(workdir) / "checkpoints").iterdir()):
-        raise ConfigError(f"{workdir} already holds checkpoints; merge into a new directory")
-    src = _load_run(run_dir, [])
-    fmt = src.cfg.model.weight_format
+    check_workdir(workdir, "merge")  # the source itself, or any other run, is refused here
+    fmt = read_config(run_dir).model.weight_format  # refused before loading any weights
     if fmt != "dense" and not opts.dequantize:
         raise ConfigError(
             f"{run_dir} has a {fmt} base: an adapter cannot be merged into packed codes; "
             "pass dequantize=true for a dense merged model (then `compactlm quantize` it again)"
         )
+    src = _load_run(run_dir, [])
+    claim_workdir(workdir, "merge")
     cfg = merged_config(src.cfg)
     out = Trainer(cfg, workdir)
-    model = Transformer(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-    transfer_weights(model, src.program.model(src.state), merge=True)
-    state = state_from_model(out.program, model, seed=cfg.train.seed)
+    state = state_from_model(out.program, merged_model(src), seed=cfg.train.seed)
     out.state = state.replace(step=src.state.step)
     path = out.save(metrics={"merged_from": str(Path(run_dir).resolve())})
     assert ckpt.latest_step(out.manager) == int(src.state.step)
@@ -487,25 +523,49 @@ def merge(run_dir: str, overrides: Sequence[str], *, workdir: str | None = None)
     return 0
 
 
-def quantize(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
+def quantize(
+    run_dir: str, overrides: Sequence[str], *, workdir: str | None, dry_run: bool = False
+) -> int:
     """Post-training quantization of a run into a new run directory (compress/job.py)."""
     from compactlm.compress.job import quantize_run
 
-    quantize_run(run_dir, overrides, workdir=workdir)
+    if dry_run:
+        from compactlm import dry_run as plan
+
+        plan.compress("quantize", run_dir, overrides, workdir)
+        return 0
+
+    with interrupt.writing(workdir):  # a signal stops it at the next block, OUT unwritten
+        quantize_run(run_dir, overrides, workdir=workdir)
     return 0
 
 
-def prune(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
+def prune(
+    run_dir: str, overrides: Sequence[str], *, workdir: str | None, dry_run: bool = False
+) -> int:
     """Pruning (+ recovery, + quantization) of a run into a new run directory."""
     from compactlm.compress.job import prune_run
 
-    prune_run(run_dir, overrides, workdir=workdir)
+    if dry_run:
+        from compactlm import dry_run as plan
+
+        plan.compress("prune", run_dir, overrides, workdir)
+        return 0
+
+    with interrupt.writing(workdir):  # a signal stops it at the next block / recovery step
+        prune_run(run_dir, overrides, workdir=workdir)
     return 0
 
 
-def recipe(run_dir: str | None, args: Sequence[str]) -> int:
+def recipe(run_dir: str | None, args: Sequence[str], *, dry_run: bool = False) -> int:
     """Pretrain (or take RUN_DIR), compress, and print the table of stages."""
     from compactlm.eval.recipe import RecipeConfig, run_recipe, table
+
+    if dry_run:
+        from compactlm import dry_run as plan
+
+        plan.recipe(run_dir, args)
+        return 0
 
     cfg = apply_overrides(RecipeConfig(), args)
     rows = run_recipe(run_dir, cfg)

@@ -9,6 +9,13 @@ defines the presets and implements the one override language used by the CLI, te
 Values are parsed against the field's annotated type (int, float, bool, str, Literal, Optional,
 tuple); an unknown key, a wrong type or a value outside a Literal raises `ConfigError` whose
 one-line message lists what is valid.
+
+Validation has two places: each sub-config's `__post_init__` checks its own fields, and an
+options class may define `check_combined()` for rules that join fields the user sets with
+separate overrides (`train.seq_len` against `model.max_seq_len`, `sparsity` against `pattern`).
+Overrides apply one at a time, so the states between two of them are never checked against such
+rules: `apply_overrides` runs `check_combined()` once after the last one, `from_json` after
+reading a saved config.
 """
 
 from __future__ import annotations
@@ -39,6 +46,21 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+    def check_combined(self) -> None:
+        """Rules across sections (see the module docstring for when they run)."""
+        if self.train.seq_len > self.model.max_seq_len:
+            # RoPE has no table, so training would run; but every position past max_seq_len is
+            # one that generation, the KV cache and export (max_position_embeddings) never use.
+            raise ConfigError(
+                f"train.seq_len={self.train.seq_len} is more than the model's context "
+                f"model.max_seq_len={self.model.max_seq_len}; use train.seq_len <= "
+                f"{self.model.max_seq_len} or raise model.max_seq_len"
+            )
+        try:
+            self.model.check_adapter()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +264,8 @@ ALIASES: dict[str, str] = {"adapter.": "model.adapter."}
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """Apply `key.sub=value` strings in order; see the module docstring."""
+    """Apply `key.sub=value` strings in order, then `check_combined()` (module docstring)."""
+    before, keys = cfg, set()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
@@ -253,7 +276,42 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         # The value is kept verbatim: a str field (a prompt) may need its spaces and newlines;
         # _parse_value strips it for every other type.
         cfg = _set(cfg, key.strip().split("."), text, key.strip())
+        keys.add(key.strip())
+    if isinstance(cfg, Config) and "model.vocab_size" in keys:
+        _check_vocab_override(before, cfg)
+    check = getattr(cfg, "check_combined", None)
+    try:
+        if check is not None:
+            check()
+    except ValueError as e:  # an options class's own ValueError: the same one line
+        raise ConfigError(str(e)) from None
     return cfg
+
+
+def _check_vocab_override(before: Config, cfg: Config) -> None:
+    """An explicit model.vocab_size must be the one the tokenizer gives: every command that
+    builds a model sets it from the tokenizer (train/loop.py resolve_vocab), so any other value
+    would be silently replaced. Only an hf tokenizer named on top of another is left unchecked
+    (its vocabulary is in a run directory; info and pick take the value as given)."""
+    from compactlm.data.dataset import configured_vocab_size, padded_vocab_size
+
+    d, asked = cfg.data, cfg.model.vocab_size
+    n = configured_vocab_size(d)
+    if n is None and before.data.tokenizer != "hf":
+        return
+    valid = padded_vocab_size(n) if n is not None else before.model.vocab_size
+    if asked != valid:
+        source = {
+            "byte": "259 byte-level ids",
+            "bpe": f"data.bpe_vocab_size={d.bpe_vocab_size}",
+            "hf": "the run's tokenizer.json",
+        }[d.tokenizer]
+        hint = "; set data.bpe_vocab_size instead" if d.tokenizer == "bpe" else ""
+        raise ConfigError(
+            f"model.vocab_size={asked} would be ignored: the vocabulary comes from the tokenizer "
+            f"(data.tokenizer={d.tokenizer}: {source} -> model.vocab_size={valid}, padded to a "
+            f"multiple of 64); valid: {valid}, or leave model.vocab_size out{hint}"
+        )
 
 
 def make_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> Config:
@@ -274,27 +332,89 @@ def to_json(cfg: Config) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+def _json_value(value: Any, tp: Any, key: str) -> Any:
+    """A JSON value as a field of type `tp` (a tuple from a list; an int where a float goes),
+    or ConfigError naming the key and the expected type: what _parse_value is for text."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if any(value == c and type(value) is type(c) for c in choices):
+            return value
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {_describe(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _json_value(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}={value!r} is not valid; expected {_describe(tp)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} is not a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_json_value(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}={value!r}: expected a list of {len(args)} values")
+        return tuple(_json_value(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (bool, int, str) and type(value) is tp:  # type(): True is an int to isinstance
+        return value
+    article = "an" if _describe(tp)[0] in "aeiou" else "a"
+    raise ConfigError(f"{key}={value!r} is not {article} {_describe(tp)}")
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     fields = _field_types(cls)
-    unknown = set(data) - set(fields)
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        raise ConfigError(
+            f"{prefix.rstrip('.') or 'the config'} is {kind.get(type(data), 'a number')}, not "
+            f"an object with the keys {', '.join(prefix + f for f in fields)}"
+        )
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{cls.__name__}: unknown keys {sorted(unknown)}; valid keys: {', '.join(fields)}"
+            f"unknown config keys {[prefix + k for k in unknown]}; valid keys: "
+            + ", ".join(prefix + f for f in fields)
         )
     kwargs = {}
     for name, value in data.items():
         tp = fields[name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            kwargs[name] = _from_dict(tp, value)
-        elif typing.get_origin(tp) is tuple and value is not None:
-            kwargs[name] = tuple(value)
+            kwargs[name] = _from_dict(tp, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            kwargs[name] = _json_value(value, tp, prefix + name)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # the sub-config's own __post_init__ validation
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'}: {e}") from None
 
 
-def from_json(text: str) -> Config:
-    return _from_dict(Config, json.loads(text))
+def from_json(text: str, *, source: str = "config.json") -> Config:
+    """The Config of a config.json's text. Anything else (empty, not JSON, not an object, an
+    unknown key, a wrong type, a value a sub-config refuses) raises a one-line ConfigError that
+    starts with `source`: the file a user may have edited by hand."""
+    if not text.strip():
+        raise ConfigError(f"{source} is empty; a run's config.json holds its whole config")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{source} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno})"
+        ) from None
+    try:
+        cfg = _from_dict(Config, data)
+        cfg.check_combined()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
 
 
 def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:

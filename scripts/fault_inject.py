@@ -201,8 +201,9 @@ def kill_trial(root: Path, ref: dict[int, float], rng: random.Random, mode: str)
 
 
 def corrupt_trial(root: Path, ref: dict[int, float], rng: random.Random) -> dict:
-    """Truncate or overwrite every data file of the latest checkpoint; the re-run must name it,
-    fall back to the previous one, finish equal to the reference and delete nothing."""
+    """Truncate or overwrite every data file of the latest checkpoint, or change 64 bytes of one
+    in place; the re-run must name it, fall back to the previous one, finish equal to the
+    reference and delete nothing."""
     trial = root / f"corrupt-{rng.randrange(10**9)}"
     work = trial / "run"
     stop_at = rng.choice(range(2 * EVERY, STEPS, EVERY))
@@ -210,11 +211,17 @@ def corrupt_trial(root: Path, ref: dict[int, float], rng: random.Random) -> dict
     assert code == 0, err
     latest = work / "checkpoints" / str(stop_at)
     files = [p for p in (latest / "state").rglob("*") if p.is_file() and p.stat().st_size > 64]
-    how = rng.choice(["truncate", "garbage"])
+    how = rng.choice(["truncate", "garbage", "in place"])
+    if how == "in place":  # sizes kept, orbax still decodes it: only the digest can tell
+        files = [max((f for f in files if f.parent.name == "d"), key=lambda f: f.stat().st_size)]
     for f in files:
         if how == "truncate":
             with f.open("r+b") as fh:
                 fh.truncate(f.stat().st_size // 2)
+        elif how == "in place":
+            with f.open("r+b") as fh:
+                fh.seek(f.stat().st_size // 2)
+                fh.write(os.urandom(64))
         else:
             f.write_bytes(os.urandom(f.stat().st_size))
     before = {p.relative_to(work) for p in (work / "checkpoints").rglob("*") if p.is_file()}
@@ -324,6 +331,9 @@ def run_trials(n_kill: int, seed: int, root: Path, *, extra: bool = True) -> lis
     return results
 
 
+KEEP = "<!-- kept by scripts/fault_inject.py --report: hand-written below -->"
+
+
 def report(results: list[dict], seconds: float, command: str) -> str:
     kills = [r for r in results if r["kind"].startswith("kill")]
     lines = [
@@ -360,7 +370,9 @@ def report(results: list[dict], seconds: float, command: str) -> str:
         "kill, and every loss it logs, including the steps logged twice around the restart, "
         "must equal the uninterrupted run's bit for bit.",
         "- **corrupt latest checkpoint**: the latest checkpoint's data files truncated to half or "
-        "overwritten with random bytes; the re-run must say which step is unreadable, resume "
+        "overwritten with random bytes, or 64 bytes of one changed in place (sizes kept: orbax "
+        "still reads it, the digest written at save does not match); the re-run must say which "
+        "step is unreadable, resume "
         "from the previous one, move the unreadable one to `unreadable_checkpoints/` (never "
         "delete it) and finish with the reference's losses.",
         "- **file-size limit**: RLIMIT_FSIZE = 64 KiB while saving; the run must exit 2 with "
@@ -402,7 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, time.time() - t0, command.strip())
     print(text)
     if args.report:
-        Path(args.report).write_text(text)
+        # The fault table is regenerated; what follows KEEP (the invariant, the bad-input
+        # classes, written by hand) is kept as it is.
+        path = Path(args.report)
+        old = path.read_text() if path.is_file() else ""
+        kept = old[old.index(KEEP) :] if KEEP in old else ""
+        path.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
     return 0 if all(r["ok"] for r in results) else 1
 
 

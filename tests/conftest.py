@@ -32,3 +32,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import tests.typecheck  # noqa: E402
 
 tests.typecheck.install()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def nano_run(tmp_path_factory):
+    """A 1-step nano run on pydocs that tests only read; tests that must leave it untouched
+    compare `tests.files.digests` before and after."""
+    from compactlm.config import make_config
+    from compactlm.train.loop import run as run_training
+
+    root = tmp_path_factory.mktemp("nano_run")
+    quiet = ["train.progress=false", "train.eval_every=0", "train.tensorboard=false"]
+    with pytest.MonkeyPatch.context() as mp:  # (only while training: no leak into other tests)
+        mp.setenv("COMPACTLM_CACHE", str(root / "cache"))
+        run_training(
+            make_config("nano", ["train.steps=1", "data.corpus=pydocs", *quiet]), root / "run"
+        )
+    return root / "run"

@@ -2,16 +2,15 @@
 problem (and the valid choices where there are any), no traceback, and nothing already saved is
 modified. Runs in-process through `compactlm.cli.main`; most cases fail before any compile."""
 
-import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from compactlm.cli import main
 from compactlm.config import make_config
 from compactlm.train.loop import run as run_training
+from tests.files import digests
 
 # The one informational stderr line some commands print before their work starts.
 INFO_PREFIXES = ("train nano -> ", "train tiny -> ")
@@ -41,7 +40,7 @@ CASES = [
     (["train", "nano", "data.corpus={empty_file}"], "contains no text"),
     (["train", "nano", "data.corpus={short_file}"], "tokens are too few for seq_len=128"),
     (["train", "nano", "data.tokenizer=bpe", "data.bpe_vocab_size=100"], "is too small"),
-    (["train", "nano", "workdir={a_file}"], "File exists"),
+    (["train", "nano", "workdir={a_file}"], "is a file, not a directory"),
     (["train", "nano", "data.corpus=pydocs", "model.d_model=32", "workdir={run}"], "model.d_model"),
     # --- eval / generate --------------------------------------------------------------------
     (["eval", "/no/such/run"], "a compactlm run directory?"),
@@ -69,13 +68,13 @@ CASES = [
     (["export", "{run}", "format=onnx", "workdir={tmp}/e"], "format='onnx' is not valid; choose"),
     (["export", "{run}", "format=hf"], "export needs workdir=OUT"),
     (["export", "/no/such/run", "workdir={tmp}/e"], "a compactlm run directory?"),
-    (["export", "{run}", "workdir={nonempty_dir}"], "already exists and is not empty"),
+    (["export", "{run}", "workdir={nonempty_dir}"], "holds files that no compactlm command wrote"),
     (["export"], "export needs a RUN_DIR"),
     (["import", "/no/such/dir", "workdir={tmp}/i"], "config.json not found"),
     (["import", "{hf}"], "import needs workdir=RUN_DIR"),
     (["import", "{hf}", "workdir={tmp}/i", "model.d_model=3"], "d_model=3 is not divisible"),
     (["import", "{hf}", "workdir={tmp}/i", "data.corpus=/nonexistent"], "unknown corpus"),
-    (["import", "{hf}", "workdir={run}"], "already exists and is not empty"),
+    (["import", "{hf}", "workdir={run}"], "holds a `compactlm train` run; `import` writes only"),
     (["import", "{bad_json_hf}", "workdir={tmp}/i"], "config.json is not valid JSON"),
     (["import", "{run}", "workdir={tmp}/i"], "model_type=None is not supported; valid: 'llama'"),
     # --- sweep / report / pick / finetune / distill / quantize / prune / merge ---------------
@@ -95,19 +94,144 @@ CASES = [
     (["prune", "{run}", "sparsity=1.5", "workdir={tmp}/p"], "must be in (0, 1)"),
     (["merge", "/no/such/run", "workdir={tmp}/m"], "a compactlm run directory?"),
     (["recipe", "frobnicate=1"], "unknown config key 'frobnicate'; valid keys: preset, stages"),
-    (["recipe", "/no/such/run"], "No such file or directory: '/no/such/run/config.json'"),
+    (["recipe", "/no/such/run"], "/no/such/run/config.json not found: is '/no/such/run' a"),
     (["frobnicate"], "unknown command 'frobnicate'; valid commands: train"),
+    # --- a hand-edited config.json, through every command that reads a RUN_DIR --------------
+    (["eval", "{cfg_empty}"], "config.json is empty; a run's config.json holds its whole conf"),
+    (["eval", "{cfg_not_json}"], "config.json is not valid JSON (Expecting property name"),
+    (["eval", "{cfg_array}"], "config.json: the config is an array, not an object with the keys"),
+    (["eval", "{cfg_unknown_key}"], "unknown config keys ['model.dmodel']; valid keys: model.voc"),
+    (["eval", "{cfg_wrong_type}"], "config.json: model.d_model='64' is not an int"),
+    (["eval", "{cfg_bad_literal}"], "model.remat='all' is not valid; choose one of: 'none' | 'b"),
+    (["eval", "{cfg_bad_value}"], "config.json: data: data.val_fraction must be in (0, 0.5)"),
+    (["eval", "{cfg_seq_len}"], "config.json: train.seq_len=256 is more than the model's conte"),
+    (["generate", "{cfg_empty}"], "config.json is empty"),
+    (["generate", "{cfg_wrong_type}"], "config.json: model.d_model='64' is not an int"),
+    (["info", "{cfg_not_json}"], "config.json is not valid JSON"),
+    (["info", "{cfg_bad_literal}"], "model.remat='all' is not valid; choose one of"),
+    (["finetune", "{cfg_array}", "workdir={tmp}/f"], "the config is an array, not an object"),
+    (["finetune", "{cfg_unknown_key}", "workdir={tmp}/f"], "unknown config keys ['model.dmodel"),
+    (["distill", "{cfg_not_json}", "workdir={tmp}/d"], "config.json is not valid JSON"),
+    (["distill", "{cfg_wrong_type}", "workdir={tmp}/d"], "model.d_model='64' is not an int"),
+    (["quantize", "{cfg_empty}", "workdir={tmp}/q"], "config.json is empty"),
+    (["quantize", "{cfg_bad_literal}", "workdir={tmp}/q"], "model.remat='all' is not valid"),
+    (["prune", "{cfg_unknown_key}", "workdir={tmp}/p"], "unknown config keys ['model.dmodel']"),
+    (["prune", "{cfg_array}", "workdir={tmp}/p"], "the config is an array, not an object"),
+    (["merge", "{cfg_not_json}", "workdir={tmp}/m"], "config.json is not valid JSON"),
+    (["merge", "{cfg_wrong_type}", "workdir={tmp}/m"], "model.d_model='64' is not an int"),
+    (["export", "{cfg_empty}", "workdir={tmp}/e"], "config.json is empty"),
+    (["export", "{cfg_unknown_key}", "workdir={tmp}/e"], "unknown config keys ['model.dmodel']"),
+    (["bench", "decode", "{cfg_bad_literal}"], "model.remat='all' is not valid"),
+    (["bench", "decode", "{cfg_array}"], "the config is an array, not an object"),
+    (["bench", "decode", "{bad_report}"], "compression.json is not a compression report (a JSON"),
+    (["recipe", "{cfg_not_json}"], "config.json is not valid JSON"),
+    # --- generate / finetune inputs that used to end in a traceback ------------------------
+    (["generate", "{run}", "prompt="], "prompt='': the prompt is empty; give the text to conti"),
+    (["finetune", "{run}", "adapter.kind=lora", "adapter.rank=33"], "valid: adapter.rank=1..32"),
+    (
+        ["finetune", "{run}", "adapter.kind=lora", "adapter.targets=q", "adapter.rank=65"],
+        "targeted d_in->d_out: q 64->64); valid: adapter.rank=1..64",
+    ),
+    (["finetune", "{run}", "adapter.kind=dora", "adapter.targets="], "adapter.targets is empty"),
+    (
+        ["finetune", "{run}", "adapter.kind=lora", "adapter.targets=lm_head"],
+        "selects no layer of this model (no lm_head: model.tie_embeddings=true)",
+    ),
+    (
+        ["finetune", "{run}", "adapter.kind=lora", "adapter.target_regex=mlp\\.gat$"],
+        "adapter.target_regex='mlp\\\\.gat$' selects no layer of this model; its projections",
+    ),
+    (
+        ["finetune", "{run}", "adapter.kind=lora", "adapter.target_regex=layers\\.0\\."],
+        "selects attn.q in some layers only; scanned layers share one structure",
+    ),
+    # --- settings that would invalidate the result -----------------------------------------
+    (["train", "nano", "train.seq_len=256"], "train.seq_len=256 is more than the model's context"),
+    (["train", "nano", "model.max_seq_len=64"], "use train.seq_len <= 64 or raise model.max_seq"),
+    (["eval", "{run}", "train.seq_len=200"], "train.seq_len=200 is more than the model's context"),
+    (["distill", "{run}", "train.seq_len=256", "workdir={tmp}/d"], "model.max_seq_len=128; use"),
+    (["finetune", "{run}", "train.seq_len=129"], "train.seq_len=129 is more than the model's co"),
+    (["eval", "{run}", "data.split_seed=1"], "data.split_seed=1 would move documents"),
+    (["eval", "{run}", "data.val_fraction=0.1"], "the run's split is data.split_seed=0, data.va"),
+    (["eval", "{run}", "data.max_corpus_bytes=100000"], "data.max_corpus_bytes=100000 would mov"),
+    (["eval", "{run}", "data.corpus=pydocs", "data.split_seed=2"], "(corpus 'pydocs'); the run"),
+    # --- overrides that would silently do nothing (or something else) ----------------------
+    (["train", "nano", "model.vocab_size=1000"], "model.vocab_size=1000 would be ignored: the v"),
+    (
+        ["train", "nano", "data.tokenizer=bpe", "model.vocab_size=512"],
+        "data.bpe_vocab_size=4096 -> model.vocab_size=4096, padded to a multiple of 64); valid",
+    ),
+    (["eval", "{run}", "model.vocab_size=384"], "valid: 320, or leave model.vocab_size out"),
+    (["info", "nano", "data.tokenizer=bpe", "model.vocab_size=64"], "set data.bpe_vocab_size"),
+    (["prune", "{run}", "sparsity=0.7", "workdir={tmp}/p"], "sparsity=0.7 does nothing with pat"),
+    (
+        ["prune", "{run}", "pattern=4:8", "sparsity=0.25", "workdir={tmp}/p"],
+        "valid: pattern=unstructured sparsity=0.25, or pattern=4:8 without sparsity",
+    ),
+    (["pick", "metric=accuracy"], "metric='accuracy' is not valid; choose one of: 'bpb' | 'loss"),
+    (["pick", "formats="], "formats is empty; valid: float32, bfloat16, int4"),
+    (["sweep", "lora_rank", "seeds=-1", "--dry-run"], "seeds=-1 would run nothing; valid: seeds"),
+    (["sweep", "lora_rank", "seeds=0", "--dry-run"], "seeds=0 would run nothing; valid: seeds=1"),
+    (["sweep", "lora_rank", "only=,", "--dry-run"], "only=,: names no row (it would run nothing)"),
+    (["train", "nano", "train.keep_checkpoints=0"], "would keep no checkpoint (the trained model"),
+    (["train", "nano", "train.checkpoint_every=-1"], "checkpoint_every=-1 is negative; valid: 0"),
+    (["train", "nano", "train.eval_every=-100"], "train.eval_every=-100 is negative; valid: 0 ("),
+    (["train", "nano", "train.eval_tokens=-1"], "train.eval_tokens=-1 is negative; valid: 0 (all"),
+    (["train", "nano", "train.z_loss=-1e-4"], "train.z_loss=-0.0001 must be >= 0"),
+    (["train", "nano", "optim.b2=1.5"], "b1, b2 and muon_momentum must be in [0, 1)"),
+    (["train", "nano", "optim.grad_clip=-1"], "weight_decay and grad_clip must be >= 0"),
+    # --- the workdir invariant (train/workdir.py): new, or the same command's own run --------
+    (["distill", "{run}", "workdir={run}"], "holds a `compactlm train` run; `distill` writes o"),
+    (["finetune", "{run}", "adapter.kind=lora", "workdir={run}"], "`finetune` writes only into"),
+    (["quantize", "{run}", "workdir={run}"], "`quantize` writes only into a new directory"),
+    (["prune", "{run}", "workdir={run}"], "`prune` writes only into a new directory"),
+    (["merge", "{run}", "workdir={run}"], "`merge` writes only into a new directory"),
+    (["export", "{run}", "workdir={run}"], "`export` writes only into a new directory"),
+    (["train", "nano", "workdir={nonempty_dir}"], "holds files that no compactlm command wrote"),
+    (["distill", "{run}", "workdir={nonempty_dir}"], "holds files that no compactlm command"),
+    (["finetune", "{run}", "workdir={nonempty_dir}"], "holds files that no compactlm command"),
+    (["quantize", "{run}", "workdir={nonempty_dir}"], "holds files that no compactlm command"),
+    (["prune", "{run}", "workdir={nonempty_dir}"], "holds files that no compactlm command"),
+    (["merge", "{run}", "workdir={nonempty_dir}"], "holds files that no compactlm command"),
+    (["import", "{hf}", "workdir={nonempty_dir}"], "holds files that no compactlm command"),
+    (["train", "nano", "workdir={a_file}/sub"], "is a file, not a directory"),
+    (["quantize", "{run}", "workdir={a_file}"], "is a file, not a directory"),
+    (["merge", "{run}", "workdir={a_file}/m"], "is a file, not a directory"),
+    # unwritable: a real write probe (permission bits say nothing to root; /proc refuses all)
+    (["train", "nano", "workdir=/proc/compactlm/run"], "is not writable (it would be created in"),
+    (["finetune", "{run}", "workdir=/proc/compactlm/f"], "is not writable"),
+    (["distill", "{run}", "workdir=/proc/compactlm/d"], "is not writable"),
+    (["quantize", "{run}", "workdir=/proc/compactlm/q"], "is not writable"),
+    (["prune", "{run}", "workdir=/proc/compactlm/p"], "is not writable"),
+    (["merge", "{run}", "workdir=/proc/compactlm/m"], "is not writable"),
+    (["export", "{run}", "workdir=/proc/compactlm/e"], "is not writable"),
+    (["import", "{hf}", "workdir=/proc/compactlm/i"], "is not writable"),
+    # --- fail fast: what the config can tell, before any weights load ----------------------
+    (["quantize", "{run}", "group_size=128", "workdir={tmp}/q"], "valid for this model: 32, 64, 0"),
+    (["prune", "{run}", "quantize.group_size=128", "workdir={tmp}/p"], "does not divide K=64"),
+    (["distill", "{run}", "distill.baseline=/no/such", "workdir={tmp}/d"], "config.json not f"),
+    (
+        [
+            "quantize",
+            "{run}",
+            "method=gptq",
+            "group_size=32",
+            "calib.sequences=100000",
+            "workdir={tmp}/q",
+        ],
+        "times over; valid: 1 to",
+    ),
+    (["info", "{run}", "model.d_model=32"], "overrides ['model.d_model=32'] would be ignored"),
+    # --- --dry-run makes the same checks ---------------------------------------------------
+    (["quantize", "{run}", "group_size=48", "workdir={tmp}/q", "--dry-run"], "is not supported"),
+    (["prune", "{run}", "workdir={run}", "--dry-run"], "`prune` writes only into a new direc"),
+    (["finetune", "{run}", "adapter.rank=0", "workdir={tmp}/f", "--dry-run"], "rank"),
+    (["distill", "{run}", "distill.loss=kl2", "workdir={tmp}/d", "--dry-run"], "choose one of"),
+    (["recipe", "stages=compile", "--dry-run"], "unknown stages ['compile']; valid: "),
 ]
 
 
-def _digest(root: Path) -> dict[str, str]:
-    """Every saved file under root, by content; not the token cache (it may gain entries) nor a
-    run's .lock (rewritten by each trainer that opens the run, saved data is not)."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock" and "cache" not in p.relative_to(root).parts
-    }
+_digest = digests
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +256,25 @@ def places(tmp_path_factory):
         shutil.copy(run / name, root / "no_checkpoint" / name)
     shutil.copytree(hf, root / "bad_json_hf")
     (root / "bad_json_hf" / "config.json").write_text("{")
+    # Run directories whose config.json was edited by hand (the config is read before anything
+    # else, so nothing but config.json is needed).
+    saved = json.loads((run / "config.json").read_text())
+    edits = {
+        "cfg_unknown_key": ("model", "dmodel", 64),
+        "cfg_wrong_type": ("model", "d_model", "64"),
+        "cfg_bad_literal": ("model", "remat", "all"),
+        "cfg_bad_value": ("data", "val_fraction", 0.9),
+        "cfg_seq_len": ("train", "seq_len", 256),
+    }
+    texts = {"cfg_empty": "", "cfg_not_json": '{"model": {', "cfg_array": "[1, 2]"}
+    for name, (section, key, value) in edits.items():
+        texts[name] = json.dumps({**saved, section: {**saved[section], key: value}})
+    for name, text in texts.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(text)
+    (root / "bad_report").mkdir()
+    shutil.copy(run / "config.json", root / "bad_report" / "config.json")
+    (root / "bad_report" / "compression.json").write_text('{"sourc": "run"}')
     names = {
         "run": run,
         "hf": hf,
@@ -142,6 +285,7 @@ def places(tmp_path_factory):
         "nonempty_dir": root / "nonempty_dir",
         "no_checkpoint": root / "no_checkpoint",
         "bad_json_hf": root / "bad_json_hf",
+        **{name: root / name for name in [*texts, "bad_report"]},
     }
     yield root, {k: str(v) for k, v in names.items()}
     mp.undo()
@@ -150,7 +294,7 @@ def places(tmp_path_factory):
 def test_the_table_covers_every_command():
     from compactlm.cli import COMMANDS
 
-    assert len(CASES) >= 40
+    assert len(CASES) >= 150  # issue 17: the table grows, it never shrinks
     covered = {args[0] for args, _ in CASES}
     assert set(COMMANDS) <= covered, set(COMMANDS) - covered
 
@@ -183,5 +327,7 @@ def test_bad_input_exits_2_with_one_line(args, message, places, tmp_path, capsys
     if not usage:
         others = [line for line in lines if line != hits[0]]
         assert all(line.startswith(INFO_PREFIXES) for line in others), err
-    assert _digest(root) == before, "a previously saved file was modified"
+    after = _digest(root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"previously saved files were modified: {changed}"
     json.dumps(args)  # the case is plain data (reproducible from its id)

@@ -4,13 +4,7 @@ import json
 
 import pytest
 
-from compactlm.cli import main
-
-
-def cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code or 0
+from tests.commandline import cli
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
+from compactlm import interrupt
 from compactlm.compress import calibrate, prune, quantize
 
 # (sub-module, attribute) of the RMSNorm whose scale absorbs an AWQ site's 1/s.
@@ -154,7 +155,7 @@ def check_shapes(model, prune_cfg, quant, pattern: str | None = None) -> None:
     pattern = prune_cfg.pattern if prune_cfg is not None else pattern
     block = calibrate.get_block(model, 0)
     for site in calibrate.SITES:
-        k, n = linear_of(block, site).kernel[...].shape
+        k, n = linear_of(block, site).kernel.shape  # (a shape-only model from the config too)
         where = f"{site} [K={k}, N={n}]"
         try:
             if pattern is not None:
@@ -195,8 +196,11 @@ def apply_compression(
             )
     check_shapes(model, prune_cfg, quant, pattern)
     results: dict[tuple[int, str], CompressedLinear] = {}
+    n = calibrate.n_blocks(model)
 
     def compress_block(layer, block, stats):
+        # A safe point (compactlm/interrupt.py): blocks go in order, so `layer` of them are done.
+        interrupt.check(f"stopped after {layer} of {n} blocks")
         t0 = time.perf_counter()
         fixed = None if keeps is None else {s: keeps[(layer, s)] for s in calibrate.SITES}
         for site, rec in _compress_block(block, stats, prune_cfg, quant, fixed, pattern).items():
@@ -208,10 +212,11 @@ def apply_compression(
             raise ValueError("this method needs calibration tokens")
         calibrate.layerwise(model, tokens, compress_block, batch_size=batch_size)
     else:
-        for layer in range(calibrate.n_blocks(model)):
+        for layer in range(n):
             block = calibrate.get_block(model, layer)
             compress_block(layer, block, {})
             calibrate.set_block(model, layer, block)
+    interrupt.check(f"stopped after {n} of {n} blocks")
     return results
 
 

@@ -78,6 +78,15 @@ def calibration_tokens(train_tokens: np.ndarray, cfg: CalibConfig, seq_len: int)
     t = cfg.seq_len or seq_len
     if train_tokens.size <= t + 1:
         raise ValueError(f"training split has {train_tokens.size} tokens, fewer than seq_len={t}")
+    # A calibration set larger than the training split only re-reads it (windows overlap), at a
+    # cost linear in its size (calib.sequences=100000 once ran for 7.5 minutes): refuse it.
+    most = train_tokens.size // t
+    if cfg.sequences > most:
+        raise ValueError(
+            f"calib.sequences={cfg.sequences} windows of {t} tokens would read the training "
+            f"split ({train_tokens.size:,} tokens) {cfg.sequences * t / train_tokens.size:.1f} "
+            f"times over; valid: 1 to {most} (the papers use 128)"
+        )
     batch = get_batch(
         train_tokens, seed=CALIB_SEED_SALT + cfg.seed, step=0, batch_size=cfg.sequences, seq_len=t
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from compactlm import interrupt
 from compactlm.compress import calibrate
 from compactlm.compress.quantize import PACKED_BITS
 from compactlm.kernels import packing
@@ -188,6 +189,8 @@ def write_run(trainer, results: dict, out: Path, *, prune_cfg, quant) -> dict:
     from compactlm.data.tokenizer import TOKENIZER_FILE
     from compactlm.train.loop import Trainer
 
+    interrupt.check("stopped before the compressed run was written")  # the last safe point
+
     fmt = storage_format(prune_cfg, quant)
     param_dtype = np.dtype(trainer.cfg.model.param_dtype)
     dq = double_quant(quant)
@@ -260,9 +263,18 @@ def run_info(run_dir: str) -> str:
     ]
     report = Path(run_dir) / "compression.json"
     if report.is_file():
-        r = json.loads(report.read_text())
-        lines.append(
-            f"  {'made by':<26} compactlm {r['command']} from {r['source']}: val bpb "
-            f"{r['before']['bpb']:.4f} → {r['after']['bpb']:.4f}"
-        )
+        try:
+            r = json.loads(report.read_text())
+            made_by = (
+                f"compactlm {r['command']} from {r['source']}"
+                + (
+                    f" ({r['merged_adapter']} adapters merged first)"
+                    if r.get("merged_adapter")
+                    else ""
+                )
+                + f": val bpb {r['before']['bpb']:.4f} → {r['after']['bpb']:.4f}"
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            made_by = f"unknown: {report} is damaged ({type(e).__name__}: {e})"
+        lines.append(f"  {'made by':<26} {made_by}")
     return "\n".join(lines)

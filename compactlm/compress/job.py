@@ -73,24 +73,73 @@ def parse_prune(overrides: Sequence[str]) -> PruneJob:
     return job
 
 
-def _check_source(trainer, run_dir: str) -> None:
-    fmt = trainer.cfg.model.weight_format
-    if fmt != "dense" or (Path(run_dir) / "compression.json").exists():
+def _check_source(run_dir: str):
+    """The source run's config, and a shape-only model of what will be compressed, from
+    config.json alone: every refusal that the config can tell comes before any weight loads.
+    Already compressed runs are refused; an adapter run is compressed merged (`_load_source`)."""
+    from compactlm.train.finetune import merged_config
+    from compactlm.train.run_dir import read_config
+    from compactlm.train.step import abstract_model
+
+    cfg = read_config(run_dir)
+    fmt, adapter = cfg.model.weight_format, cfg.model.adapter.kind
+    if adapter == "none" and (fmt != "dense" or (Path(run_dir) / "compression.json").exists()):
         raise ConfigError(
             f"{run_dir} is already compressed (model.weight_format={fmt}); compress the dense "
             "run it was made from"
         )
+    dense = dataclasses.replace(merged_config(cfg).model, scan_layers=False)
+    return cfg, abstract_model(dense)
 
 
-def _check_workdir(run_dir: str, workdir: str | None) -> Path:
+def _load_source(run_dir: str, command: str):
+    """The run to compress, as a Trainer. An adapter run (LoRA / DoRA, on a dense or packed
+    base) is merged first, as `compactlm merge ... dequantize=true` would: what the user
+    fine-tuned is what gets compressed, and what is measured after is what is written (the
+    written run has no adapters)."""
+    from compactlm.train.finetune import merged_trainer
+    from compactlm.train.run_dir import load_run
+
+    trainer = load_run(run_dir)
+    fmt, adapter = trainer.cfg.model.weight_format, trainer.cfg.model.adapter.kind
+    if adapter == "none":
+        return trainer
+    base = f"{fmt} base dequantized, " if fmt != "dense" else ""
+    print(
+        f"{command}: {run_dir} is a {adapter} adapter run: merging its adapters into the base "
+        f"first ({base}as `compactlm merge`); the merged model is what is compressed",
+        flush=True,
+    )
+    return merged_trainer(trainer)
+
+
+def _calibration(trainer, calib: CalibConfig, seq_len: int):
+    """The calibration windows; a set the training split cannot supply is the user's error."""
+    from compactlm.compress.calibrate import calibration_tokens
+
+    try:
+        tokens = calibration_tokens(trainer.data.train_tokens, calib, seq_len)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"calibration: {tokens.shape[0]} windows of {tokens.shape[1]} tokens", flush=True)
+    return tokens
+
+
+def _merged_adapter(run_dir: str) -> str | None:
+    """The adapter kind merged into the base before compressing (None: a plain run)."""
+    from compactlm.train.run_dir import read_config
+
+    kind = read_config(run_dir).model.adapter.kind
+    return None if kind == "none" else kind
+
+
+def _check_workdir(run_dir: str, workdir: str | None, command: str) -> Path:
+    from compactlm.train.workdir import check_workdir
+
     if not workdir:
         raise ConfigError("give the output directory: workdir=OUT")
-    out = Path(workdir)
-    if out.resolve() == Path(run_dir).resolve():
-        raise ConfigError("workdir must differ from RUN_DIR (the source run is never modified)")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"workdir {workdir} exists and is not empty; choose a new directory")
-    return out
+    check_workdir(workdir, command)  # RUN_DIR itself, or any other run, is refused here
+    return Path(workdir)
 
 
 def _fmt_row(label: str, ev: dict) -> str:
@@ -160,24 +209,23 @@ def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None)
     """The `compactlm quantize` command; returns the report it wrote to compression.json."""
     from compactlm.compress import export
     from compactlm.compress.apply import apply_compression, check_shapes, needs_calibration
-    from compactlm.compress.calibrate import calibration_tokens
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.workdir import claim_workdir
 
     job = parse_quantize(overrides)
-    out = _check_workdir(run_dir, workdir)
-    trainer = load_run(run_dir)
-    _check_source(trainer, run_dir)
-    model = _model_and_state(trainer)
+    out = _check_workdir(run_dir, workdir, "quantize")
+    _, shapes = _check_source(run_dir)
     try:
         export.check_exportable(None, job)
-        check_shapes(model, None, job)
+        check_shapes(shapes, None, job)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    trainer = _load_source(run_dir, "quantize")
+    model = _model_and_state(trainer)
     t0 = time.perf_counter()
-    before = trainer.evaluate(job.eval_tokens)
-    tokens = None
+    tokens = None  # (drawn first: a calibration set the split cannot supply fails at once)
     if needs_calibration(None, job):
-        tokens = calibration_tokens(trainer.data.train_tokens, job.calib, trainer.cfg.train.seq_len)
+        tokens = _calibration(trainer, job.calib, trainer.cfg.train.seq_len)
+    before = trainer.evaluate(job.eval_tokens)
     t1 = time.perf_counter()
     results = apply_compression(
         model, quant=job, tokens=tokens, batch_size=job.calib.batch_size, log=_log
@@ -187,10 +235,12 @@ def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None)
     seconds = time.perf_counter() - t1
     _set_model(trainer, model)
     after = trainer.evaluate(job.eval_tokens)
+    claim_workdir(out, "quantize")
     sizes = export.write_run(trainer, results, out, prune_cfg=None, quant=job)
     report = {
         "command": "quantize",
         "source": str(run_dir),
+        "merged_adapter": _merged_adapter(run_dir),
         "config": dataclasses.asdict(job),
         "before": before,
         "after": after,
@@ -219,27 +269,26 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
         needs_calibration,
         refresh_weights,
     )
-    from compactlm.compress.calibrate import calibration_tokens
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.workdir import claim_workdir
 
     job = parse_prune(overrides)
     quant = job.quantize if job.quantize.method != "none" else None
-    out = _check_workdir(run_dir, workdir)
-    trainer = load_run(run_dir)
-    _check_source(trainer, run_dir)
-    model = _model_and_state(trainer)
+    out = _check_workdir(run_dir, workdir, "prune")
+    source_cfg, shapes = _check_source(run_dir)
     try:
         export.check_exportable(job, quant)
-        check_shapes(model, job, quant)
-        _check_recover(job.recover, trainer.cfg)
+        check_shapes(shapes, job, quant)
+        _check_recover(job.recover, source_cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    trainer = _load_source(run_dir, "prune")
+    model = _model_and_state(trainer)
     t0 = time.perf_counter()
-    before = trainer.evaluate(job.eval_tokens)
     seq_len = trainer.cfg.train.seq_len
-    tokens = None
+    tokens = None  # (drawn first: a calibration set the split cannot supply fails at once)
     if needs_calibration(job, quant):
-        tokens = calibration_tokens(trainer.data.train_tokens, job.calib, seq_len)
+        tokens = _calibration(trainer, job.calib, seq_len)
+    before = trainer.evaluate(job.eval_tokens)
     t1 = time.perf_counter()
     extra = []
     prune_only = job.recover.steps > 0 and quant is not None
@@ -258,6 +307,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
 
         teacher = teacher_aux(trainer, job.recover.distill.teacher_dtype)  # still the dense run
     _set_model(trainer, model)
+    claim_workdir(out, "prune")  # recovery writes its run into OUT/recover
     if job.recover.steps > 0:
         from compactlm.compress.recover import recover
 
@@ -278,7 +328,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
             extra.append(("recovered", trainer.evaluate(job.eval_tokens)))
             keeps = {key: rec.keep for key, rec in results.items()}
             if needs_calibration(None, quant):
-                tokens = calibration_tokens(trainer.data.train_tokens, job.calib, seq_len)
+                tokens = _calibration(trainer, job.calib, seq_len)
             t3 = time.perf_counter()
             results = apply_compression(
                 model,
@@ -299,6 +349,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
     report = {
         "command": "prune",
         "source": str(run_dir),
+        "merged_adapter": _merged_adapter(run_dir),
         "config": dataclasses.asdict(job),
         "before": before,
         **{label: ev for label, ev in extra},

@@ -38,8 +38,9 @@ class PruneConfig:
     method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
     # "unstructured" at `sparsity`, or N:M along K (2:4 has kernels; 4:8 stays dense).
     pattern: Literal["unstructured", "2:4", "4:8"] = "2:4"
-    # Fraction of weights set to zero for "unstructured" (N:M fixes it at 1 − N/M). 0.5: the
-    # operating point of the SparseGPT and Wanda papers' main tables.
+    # Fraction of weights set to zero for "unstructured" (N:M fixes it at 1 − N/M: another
+    # value with an N:M pattern is an error, not ignored). 0.5: the operating point of the
+    # SparseGPT and Wanda papers' main tables, and what 2:4 and 4:8 give.
     sparsity: float = 0.5
     # SparseGPT: dampening as a fraction of mean diag H, and rows per mask-selection block.
     damp: float = obs.DEFAULT_DAMP
@@ -49,6 +50,18 @@ class PruneConfig:
         check_prune_args(self.method, self.pattern, self.sparsity)
         if not self.damp > 0:
             raise ValueError(f"prune damp must be > 0, got {self.damp}")
+
+    def check_combined(self) -> None:
+        """sparsity against pattern, once every override is applied (compactlm/config.py):
+        `sparsity=0.7 pattern=unstructured` passes through (2:4, 0.7) on the way."""
+        nm = parse_pattern(self.pattern)
+        if nm is not None and self.sparsity != 1.0 - nm[0] / nm[1]:
+            raise ValueError(
+                f"sparsity={self.sparsity} does nothing with pattern={self.pattern}, which keeps "
+                f"{nm[0]} of every {nm[1]} weights (sparsity {1.0 - nm[0] / nm[1]}); valid: "
+                f"pattern=unstructured sparsity={self.sparsity}, or pattern={self.pattern} "
+                f"without sparsity"
+            )
 
     @property
     def effective_sparsity(self) -> float:

@@ -111,7 +111,11 @@ def resolve_group(k: int, group_size: int) -> int:
     """Rows per group for a K-row matrix (0 → K); the group must divide K."""
     g = k if group_size in (0, None) else group_size
     if k % g:
-        raise ValueError(f"group_size={group_size} does not divide K={k} (the layer's inputs)")
+        valid = [str(v) for v in packing.GROUP_SIZES if k % v == 0] + ["0 (per channel)"]
+        raise ValueError(
+            f"group_size={group_size} does not divide K={k} (the layer's inputs); valid for "
+            f"this model: {', '.join(valid)}"
+        )
     return g
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compactlm import interrupt
 from compactlm.compress import calibrate
 from compactlm.train.distill import DistillConfig
 from compactlm.train.step import lm_objective
@@ -140,6 +141,7 @@ def recover(
     from compactlm.data.tokenizer import TOKENIZER_FILE
     from compactlm.train.loop import Trainer
 
+    interrupt.check("stopped before recovery")
     keeps = {key: rec.keep for key, rec in results.items()}
     masks = stack_masks(keeps, trainer.cfg.model.n_layers)
     if cfg.mode == "distill":
@@ -175,7 +177,10 @@ def recover(
     state = rt.restore_or_init()
     params, frozen = trainer.state.params, trainer.state.frozen
     rt.state = state.replace(params=params, frozen=frozen, opt_state=rt.tx.init(params))
-    rt.train()
+    summary = rt.train()
+    if summary["status"] != "done":  # a signal: checkpoint saved; the command stops (130 / 143)
+        detail = f"recovery stopped at step {summary['step']} of {cfg.steps}"
+        raise interrupt.Interrupted(summary["signal"], f"{detail} (checkpoint in {workdir})")
     model = rt.program.model(rt.state)
     apply_masks(model, masks)  # a no-op on the values (they are exactly zero); states the contract
     return model

@@ -22,6 +22,7 @@ from compactlm.data.tokenizer import (
     BpeTokenizer,
     ByteTokenizer,
     atomic_write_text,
+    chmod_as_umask,
     load_tokenizer,
     make_tokenizer,
 )
@@ -94,6 +95,12 @@ def configured_vocab_size(cfg: DataConfig) -> int | None:
     """Ids (incl. specials) of the tokenizer `cfg` names, known without building it; None for
     "hf" (an imported tokenizer: only its run directory knows)."""
     return {"byte": ByteTokenizer.vocab_size, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer)
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """model.vocab_size for a tokenizer of `vocab_size` ids: padded to a multiple of 64 (divides
+    any tensor axis up to 64 and keeps logits matmuls aligned, as nanoGPT's 50304)."""
+    return -(-vocab_size // 64) * 64
 
 
 def resolve_cache_dir(cfg: DataConfig) -> Path:
@@ -261,6 +268,7 @@ def _write_token_cache(
     # leaves only a stray temp directory, never a half-written cache that a later run would read.
     token_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=token_dir.parent, prefix=f".{token_dir.name}."))
+    chmod_as_umask(tmp)  # mkdtemp's 0700 would make a shared cache private to its first user
     try:
         train_ids = tokenize_documents(tokenizer, train)
         val_ids = tokenize_documents(tokenizer, val)

@@ -347,12 +347,28 @@ def load_tokenizer(directory: str | os.PathLike) -> ByteTokenizer | BpeTokenizer
     )
 
 
+def chmod_as_umask(path: str | os.PathLike) -> None:
+    """Give `path` the mode a plain open() / mkdir() would have: 0o666 for a file, 0o777 for a
+    directory, less the process umask (so 0644 / 0755 under umask 022).
+
+    tempfile.mkstemp / mkdtemp create 0600 / 0700 on purpose (private scratch); a temporary that
+    is renamed into place as a result (tokenizer.json, a token cache entry, an export) must end
+    up as readable by others as the user's umask says, like every other file of a run.
+    """
+    # os.umask both sets and returns: set the most private mask for the instant in between, so a
+    # file another thread creates meanwhile is never more open than intended.
+    umask = os.umask(0o077)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and os.replace: never a partial file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        chmod_as_umask(tmp)  # mkstemp's 0600 would make tokenizer.json private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

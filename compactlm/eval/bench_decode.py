@@ -65,7 +65,15 @@ def bench_decode(run_dir: str, cfg: BenchDecodeConfig) -> list[dict]:
     runs = [run_dir]
     report = Path(run_dir) / "compression.json"
     if report.is_file():
-        runs.insert(0, json.loads(report.read_text())["source"])
+        try:
+            runs.insert(0, str(json.loads(report.read_text())["source"]))
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError too
+            from compactlm.config import ConfigError
+
+            raise ConfigError(
+                f"{report} is not a compression report (a JSON object with the source run's "
+                'path under "source"): was it edited by hand? Restore or delete it'
+            ) from None
     rows = []
     for path in runs:
         trainer = load_run(path)

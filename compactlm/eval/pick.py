@@ -50,7 +50,10 @@ class PickConfig:
     memory: str = "2GiB"  # budget for weights + KV cache + activations (B, KB, MiB, GiB, ...)
     latency_ms: float = 0.0  # bound on predicted decode ms/token; 0 = none
     device: Literal["cpu", "h100", "h200"] = "cpu"  # bandwidth for the latency prediction
-    metric: str = "bpb"  # eval.json key the quality is measured in (lower is better)
+    # The validation metric quality is measured in (an eval.json / compression.json key; lower
+    # is better): bits per byte, loss in nats per token, or perplexity. bpb: comparable across
+    # tokenizers.
+    metric: Literal["bpb", "loss", "ppl"] = "bpb"
     context: int = 0  # tokens of KV cache / prefill; 0 = each preset's max_seq_len
     batch: int = 1  # sequences decoded together
     presets: tuple[str, ...] = ()  # presets considered; () = all
@@ -65,6 +68,8 @@ class PickConfig:
     def __post_init__(self) -> None:
         parse_bytes(self.memory)
         bad = [f for f in self.formats if f not in FORMATS]
+        if not self.formats:
+            raise ValueError(f"formats is empty; valid: {', '.join(FORMATS)}")
         if bad:
             raise ValueError(f"unknown formats {bad}; valid: {', '.join(FORMATS)}")
         if self.batch < 1 or self.context < 0 or self.latency_ms < 0:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.eval.sweep import read_metrics
+from compactlm.interrupt import Interrupted, wait_child
 
 STAGES = ("pretrain", "int4", "sparse24_int4")
 
@@ -112,7 +113,9 @@ def run_recipe(run_dir: str | None, cfg: RecipeConfig, *, log=print) -> list[dic
     rows = []
     stages = list(cfg.stages)
     if run_dir is not None:
-        json.loads((Path(run_dir) / "config.json").read_text())  # a run directory, before any work
+        from compactlm.train.run_dir import read_config
+
+        read_config(run_dir)  # a run directory, before any work
         stages = [s for s in stages if s != "pretrain"]
         rows.append({"stage": "pretrained (given)", "dir": Path(run_dir), "status": "given"})
     elif "pretrain" in stages:
@@ -139,7 +142,11 @@ def run_recipe(run_dir: str | None, cfg: RecipeConfig, *, log=print) -> list[dic
             shutil.rmtree(out)  # an unfinished output of a command that wants a new directory
         log(f"[{i}/{len(stages)}] {stage}: {line}")
         t0 = time.perf_counter()
-        code = subprocess.run([sys.executable, "-m", "compactlm", *argv]).returncode
+        try:  # a signal: the stage stops at its safe point, then the recipe (exit 130 / 143)
+            code = wait_child(subprocess.Popen([sys.executable, "-m", "compactlm", *argv]))
+        except Interrupted as e:
+            detail = f"stopped in stage {stage} ({i}/{len(stages)}); re-run the same command"
+            raise Interrupted(e.signame, f"{detail} to resume") from None
         row["seconds"] = time.perf_counter() - t0
         row["status"] = "ran" if code == 0 and read_metrics(out) is not None else f"failed ({code})"
         if row["status"] != "ran":

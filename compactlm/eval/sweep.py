@@ -31,13 +31,14 @@ import json
 import runpy
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from compactlm.interrupt import Interrupted, wait_child
 
 COMMANDS = ("train", "finetune", "distill", "quantize", "prune")
 # Commands that continue a run directory they find (train resumes from its checkpoint); the
@@ -118,13 +119,20 @@ class Sweep:
 class SweepOptions:
     """Options of `compactlm sweep NAME` (`seeds=3 only=r8,r16 root=runs/sweeps`)."""
 
-    seeds: int = 0  # seeds per row; 0 = the sweep file's value
+    seeds: int | None = None  # seeds per row (0 … seeds-1); None = the sweep file's value
     only: str = ""  # comma-separated row names to run (empty = all)
     root: str = "runs/sweeps"  # where each sweep's directory (results, run dirs, plots) lives
     # Run the selected rows again from scratch although they have records (their run directories
     # are deleted first; the new record supersedes the old): for results a since-fixed bug made.
     # Use with only=ROW,... (without only=, every row runs again).
     rerun: bool = False
+
+    def __post_init__(self) -> None:
+        if self.seeds is not None and self.seeds < 1:
+            raise SweepError(
+                f"seeds={self.seeds} would run nothing; valid: seeds=1 or more (seeds 0 … N-1), "
+                "or leave it out for the sweep file's count"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,10 +207,10 @@ def plan(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> lis
     if options.only:
         wanted = [w.strip() for w in options.only.split(",") if w.strip()]
         unknown = [w for w in wanted if w not in {r.name for r in rows}]
-        if unknown:
+        if unknown or not wanted:
+            what = f"unknown rows {unknown}" if unknown else "names no row (it would run nothing)"
             raise SweepError(
-                f"only={options.only}: unknown rows {unknown}; rows: "
-                + ", ".join(r.name for r in rows)
+                f"only={options.only}: {what}; rows: " + ", ".join(r.name for r in rows)
             )
         rows = tuple(r for r in rows if r.name in wanted)
     seeds = options.seeds or sweep.seeds
@@ -369,45 +377,20 @@ def collect(run: Run, wall_s: float, name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- running
 
 
-class Interrupted(Exception):
-    """Ctrl-C / SIGTERM reached the sweep; the child had saved its checkpoint and exited."""
-
-
 def subprocess_execute(argv: Sequence[str], workdir: Path) -> int:
     """Run `python -m compactlm ARGV`, output appended to WORKDIR.log beside it; the exit code.
 
-    Ctrl-C reaches the child through the terminal's process group; SIGTERM is forwarded. Either
-    way the parent waits for the child to save its checkpoint, then raises Interrupted (killing
-    the child mid-save, as subprocess.run does on KeyboardInterrupt, would lose the step).
+    Ctrl-C / SIGTERM: the parent waits for the child to save its checkpoint, then raises
+    Interrupted (compactlm/interrupt.py::wait_child).
     """
     workdir.parent.mkdir(parents=True, exist_ok=True)
-    received: list[int] = []
     with workdir.with_name(workdir.name + ".log").open("a") as log:
         log.write(f"$ {shlex.join(['compactlm', *argv])}\n")
         log.flush()
         child = subprocess.Popen(
             [sys.executable, "-m", "compactlm", *argv], stdout=log, stderr=subprocess.STDOUT
         )
-
-        def handle(signum: int, frame: Any) -> None:
-            received.append(signum)
-            if signum == signal.SIGTERM:
-                child.send_signal(signum)
-
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, handle)
-            except ValueError:  # not the main thread
-                pass
-        try:
-            code = child.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    if received:
-        raise Interrupted(signal.Signals(received[0]).name)
-    return code
+        return wait_child(child)
 
 
 def _claim(run: Run) -> list[str] | None:
@@ -434,12 +417,16 @@ def run_sweep(
     execute: Callable[[Sequence[str], Path], int] = subprocess_execute,
     log: Callable[[str], None] = print,
 ) -> dict[str, int]:
-    """Run every unfinished (row, seed); returns counts ran, skipped, failed, interrupted."""
+    """Run every unfinished (row, seed); returns counts ran, skipped, failed.
+
+    A signal (Interrupted from `execute`): the summary line, then Interrupted (exit 130 / 143);
+    re-running the same sweep resumes it."""
     runs = plan(name, sweep, options)
     path = results_path(name, options.root)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["row"], r["seed"], tuple(r["argv"])) for r in read_results(path)}
-    counts = {"ran": 0, "skipped": 0, "failed": 0, "interrupted": 0}
+    counts = {"ran": 0, "skipped": 0, "failed": 0}
+    resume = "re-run the same sweep command to resume"
     if sweep.base:
         base = fixture_run(sweep.base, options.root)
         owner = _claim(base)
@@ -454,11 +441,11 @@ def run_sweep(
             try:
                 code = execute(base.argv, base.workdir)
             except Interrupted as e:
-                log(f"base fixture: {e}: stopped; re-run the same sweep command to resume")
-                return {**counts, "interrupted": 1}
+                raise Interrupted(e.signame, f"stopped in the base fixture; {resume}") from None
             if code != 0 or read_metrics(base.workdir) is None:
                 raise SweepError(f"base fixture failed; see {base.log_path}: {base.command_line}")
             log(f"  base ready in {time.perf_counter() - t0:.0f} s")
+    stopped = None
     for i, run in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed}"
         if options.rerun:
@@ -483,8 +470,7 @@ def run_sweep(
         try:
             code = execute(run.argv, run.workdir)
         except Interrupted as e:
-            log(f"{tag}: {e}: stopped; re-run the same sweep command to resume")
-            counts["interrupted"] = 1
+            stopped = Interrupted(e.signame, f"stopped in {tag}; {resume}")
             break
         wall = time.perf_counter() - t0
         if code != 0:
@@ -508,4 +494,6 @@ def run_sweep(
         f"sweep {name}: {counts['ran']} ran, {counts['skipped']} skipped, "
         f"{counts['failed']} failed; results: {path}"
     )
+    if stopped is not None:
+        raise stopped
     return counts

@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from compactlm import interrupt
 from compactlm.config import Config, ConfigError, apply_overrides, from_json, to_dict, to_json
+from compactlm.data.tokenizer import chmod_as_umask
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -520,14 +522,10 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[Config, Any, dict, int]
     from compactlm.train import checkpoint as ckpt
     from compactlm.train.finetune import read_base
     from compactlm.train.loop import program_and_state, resolve_vocab
+    from compactlm.train.run_dir import read_config
 
     run = Path(run_dir)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} not found: is {str(run_dir)!r} a compactlm run directory?"
-        )
-    cfg = from_json(config_path.read_text())
+    cfg = read_config(run)
     tokenizer = load_tokenizer(run)
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)
     if not (run / "checkpoints").is_dir():
@@ -553,7 +551,9 @@ def _fresh_dir(out_dir: Path) -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InteropError(f"{out_dir} already exists and is not empty; choose a new workdir")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    chmod_as_umask(tmp)  # mkdtemp's 0700 would make the export (or imported run) private
+    return tmp
 
 
 def _commit(tmp: Path, out_dir: Path) -> None:
@@ -572,12 +572,14 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[st
 
     cfg, tokenizer, params, step = load_run_params(run_dir)
     tensors = to_hf_tensors(params, cfg.model)
+    interrupt.check("stopped before the export was written")  # safe points: here, and the rename
     out = Path(out_dir)
     tmp = _fresh_dir(out)
     try:
         hf_config = llama_config(cfg, tokenizer)
         _write_json(tmp / HF_CONFIG, hf_config)
         save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        chmod_as_umask(tmp / HF_WEIGHTS)  # safetensors creates it 0600
         (tmp / HF_TOKENIZER).write_text(hf_tokenizer_json(tokenizer))
         ids = {f"{n}_token_id": getattr(tokenizer, f"{n}_id") for n in ("bos", "eos", "pad")}
         _write_json(tmp / "generation_config.json", ids)
@@ -595,6 +597,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[st
                 **names,
             },
         )
+        interrupt.check("stopped before the export was moved into place")
         _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

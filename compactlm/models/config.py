@@ -274,6 +274,84 @@ class ModelConfig:
                     f"{name}={width} is not divisible by 32"
                 )
 
+    def projection_shapes(self) -> dict[str, tuple[int, int]]:
+        """(d_in, d_out) of every projection adapters can target, by its name in LINEAR_NAMES
+        (the unfused views of qkv / gate_up); lm_head only when untied (else there is none)."""
+        D, F, H = self.d_model, self.d_ff, self.resolved_head_dim
+        NH, KH = self.n_heads * H, self.n_kv_heads * H
+        shapes = {"q": (D, NH), "k": (D, KH), "v": (D, KH), "o": (NH, D)}
+        shapes |= {"gate": (D, F), "up": (D, F), "down": (F, D)}
+        if not self.tie_embeddings:
+            shapes["lm_head"] = (D, self.vocab_size)
+        return shapes
+
+    def projection_paths(self) -> dict[str, str]:
+        """Module path (`layers.3.attn.q`, `lm_head`) -> projection name, what
+        `adapter.target_regex` is matched against (models/linear.py::make_linear)."""
+        section = {"q": "attn", "k": "attn", "v": "attn", "o": "attn"}
+        section |= {"gate": "mlp", "up": "mlp", "down": "mlp"}
+        paths = {
+            f"layers.{i}.{section[name]}.{name}": name
+            for i in range(self.n_layers)
+            for name in section
+        }
+        if not self.tie_embeddings:
+            paths["lm_head"] = "lm_head"
+        return paths
+
+    def check_uniform_targets(self) -> None:
+        """Scanned layers share one structure: adapters must target every layer or none."""
+        if self.adapter.kind == "none" or not self.adapter.target_regex:
+            return
+        for part in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"):
+            hits = {self.adapter.targets_path(f"layers.{i}.{part}") for i in range(self.n_layers)}
+            if len(hits) > 1:
+                raise ValueError(
+                    f"adapter.target_regex={self.adapter.target_regex!r} selects {part} in some "
+                    "layers only; scanned layers share one structure: set model.scan_layers=false"
+                )
+
+    def check_adapter(self) -> None:
+        """The adapter fits this model: its targets select at least one projection, and its rank
+        is at most every selected projection's min(d_in, d_out). A check of the finished config
+        (compactlm/config.py Config.check_combined): targets, rank and shape are set apart."""
+        a = self.adapter
+        if a.kind == "none":
+            return
+        shapes = self.projection_shapes()
+        if not a.target_regex and not a.targets:
+            raise ValueError(
+                f"adapter.targets is empty: adapter.kind={a.kind} would train nothing; valid "
+                f"targets: {', '.join(shapes)}, all-linear"
+            )
+        hit = {name for path, name in self.projection_paths().items() if a.targets_path(path)}
+        if not hit:
+            asked = (
+                f"adapter.target_regex={a.target_regex!r}"
+                if a.target_regex
+                else f"adapter.targets={','.join(a.targets)}"
+            )
+            tied = self.tie_embeddings and ("lm_head" in a.targets or "lm_head" in a.target_regex)
+            note = " (no lm_head: model.tie_embeddings=true)" if tied else ""
+            raise ValueError(
+                f"{asked} selects no layer of this model{note}; its projections are "
+                f"layers.0-{self.n_layers - 1}.attn.q|k|v|o and .mlp.gate|up|down"
+                + (", lm_head" if "lm_head" in shapes else "")
+                + "; valid targets: "
+                + ", ".join(shapes)
+                + ", all-linear"
+            )
+        if self.scan_layers:
+            self.check_uniform_targets()
+        max_rank = min(min(shapes[name]) for name in hit)
+        if a.rank > max_rank:
+            dims = ", ".join(f"{n} {shapes[n][0]}->{shapes[n][1]}" for n in shapes if n in hit)
+            raise ValueError(
+                f"adapter.rank={a.rank} is more than a targeted layer allows (rank <= "
+                f"min(d_in, d_out); targeted d_in->d_out: {dims}); valid: "
+                f"adapter.rank=1..{max_rank}"
+            )
+
     @property
     def resolved_head_dim(self) -> int:
         """head_dim, or d_model // n_heads when head_dim is None."""

@@ -86,7 +86,7 @@ class Transformer(nnx.Module):
         init = param_init(cfg.init_std, ("tensor", "fsdp"))
         self.embedding = nnx.Param(init(rngs.params(), (V, D), jnp.dtype(cfg.param_dtype)))
         if cfg.scan_layers:
-            _check_uniform_targets(cfg)
+            cfg.check_uniform_targets()
 
             # One Block per slice of a stacked [L, ...] state; the layer axis is unsharded (None).
             @nnx.split_rngs(splits=cfg.n_layers)
@@ -237,16 +237,3 @@ class Transformer(nnx.Module):
         if cache is None:
             return logits_BTV
         return logits_BTV, KVCache(kv[0], kv[1], cache.index + T)
-
-
-def _check_uniform_targets(cfg: ModelConfig) -> None:
-    """Scanned layers share one structure: adapters must target every layer or none."""
-    if cfg.adapter.kind == "none" or not cfg.adapter.target_regex:
-        return
-    for part in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"):
-        hits = {cfg.adapter.targets_path(f"layers.{i}.{part}") for i in range(cfg.n_layers)}
-        if len(hits) > 1:
-            raise ValueError(
-                f"adapter.target_regex={cfg.adapter.target_regex!r} selects {part} in some layers "
-                "only; scanned layers share one structure: set model.scan_layers=false"
-            )

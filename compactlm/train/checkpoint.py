@@ -13,12 +13,16 @@ Failure paths (each exercised by tests/train/test_faults.py and scripts/fault_in
   previous checkpoints are untouched;
 - an unreadable latest checkpoint (truncated, corrupt): `restore_latest` says which, falls back
   to the newest readable one, and moves the unreadable ones aside (never deletes them);
+- a damaged one that orbax would still read (bytes changed in place: silently wrong weights, a
+  NaN loss): each step directory holds `digest.json`, the sha256 of its every file written at
+  save, checked before restoring; a mismatch is an unreadable checkpoint as above;
 - two processes training in one run directory: `RunLock` makes the second refuse.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import resource
@@ -148,7 +152,72 @@ def save(
             f"({type(e).__name__}: {_first_line(e)}); {kept} untouched. Free disk space (or "
             "raise the file-size limit) and re-run the same command to resume"
         ) from e
+    # Orbax's save returns once every process's files are committed (renamed into place).
+    if saved and jax.process_index() == 0:
+        try:
+            write_digest(Path(manager.directory) / str(step))
+        except OSError as e:  # the checkpoint itself is complete: keep it, unverified
+            _warn(
+                f"checkpoint step {step} is saved but its {DIGEST_FILE} could not be written "
+                f"({type(e).__name__}: {_first_line(e)}); it will load unverified"
+            )
     return saved
+
+
+# sha256 of every file of a step directory, written into it after orbax's commit (extra files in
+# a step directory are invisible to orbax: steps are listed by directory name, items restored by
+# name, and max_to_keep deletes the whole directory, digest included). Orbax offers no hook
+# between writing its tmp directory and renaming it, so a kill -9 in that gap (about one read of
+# the checkpoint) leaves a step without digest: it then loads unverified, as a checkpoint saved
+# before digests existed does; condemning it instead would discard a complete, good checkpoint.
+DIGEST_FILE = "digest.json"
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_digest(step_dir: Path) -> None:
+    """step_dir/digest.json: {"sha256": {relative path: hex}} of every other file, sorted.
+
+    tmp + fsync + rename: a kill or power loss mid-write leaves no digest (unverified), never a
+    partial one that would condemn a good checkpoint.
+    """
+    tmp = step_dir / f"{DIGEST_FILE}.tmp"
+    skip = {step_dir / DIGEST_FILE, tmp}
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p not in skip)
+    digests = {p.relative_to(step_dir).as_posix(): _sha256(p) for p in files}
+    with tmp.open("w") as f:
+        json.dump({"sha256": digests}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / DIGEST_FILE)
+
+
+def verify_digest(step_dir: Path) -> str | None:
+    """None when every file matches step_dir/digest.json, or there is none (saved before digests
+    existed, or killed between commit and digest); else what differs, naming the first file."""
+    path = step_dir / DIGEST_FILE
+    if not path.exists():
+        return None
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+        recorded = {str(rel): str(hex_) for rel, hex_ in recorded.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its {DIGEST_FILE} is unreadable: {type(e).__name__}"
+    differ = []
+    for rel, want in sorted(recorded.items()):
+        try:
+            same = _sha256(step_dir / rel) == want
+        except OSError:  # removed or unreadable since the save
+            same = False
+        if not same:
+            differ.append(rel)
+    if not differ:
+        return None
+    more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+    return f"file {differ[0]}{more} differs from its sha256 in {DIGEST_FILE}"
 
 
 def _check_room(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -204,6 +273,14 @@ def restore(
             f"no checkpoint for step {step} in {where}; "
             f"available steps: {list(manager.all_steps())}"
         )
+    older = [s for s in manager.all_steps() if s != step]
+    # Before orbax reads it: changed bytes that still decode would restore silently wrong weights.
+    damage = verify_digest(Path(where) / str(step))
+    if damage is not None:
+        raise CheckpointError(
+            f"checkpoint step {step} in {where} could not be restored ({damage}); it was "
+            f"damaged after it was saved. Older steps, if any, are left untouched: {older}"
+        )
     target, extra_target = abstract_state, {}
     if extra_key is not None:
         target, extra_target = split_extra(abstract_state, extra_key)
@@ -222,8 +299,7 @@ def restore(
         raise CheckpointError(
             f"checkpoint step {step} in {where} could not be restored ({type(e).__name__}: "
             f"{_first_line(e)}); it is corrupt or does not match this "
-            "model config. Older steps, if any, are left untouched: "
-            f"{[s for s in manager.all_steps() if s != step]}"
+            f"model config. Older steps, if any, are left untouched: {older}"
         ) from e
     state = restored.state
     if extra_target:

@@ -22,8 +22,8 @@ class TrainConfig:
     log_every: int = 25  # steps between metrics.jsonl / TensorBoard / progress-bar updates
     eval_every: int = 500  # steps between validation evaluations (0 = only at the end)
     eval_tokens: int = 131072  # validation tokens scored at periodic evals (0 = all); final is all
-    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 3  # most recent checkpoints kept
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end; 0 = only that)
+    keep_checkpoints: int = 3  # most recent checkpoints kept (>= 1: the last one is the model)
     progress: bool = True  # tqdm progress bar (tokens/s, loss, ETA) on stderr
     tensorboard: bool = True  # TensorBoard event files under RUN_DIR/tb
     # What trains: "all" = every nnx.Param (pretraining, full fine-tuning); "adapters" = only the
@@ -35,6 +35,21 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1")
+        if self.keep_checkpoints < 1:
+            raise ValueError(
+                f"train.keep_checkpoints={self.keep_checkpoints} would keep no checkpoint (the "
+                "trained model is lost); valid: 1 or more"
+            )
+        zero = {"checkpoint_every": "only at the end", "eval_every": "only at the end"}
+        for name, meaning in {**zero, "eval_tokens": "all"}.items():
+            if getattr(self, name) < 0:
+                # A negative every-N acts as |N|, or as every step (n % -1 == 0): refused.
+                raise ValueError(
+                    f"train.{name}={getattr(self, name)} is negative; valid: 0 ({meaning}) or "
+                    "a positive number"
+                )
+        if self.z_loss < 0:
+            raise ValueError(f"train.z_loss={self.z_loss} must be >= 0 (0 = off; PaLM: 1e-4)")
         if self.trainable not in ("auto", "all", "adapters"):
             raise ValueError(f"train.trainable={self.trainable!r}; valid: auto, all, adapters")
         if self.batch_size % self.grad_accum:
@@ -76,6 +91,12 @@ class OptimConfig:
             raise ValueError("min_lr_ratio must be in [0, 1]")
         if self.warmup_steps < 0:
             raise ValueError("warmup_steps must be >= 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1 and 0 <= self.muon_momentum < 1):
+            raise ValueError("b1, b2 and muon_momentum must be in [0, 1)")
+        if self.eps <= 0 or self.muon_rms <= 0:
+            raise ValueError("eps and muon_rms must be > 0")
         if self.kind == "muon" and (self.decay_embeddings or self.decay_norms):
             raise ValueError("optim.kind=muon keeps embeddings and norm scales undecayed")
 

@@ -175,10 +175,17 @@ def run(
     from compactlm.train.loop import Trainer, resolve_vocab
     from compactlm.train.run_dir import load_run, run_fingerprint
     from compactlm.train.step import state_from_model
+    from compactlm.train.workdir import check_workdir, claim_workdir
 
     workdir = Path(workdir)
+    check_workdir(workdir, "distill")  # the teacher's own directory, or any other run: refused
     ours, rest = split_overrides(overrides)
     dcfg = apply_overrides(DistillArgs(), ours).distill
+    if dcfg.baseline:  # read at the end of the run: a wrong path fails now, not after training
+        from compactlm.train.run_dir import latest_checkpoint_dir, read_config
+
+        read_config(dcfg.baseline)
+        latest_checkpoint_dir(dcfg.baseline)
     teacher = load_run(teacher_dir)
     cfg = apply_overrides(dataclasses.replace(get_preset(preset), data=teacher.cfg.data), rest)
     check_student(cfg, dcfg, teacher, workdir)
@@ -196,6 +203,7 @@ def run(
         s_model, t_model = resolve_vocab(cfg, teacher.cfg.model.vocab_size).model, teacher.cfg.model
         pairs = feature_pairs(dcfg.feature_layers, s_model.n_layers, t_model.n_layers)
         model_fn = make_student_fn(s_model, t_model, len(pairs))
+    claim_workdir(workdir, "distill")
     student = Trainer(
         cfg,
         workdir,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from compactlm.train.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from compactlm.config import Config
+    from compactlm.train.loop import Trainer
 
 BASE_FILE = "base.json"
 
@@ -56,6 +58,17 @@ CHANGEABLE_MODEL_FIELDS = (
 )
 
 
+# Fine-tuning's own schedule. Inheriting the base's pre-training optim.* would warm up for 100
+# steps of a 100-step fine-tune (the learning rate peaking at the last step). Warm-up is a
+# fraction of the fine-tune's own steps (10 %: what this project's transfer sweeps settled on,
+# 15 of 150 and 30 of 300; PEFT / TRL recipes use 3-10 %); full fine-tuning starts from a
+# third of the base's peak rate (those sweeps' full rows: 1e-3 after tiny's 3e-3), adapters keep
+# it (LoRA trains at a larger rate than full fine-tuning: B starts at zero, and alpha / r
+# scales the update). Any optim.* key given on the command line wins.
+FINETUNE_WARMUP_FRACTION = 0.1
+FULL_FINETUNE_LR_FACTOR = 1 / 3
+
+
 def _config_error(msg: str) -> Exception:
     from compactlm.config import ConfigError
 
@@ -65,27 +78,73 @@ def _config_error(msg: str) -> Exception:
 def read_base(run_dir: str | Path) -> dict | None:
     """The base reference of a fine-tuning run directory, or None for a from-scratch run."""
     path = Path(run_dir) / BASE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def finetune_config(base_dir: str | Path, overrides: Sequence[str]) -> Config:
-    """The base run's config with `overrides` applied; model shape changes are refused."""
-    from compactlm.config import from_json
-    from compactlm.train.run_dir import latest_checkpoint_dir
-
-    config_path = Path(base_dir) / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} not found: is {str(base_dir)!r} a compactlm run directory?"
+    if not path.is_file():
+        return None
+    try:
+        ref = json.loads(path.read_text())
+    except ValueError as e:
+        ref = f"not JSON ({e})"
+    if not isinstance(ref, dict) or {"run_dir", "fingerprint", "step"} - set(ref):
+        raise CheckpointError(
+            f"{path} is damaged ({ref if isinstance(ref, str) else 'keys missing'}); it must "
+            "hold the base run's run_dir, fingerprint and step as `compactlm finetune` wrote them"
         )
+    return ref
+
+
+def finetune_config(
+    base_dir: str | Path, overrides: Sequence[str], *, workdir: str | Path | None = None
+) -> Config:
+    """The base run's config with `overrides` applied; model shape changes are refused; optim.*
+    starts from fine-tuning defaults (`finetune_optim`), or, when `workdir` already holds this
+    fine-tune, from its saved settings (so that a resume with more steps is the same run)."""
+    from compactlm.config import apply_overrides
+    from compactlm.train.run_dir import latest_checkpoint_dir, read_config
+
+    base = read_config(base_dir)
     latest_checkpoint_dir(base_dir)  # CheckpointError when the base has none
     if read_base(base_dir) is not None:
         raise _config_error(
             f"{base_dir} is itself an adapter run; merge it first (compactlm merge "
             f"{base_dir} workdir=DIR) and fine-tune the merged run"
         )
-    base = from_json(config_path.read_text())
-    return apply_finetune_overrides(base, overrides, base_dir=base_dir)
+    cfg = apply_finetune_overrides(base, overrides, base_dir=base_dir)
+    saved = Path(workdir) / "config.json" if workdir is not None else None
+    if saved is not None and saved.is_file():  # resuming: the defaults fixed at its start
+        optim = read_config(workdir).optim
+    else:
+        optim = finetune_optim(base.optim, cfg)
+    return apply_overrides(dataclasses.replace(cfg, optim=optim), _optim_overrides(overrides))
+
+
+def _optim_overrides(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0].strip().startswith("optim.")]
+
+
+def finetune_optim(base_optim: Any, cfg: Config) -> Any:
+    """The fine-tuning defaults of optim.* for `cfg` (the fine-tune's train.steps and adapter),
+    from the base run's optimizer settings."""
+    warmup = math.ceil(FINETUNE_WARMUP_FRACTION * cfg.train.steps)
+    lr = base_optim.lr
+    if cfg.model.adapter.kind == "none":
+        lr = base_optim.lr * FULL_FINETUNE_LR_FACTOR
+    return dataclasses.replace(base_optim, warmup_steps=warmup, lr=lr)
+
+
+def schedule_line(cfg: Config) -> str:
+    """One line saying what the fine-tune's learning rate does, and a warning where the warm-up
+    leaves no decay (its peak would come at, or after, the last step)."""
+    o, steps = cfg.optim, cfg.train.steps
+    line = (
+        f"schedule: {o.kind}, lr {o.lr:g} peak after {o.warmup_steps} warm-up steps, "
+        f"{o.schedule} to {o.lr * o.min_lr_ratio:g} at step {steps}"
+    )
+    if o.warmup_steps >= steps:
+        line += (
+            f"; warning: optim.warmup_steps={o.warmup_steps} >= train.steps={steps}: the learning "
+            f"rate peaks at the last step (default: {FINETUNE_WARMUP_FRACTION:.0%} of the steps)"
+        )
+    return line
 
 
 def apply_finetune_overrides(
@@ -269,6 +328,29 @@ def merged_config(cfg: Config) -> Config:
     return dataclasses.replace(
         cfg, model=model, train=dataclasses.replace(cfg.train, trainable="auto")
     )
+
+
+def merged_model(src: Trainer) -> Transformer:
+    """The dense model an adapter run computes: `src`'s adapters folded into its base (a packed
+    base dequantized first), in a fresh model of `merged_config(src.cfg)`."""
+    cfg = merged_config(src.cfg)
+    model = Transformer(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
+    transfer_weights(model, src.program.model(src.state), merge=True)
+    return model
+
+
+def merged_trainer(src: Trainer) -> Trainer:
+    """A read-only Trainer on `src`'s run directory holding `merged_model(src)` at src's step:
+    what `compactlm merge` would write, in memory (quantize / prune of an adapter run)."""
+    from compactlm.train.loop import Trainer
+    from compactlm.train.step import state_from_model
+
+    cfg = merged_config(src.cfg)
+    out = Trainer(cfg, src.workdir, readonly=True)
+    out.base = None  # the merged model stands alone: nothing is rebuilt from base.json
+    state = state_from_model(out.program, merged_model(src), seed=cfg.train.seed)
+    out.state = state.replace(step=src.state.step)
+    return out
 
 
 def trainable_summary(model: Transformer, trainable: Any) -> dict[str, float]:

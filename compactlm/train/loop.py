@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from compactlm.config import Config, ConfigError, diff, from_json, to_dict, to_json
+from compactlm import interrupt
+from compactlm.config import Config, ConfigError, diff, to_dict, to_json
 from compactlm.train import checkpoint as ckpt
 from compactlm.train.config import TrainConfig
 from compactlm.train.mesh import (
@@ -67,38 +67,12 @@ RESUMABLE_CHANGES = (
 )
 
 
-class _StopSignal:
-    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and returns at the next step."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
-            # SIGXFSZ (file-size limit) ignored: the write then fails with EFBIG, which the
-            # checkpoint save reports as a one-line error instead of the process dying.
-            handler = signal.SIG_IGN if sig == signal.SIGXFSZ else self._handle
-            try:
-                self._previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread (e.g. under some test runners)
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:  # a second Ctrl-C: stop without waiting
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def resolve_vocab(cfg: Config, vocab_size: int) -> Config:
     """Set model.vocab_size from the tokenizer, padded to a multiple of 64 (divides any tensor
     axis up to 64 and keeps logits matmuls aligned, as nanoGPT's 50304)."""
-    padded = int(math.ceil(vocab_size / 64) * 64)
+    from compactlm.data.dataset import padded_vocab_size
+
+    padded = padded_vocab_size(vocab_size)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=padded))
 
 
@@ -166,7 +140,9 @@ class Trainer:
         cfg = resolve_vocab(cfg, self.data.tokenizer.vocab_size)
         config_path = self.workdir / "config.json"
         if config_path.exists() and not readonly:
-            cfg = _check_resume(from_json(config_path.read_text()), cfg)
+            from compactlm.train.run_dir import read_config
+
+            cfg = _check_resume(read_config(self.workdir), cfg)
         if jax.process_index() == 0 and not readonly:
             config_path.write_text(to_json(cfg) + "\n")
             (self.workdir / "data.json").write_text(
@@ -347,7 +323,9 @@ class Trainer:
                 extra = {k.split("/")[-1]: host[k] for k in self.progress_metrics if k in host}
                 progress.update_to(step, loss=host["loss"], tps=tps, extra=extra)
 
-        with _StopSignal() as stop:
+        # SIGINT / SIGTERM: save a checkpoint at the next step and return status "interrupted"
+        # (the commands turn it into exit 130 / 143: compactlm/interrupt.py).
+        with interrupt.handling():
             for step in range(start, t.steps):
                 batch = self.batch(step)
                 state, metrics = self.program.train_step(state, batch, self.aux)
@@ -365,20 +343,20 @@ class Trainer:
                         {"step": done, **{f"eval/{k}": v for k, v in ev.items()}, **clock()}
                     )
                     progress.note(f"step {done}: eval loss {ev['loss']:.4f} bpb {ev['bpb']:.3f}")
-                if (t.checkpoint_every and done % t.checkpoint_every == 0) or stop.received:
+                stop = interrupt.received()
+                if (t.checkpoint_every and done % t.checkpoint_every == 0) or stop:
                     if pending is not None:
                         flush(*pending)
                         pending = None
                     self.save()
                     last_ckpt = done
-                if stop.received:
+                if stop:
                     progress.close()
-                    print(
-                        f"\n{stop.received}: stopped at step {done}; checkpoint saved in "
-                        f"{self.manager.directory}. Re-run the same command to resume.",
-                        file=sys.stderr,
+                    detail = (
+                        f"stopped at step {done}; checkpoint saved in {self.manager.directory}; "
+                        "re-run the same command to resume"
                     )
-                    summary.update(status="interrupted", step=done)
+                    summary.update(status="interrupted", step=done, signal=stop, detail=detail)
                     writer.close()
                     return summary
             if pending is not None:

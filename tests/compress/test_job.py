@@ -7,14 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compactlm.cli import main
+from tests.commandline import cli
 from tests.tolerances import tol
-
-
-def cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code or 0
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -66,6 +67,20 @@ def test_cache_is_reused_and_keyed_by_tokenizer(tmp_path) -> None:
     # Only finished entries: no temporary directories or files left behind.
     leftovers = [p for p in (tmp_path / "cache").rglob(".*")]
     assert leftovers == []
+
+
+def test_cache_entries_are_as_readable_as_the_umask_says(tmp_path) -> None:
+    """An entry is built in a mkdtemp directory (0700): renamed into place it must be 0755 (and
+    its files 0644) under umask 022, or a shared cache would serve only its first user."""
+    old = os.umask(0o022)
+    try:
+        data = prepare_data(_cfg(tmp_path, tokenizer="bpe", bpe_vocab_size=512))
+    finally:
+        os.umask(old)
+    entry = tmp_path / "cache" / "tokens" / data.cache_key
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in entry.iterdir()}
+    assert "meta.json" in modes and modes == dict.fromkeys(modes, 0o644), modes
 
 
 def test_cache_key_follows_file_content(tmp_path) -> None:

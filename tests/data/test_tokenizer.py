@@ -1,6 +1,8 @@
 """Tokenizers: exact UTF-8 round trip, lossy decode of invalid bytes, save/load, determinism."""
 
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -131,6 +133,17 @@ def test_save_load_equal(kind: str, bpe: BpeTokenizer, tmp_path) -> None:
     for text in _TRICKY:
         np.testing.assert_array_equal(loaded.encode(text), tok.encode(text))
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_saved_tokenizer_is_as_readable_as_the_umask_says(umask, mode, bpe, tmp_path) -> None:
+    """The atomic write goes through mkstemp (0600); the file a run shares must not stay private."""
+    old = os.umask(umask)
+    try:
+        path = bpe.save(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_load_missing_tokenizer(tmp_path) -> None:

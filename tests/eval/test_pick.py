@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from compactlm.cli import main
 from compactlm.eval.pick import (
     PickConfig,
     candidates,
@@ -16,12 +15,7 @@ from compactlm.eval.pick import (
 )
 from compactlm.eval.report import _human, info_rows
 from compactlm.models.footprint import count_params
-
-
-def _cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code or 0
+from tests.commandline import cli as _cli
 
 
 def test_parse_bytes():

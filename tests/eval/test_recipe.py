@@ -5,14 +5,9 @@ import shlex
 
 import pytest
 
-from compactlm.cli import COMMANDS, _split_args, main
+from compactlm.cli import COMMANDS, _split_args
 from compactlm.eval.recipe import RecipeConfig, stage_argv
-
-
-def _cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code or 0
+from tests.commandline import cli as _cli
 
 
 @pytest.fixture(autouse=True)

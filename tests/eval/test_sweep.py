@@ -5,22 +5,17 @@ import shlex
 
 import pytest
 
-from compactlm.cli import _split_args, main
+from compactlm.cli import _split_args
 from compactlm.config import from_json, make_config, to_dict
 from compactlm.eval import sweep as sweeps
 from compactlm.eval.sweep import Row, Sweep, SweepError, SweepOptions
 from compactlm.train.loop import resolve_vocab
+from tests.commandline import cli as _cli
 
 
 @pytest.fixture(autouse=True)
 def _token_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COMPACTLM_CACHE", str(tmp_path_factory.getbasetemp() / "sweep_cache"))
-
-
-def _cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code or 0
 
 
 def _config_of_line(line: str):
@@ -131,7 +126,7 @@ def test_resume_skips_finished_runs_and_reruns_unfinished(tmp_path):
         execute=_fake_execute(calls, finish=lambda a: "model.rope_theta=500.0" not in a),
         log=log.append,
     )
-    assert first == {"ran": 1, "skipped": 0, "failed": 1, "interrupted": 0}
+    assert first == {"ran": 1, "skipped": 0, "failed": 1}
     assert len(calls) == 2
     # Second attempt: the finished row is skipped, the unfinished one runs again, same argv.
     calls2: list = []
@@ -165,6 +160,26 @@ def test_resume_skips_finished_runs_and_reruns_unfinished(tmp_path):
     assert len(calls4) == 1 and "model.d_model=48" in calls4[0]
     current = sweeps.current_records("toy", edited, tmp_path)
     assert [r["row"] for r in current] == ["narrow"] and "model.d_model=48" in current[0]["argv"]
+
+
+def test_a_signal_stops_the_sweep_after_its_child_and_names_the_run(tmp_path):
+    from compactlm.interrupt import Interrupted
+
+    calls: list = []
+    finish = _fake_execute(calls)
+
+    def execute(argv, workdir):  # the second row's child saved its checkpoint and exited
+        if calls:
+            raise Interrupted("SIGTERM", "the child exited 143")
+        return finish(argv, workdir)
+
+    log: list = []
+    with pytest.raises(Interrupted) as e:
+        opts = SweepOptions(root=str(tmp_path))
+        sweeps.run_sweep("toy", TOY, opts, execute=execute, log=log.append)
+    assert e.value.exit_code == 143
+    assert "stopped in [2/2] prompty seed 0; re-run the same sweep command" in str(e.value)
+    assert log[-1].startswith("sweep toy: 1 ran, 0 skipped, 0 failed")
 
 
 def test_rerun_runs_finished_rows_again_and_the_new_record_wins(tmp_path):

@@ -6,8 +6,10 @@ the exported files by their HF names — it shares no code with compactlm's mode
 """
 
 import json
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import jax
@@ -15,17 +17,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from compactlm.cli import main
 from compactlm.config import make_config
 from compactlm.interop import hf
 from compactlm.train.loop import run
+from tests.commandline import cli
 from tests.tolerances import tol
-
-
-def cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code or 0
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +310,22 @@ def test_no_pickle_anywhere_in_the_package():
     ]
     assert not hits, hits
     assert len(list(root.rglob("*.py"))) > 30  # really scanned the package
+
+
+def test_export_is_as_readable_as_the_umask_says(byte_run, tmp_path):
+    """The export is built in a mkdtemp directory (0700) and safetensors writes 0600: what is
+    renamed into place must be 0755 / 0644 under umask 022, as any directory and file made with
+    mkdir / open."""
+    out = tmp_path / "hf"
+    old = os.umask(0o022)
+    try:
+        assert cli("export", str(byte_run), f"workdir={out}") == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert {hf.HF_WEIGHTS, hf.HF_TOKENIZER, hf.HF_CONFIG} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o644), modes
 
 
 def test_a_compressed_run_exports_only_through_merge(byte_run, tmp_path, capsys):

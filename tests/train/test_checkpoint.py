@@ -1,6 +1,11 @@
 """train/checkpoint.py on small pytrees (no model, no training): bit-equal round trip into a
-requested sharding, retention, the errors' wording, the shape check and the run lock. Fault
-paths through a real run (kill -9, disk full, corrupt latest) are tests/train/test_faults.py."""
+requested sharding, retention, the errors' wording, the content digest, the shape check and the
+run lock. Fault paths through a real run (kill -9, disk full, corrupt latest) are
+tests/train/test_faults.py."""
+
+import hashlib
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +58,83 @@ def test_only_the_newest_max_to_keep_are_kept_and_missing_steps_are_named(tmp_pa
     for step in (1, 2, 3, 4):
         ckpt.save(manager, step, _state(step), {"step": step}, {})
     assert sorted(manager.all_steps()) == [3, 4] and ckpt.latest_step(manager) == 4
+    # Each step's digest lives in its directory and is deleted with it.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "4"]
+    assert all((tmp_path / "checkpoints" / s / ckpt.DIGEST_FILE).is_file() for s in ("3", "4"))
     restored, meta, _ = ckpt.restore(manager, _abstract(_state()), 3)
     assert int(restored["step"]) == 10 and meta == {"step": 3}
     with pytest.raises(ckpt.CheckpointError, match=r"no checkpoint for step 1 .*\[3, 4\]"):
         ckpt.restore(manager, _abstract(_state()), 1)
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint found"):
         ckpt.restore(ckpt.make_manager(tmp_path / "empty"), _abstract(_state()))
+
+
+def _step_files(step_dir) -> dict[str, bytes]:
+    return {
+        p.relative_to(step_dir).as_posix(): p.read_bytes()
+        for p in step_dir.rglob("*")
+        if p.is_file() and p.name != ckpt.DIGEST_FILE
+    }
+
+
+def test_a_byte_changed_after_the_save_is_refused_naming_step_and_file(tmp_path):
+    manager = ckpt.make_manager(tmp_path)
+    for step in (1, 2):
+        ckpt.save(manager, step, _state(step), {"step": step}, {})
+    step_dir = tmp_path / "checkpoints" / "2"
+    recorded = json.loads((step_dir / ckpt.DIGEST_FILE).read_text())["sha256"]
+    files = _step_files(step_dir)
+    assert recorded == {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    assert any(rel.startswith("state/") for rel in recorded)
+
+    # One bit, size kept, in the largest file of the state item (its array data).
+    rel = max((r for r in files if r.startswith("state/")), key=lambda r: len(files[r]))
+    data = bytearray(files[rel])
+    data[len(data) // 2] ^= 0x01
+    (step_dir / rel).write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.restore(manager, _abstract(_state()), 2)
+    message = str(e.value)
+    assert f"checkpoint step 2 in {tmp_path / 'checkpoints'} could not be restored" in message
+    assert f"(file {rel} differs from its sha256 in digest.json)" in message
+    assert "left untouched: [1]" in message and "\n" not in message
+
+    warnings: list[str] = []
+    restored, meta, _ = ckpt.restore_latest(
+        manager, _abstract(_state()), move_aside=False, warn=warnings.append
+    )
+    assert meta == {"step": 1} and int(restored["step"]) == 8
+    assert f"file {rel} differs" in warnings[0]
+    assert warnings[-1] == "resuming from checkpoint step 1"
+
+    # A damaged digest cannot vouch for anything: the step is refused too, and with no other
+    # step left the error names the step and why, on one line.
+    (tmp_path / "checkpoints" / "1" / ckpt.DIGEST_FILE).write_text('{"sha256": ')
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.restore_latest(manager, _abstract(_state()), move_aside=True)
+    message = str(e.value)
+    assert message.startswith("no readable checkpoint") and "steps [2, 1]" in message
+    assert "step 2: checkpoint step 2 in" in message and f"(file {rel} differs" in message
+    assert "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+    with pytest.raises(ckpt.CheckpointError, match=r"\(its digest.json is unreadable: "):
+        ckpt.restore(manager, _abstract(_state()), 1)
+
+
+def test_a_step_without_digest_loads_unverified(tmp_path):
+    """Saved before digests existed, or killed after orbax's commit and before the digest (or
+    mid-write: a stray tmp file): restored as it is, bit-equal when intact."""
+    manager = ckpt.make_manager(tmp_path)
+    ckpt.save(manager, 3, _state(), {"step": 3}, {})
+    step_dir = tmp_path / "checkpoints" / "3"
+    os.replace(step_dir / ckpt.DIGEST_FILE, step_dir / f"{ckpt.DIGEST_FILE}.tmp")
+    warnings: list[str] = []
+    restored, meta, _ = ckpt.restore_latest(
+        ckpt.make_manager(tmp_path), _abstract(_state()), move_aside=True, warn=warnings.append
+    )
+    assert meta == {"step": 3} and warnings == []
+    for name, x in _state().items():
+        assert np.asarray(restored[name]).tobytes() == np.asarray(x).tobytes()
 
 
 def test_a_checkpoint_of_another_shape_is_refused_naming_the_fields(tmp_path):

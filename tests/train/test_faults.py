@@ -1,13 +1,16 @@
-"""Failure paths of training: kill -9 (also inside a save), corrupt checkpoints, a full disk,
-two trainers on one directory, NaN/Inf. The long version is scripts/fault_inject.py."""
+"""Failure paths of training: kill -9 (also inside a save), corrupt checkpoints (bytes changed in
+place included), a full disk, two trainers on one directory, NaN/Inf. The long version is
+scripts/fault_inject.py."""
 
 import dataclasses
 import errno
 import importlib.util
+import os
 import random
 import re
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -81,16 +84,26 @@ def test_file_size_limit_during_save_is_a_clear_error_and_keeps_the_previous(fau
 
 def _corrupt(step_dir: Path, how: str) -> list[Path]:
     files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.stat().st_size > 64]
+    if how == "in_place":
+        # Bit rot or a bad copy: 64 random bytes over the middle of the largest array-data chunk,
+        # its size kept, which orbax still decodes (into other weights: see the eval test).
+        files = [max((p for p in files if p.parent.name == "d"), key=lambda p: p.stat().st_size)]
     for p in files:
         if how == "truncate":
             with p.open("r+b") as f:
                 f.truncate(p.stat().st_size // 2)
+        elif how == "in_place":
+            with p.open("r+b") as f:
+                f.seek(p.stat().st_size // 2)
+                f.write(np.random.default_rng(0).bytes(64))
         else:
             p.write_bytes(b"\0garbage" * 8)
     return files
 
 
-@pytest.mark.parametrize("how", ["truncate", pytest.param("garbage", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "how", ["truncate", "in_place", pytest.param("garbage", marks=pytest.mark.slow)]
+)
 def test_unreadable_latest_checkpoint_falls_back_and_deletes_nothing(tmp_path, capsys, how):
     cfg = nano("train.steps=6", "train.checkpoint_every=2")
     run(cfg, tmp_path / "straight")
@@ -129,6 +142,47 @@ def test_eval_falls_back_without_moving_anything(tmp_path, capsys):
         Trainer(cfg, tmp_path).restore_or_init()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
     assert not (tmp_path / "unreadable_checkpoints").exists()
+
+
+def _state_bytes(trainer: Trainer) -> bytes:
+    return b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(trainer.state))
+
+
+def test_bytes_changed_in_place_eval_falls_back_or_exits_2_naming_the_file(tmp_path, capsys):
+    from compactlm.cli import main
+    from compactlm.train.run_dir import load_run
+
+    run(nano("train.steps=4", "train.checkpoint_every=2"), tmp_path)
+    step4 = tmp_path / "checkpoints" / "4"
+    saved = _state_bytes(load_run(tmp_path))
+    (damaged,) = _corrupt(step4, "in_place")
+    name = damaged.relative_to(step4).as_posix()
+    # The damage orbax cannot see: without its digest (as saved before digests existed) step 4
+    # restores, silently, into other values; eval would report their loss and exit 0.
+    os.replace(step4 / ckpt.DIGEST_FILE, tmp_path / ckpt.DIGEST_FILE)
+    unverified = load_run(tmp_path)
+    assert int(unverified.state.step) == 4 and _state_bytes(unverified) != saved
+    os.replace(tmp_path / ckpt.DIGEST_FILE, step4 / ckpt.DIGEST_FILE)
+    capsys.readouterr()
+
+    trainer = load_run(tmp_path)  # as eval / generate load it: read-only
+    assert int(trainer.state.step) == 2
+    err = capsys.readouterr().err
+    found = rf"checkpoint step 4 in \S+ could not be restored \(file {re.escape(name)} differs"
+    assert re.search(found, err), err
+    assert "resuming from checkpoint step 2" in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
+    assert not (tmp_path / "unreadable_checkpoints").exists()
+
+    # No intact checkpoint left: eval exits 2 with one line naming the step and the file.
+    _corrupt(tmp_path / "checkpoints" / "2", "in_place")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.startswith("compactlm eval: error: no readable checkpoint") and err.count("\n") == 1
+    assert re.search(rf"steps \[4, 2\] .* step 4: .*\(file {re.escape(name)} differs", err), err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
 
 
 def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

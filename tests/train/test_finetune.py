@@ -109,6 +109,36 @@ def test_input_noise_is_a_finetune_setting(base_dir):
     assert cfg.model.neftune_alpha == 5.0 and cfg.model.span_mask_rate == 0.05
 
 
+def test_finetune_has_its_own_schedule_printed_and_kept_on_resume(base_dir, tmp_path, capsys):
+    """Not the base's pre-training warm-up (100 steps: a 100-step fine-tune would peak at its
+    last step): 10 % of the fine-tune's steps; full fine-tuning at a third of the base's lr;
+    optim.* given on the command line wins; a resume with more steps keeps the saved schedule."""
+    from compactlm.config import make_config
+    from compactlm.train.finetune import finetune_config, schedule_line
+    from compactlm.train.optim import make_schedule
+
+    base = make_config("nano")  # what base_dir was trained with (optim untouched there)
+    lora = finetune_config(base_dir, ["adapter.kind=lora", "train.steps=100"])
+    assert (lora.optim.warmup_steps, lora.optim.lr) == (10, base.optim.lr)
+    full = finetune_config(base_dir, ["train.steps=30"])
+    assert (full.optim.warmup_steps, full.optim.lr) == (3, pytest.approx(base.optim.lr / 3))
+    given = finetune_config(base_dir, ["train.steps=100", "optim.warmup_steps=7", "optim.lr=1"])
+    assert (given.optim.warmup_steps, given.optim.lr) == (7, 1.0)
+    lr = make_schedule(lora.optim, 100)
+    assert float(lr(10)) == pytest.approx(lora.optim.lr) and float(lr(99)) < float(lr(10))
+
+    work = tmp_path / "ft"
+    args = [*QUIET, *SMALL_DATA, "adapter.kind=lora", "train.batch_size=8"]
+    assert commands.finetune(str(base_dir), [*args, "train.steps=2"], workdir=str(work)) == 0
+    assert "schedule: adamw, lr 0.003 peak after 1 warm-up steps, cosine" in capsys.readouterr().out
+    resumed = finetune_config(base_dir, [*args, "train.steps=40"], workdir=work)
+    assert resumed.optim.warmup_steps == 1  # fixed at the run's start, not 10 % of 40
+    assert commands.finetune(str(base_dir), [*args, "train.steps=3"], workdir=str(work)) == 0
+    capsys.readouterr()
+    warn = finetune_config(base_dir, [*args, "train.steps=5", "optim.warmup_steps=5"])
+    assert "warning: optim.warmup_steps=5 >= train.steps=5" in schedule_line(warn)
+
+
 def test_missing_base_and_packed_merge_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["finetune", str(tmp_path / "nope"), f"workdir={tmp_path / 'x'}"])

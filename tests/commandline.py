@@ -1,0 +1,12 @@
+"""The CLI as tests call it: in-process `compactlm.cli.main`, its exit code returned."""
+
+import pytest
+
+from compactlm.cli import main
+
+
+def cli(*args: str) -> int:
+    """`compactlm ARGS...` in this process; the exit code (0 when main returns normally)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code or 0
