@@ -26,6 +26,8 @@ compactlm prune RUN_DIR method=magnitude|wanda|sparsegpt pattern=2:4|4:8|unstruc
                 recover.mode=finetune|distill] workdir=OUT [--dry-run]
 compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4] [workdir=runs/recipe]
                  [--dry-run]
+compactlm COMMAND -h|--help   (or compactlm help COMMAND): its keys, their types, defaults, meaning
+compactlm --version
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import sys
 from collections.abc import Sequence
 
 USAGE = __doc__.split("\n\n", 1)[1]
+HELP_FLAGS = ("-h", "--help")  # anywhere after the command: its help (compactlm/help.py)
 
 COMMANDS = (
     "train",
@@ -250,12 +253,43 @@ def _cmd_recipe(args: list[str]) -> int:
     return commands.recipe(run_dir, options, dry_run=dry_run)
 
 
+def _print_and_exit(text: str) -> None:
+    """Print help and exit 0; a reader that went away (`compactlm train --help | head`) is fine."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # as in main: stdout to /dev/null, so the final flush cannot raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The program (`compactlm`, `python -m compactlm`); called with `argv`, the same in-process.
 
-    As the program (argv None) it first puts the fast allocator in place, which re-executes the
-    process (compactlm/allocator.py); an in-process call (tests, scripts) never re-executes.
+    As the program (argv None) it puts the fast allocator in place before running a command,
+    which re-executes the process (compactlm/allocator.py); help and --version run nothing and
+    skip it. An in-process call (tests, scripts) never re-executes.
     """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 and args[0] in ("help", *HELP_FLAGS):  # `compactlm help quantize`
+        args = [*args[1:], "--help"]
+    if not args or args[0] in ("help", *HELP_FLAGS):
+        _print_and_exit(USAGE)
+    if args[0] in ("-V", "--version"):
+        from compactlm.help import version
+
+        _print_and_exit(version())
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(
+            f"compactlm: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    if any(a in HELP_FLAGS for a in rest):
+        from compactlm.help import command_help
+
+        _print_and_exit(command_help(command, [a for a in rest if a not in HELP_FLAGS], USAGE))
     if argv is None:
         from compactlm.allocator import AllocatorError, ensure
 
@@ -264,17 +298,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         except AllocatorError as e:
             print(f"compactlm: error: {e}", file=sys.stderr)
             sys.exit(2)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        sys.exit(0)
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(
-            f"compactlm: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
     from compactlm.commands import USER_ERRORS
     from compactlm.interrupt import Interrupted
 

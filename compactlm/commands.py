@@ -10,10 +10,12 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from compactlm import interrupt
 from compactlm.config import ConfigError, apply_overrides, make_config
 from compactlm.data import DataError
-from compactlm.eval.sweep import SweepError
+from compactlm.experiments.sweep import SweepError
 from compactlm.interop.hf import InteropError
 from compactlm.train.checkpoint import CheckpointError
 from compactlm.train.loop import TrainingDiverged
@@ -36,7 +38,9 @@ USER_ERRORS = (
 class SampleConfig:
     """Options of `compactlm generate` (and the sample printed after `train`)."""
 
-    prompt: str = "def "  # text the sample continues
+    # Text the sample continues. (The sample printed after `train` starts from the first line
+    # of a validation document of the run's own data instead.)
+    prompt: str = "def "
     # Tokens to sample after the prompt. None: 200, or fewer where prompt + sample would pass the
     # model's context (nano: 128); an explicit number past the context is an error.
     max_new_tokens: int | None = None
@@ -63,6 +67,46 @@ def _print_kv(title: str, rows: dict) -> None:
     print(title)
     for key, value in rows.items():
         print(f"  {key:<28} {value}")
+
+
+def validation_prompt(data, *, max_bytes: int = 64) -> tuple[str, str]:
+    """(prompt, document id): the first line of the first validation document whose first line
+    is ordinary text (printable, with a letter or digit), cut to max_bytes at a word boundary.
+
+    A prefix of the document, so the sample after `train` continues text like the run's own
+    (prose, JSONL records, code) rather than a fixed "def ". Documents are read off the token
+    stream (<eos> doc <eos> doc ... <eos>, data/dataset.py). Fallbacks: the first non-empty
+    document's start, then SampleConfig's prompt.
+    """
+    tok = data.tokenizer
+    tokens = data.val_tokens
+    bounds = np.flatnonzero(np.asarray(tokens) == tok.eos_id)
+    ids = data.split.get("val_ids") or []
+    fallback = None
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        # Every token is at least a byte: max_bytes + 4 tokens decode the first max_bytes bytes
+        # whole (a character cut at the end is one past them).
+        text = tok.decode([int(t) for t in tokens[start + 1 : min(end, start + 5 + max_bytes)]])
+        if not text:
+            continue
+        name = ids[i] if i < len(ids) else f"#{i}"
+        line = _cut_utf8(text.splitlines()[0] if text.splitlines() else "", max_bytes)
+        if line.isprintable() and "\ufffd" not in line and any(c.isalnum() for c in line):
+            return line, name
+        fallback = fallback or (_cut_utf8(text, max_bytes, words=False), name)
+    return fallback or (SampleConfig().prompt, "none")
+
+
+def _cut_utf8(text: str, max_bytes: int, *, words: bool = True) -> str:
+    """The longest prefix of text within max_bytes of UTF-8, ending at a word when words and the
+    cut falls inside the text (a prompt that ends mid-word asks for the rest of that word)."""
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text
+    cut = raw[:max_bytes].decode("utf-8", errors="ignore")
+    if words and " " in cut.strip():
+        cut = cut.rsplit(" ", 1)[0].rstrip()
+    return cut
 
 
 def _sample(trainer, sample: SampleConfig) -> str:
@@ -111,7 +155,7 @@ def _baselines_in_background(trainer) -> Callable[[], dict]:
     atomic)."""
     import threading
 
-    from compactlm.eval.baselines import cached_baselines
+    from compactlm.evaluation.baselines import cached_baselines
 
     data, out = trainer.data, {}
 
@@ -134,7 +178,7 @@ def _baselines_in_background(trainer) -> Callable[[], dict]:
 
 
 def _report_eval(trainer, label: str, baselines: Callable[[], dict] | None = None) -> dict:
-    from compactlm.eval.baselines import cached_baselines
+    from compactlm.evaluation.baselines import cached_baselines
 
     ev = trainer.evaluate(max_tokens=0)
     data = trainer.data
@@ -198,8 +242,13 @@ def train(
         raise interrupt.Interrupted(summary["signal"], summary["detail"])
     results = _report_eval(trainer, f"validation after step {summary['step']}", baselines)
     (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    sample = SampleConfig()
-    print(f"\nsample (prompt {sample.prompt!r}, temperature {sample.temperature}):")
+    # A quarter of the context at most (a token is at least a byte): the rest is the sample.
+    prompt, doc = validation_prompt(trainer.data, max_bytes=min(64, cfg.model.max_seq_len // 4))
+    sample = SampleConfig(prompt=prompt)
+    print(
+        f"\nsample (prompt {sample.prompt!r}: the start of validation document {doc!r}, "
+        f"temperature {sample.temperature}):"
+    )
     print(_sample(trainer, sample))
     return 0
 
@@ -247,7 +296,7 @@ def distill(
 
 
 def _load_run(run_dir: str, overrides: Sequence[str]):
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     return load_run(run_dir, overrides)
 
@@ -268,7 +317,7 @@ def generate(run_dir: str, args: Sequence[str]) -> int:
 def info(preset: str | None, overrides: Sequence[str]) -> int:
     from compactlm.allocator import describe
     from compactlm.config import PRESETS
-    from compactlm.eval.report import info_table
+    from compactlm.experiments.report import info_table
 
     if preset is not None and (Path(preset) / "config.json").is_file():
         from compactlm.compress.export import run_info
@@ -288,7 +337,7 @@ def info(preset: str | None, overrides: Sequence[str]) -> int:
 
 
 def bench_train(preset: str, overrides: Sequence[str]) -> int:
-    from compactlm.eval.bench import bench_train as run_bench
+    from compactlm.benchmarks.bench_train import bench_train as run_bench
 
     run_bench(make_config(preset, overrides))
     return 0
@@ -296,22 +345,22 @@ def bench_train(preset: str, overrides: Sequence[str]) -> int:
 
 def bench_decode(run_dir: str, overrides: Sequence[str]) -> int:
     """Generation tokens/s of a compressed run vs the dense run it was made from."""
-    from compactlm.eval.bench_decode import BenchDecodeConfig
-    from compactlm.eval.bench_decode import bench_decode as run_bench
+    from compactlm.benchmarks.bench_decode import BenchDecodeConfig
+    from compactlm.benchmarks.bench_decode import bench_decode as run_bench
 
     run_bench(run_dir, apply_overrides(BenchDecodeConfig(), overrides))
     return 0
 
 
 def bench_kernels(args: Sequence[str]) -> int:
-    from compactlm.eval.bench_kernels import main
+    from compactlm.benchmarks.bench_kernels import main
 
     return main(args)
 
 
 def sweep(name: str, args: Sequence[str], *, dry_run: bool = False) -> int:
     """Run (or print, with dry_run) every row × seed of configs/sweeps/NAME.py."""
-    from compactlm.eval import sweep as sweeps
+    from compactlm.experiments import sweep as sweeps
 
     options = apply_overrides(sweeps.SweepOptions(), args)
     sweep_name, spec = sweeps.load(name)
@@ -324,8 +373,8 @@ def sweep(name: str, args: Sequence[str], *, dry_run: bool = False) -> int:
 
 def report(name: str, args: Sequence[str]) -> int:
     """The sweep's markdown table (mean ± std over seeds, paper beside) and PNG plots."""
-    from compactlm.eval import sweep as sweeps
-    from compactlm.eval.report import ReportOptions, write_report
+    from compactlm.experiments import sweep as sweeps
+    from compactlm.experiments.report import ReportOptions, write_report
 
     options = apply_overrides(ReportOptions(), args)
     sweep_name, spec = sweeps.load(name)
@@ -381,8 +430,8 @@ def import_(source: str, overrides: Sequence[str], *, workdir: str | None) -> in
 
 def pick(args: Sequence[str]) -> int:
     """Presets × storage formats under a memory / latency budget: the Pareto front and a pick."""
-    from compactlm.eval.pick import PickConfig
-    from compactlm.eval.pick import pick as run_pick
+    from compactlm.experiments.pick import PickConfig
+    from compactlm.experiments.pick import pick as run_pick
 
     print(run_pick(apply_overrides(PickConfig(), args)))
     return 0
@@ -390,8 +439,8 @@ def pick(args: Sequence[str]) -> int:
 
 def _evaluate_base_on(trainer, base_dir: str) -> dict:
     """The base model's validation metrics on the fine-tuning run's (new) validation split."""
-    from compactlm.eval.perplexity import evaluate_tokens
-    from compactlm.train.loop import program_and_state
+    from compactlm.evaluation.perplexity import evaluate_tokens
+    from compactlm.train.program import program_and_state
     from compactlm.train.run_dir import read_config
 
     base_cfg = read_config(base_dir)
@@ -431,8 +480,9 @@ def finetune(
     base_dir: str, overrides: Sequence[str], *, workdir: str | None = None, dry_run: bool = False
 ) -> int:
     """Adapt a trained run (LoRA / DoRA / QLoRA / full) to `data.*`; print base vs fine-tuned."""
-    from compactlm.train.finetune import finetune_config, prepare_workdir, schedule_line
+    from compactlm.train.finetune import finetune_config, schedule_line
     from compactlm.train.loop import Trainer
+    from compactlm.train.run_dir import prepare_workdir
     from compactlm.train.workdir import check_workdir, claim_workdir
 
     workdir = workdir or f"runs/finetune-{Path(base_dir).name}"
@@ -559,7 +609,7 @@ def prune(
 
 def recipe(run_dir: str | None, args: Sequence[str], *, dry_run: bool = False) -> int:
     """Pretrain (or take RUN_DIR), compress, and print the table of stages."""
-    from compactlm.eval.recipe import RecipeConfig, run_recipe, table
+    from compactlm.experiments.recipe import RecipeConfig, run_recipe, table
 
     if dry_run:
         from compactlm import dry_run as plan

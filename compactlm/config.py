@@ -27,7 +27,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from compactlm.data import DataConfig
+from compactlm.data.config import DataConfig
 from compactlm.models.config import ModelConfig
 from compactlm.train.config import MeshConfig, OptimConfig, TrainConfig
 

@@ -16,7 +16,7 @@ def _counts_line(cfg) -> str:
     from flax import nnx
 
     from compactlm.models.footprint import count_params, weight_bytes
-    from compactlm.train.loop import trainable_filter
+    from compactlm.train.program import trainable_filter
 
     counts, sizes = count_params(cfg.model), weight_bytes(cfg.model)
     if trainable_filter(cfg) is nnx.LoRAParam:
@@ -112,7 +112,7 @@ def recipe(run_dir: str | None, args: Sequence[str]) -> None:
     import shlex
 
     from compactlm.config import apply_overrides
-    from compactlm.eval.recipe import RecipeConfig, stage_argv
+    from compactlm.experiments.recipe import RecipeConfig, stage_argv
 
     cfg = apply_overrides(RecipeConfig(), args)
     stages = [s for s in cfg.stages if not (run_dir and s == "pretrain")]

@@ -126,7 +126,7 @@ def _label(kind: str, args: list[str]) -> str:
 def run_rows(run_dir: str, out: Path, tables: list[int]) -> list[dict]:
 
     from compactlm.compress.calibrate import calibration_tokens
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     trainer = load_run(run_dir)
     base_state = trainer.state
@@ -161,7 +161,7 @@ def run_rows(run_dir: str, out: Path, tables: list[int]) -> list[dict]:
             if A.needs_calibration(prune_cfg, quant):
                 tokens = calibration_tokens(trainer.data.train_tokens, job.calib, seq_len)
             results = A.apply_compression(
-                model, prune_cfg=prune_cfg, quant=quant, tokens=tokens, log=lambda *_: None
+                model, prune_cfg=prune_cfg, quant=quant, tokens=tokens, progress=False
             )
             seconds = time.perf_counter() - t1
             J._set_model(trainer, model)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU tier in one prepared run (DESIGN.md §6), ordered by value, every step under its own
+# The GPU tier in one prepared run (docs/architecture.md §5), ordered by value, every step under its own
 # timeout, everything written into $OUT as it happens; the whole run stays under 5 minutes.
 #
 #   bash scripts/gpu_check.sh --fetch-wheels   (dev machine, network) jax-triton 0.4.1 for
@@ -111,11 +111,11 @@ fi
 
 # ---------------------------------------------------------------- 2. measured bandwidth
 step "bandwidth" 30 "$PYTHON" -c "
-from compactlm.eval.bench_kernels import measure_bandwidth
+from compactlm.benchmarks.bench_kernels import measure_bandwidth
 print(f'measured bandwidth {measure_bandwidth($( [ $DRY = 1 ] && echo 2**20 || echo 2**28 )) / 1e9:.1f} GB/s')"
 
 # ---------------------------------------------------------------- 3. the 8192² decode targets
-step "targets" "$TARGET_LIMIT" "$PYTHON" -m compactlm.eval.bench_kernels impl=$IMPL $TARGETS \
+step "targets" "$TARGET_LIMIT" "$PYTHON" -m compactlm.benchmarks.bench_kernels impl=$IMPL $TARGETS \
   out="$OUT/targets"
 
 # ---------------------------------------------------------------- 4. GPU test files
@@ -128,7 +128,7 @@ step "gpu tests" "$TEST_LIMIT" "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu
 # ---------------------------------------------------------------- 5. the rest, as time allows
 LEFT=$(( 290 - ($(date +%s) - T0) ))
 if [ "$LEFT" -gt 20 ]; then
-  step "other shapes" "$LEFT" "$PYTHON" -m compactlm.eval.bench_kernels impl=$IMPL $REST \
+  step "other shapes" "$LEFT" "$PYTHON" -m compactlm.benchmarks.bench_kernels impl=$IMPL $REST \
     time_budget_s=$(( LEFT - 15 )) out="$OUT/rest"
   rm -f "$OUT/rest/bench_kernels.png"  # at most 8 files come back from a device run
 else

@@ -12,7 +12,7 @@ if GPU_TESTS:
     os.environ.pop("TRITON_INTERPRET", None)
 else:
     # The Triton interpreter is chosen at @triton.jit decoration time, so it must be on before any
-    # compactlm.kernels module is imported (DESIGN.md §2).
+    # compactlm.kernels module is imported (docs/architecture.md §3).
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -25,9 +25,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-# jaxtyping annotations are checked under pytest only (STYLE.md; free in runs): every compactlm
-# module that uses jaxtyping is imported through jaxtyping's import hook, with beartype checking
-# each call's array annotations (tests/typecheck.py). Installed before anything imports
+# jaxtyping annotations are checked under pytest only (docs/architecture.md §7; free in runs): every
+# compactlm module that uses jaxtyping is imported through jaxtyping's import hook, with beartype
+# checking each call's array annotations (tests/typecheck.py). Installed before anything imports
 # compactlm; tests/test_jaxtyping.py proves it is live.
 import tests.typecheck  # noqa: E402
 

@@ -1,9 +1,14 @@
 """The command line end to end on `nano`: train → eval → generate, info, dry run, bad input."""
 
+import ast
 import json
+import re
 
 import pytest
 
+from compactlm.commands import validation_prompt
+from compactlm.data import ByteTokenizer, load_corpus, tokenize_documents
+from compactlm.data.corpus import Document
 from tests.commandline import cli
 
 
@@ -68,6 +73,18 @@ def test_train_eval_generate_resume(tmp_path, capsys):
     assert cli("train", "nano", "train.steps=20", *common, f"workdir={run_dir}") == 0
     out = capsys.readouterr().out
     assert "bits per byte (gzip -9)" in out and "sample (prompt" in out
+    # The sample starts from the beginning of a validation document of the run's own corpus (the
+    # prose of pydocs), not from a fixed "def ": the prompt printed is a prefix of that document,
+    # and the sample printed below it continues the prompt.
+    header = next(line for line in out.splitlines() if line.startswith("sample (prompt "))
+    prompt, doc = re.fullmatch(
+        r"sample \(prompt (.+): the start of validation document (.+), temperature .*\):", header
+    ).groups()
+    prompt, doc = ast.literal_eval(prompt), ast.literal_eval(doc)
+    val_ids = json.loads((run_dir / "data.json").read_text())["val_ids"]
+    texts = {d.id: d.text for d in load_corpus("pydocs") if d.id in val_ids}
+    assert prompt != "def " and doc in texts and texts[doc].startswith(prompt)
+    assert out.split(header + "\n", 1)[1].startswith(prompt)
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["bpb"] > 0 and report["baseline/gzip"] > 0
     # The conditional baseline (xz primed with the training split) is labelled as such, and the
@@ -100,6 +117,36 @@ def test_train_eval_generate_resume(tmp_path, capsys):
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps[-1] == 25 and steps.count(20) == 1
+
+
+def test_validation_prompt_is_the_first_ordinary_line_of_a_validation_document():
+    import types
+
+    docs = [
+        ("blank", "\n\nthe first line is empty"),
+        ("tabbed", "\tindented by a tab (not printable)"),
+        ("rule", "***\nonly punctuation above"),
+        ("prose", "Weight decay by parameter kind, never by module name.\nSecond line"),
+        ("later", "Never reached"),
+    ]
+    tok = ByteTokenizer()
+    data = types.SimpleNamespace(
+        tokenizer=tok,
+        val_tokens=tokenize_documents(tok, [Document(i, t) for i, t in docs]),
+        split={"val_ids": [i for i, _ in docs]},
+    )
+    text = dict(docs)["prose"]
+    assert validation_prompt(data) == (
+        "Weight decay by parameter kind, never by module name.",
+        "prose",
+    )
+    # Cut to max_bytes at the last whole word (still a prefix of the document).
+    prompt, doc = validation_prompt(data, max_bytes=20)
+    assert (prompt, doc) == ("Weight decay by", "prose") and text.startswith(prompt)
+    # No ordinary first line anywhere: the first non-empty document's start, whatever it is.
+    data.val_tokens = tokenize_documents(tok, [Document("tabbed", "\tx\ty")])
+    data.split = {"val_ids": ["tabbed"]}
+    assert validation_prompt(data) == ("\tx\ty", "tabbed")
 
 
 @pytest.mark.parametrize("args", [["info"], ["sweep", "lora_targets", "--dry-run"]])

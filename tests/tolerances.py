@@ -1,4 +1,5 @@
-"""The one table of numerical tolerances used by the tests (STYLE.md: loosening one needs a reason).
+"""The one table of numerical tolerances used by the tests (docs/architecture.md §7: loosening one
+needs a reason).
 
 Keys are (what is compared, dtype); values are (rtol, atol) for np.testing.assert_allclose.
 """

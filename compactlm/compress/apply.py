@@ -24,13 +24,13 @@ over the whole fused matrix here.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax.numpy as jnp
 import numpy as np
 
 from compactlm import interrupt
 from compactlm.compress import calibrate, prune, quantize
+from compactlm.train.metrics import StageProgress
 
 # (sub-module, attribute) of the RMSNorm whose scale absorbs an AWQ site's 1/s.
 _AWQ_NORM = {"qkv": ("attn_norm",), "gate_up": ("mlp_norm",)}
@@ -177,12 +177,14 @@ def apply_compression(
     pattern: str | None = None,
     tokens: np.ndarray | None = None,
     batch_size: int = 16,
-    log=print,
+    progress: bool = True,
+    label: str | None = None,
 ) -> dict[tuple[int, str], CompressedLinear]:
     """Compress ``model`` in place; returns {(layer, site): CompressedLinear}.
 
     ``keeps`` (with its ``pattern``): masks from an earlier pruning to hold fixed while
-    quantizing (pruning, then recovery, then quantization).
+    quantizing (pruning, then recovery, then quantization). ``progress``: a per-block display on
+    stderr (train/metrics.py::StageProgress) named ``label`` (default: ``phase_label``).
     """
     if prune_cfg is None and quant is None:
         raise ValueError("nothing to do: give a pruning and / or a quantization config")
@@ -197,27 +199,61 @@ def apply_compression(
     check_shapes(model, prune_cfg, quant, pattern)
     results: dict[tuple[int, str], CompressedLinear] = {}
     n = calibrate.n_blocks(model)
+    calibrated = needs_calibration(prune_cfg, quant)
+    if calibrated and tokens is None:
+        raise ValueError("this method needs calibration tokens")
+    label = label or phase_label(prune_cfg, quant, fixed_mask=keeps is not None and pattern)
+    # A block's time (since the previous block was done) includes its calibration forward
+    # passes, which layerwise runs before calling compress_block.
+    bar = StageProgress(label, total=n, unit="block", enabled=progress)
 
     def compress_block(layer, block, stats):
         # A safe point (compactlm/interrupt.py): blocks go in order, so `layer` of them are done.
         interrupt.check(f"stopped after {layer} of {n} blocks")
-        t0 = time.perf_counter()
         fixed = None if keeps is None else {s: keeps[(layer, s)] for s in calibrate.SITES}
         for site, rec in _compress_block(block, stats, prune_cfg, quant, fixed, pattern).items():
             results[(layer, site)] = rec
-        log(f"  block {layer}: {time.perf_counter() - t0:.1f}s")
+        bar.advance()
 
-    if needs_calibration(prune_cfg, quant):
-        if tokens is None:
-            raise ValueError("this method needs calibration tokens")
-        calibrate.layerwise(model, tokens, compress_block, batch_size=batch_size)
-    else:
-        for layer in range(n):
-            block = calibrate.get_block(model, layer)
-            compress_block(layer, block, {})
-            calibrate.set_block(model, layer, block)
+    with bar:
+        if calibrated:
+            calibrate.layerwise(model, tokens, compress_block, batch_size=batch_size)
+        else:
+            for layer in range(n):
+                block = calibrate.get_block(model, layer)
+                compress_block(layer, block, {})
+                calibrate.set_block(model, layer, block)
     interrupt.check(f"stopped after {n} of {n} blocks")
     return results
+
+
+_METHOD_NAMES = {
+    "rtn": "RTN",
+    "gptq": "GPTQ",
+    "awq": "AWQ",
+    "wanda": "Wanda",
+    "sparsegpt": "SparseGPT",
+}
+
+
+def phase_label(prune_cfg, quant, *, fixed_mask: str | bool | None = None) -> str:
+    """What a compression pass does, for its progress display: "calibrating + GPTQ int4",
+    "magnitude 2:4 + RTN int4", "calibrating + GPTQ int4, 2:4 mask fixed"."""
+    parts = []
+    if prune_cfg is not None:
+        what = f"{_METHOD_NAMES.get(prune_cfg.method, prune_cfg.method)} {prune_cfg.pattern}"
+        if prune_cfg.pattern == "unstructured":
+            what += f" {prune_cfg.sparsity:.0%}"
+        parts.append(what)
+    if quant is not None:
+        bits = "" if quant.bits == 4 else f" {quant.bits}-bit"
+        parts.append(f"{_METHOD_NAMES.get(quant.method, quant.method)} {quant.format}{bits}")
+    text = " + ".join(parts)
+    if needs_calibration(prune_cfg, quant):
+        text = "calibrating + " + text
+    if fixed_mask:
+        text += f", {fixed_mask} mask fixed" if isinstance(fixed_mask, str) else ", mask fixed"
+    return text
 
 
 def refresh_weights(model, results: dict) -> None:

@@ -233,17 +233,63 @@ def human_bytes(n: int) -> str:
     return f"{n / 1024**exp:.1f} {['B', 'KiB', 'MiB', 'GiB'][exp]}"
 
 
-def run_info(run_dir: str) -> str:
-    """`compactlm info RUN_DIR`: storage format, bytes of the weights in memory and on disk,
-    and the compression report when the run was made by `quantize` / `prune`."""
+def _last_validation(run_dir: Path) -> str:
+    """The run's last validation: eval.json (written after training; a distillation's `student`
+    row), else the last `eval/` row of metrics.jsonl, else "not evaluated"."""
     import json
 
-    from compactlm.models.footprint import weight_bytes
-    from compactlm.train.run_dir import latest_checkpoint_dir, load_run
+    from compactlm.train.loop import load_metrics
+
+    def scores(row: dict, prefix: str = "") -> str:
+        return f"loss {row[prefix + 'loss']:.4f}, bpb {row[prefix + 'bpb']:.4f}"
+
+    path = run_dir / "eval.json"
+    if path.is_file():
+        try:
+            row = json.loads(path.read_text())
+            row = row if "loss" in row else row["student"]
+            return f"{scores(row)} ({path.name})"
+        except (ValueError, KeyError, TypeError) as e:
+            return f"unknown: {path} is damaged ({type(e).__name__}: {e})"
+    rows = [r for r in load_metrics(run_dir) if "eval/loss" in r and "eval/bpb" in r]
+    if rows:
+        return f"{scores(rows[-1], 'eval/')} (metrics.jsonl, step {rows[-1]['step']})"
+    return "not evaluated"
+
+
+def _data_line(cfg, run_dir: Path) -> str:
+    """Corpus and tokenizer, with the split's sizes when data.json recorded them."""
+    import json
+
+    d = cfg.data
+    line = f"corpus {d.corpus}, tokenizer {d.tokenizer} (vocab {cfg.model.vocab_size:,})"
+    try:
+        split = json.loads((run_dir / "data.json").read_text())
+        line += (
+            f"; {split['train_docs']:,} / {split['val_docs']:,} documents, "
+            f"{split['train_bytes']:,} / {split['val_bytes']:,} bytes (train / validation)"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # data.json is written by training; a run directory without it still has a config
+    return line
+
+
+def run_info(run_dir: str) -> str:
+    """`compactlm info RUN_DIR`: preset, parameters, shape, data, training progress, the last
+    validation, storage format, bytes of the weights in memory and on disk, and the compression
+    report when the run was made by `quantize` / `prune`."""
+    import json
+
+    from compactlm.models.footprint import count_params, weight_bytes
+    from compactlm.train.loop import load_run
+    from compactlm.train.run_dir import latest_checkpoint_dir
 
     trainer = load_run(run_dir)
     m = trainer.cfg.model
     w = weight_bytes(m)
+    n = count_params(m)
+    # From config.json itself: an older config without the field would read as the default.
+    preset = json.loads((Path(run_dir) / "config.json").read_text()).get("preset", "not recorded")
     ckpt = latest_checkpoint_dir(run_dir)
     disk = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     fmt = m.weight_format
@@ -252,8 +298,21 @@ def run_info(run_dir: str) -> str:
         if m.double_quant and fmt in ("nf4", "fp4"):
             extra += ", double-quantized absmax"
         fmt += f" (group {m.quant_group_size or 'K'}{extra})"
+    t = trainer.cfg.train
     lines = [
         f"run {run_dir} (step {int(trainer.state.step)})",
+        f"  {'preset':<26} {preset}",
+        f"  {'parameters':<26} {n['total']:,} (embedding {n['embedding']:,}, non-embedding "
+        f"{n['non_embedding']:,}"
+        + (f", lm_head {n['lm_head']:,})" if n["lm_head"] else ")")
+        + (f" + adapters {n['adapter']:,}" if n["adapter"] else ""),
+        f"  {'shape':<26} d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads / "
+        f"{m.n_kv_heads} kv heads (head_dim {m.resolved_head_dim}), d_ff {m.d_ff}, "
+        f"vocab {m.vocab_size:,}, context {m.max_seq_len}",
+        f"  {'data':<26} {_data_line(trainer.cfg, Path(run_dir))}",
+        f"  {'training':<26} {int(trainer.state.step):,} of {t.steps:,} steps "
+        f"(batch {t.batch_size} × seq_len {t.seq_len})",
+        f"  {'validation':<26} {_last_validation(Path(run_dir))}",
         f"  {'block linears':<26} {fmt}",
         f"  {'weights in memory':<26} {w['total']:,} bytes (block linears {w['linear']:,}, "
         f"embedding / norms / head {w['other']:,}"

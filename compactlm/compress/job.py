@@ -47,6 +47,7 @@ class PruneJob(PruneConfig):
     quantize: QuantConfig = dataclasses.field(default_factory=lambda: QuantConfig(method="none"))
     recover: RecoverConfig = dataclasses.field(default_factory=RecoverConfig)
     calib: CalibConfig = dataclasses.field(default_factory=CalibConfig)
+    # Validation tokens scored before and after (0 = the whole validation split).
     eval_tokens: int = 0
 
 
@@ -98,7 +99,7 @@ def _load_source(run_dir: str, command: str):
     fine-tuned is what gets compressed, and what is measured after is what is written (the
     written run has no adapters)."""
     from compactlm.train.finetune import merged_trainer
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     trainer = load_run(run_dir)
     fmt, adapter = trainer.cfg.model.weight_format, trainer.cfg.model.adapter.kind
@@ -227,9 +228,7 @@ def quantize_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None)
         tokens = _calibration(trainer, job.calib, trainer.cfg.train.seq_len)
     before = trainer.evaluate(job.eval_tokens)
     t1 = time.perf_counter()
-    results = apply_compression(
-        model, quant=job, tokens=tokens, batch_size=job.calib.batch_size, log=_log
-    )
+    results = apply_compression(model, quant=job, tokens=tokens, batch_size=job.calib.batch_size)
     if export.double_quant(job):
         export.apply_double_quant(model, results)
     seconds = time.perf_counter() - t1
@@ -267,6 +266,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
         apply_compression,
         check_shapes,
         needs_calibration,
+        phase_label,
         refresh_weights,
     )
     from compactlm.train.workdir import claim_workdir
@@ -298,7 +298,6 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
         quant=None if prune_only else quant,
         tokens=tokens,
         batch_size=job.calib.batch_size,
-        log=_log,
     )
     seconds = time.perf_counter() - t1
     teacher = None
@@ -337,7 +336,7 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
                 pattern=job.pattern,
                 tokens=tokens,
                 batch_size=job.calib.batch_size,
-                log=_log,
+                label="after recovery: " + phase_label(None, quant, fixed_mask=job.pattern),
             )
             seconds += time.perf_counter() - t3
             _set_model(trainer, model)
@@ -368,7 +367,3 @@ def prune_run(run_dir: str, overrides: Sequence[str], *, workdir: str | None) ->
         what += f" + recover ({job.recover.mode}) {job.recover.steps} steps"
     _report(f"{what} → {out}", before, after, sizes, seconds, extra)
     return report
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)

@@ -42,8 +42,9 @@ class PruneConfig:
     # value with an N:M pattern is an error, not ignored). 0.5: the operating point of the
     # SparseGPT and Wanda papers' main tables, and what 2:4 and 4:8 give.
     sparsity: float = 0.5
-    # SparseGPT: dampening as a fraction of mean diag H, and rows per mask-selection block.
+    # SparseGPT: dampening as a fraction of mean diag H (the paper's 1 %).
     damp: float = obs.DEFAULT_DAMP
+    # SparseGPT: rows per mask-selection block (the paper's adaptive mask selection, B = 128).
     block_size: int = obs.DEFAULT_BLOCK
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ step as constants); in distill mode aux = (masks, teacher state). Runs through t
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Literal
 
 import jax
@@ -140,6 +141,7 @@ def recover(
 
     from compactlm.data.tokenizer import TOKENIZER_FILE
     from compactlm.train.loop import Trainer
+    from compactlm.train.metrics import stderr_is_tty
 
     interrupt.check("stopped before recovery")
     keeps = {key: rec.keep for key, rec in results.items()}
@@ -162,7 +164,9 @@ def recover(
             eval_every=cfg.eval_every,
             eval_tokens=eval_tokens,
             checkpoint_every=0,
-            progress=False,
+            # The bar on a terminal only (a log gets tqdm's carriage returns as one long line);
+            # the heading printed below names the phase either way.
+            progress=base.train.progress and stderr_is_tty(),
             tensorboard=False,
             keep_checkpoints=1,
         ),
@@ -174,6 +178,12 @@ def recover(
     if tok.is_file():  # the exact tokenizer the run was trained with (BPE is trained per run)
         (workdir / TOKENIZER_FILE).write_bytes(tok.read_bytes())
     rt = Trainer(rcfg, workdir, objective=objective, aux=aux)
+    where = "" if rcfg.train.progress else f"; progress in {workdir / 'metrics.jsonl'}"
+    print(
+        f"recovery ({cfg.mode}, pruning mask fixed): {cfg.steps} steps{where}",
+        file=sys.stderr,
+        flush=True,
+    )
     state = rt.restore_or_init()
     params, frozen = trainer.state.params, trainer.state.frozen
     rt.state = state.replace(params=params, frozen=frozen, opt_state=rt.tx.init(params))

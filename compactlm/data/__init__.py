@@ -1,8 +1,8 @@
 """Data: embedded and user corpora, byte/BPE tokenizers, cached token memmaps, batches."""
 
+from compactlm.data.config import DataConfig, DataError
 from compactlm.data.corpus import (
     BUILTIN_CORPORA,
-    DataError,
     Document,
     Split,
     load_corpus,
@@ -10,7 +10,6 @@ from compactlm.data.corpus import (
 )
 from compactlm.data.dataset import (
     Data,
-    DataConfig,
     EvalBatch,
     covered_bytes,
     eval_batches,

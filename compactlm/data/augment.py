@@ -30,37 +30,11 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Int32, Integer
 
-from compactlm.data.corpus import DataError
+from compactlm.data.config import check_augment
 from compactlm.data.dataset import _splitmix64, batch_offsets
 
-# Host-side sequence augmentations, in the vocabulary of `data.augment`.
-AUGMENTATIONS: tuple[str, ...] = ("dropout", "swap", "insert")
-# Names people reach for that act on the model's inputs instead: where to set them.
-MODEL_INPUT_AUGMENTATIONS = {
-    "span_mask": "model.span_mask_rate (and model.span_length)",
-    "neftune": "model.neftune_alpha",
-}
 # One salt per op so the ops' random streams are independent of each other and of get_batch.
 _SALT = {"dropout": 0xD0, "swap": 0x5A, "insert": 0x1E, "insert_id": 0x1D}
-
-
-def check_augment(names: tuple[str, ...], rate: float) -> None:
-    """Validate `data.augment` / `data.augment_rate`; one-line DataError listing valid choices."""
-    for name in names:
-        if name in MODEL_INPUT_AUGMENTATIONS:
-            raise DataError(
-                f"data.augment={name!r} acts on the model inputs only (targets kept): set "
-                f"{MODEL_INPUT_AUGMENTATIONS[name]} instead"
-            )
-        if name not in AUGMENTATIONS:
-            raise DataError(
-                f"unknown data.augment {name!r}; valid: none, {', '.join(AUGMENTATIONS)} "
-                "(comma-separated, applied in order)"
-            )
-    if len(set(names)) != len(names):
-        raise DataError(f"data.augment={','.join(names)!r} names an augmentation twice")
-    if not 0.0 <= rate < 1.0:
-        raise DataError(f"data.augment_rate must be in [0, 1), got {rate}")
 
 
 def uniform(seed: int, step: int, salt: int, shape: tuple[int, ...]) -> np.ndarray:

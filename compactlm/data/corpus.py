@@ -10,6 +10,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from compactlm.data.config import DataError
+
 BUILTIN_CORPORA = ("pystdlib", "pydocs")
 
 # Directory names under the stdlib that hold tests or third-party code, not the library itself.
@@ -19,10 +21,6 @@ _STDLIB_EXCLUDED_DIRS = frozenset(
 # pydoc_data/topics.py is the `pydocs` corpus stored as one ~0.8 MB string literal: it is prose,
 # not code, and leaving it in would leak pydocs validation text into pystdlib training.
 _STDLIB_EXCLUDED_FILES = frozenset({"pydoc_data/topics.py"})
-
-
-class DataError(ValueError):
-    """Bad data configuration or input: the message names the problem and the valid choices."""
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from compactlm.data.corpus import DataError
+from compactlm.data.config import DataError
 
 if TYPE_CHECKING:
-    from compactlm.data.dataset import DataConfig
+    from compactlm.data.config import DataConfig
 
 # Special tokens sit after the ordinary vocabulary, in this order, for both tokenizers. They are
 # never produced by encode() from text (a literal "<|eos|>" in the corpus stays ordinary bytes),

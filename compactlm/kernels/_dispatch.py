@@ -1,9 +1,10 @@
 """Dispatch rules shared by the kernel ops: which ``impl`` runs, and why Triton can't.
 
-Every op takes ``impl="auto" | "triton" | "reference"`` (DESIGN.md §3): ``auto`` picks Triton on a
-CUDA device when the op's ``supports()`` holds and jax-triton imports, else the reference; an
-explicit ``impl="triton"`` that cannot run raises ``ValueError("<op>(impl='triton') cannot run:
-<constraint>")``. The op supplies its own shape / format reason; the device part lives here.
+Every op takes ``impl="auto" | "triton" | "reference"`` (docs/architecture.md §4): ``auto`` picks
+Triton on a CUDA device when the op's ``supports()`` holds and jax-triton imports, else the
+reference; an explicit ``impl="triton"`` that cannot run raises ``ValueError("<op>(impl='triton')
+cannot run: <constraint>")``. The op supplies its own shape / format reason; the device part lives
+here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one place that imports jax_triton (lazily), plus "are we on a CUDA device" helpers.
 
-Why lazy (DESIGN.md §2): ``import jax_triton`` raises on a CPU-only jaxlib 0.3.x and, under
-triton < 3.7, jax-triton 0.4.x silently stubs out its CUDA backend unless
+Why lazy (docs/architecture.md §3): ``import jax_triton`` raises on a CPU-only jaxlib 0.3.x and,
+under triton < 3.7, jax-triton 0.4.x silently stubs out its CUDA backend unless
 ``triton.backends.nvidia.driver.TMA_TF32`` exists; ``_jax_triton()`` sets it (to 11, the value
 later Triton releases define) before the first import. Nothing here runs at import time.
 
@@ -50,7 +50,7 @@ def target(compute_capability: int, kind: str | None = None) -> Iterator[None]:
     """Compile Triton calls for this compute capability (e.g. 90) instead of asking the device.
 
     For ahead-of-time ``jax.export(..., platforms=["cuda"])`` on a machine without a GPU (the
-    export tests, ``compactlm.eval.sass``). ``kind`` (e.g. ``"h200"``) makes ``device_kind()``
+    export tests, ``compactlm.benchmarks.sass``). ``kind`` (e.g. ``"h200"``) makes ``device_kind()``
     answer it, so the launch configs are that GPU's rows; inside the block the dispatch treats
     the process as a CUDA one (``aot_target()``), which is what lowering for "cuda" needs.
     """

@@ -1,8 +1,8 @@
 """``@triton.jit`` building blocks shared by the int4 and 2:4 kernels (Triton inlines them).
 
 What they share is the GEMM skeleton of Triton's tutorial 03 and the packed-weight contract of
-DESIGN.md §3: 4-bit codes in int32 words (code j of a word in bits ``4·j``; symmetric int4 is
-two's complement, affine int4 and NF4 / FP4 code-book indices are unsigned), expanded in
+docs/architecture.md §4: 4-bit codes in int32 words (code j of a word in bits ``4·j``; symmetric
+int4 is two's complement, affine int4 and NF4 / FP4 code-book indices are unsigned), expanded in
 registers from compact loads (gemlite's bitpacking idea), then one ``tl.dot`` per tile with the
 reference's numerics: W cast to the activation dtype, f32 accumulation, IEEE f32 products.
 All of them run in the interpreter (``TRITON_INTERPRET=1``) as well as compiled, except the

@@ -1,9 +1,9 @@
 """Decode GEMV kernels (M ≤ int4_configs.gemv_max_m): int4 / NF4 / FP4 and 2:4 weights, no tl.dot.
 
-Data contract: as ``int4_kernels.py`` / ``sparse24_kernels.py`` (DESIGN.md §3), output pointers
-last: ``y[M, N]`` in x's dtype when ``SPLIT_K == 1``, else f32 partials ``[SPLIT_K, M, N]`` that
-the launcher sums (deterministic; no atomics). N and K are constexprs: jax-triton 0.4.1 marks no
-scalar divisible by 16, so only a compile-time row stride lets the packed words load 16 bytes at
+Data contract: as ``int4_kernels.py`` / ``sparse24_kernels.py`` (docs/architecture.md §4), output
+pointers last: ``y[M, N]`` in x's dtype when ``SPLIT_K == 1``, else f32 partials ``[SPLIT_K, M, N]``
+that the launcher sums (deterministic; no atomics). N and K are constexprs: jax-triton 0.4.1 marks
+no scalar divisible by 16, so only a compile-time row stride lets the packed words load 16 bytes at
 a time (one compile per layer shape, ~0.5 s); EVEN_N / EVEN_K drop the masks.
 
 Why not tl.dot (gemlite's GEMV idea): at M = 1 an MMA tile wastes 15 of its 16 rows and forces
@@ -11,7 +11,7 @@ every dequantized weight through shared memory. Here each thread owns a few pack
 row of 8 k and several columns, dequantizes them in registers and FMAs them with the matching x,
 keeping [BLOCK_SIZE_K/8, BLOCK_SIZE_N] f32 partial sums per row of x (up to 4 rows per int4
 program: each tile decoded once); one tl.sum after the K loop. Costs per weight (SASS,
-compactlm/eval/sass.py): LOP3 + FADD for the code (``nibble_f32``, the magic-number trick: no
+compactlm/benchmarks/sass.py): LOP3 + FADD for the code (``nibble_f32``, the magic-number trick: no
 int→float conversion), or for NF4 / FP4 one shift + one SHFL (a register code book,
 ``codebook_f32``), one FFMA per row of x; per word one shift and one FFMA with the group scale
 (the scale multiplies the sum of 8 products, not every weight). The 2:4 GEMV picks the two kept

@@ -8,7 +8,7 @@ format, then the format for any shape, then ``(bucket, "*", "*", "*")``, then ``
 The entries below are priors from the Triton matmul tutorial, gemlite's and Marlin's published
 tile choices for Hopper (decode: narrow N tiles and split-K so that ≥ 132 SMs have work; GEMM:
 128×128×64 bf16 tiles, 4 warps, 3–4 stages), not yet measured on our kernels: replace them with
-the best rows that ``compactlm.eval.bench_kernels`` finds on the device (docs/benchmarks.md).
+the best rows that ``compactlm.benchmarks.bench_kernels`` finds on the device (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """int4 / NF4 / FP4 weight-only matmul kernels: raw ``@triton.jit`` GEMM, split-K decode, backward.
 
-Data contract (DESIGN.md §3; the op, its reference and dispatch are in ``int4_matmul.py``):
-``x[M, K]`` bf16 / f16 / f32; ``qweight[K/8, N]`` int32, code of row k in bits ``4·(k % 8)``;
-``scales[K/G, N]`` (absmax for NF4 / FP4) and, affine int4 only, ``zeros[K/G, N]``; a 16-entry
-f32 code book for NF4 / FP4; output pointers last (``y[M, N]``, ``partial[SPLIT_K, M, N]`` f32,
-``dx[M, K]``). Each kernel dequantizes to f32 exactly like ``packing.dequantize`` and accumulates
-in f32.
+Data contract (docs/architecture.md §4; the op, its reference and dispatch are in
+``int4_matmul.py``): ``x[M, K]`` bf16 / f16 / f32; ``qweight[K/8, N]`` int32, code of row k in bits
+``4·(k % 8)``; ``scales[K/G, N]`` (absmax for NF4 / FP4) and, affine int4 only, ``zeros[K/G, N]``; a
+16-entry f32 code book for NF4 / FP4; output pointers last (``y[M, N]``, ``partial[SPLIT_K, M, N]``
+f32, ``dx[M, K]``). Each kernel dequantizes to f32 exactly like ``packing.dequantize`` and
+accumulates in f32.
 
 Design: the tiled GEMM is Triton's tutorial 03 (grouped pid ordering, masks on every edge); the
 in-register unpacking of packed words is gemlite's bitpacking idea; split-K decode is Marlin's.

@@ -1,10 +1,10 @@
 """int4 / NF4 / FP4 weight-only matmul ``y = x @ W``: jnp reference (the spec), Triton, dispatch.
 
-Data contract (DESIGN.md §3, ``packing.py``): ``x[..., K]`` in bf16 / f16 / f32; ``qweight[K/8, N]``
-int32 with the code of row k in bits ``4·(k % 8)``; ``scales[K/G, N]`` (absmax for NF4 / FP4) and,
-for affine int4, ``zeros[K/G, N]``; ``y[..., N]`` in x's dtype. Every kernel dequantizes to f32
-exactly like ``packing.dequantize``, casts W to the activation dtype for the tensor-core dot (the
-reference does the same) and accumulates in f32.
+Data contract (docs/architecture.md §4, ``packing.py``): ``x[..., K]`` in bf16 / f16 / f32;
+``qweight[K/8, N]`` int32 with the code of row k in bits ``4·(k % 8)``; ``scales[K/G, N]`` (absmax
+for NF4 / FP4) and, for affine int4, ``zeros[K/G, N]``; ``y[..., N]`` in x's dtype. Every kernel
+dequantizes to f32 exactly like ``packing.dequantize``, casts W to the activation dtype for the
+tensor-core dot (the reference does the same) and accumulates in f32.
 
 Kernels (raw ``@triton.jit`` in ``int4_kernels.py``, launched through ``_launch.triton_call`` on
 CUDA or ``_interpret.interpret_call`` in tests; output pointers last):
@@ -16,7 +16,7 @@ CUDA or ``_interpret.interpret_call`` in tests; output pointers last):
   no tl.dot, magic-number nibbles, NF4 / FP4 through a warp-shuffle register code book, up to 4
   rows of x per program (each W tile decoded once), N / K constexpr; W stays exact in f32 (not
   rounded to x's dtype, so bf16 results differ from the reference by at most that rounding).
-  Its SASS instruction count per weight is the CPU proxy in ``compactlm/eval/sass.py``.
+  Its SASS instruction count per weight is the CPU proxy in ``compactlm/benchmarks/sass.py``.
 - ``_int4_splitk_kernel``: decode path for 4 < M ≤ 16 — memory bound, so the grid is split along K
   (Marlin's split-K idea) to fill the SMs; each split writes an f32 partial ``[SPLIT_K, M, N]``
   and a second stage sums them (deterministic, no atomics, no zero-initialised output). Where a

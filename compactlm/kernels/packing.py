@@ -1,6 +1,7 @@
 """Storage contracts for packed weights: int4 (sym/affine), NF4, FP4 and 2:4, bit-exact, pure jnp.
 
-Data contract (DESIGN.md §3; GEMM letters, W is [K, N] like Flax's Linear.kernel, packed along K):
+Data contract (docs/architecture.md §4; GEMM letters, W is [K, N] like Flax's Linear.kernel, packed
+along K):
 
 - ``qweight[K/8, N]`` int32: eight 4-bit codes per word, the code of row ``k`` sits in bits
   ``4·(k % 8)`` of word ``qweight[k // 8, n]``.

@@ -1,6 +1,6 @@
 """2:4 structured-sparse matmul kernels (bf16 or int4 values): raw GEMM, decode and backward.
 
-Data contract (DESIGN.md §3; byte layout in packing.py, the op and its reference in
+Data contract (docs/architecture.md §4; byte layout in packing.py, the op and its reference in
 ``sparse24_matmul.py``): ``x[M, K]`` bf16 / f16 / f32; ``values[K/2, N]`` bf16 / f16 / f32, or
 ``qvalues[K/16, N]`` int32 (int4 nibbles along the compressed axis) with ``scales`` / ``zeros``
 ``[K/2/G, N]``; ``meta[K/32, N]`` int32, nibble ``i0 | i1 << 2`` of group g in row g // 8 at bits

@@ -1,6 +1,7 @@
 """2:4 structured-sparse matmul y = x @ W, W stored as 2:4 values + metadata (bf16 or int4 values).
 
-Data contract (GEMM letters, DESIGN.md §3; byte layout in packing.py's "2:4 structured sparsity"):
+Data contract (GEMM letters, docs/architecture.md §4; byte layout in packing.py's "2:4 structured
+sparsity"):
   x[..., K]        bf16 / f16 / f32; leading dims are flattened into M.
   values[K/2, N]   bf16 / f16 / f32, the two kept entries of every aligned group of 4 rows, or, for
                    int4+2:4, qvalues[K/16, N] int32 (int4 nibbles along the compressed axis) with

@@ -48,6 +48,25 @@ class Frozen(nnx.Variable):
     """
 
 
+# Parameter kinds, declared where each parameter is created, so that the optimizer's groups
+# (weight decay; Muon or AdamW: train/optim.py) follow what a parameter is, never its module's
+# name. A plain nnx.Param of rank >= 2 is a linear map's matrix: decayed, Muon's. Adapter
+# parameters are nnx.LoRAParam (models/lora.py). A new vector parameter (a bias) needs a kind:
+# under scanned layers it is [L, out], rank 2.
+
+
+class EmbeddingParam(nnx.Param):
+    """A lookup table (the token embedding [V, D], also the tied head): decayed only with
+    optim.decay_embeddings (a step moves the rows of the tokens seen; decay shrinks every row),
+    AdamW's under Muon."""
+
+
+class ScaleParam(nnx.Param):
+    """A per-feature gain (RMSNorm's scale, init 1; [L, D] under scanned layers): decayed only
+    with optim.decay_norms (decay pulls a gain towards 0, not towards the identity), AdamW's
+    under Muon."""
+
+
 def literal_values(tp: object, namespace: dict | None = None) -> tuple:
     """The allowed values of a (possibly string-annotated) Literal type, else ()."""
     if isinstance(tp, str):

@@ -11,6 +11,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from compactlm.models.attention import blocked_causal_attention
+from compactlm.models.config import ScaleParam
 from compactlm.models.dense import param_init  # noqa: F401  (re-exported for callers)
 from compactlm.models.linear import halves, make_linear, qkv_layout, single
 
@@ -23,7 +24,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, dim: int, *, eps: float, param_dtype: jnp.dtype, compute_dtype: jnp.dtype):
         self.eps, self.compute_dtype = eps, compute_dtype
-        self.scale = nnx.Param(
+        self.scale = ScaleParam(
             jnp.ones((dim,), param_dtype), out_sharding=(None,), eager_sharding=False
         )
 

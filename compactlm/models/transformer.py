@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int, Integer
 
-from compactlm.models.config import ModelConfig
+from compactlm.models.config import EmbeddingParam, ModelConfig
 from compactlm.models.dense import param_init
 from compactlm.models.input_noise import apply_input_noise
 from compactlm.models.layers import MLP, Attention, RMSNorm, rope_sin_cos
@@ -84,7 +84,7 @@ class Transformer(nnx.Module):
         V, D = cfg.vocab_size, cfg.d_model
         # [V, D] with V over "tensor", D over "fsdp" (MaxText's vocab/embed layout).
         init = param_init(cfg.init_std, ("tensor", "fsdp"))
-        self.embedding = nnx.Param(init(rngs.params(), (V, D), jnp.dtype(cfg.param_dtype)))
+        self.embedding = EmbeddingParam(init(rngs.params(), (V, D), jnp.dtype(cfg.param_dtype)))
         if cfg.scan_layers:
             cfg.check_uniform_targets()
 

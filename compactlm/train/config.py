@@ -70,9 +70,9 @@ class OptimConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
     warmup_steps: int = 100  # linear warmup from 0 (Adam's second moment is noisy early)
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (Chinchilla/Llama use 0.1)
-    b1: float = 0.9
+    b1: float = 0.9  # Adam's first-moment decay (the usual 0.9)
     b2: float = 0.95  # 0.95 rather than 0.999: more stable for LMs at small batch (Llama, GPT-3)
-    eps: float = 1e-8
+    eps: float = 1e-8  # Adam's denominator floor (the usual 1e-8)
     weight_decay: float = 0.1  # decoupled (AdamW); applied to matrices only, see decay_* below
     decay_embeddings: bool = False  # decay the embedding table too (off: sparse rows get shrunk)
     decay_norms: bool = False  # decay RMSNorm scales too (off: they are gains, not weights)

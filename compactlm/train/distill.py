@@ -52,8 +52,8 @@ from jaxtyping import Array, Float, Int
 LOSSES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
 LossName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
 
-# Metric names (STYLE.md: split/name). `nll` is the student's hard-label CE under the name the
-# training loop logs as train/nll, so distilled and hard-label runs compare on one curve.
+# Metric names (docs/architecture.md §7: split/name). `nll` is the student's hard-label CE under the
+# name the training loop logs as train/nll, so distilled and hard-label runs compare on one curve.
 METRICS = ("distill/divergence", "distill/ce", "distill/teacher_ce", "distill/agreement")
 # With distill.features: the feature term (its weight not applied), train/distill_features.py.
 FEATURE_METRIC = "distill/feature"

@@ -150,7 +150,7 @@ def sample_teacher_nll(student, teacher_graphdef, teacher_state, val_tokens: np.
 
 def evaluate_on(trainer, program_owner, val_tokens) -> dict[str, float]:
     """`program_owner`'s model scored on `trainer`'s validation tokens (one split for all rows)."""
-    from compactlm.eval.perplexity import evaluate_tokens
+    from compactlm.evaluation.perplexity import evaluate_tokens
 
     t = trainer.cfg.train
     return evaluate_tokens(
@@ -172,8 +172,8 @@ def run(
     from compactlm.train.distill_features import feature_pairs, make_student_fn
     from compactlm.train.distill_init import init_from_teacher
     from compactlm.train.distill_step import make_objective
-    from compactlm.train.loop import Trainer, resolve_vocab
-    from compactlm.train.run_dir import load_run, run_fingerprint
+    from compactlm.train.loop import Trainer, load_run, resolve_vocab
+    from compactlm.train.run_dir import run_fingerprint
     from compactlm.train.step import state_from_model
     from compactlm.train.workdir import check_workdir, claim_workdir
 

@@ -1,8 +1,9 @@
 """Transfer learning from a run directory: a base's weights under adapters / a packed format.
 
 A fine-tuning run directory holds `base.json` (the base run's path, its content fingerprint and
-step). Its model is built from the config (`model.weight_format`, `adapter.*`) and the base's
-weights are written into it: dense linears copy them, packed ones quantize them at load time
+step; train/run_dir.py). Its model is built from the config (`model.weight_format`, `adapter.*`)
+and the base's weights are written into it (models/transfer.py, from train/program.py
+`build_from_base`): dense linears copy them, packed ones quantize them at load time
 (QLoRA). A base that is itself packed (`compactlm quantize` / `prune` output: int4 / nf4 / fp4 /
 2:4 / int4+2:4) keeps its storage: its frozen arrays (codes, scales, metadata) are copied bit for
 bit into the same storage class, never dequantized and quantized again, and only adapters train
@@ -15,27 +16,21 @@ frozen base is rebuilt from `base.json` (and its fingerprint checked) whenever t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from compactlm.models.config import Frozen
 from compactlm.models.linear import iter_linears
+from compactlm.models.transfer import transfer_weights
 from compactlm.models.transformer import Transformer
-from compactlm.train.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from compactlm.config import Config
     from compactlm.train.loop import Trainer
-
-BASE_FILE = "base.json"
 
 # Model fields that define a packed base's stored arrays: fixed when the base is packed (a
 # change would mean dequantizing and quantizing again, which QLoRA on a compressed base avoids).
@@ -75,23 +70,6 @@ def _config_error(msg: str) -> Exception:
     return ConfigError(msg)
 
 
-def read_base(run_dir: str | Path) -> dict | None:
-    """The base reference of a fine-tuning run directory, or None for a from-scratch run."""
-    path = Path(run_dir) / BASE_FILE
-    if not path.is_file():
-        return None
-    try:
-        ref = json.loads(path.read_text())
-    except ValueError as e:
-        ref = f"not JSON ({e})"
-    if not isinstance(ref, dict) or {"run_dir", "fingerprint", "step"} - set(ref):
-        raise CheckpointError(
-            f"{path} is damaged ({ref if isinstance(ref, str) else 'keys missing'}); it must "
-            "hold the base run's run_dir, fingerprint and step as `compactlm finetune` wrote them"
-        )
-    return ref
-
-
 def finetune_config(
     base_dir: str | Path, overrides: Sequence[str], *, workdir: str | Path | None = None
 ) -> Config:
@@ -99,7 +77,7 @@ def finetune_config(
     starts from fine-tuning defaults (`finetune_optim`), or, when `workdir` already holds this
     fine-tune, from its saved settings (so that a resume with more steps is the same run)."""
     from compactlm.config import apply_overrides
-    from compactlm.train.run_dir import latest_checkpoint_dir, read_config
+    from compactlm.train.run_dir import latest_checkpoint_dir, read_base, read_config
 
     base = read_config(base_dir)
     latest_checkpoint_dir(base_dir)  # CheckpointError when the base has none
@@ -187,7 +165,7 @@ def apply_finetune_overrides(
 
 def _check_packed_base(base_dir, fmt: str, cfg: Config) -> None:
     """A packed base trains through adapters only, and none that rewrites the base."""
-    from compactlm.train.loop import trainable_filter
+    from compactlm.train.program import trainable_filter
 
     adapter = cfg.model.adapter
     if adapter.kind == "none" or trainable_filter(cfg) is not nnx.LoRAParam:
@@ -201,123 +179,6 @@ def _check_packed_base(base_dir, fmt: str, cfg: Config) -> None:
             f"adapter.init=pissa rewrites the base (W − B·A, quantized again), but base "
             f"{base_dir} is kept exactly as stored ({fmt}); use adapter.init=kaiming|gaussian"
         )
-
-
-def prepare_workdir(base_dir: str | Path, workdir: str | Path) -> None:
-    """Record the base (path, fingerprint, step) and copy its tokenizer into a new run dir."""
-    from compactlm.data.tokenizer import TOKENIZER_FILE
-    from compactlm.train.run_dir import latest_checkpoint_dir, run_fingerprint
-
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ref = {
-        "run_dir": str(Path(base_dir).resolve()),
-        "fingerprint": run_fingerprint(base_dir),
-        "step": int(latest_checkpoint_dir(base_dir).name),
-    }
-    existing = read_base(workdir)
-    if existing is not None and existing != ref:
-        raise CheckpointError(
-            f"{workdir} was fine-tuned from {existing['run_dir']} (fingerprint "
-            f"{existing['fingerprint'][:12]}, step {existing['step']}), not from this base "
-            f"({ref['fingerprint'][:12]}, step {ref['step']}); use a new workdir"
-        )
-    if existing is None:
-        (workdir / BASE_FILE).write_text(json.dumps(ref, indent=2) + "\n")
-    if not (workdir / TOKENIZER_FILE).is_file():
-        shutil.copy(Path(base_dir) / TOKENIZER_FILE, workdir / TOKENIZER_FILE)
-
-
-def check_base(ref: dict) -> None:
-    """The base recorded in a run directory still holds the weights it was trained on."""
-    from compactlm.train.run_dir import run_fingerprint
-
-    base_dir = ref["run_dir"]
-    if not (Path(base_dir) / "config.json").is_file():
-        raise CheckpointError(f"the base run {base_dir} recorded in {BASE_FILE} is gone")
-    now = run_fingerprint(base_dir)
-    if now != ref["fingerprint"]:
-        raise CheckpointError(
-            f"the base {base_dir} changed since this adapter was trained (fingerprint "
-            f"{ref['fingerprint'][:12]} then, {now[:12]} now); adapters only fit the exact base"
-        )
-
-
-def unstack_blocks(model: Transformer) -> list[nnx.Module]:
-    """The decoder blocks one by one (copies of the slices when the layers are scanned)."""
-    if not model.cfg.scan_layers:
-        return list(model.layers)
-    graphdef, state = nnx.split(model.layers)
-    n = model.cfg.n_layers
-    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(n)]
-
-
-def restack_blocks(model: Transformer, blocks: list[nnx.Module]) -> None:
-    """Write blocks from `unstack_blocks` back (a no-op for unrolled layers: they are views)."""
-    if model.cfg.scan_layers:
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in blocks])
-        nnx.update(model.layers, stacked)
-
-
-def transfer_weights(target: Transformer, source: Transformer, *, merge: bool = False) -> None:
-    """Write source's weights into target (any storage × adapter): embeddings and norms copied,
-    every linear's dense weight (source's adapter folded in when merge=True) loaded into the
-    target's storage, target adapters re-initialised from their new base (PiSSA, DoRA)."""
-    target.embedding[...] = source.embedding[...].astype(target.embedding[...].dtype)
-    target.final_norm.scale[...] = source.final_norm.scale[...]
-    pairs: list[tuple[Any, Any]] = []
-    if target.lm_head is not None:
-        pairs.append((target.lm_head, source.lm_head))
-    t_blocks, s_blocks = unstack_blocks(target), unstack_blocks(source)
-    for tb, sb in zip(t_blocks, s_blocks, strict=True):
-        tb.attn_norm.scale[...] = sb.attn_norm.scale[...]
-        tb.mlp_norm.scale[...] = sb.mlp_norm.scale[...]
-        t_lin, s_lin = list(iter_linears(tb)), list(iter_linears(sb))
-        assert [p for p, _ in t_lin] == [p for p, _ in s_lin]
-        pairs.extend((t, s) for (_, t), (_, s) in zip(t_lin, s_lin, strict=True))
-    for t, s in pairs:
-        w = s.adapter.merged_weight(s) if merge and s.adapter is not None else s.dense_weight()
-        if is_packed(s) and not (merge and s.adapter is not None) and type(t) is type(s):
-            copy_storage(t, s)  # a packed base: its codes as stored (QLoRA on a compressed run)
-        else:
-            t.load_dense(w)
-        if t.adapter is not None:
-            t.adapter.init_from_base(t, w)
-    restack_blocks(target, t_blocks)
-
-
-def storage_vars(linear) -> dict[str, Frozen]:
-    """A linear's own frozen storage (packed codes, scales, 2:4 metadata; not its adapter's)."""
-    return {k: v for k, v in vars(linear).items() if isinstance(v, Frozen)}
-
-
-def is_packed(linear) -> bool:
-    return bool(storage_vars(linear))
-
-
-def copy_storage(target, source) -> None:
-    """target's frozen storage ← source's, bit for bit (same class, names, shapes, dtypes)."""
-    src, dst = storage_vars(source), storage_vars(target)
-    if src.keys() != dst.keys():
-        raise ValueError(f"storage arrays differ: base {sorted(src)}, target {sorted(dst)}")
-    for name, var in src.items():
-        if (var[...].shape, var[...].dtype) != (dst[name][...].shape, dst[name][...].dtype):
-            raise ValueError(
-                f"{name}: base {var[...].shape} {var[...].dtype}, target "
-                f"{dst[name][...].shape} {dst[name][...].dtype}"
-            )
-        dst[name][...] = var[...]
-
-
-def build_from_base(cfg: Config, ref: dict, *, seed: int) -> Transformer:
-    """A model of `cfg.model` holding the recorded base's weights (adapters freshly initialised)."""
-    from compactlm.train.run_dir import load_model
-
-    check_base(ref)
-    _, base = load_model(ref["run_dir"])
-    model = Transformer(cfg.model, rngs=nnx.Rngs(seed))
-    transfer_weights(model, base)
-    return model
 
 
 def merged_config(cfg: Config) -> Config:

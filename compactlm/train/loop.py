@@ -7,46 +7,24 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
-from jax.sharding import Mesh
 
 from compactlm import interrupt
 from compactlm.config import Config, ConfigError, diff, to_dict, to_json
 from compactlm.train import checkpoint as ckpt
 from compactlm.train.config import TrainConfig
-from compactlm.train.mesh import (
-    batch_divisor,
-    batch_sharding,
-    make_mesh,
-    maybe_initialize_distributed,
-    shard_batch,
-)
-from compactlm.train.optim import make_optimizer, make_schedule
-from compactlm.train.step import (
-    Program,
-    TrainState,
-    abstract_state,
-    build,
-    init_state,
-    state_from_model,
-)
+from compactlm.train.mesh import batch_divisor, maybe_initialize_distributed, shard_batch
+from compactlm.train.optim import make_schedule
+from compactlm.train.program import adapter_only, config_mesh, make_program, restore_state
+from compactlm.train.run_dir import check_same_split, read_base, read_config
+from compactlm.train.step import Program, TrainState
 
-__all__ = ["TrainConfig", "Trainer", "make_program", "program_and_state", "run"]
-
-
-def trainable_filter(cfg: Config) -> Any:
-    """The nnx filter of what trains, from train.trainable and model.adapter.kind."""
-    mode = cfg.train.trainable
-    if mode == "auto":
-        mode = "all" if cfg.model.adapter.kind == "none" else "adapters"
-    if mode == "adapters" and cfg.model.adapter.kind == "none":
-        raise ConfigError("train.trainable=adapters needs adapter.kind=lora or dora")
-    return nnx.LoRAParam if mode == "adapters" else nnx.Param
+__all__ = ["TrainConfig", "Trainer", "load_run", "run"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -140,8 +118,6 @@ class Trainer:
         cfg = resolve_vocab(cfg, self.data.tokenizer.vocab_size)
         config_path = self.workdir / "config.json"
         if config_path.exists() and not readonly:
-            from compactlm.train.run_dir import read_config
-
             cfg = _check_resume(read_config(self.workdir), cfg)
         if jax.process_index() == 0 and not readonly:
             config_path.write_text(to_json(cfg) + "\n")
@@ -174,8 +150,6 @@ class Trainer:
         self.schedule = make_schedule(cfg.optim, t.steps)
         self.manager = ckpt.make_manager(self.workdir, max_to_keep=t.keep_checkpoints)
         self.state: TrainState | None = None
-        from compactlm.train.finetune import read_base
-
         self.base = read_base(self.workdir)  # fine-tuning: the base run this one adapts
         # objective metrics shown on the progress bar beside the loss (all go to metrics.jsonl)
         self.progress_metrics: tuple[str, ...] = ()
@@ -203,7 +177,7 @@ class Trainer:
             "metrics": metrics or {},
         }
         saved = self.state
-        if _adapter_only(self.program, self.base):  # the base is rebuilt from base.json
+        if adapter_only(self.program, self.base):  # the base is rebuilt from base.json
             saved = saved.replace(frozen=None)
         ckpt.save(
             self.manager, step, saved, meta, to_dict(self.cfg), extra_key=self.program.extra_key
@@ -245,7 +219,7 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, max_tokens: int = 0) -> dict[str, float]:
-        from compactlm.eval.perplexity import evaluate_tokens
+        from compactlm.evaluation.perplexity import evaluate_tokens
 
         t = self.cfg.train
         return evaluate_tokens(
@@ -369,97 +343,27 @@ class Trainer:
         return summary
 
 
-def _adapter_only(program: Program, base: dict | None) -> bool:
-    """Adapter-only checkpoints: a fine-tuning run whose base is frozen state."""
-    return base is not None and program.trainable is nnx.LoRAParam
-
-
-def restore_state(
-    program: Program,
-    cfg: Config,
-    manager: Any,
-    base: dict | None,
-    *,
-    require_checkpoint: bool = False,
-    move_aside: bool = False,
-) -> TrainState:
-    """The latest checkpoint's state, or a fresh one (from the base's weights when fine-tuning).
-
-    An unreadable latest checkpoint falls back to the newest readable one
-    (`checkpoint.restore_latest`; move_aside: move the unreadable ones out of the way).
-
-    Adapter-only checkpoints store no frozen state: it is rebuilt from the base (checked against
-    its recorded fingerprint), exactly as at the run's start.
-    """
-    from compactlm.train.finetune import build_from_base
-
-    seed = cfg.train.seed
-    latest = ckpt.latest_step(manager)
-    if require_checkpoint and latest is None:
-        raise ckpt.CheckpointError(f"no checkpoint found in {manager.directory}")
-    if latest is None:
-        if base is None:
-            return init_state(program, cfg.model, seed=seed)
-        return state_from_model(program, build_from_base(cfg, base, seed=seed), seed=seed)
-    target = abstract_state(program, cfg.model, seed=seed)
-    model = dataclasses.asdict(cfg.model)
-    if not _adapter_only(program, base):
-        return ckpt.restore_latest(
-            manager, target, move_aside=move_aside, model=model, extra_key=program.extra_key
-        )[0]
-    target = target.replace(frozen=None)
-    state = ckpt.restore_latest(manager, target, move_aside=move_aside, model=model)[0]
-    _, _, frozen = nnx.split(build_from_base(cfg, base, seed=seed), program.trainable, ...)
-    return state.replace(frozen=jax.device_put(frozen, program.state_sharding.frozen))
-
-
-def config_mesh(cfg: Config) -> Mesh:
-    """The mesh cfg.mesh asks for; one that does not fit the devices is the user's mesh.* error."""
-    try:
-        return make_mesh(cfg.mesh)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def make_program(cfg: Config, *, mesh: Mesh | None = None, **step_kw: Any) -> Program:
-    """THE training program of a config, the one place it is built: the Trainer, saved runs
-    loaded as bases / teachers / exports (`program_and_state`), `bench train`, HF import.
-
-    The optimizer (`optim.*`, LoRA+ from the adapter), what trains (`trainable_filter`), z-loss
-    and gradient accumulation all come from `cfg`; mesh: default `cfg.mesh` (export / import pass
-    one device so a run trained on N devices reads anywhere). step_kw: the objective, aux,
-    aux_sharding and model_fn of `train.step.build` (default: next-token cross-entropy, no aux, a
-    Transformer).
-    """
-    mesh = config_mesh(cfg) if mesh is None else mesh
-    t = cfg.train
-    return build(
-        cfg.model,
-        make_optimizer(cfg.optim, t.steps, adapter=cfg.model.adapter),
-        mesh,
-        trainable=trainable_filter(cfg),
-        z_loss=t.z_loss,
-        grad_accum=t.grad_accum,
-        batch_sharding=batch_sharding(mesh),
-        **step_kw,
-    )
-
-
-def program_and_state(
-    cfg: Config, run_dir: str | Path, *, base: dict | None = None, mesh: Mesh | None = None
-) -> tuple[Program, TrainState]:
-    """The plain LM program of a saved run and its latest readable checkpoint (no data: a base
-    or teacher loaded to serve another corpus, an export); nothing is written in run_dir."""
-    program = make_program(cfg, mesh=mesh)
-    manager = ckpt.make_manager(run_dir, max_to_keep=cfg.train.keep_checkpoints)
-    return program, restore_state(program, cfg, manager, base, require_checkpoint=True)
-
-
 def run(cfg: Config, workdir: str | Path) -> Trainer:
     """Train (or resume) the run in `workdir`; returns the Trainer holding the final state."""
     trainer = Trainer(cfg, workdir)
     trainer.restore_or_init()
     trainer.summary = trainer.train()
+    return trainer
+
+
+def load_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> Trainer:
+    """A read-only Trainer holding the latest checkpoint of `run_dir` (nothing is written there).
+
+    overrides: `key=value` strings applied to the saved config (e.g. `data.corpus=pydocs` to
+    evaluate on another corpus). Missing directory / config / checkpoint: one-line errors.
+    """
+    from compactlm.config import apply_overrides
+
+    saved = read_config(run_dir)
+    cfg = apply_overrides(saved, overrides)
+    check_same_split(saved, cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, readonly=True)
+    trainer.restore_or_init(require_checkpoint=True)
     return trainer
 
 

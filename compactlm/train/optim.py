@@ -14,7 +14,7 @@ import jax
 import optax
 from flax import nnx
 
-from compactlm.models.config import AdapterConfig
+from compactlm.models.config import AdapterConfig, EmbeddingParam, ScaleParam
 from compactlm.train.config import OptimConfig
 
 __all__ = ["OptimConfig", "decay_mask", "make_optimizer", "make_schedule"]
@@ -34,54 +34,55 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
-def _path_names(path: tuple[Any, ...]) -> list[str]:
-    names = []
-    for p in path:
-        key = getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))
-        names.append(str(key))
-    return names
-
-
 def _is_variable(x: Any) -> bool:
     return isinstance(x, nnx.Variable)
 
 
-def decay_mask(cfg: OptimConfig, params: Any, adapter: AdapterConfig | None = None) -> Any:
-    """True where weight decay applies: matrices; embeddings / norm scales only when asked;
-    adapter factors (nnx.LoRAParam) only with adapter.decay."""
+def _ndim(leaf: Any) -> int:
+    value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+    return getattr(value, "ndim", 0)  # 0 for optax's MaskedNode (the other group's leaves)
 
-    def keep(path: tuple[Any, ...], leaf: Any) -> bool:
+
+def decay_mask(cfg: OptimConfig, params: Any, adapter: AdapterConfig | None = None) -> Any:
+    """True where weight decay applies, by parameter kind (models/config.py), never by module
+    name: adapter factors and DoRA magnitudes (nnx.LoRAParam) only with adapter.decay; the
+    embedding (EmbeddingParam) only with decay_embeddings; norm scales (ScaleParam) only with
+    decay_norms; every other parameter when it is a matrix (rank >= 2, nanoGPT's rule)."""
+
+    def keep(leaf: Any) -> bool:
         if isinstance(leaf, nnx.LoRAParam):
             return bool(adapter is not None and adapter.decay)
-        names = [n.lower() for n in _path_names(path)]
-        if any("norm" in n for n in names):
+        if isinstance(leaf, ScaleParam):
             return cfg.decay_norms
-        if any("embed" in n for n in names):
+        if isinstance(leaf, EmbeddingParam):
             return cfg.decay_embeddings
-        value = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
-        return getattr(value, "ndim", 0) >= 2
+        return _ndim(leaf) >= 2
 
-    def mark(path: tuple[Any, ...], leaf: Any) -> Any:
-        flag = keep(path, leaf)  # same tree structure as params: Variables keep their type
+    def mark(leaf: Any) -> Any:
+        flag = keep(leaf)  # same tree structure as params: Variables keep their type
         return leaf.replace(flag) if isinstance(leaf, nnx.Variable) else flag
 
-    return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_variable)
+    return jax.tree.map(mark, params, is_leaf=_is_variable)
 
 
 def muon_dimensions(params: Any) -> Any:
-    """optax Muon's dimension numbers: the last two axes (in, out) of every block linear's kernel,
-    leading axes (scanned layers) batched; None (AdamW) for the embedding and the norm scales."""
+    """optax Muon's dimension numbers: the last two axes (in, out) of every matrix, leading axes
+    (scanned layers) batched; None (AdamW) for the embedding, the norm scales and DoRA's
+    magnitudes (by kind, as decay_mask: gains, [out] or [L, out] when scanned, are not matrices
+    to orthogonalise) and for vectors."""
     from optax.contrib import MuonDimensionNumbers
 
-    def mark(path: tuple[Any, ...], leaf: Any) -> Any:
-        value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
-        names = [n.lower() for n in _path_names(path)]
-        ndim = getattr(value, "ndim", 0)  # 0 for optax's MaskedNode (the AdamW group's leaves)
-        matrix = ndim >= 2 and not any("norm" in n or "embed" in n for n in names)
+    from compactlm.models.lora import DoRAMagnitude
+
+    gains = (EmbeddingParam, ScaleParam, DoRAMagnitude)
+
+    def mark(leaf: Any) -> Any:
+        ndim = _ndim(leaf)
+        matrix = ndim >= 2 and not isinstance(leaf, gains)
         dims = MuonDimensionNumbers(ndim - 2, ndim - 1) if matrix else None
         return leaf.replace(dims) if isinstance(leaf, nnx.Variable) else dims
 
-    return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_variable)
+    return jax.tree.map(mark, params, is_leaf=_is_variable)
 
 
 def scale_lora_b(ratio: float) -> optax.GradientTransformation:
@@ -113,15 +114,18 @@ def make_optimizer(
     if cfg.kind == "muon":
         from optax.contrib import muon
 
-        # Every Muon leaf is a matrix, so decay applies to all of them; the AdamW group
-        # (embedding, norms) is undecayed, as decay_mask has it by default. optax runs that
-        # group with Nesterov momentum too (NAdamW), as it does the Muon group.
+        # Decay in the Muon group follows decay_mask (its leaves are matrices: all decayed,
+        # except adapter factors without adapter.decay); the AdamW group (embedding, norms, DoRA
+        # magnitudes) is undecayed, as decay_mask has it by default (OptimConfig refuses
+        # decay_embeddings / decay_norms with Muon). optax runs that group with Nesterov
+        # momentum too (NAdamW), as it does the Muon group.
         chain.append(
             muon(
                 schedule,
                 beta=cfg.muon_momentum,
                 eps=cfg.eps,
                 weight_decay=cfg.weight_decay,
+                weight_decay_mask=lambda p: decay_mask(cfg, p, adapter),
                 consistent_rms=cfg.muon_rms,
                 muon_weight_dimension_numbers=muon_dimensions,
                 adam_b1=cfg.b1,

@@ -1,20 +1,24 @@
-"""Existing run directories as inputs: load one (eval, generate, a fine-tuning base, a teacher)
-and fingerprint it (an adapter or a student records which base / teacher it was made from)."""
+"""Existing run directories as inputs: read one's config, fingerprint it, and keep the record
+(`base.json`) a fine-tuning run holds of the base it adapts (path, fingerprint, step).
+
+Loading a run's weights is train/program.py (`load_model`) and train/loop.py (`load_run`); this
+module reads and writes files only, below both.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from flax import nnx
+from typing import TYPE_CHECKING
 
 from compactlm.train.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from compactlm.config import Config
-    from compactlm.train.loop import Trainer
+
+BASE_FILE = "base.json"  # a fine-tuning run's record of its base run
 
 
 def _config_path(run_dir: str | Path) -> Path:
@@ -64,34 +68,6 @@ def check_same_split(saved: Config, cfg: Config, run_dir: str | Path) -> None:
         )
 
 
-def load_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> Trainer:
-    """A read-only Trainer holding the latest checkpoint of `run_dir` (nothing is written there).
-
-    overrides: `key=value` strings applied to the saved config (e.g. `data.corpus=pydocs` to
-    evaluate on another corpus). Missing directory / config / checkpoint: one-line errors.
-    """
-    from compactlm.config import apply_overrides
-    from compactlm.train.loop import Trainer
-
-    saved = read_config(run_dir)
-    cfg = apply_overrides(saved, overrides)
-    check_same_split(saved, cfg, run_dir)
-    trainer = Trainer(cfg, run_dir, readonly=True)
-    trainer.restore_or_init(require_checkpoint=True)
-    return trainer
-
-
-def load_model(run_dir: str | Path) -> tuple[Any, nnx.Module]:
-    """(config, model) of a run's latest checkpoint without preparing its data (a base or a
-    teacher for another corpus); fine-tuning runs come with their base rebuilt."""
-    from compactlm.train.finetune import read_base
-    from compactlm.train.loop import program_and_state
-
-    cfg = read_config(run_dir)
-    program, state = program_and_state(cfg, run_dir, base=read_base(run_dir))
-    return cfg, program.model(state)
-
-
 def latest_checkpoint_dir(run_dir: str | Path) -> Path:
     """checkpoints/<latest step> of a run; CheckpointError when there is none."""
     root = Path(run_dir) / "checkpoints"
@@ -120,3 +96,57 @@ def run_fingerprint(run_dir: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_base(run_dir: str | Path) -> dict | None:
+    """The base reference of a fine-tuning run directory, or None for a from-scratch run."""
+    path = Path(run_dir) / BASE_FILE
+    if not path.is_file():
+        return None
+    try:
+        ref = json.loads(path.read_text())
+    except ValueError as e:
+        ref = f"not JSON ({e})"
+    if not isinstance(ref, dict) or {"run_dir", "fingerprint", "step"} - set(ref):
+        raise CheckpointError(
+            f"{path} is damaged ({ref if isinstance(ref, str) else 'keys missing'}); it must "
+            "hold the base run's run_dir, fingerprint and step as `compactlm finetune` wrote them"
+        )
+    return ref
+
+
+def prepare_workdir(base_dir: str | Path, workdir: str | Path) -> None:
+    """Record the base (path, fingerprint, step) and copy its tokenizer into a new run dir."""
+    from compactlm.data.tokenizer import TOKENIZER_FILE
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ref = {
+        "run_dir": str(Path(base_dir).resolve()),
+        "fingerprint": run_fingerprint(base_dir),
+        "step": int(latest_checkpoint_dir(base_dir).name),
+    }
+    existing = read_base(workdir)
+    if existing is not None and existing != ref:
+        raise CheckpointError(
+            f"{workdir} was fine-tuned from {existing['run_dir']} (fingerprint "
+            f"{existing['fingerprint'][:12]}, step {existing['step']}), not from this base "
+            f"({ref['fingerprint'][:12]}, step {ref['step']}); use a new workdir"
+        )
+    if existing is None:
+        (workdir / BASE_FILE).write_text(json.dumps(ref, indent=2) + "\n")
+    if not (workdir / TOKENIZER_FILE).is_file():
+        shutil.copy(Path(base_dir) / TOKENIZER_FILE, workdir / TOKENIZER_FILE)
+
+
+def check_base(ref: dict) -> None:
+    """The base recorded in a run directory still holds the weights it was trained on."""
+    base_dir = ref["run_dir"]
+    if not (Path(base_dir) / "config.json").is_file():
+        raise CheckpointError(f"the base run {base_dir} recorded in {BASE_FILE} is gone")
+    now = run_fingerprint(base_dir)
+    if now != ref["fingerprint"]:
+        raise CheckpointError(
+            f"the base {base_dir} changed since this adapter was trained (fingerprint "
+            f"{ref['fingerprint'][:12]} then, {now[:12]} now); adapters only fit the exact base"
+        )

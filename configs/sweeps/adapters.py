@@ -8,7 +8,7 @@ double quantization for NF4 / FP4) at load time; on a CPU the 4-bit matmuls run 
 reference (dequantize, then dot), so their tokens/s is not the GPU kernels'.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 LORA = ("adapter.kind=lora",)
 ALL = "adapter.targets=all-linear"

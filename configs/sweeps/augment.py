@@ -6,7 +6,7 @@ budget repeats the data: 800 steps x 16 x 128 byte tokens = 1.6M tokens over ~96
 steps, schedule and seed as `none`; only the augmentation differs. Validation is never augmented.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 SWEEP = Sweep(
     title="validation loss with and without augmentation, data-limited nano (EDA / NEFTune)",

@@ -8,7 +8,7 @@ schedule and seed as `none`; only the augmentation differs. Validation is never 
 NEFTune (Jain et al. 2023) is a fine-tuning method; alpha = 5 is its smallest published setting.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 SWEEP = Sweep(
     title="augmentation vs none, tiny fine-tuned on 96 KB of pydocs (EDA / NEFTune, transfer)",

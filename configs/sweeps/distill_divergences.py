@@ -11,7 +11,7 @@ everywhere. Our task is plain next-byte prediction on pystdlib, where forward KL
 maximum-likelihood-matching choice.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 SWEEP = Sweep(
     title="divergence choice at equal steps (DistiLLM Table / GKD Fig. shape)",

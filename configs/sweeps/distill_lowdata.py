@@ -9,7 +9,7 @@ the students are nano. `hard` trains on hard labels only (alpha = 0), `kd_t2` us
 mix (T = 2, alpha = 0.5), `kd_t1` pure distillation at T = 1.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 SWEEP = Sweep(
     title="3 % of the data: distilled vs hard labels (Hinton et al. 2015, Table 3 shape)",

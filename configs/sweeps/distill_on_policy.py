@@ -7,7 +7,7 @@ is the shared `tiny1200` base, the student nano, fkl at T = 1 with alpha = 1 for
 prompts of 32 tokens and 96 sampled tokens per 129-token window (`distill.on_policy_prompt=32`).
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 SWEEP = Sweep(
     title="on-policy fraction λ at equal steps (GKD Fig. 4 shape)",

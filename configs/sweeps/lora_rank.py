@@ -8,7 +8,7 @@ about the same size at every r and the learning rate needs no re-tuning. tiny's 
 and W_v 128 × 64, so r = 64 is full rank for W_v and half rank for W_q.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 

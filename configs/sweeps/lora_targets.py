@@ -6,7 +6,7 @@ adapted matrices) fixed at 8, as Table 5 does (W_q r8, W_v r8, W_q W_v r4, all f
 numbers are its GPT-3 175B WikiSQL / MultiNLI accuracies (higher is better; ours is bpb, lower).
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 # LoRA Table 5 (GPT-3 175B, trainable budget 18M): WikiSQL / MultiNLI validation accuracy.
 _ROWS = {
@@ -50,6 +50,10 @@ SWEEP = Sweep(
     ),
     seeds=1,
     metrics=("bpb", "loss", "params/adapter"),
+    paper_labels={
+        "wikisql_acc": "GPT-3 175B WikiSQL accuracy (%, higher is better)",
+        "mnli_acc": "GPT-3 175B MultiNLI accuracy (%, higher is better)",
+    },
     paper_note=(
         "At a fixed budget, adapting more matrices at a lower rank beats one matrix at a higher "
         "rank (W_q W_v r4 and all four r2 are best); W_q or W_k alone is worst."

@@ -5,7 +5,7 @@ the first 64k validation tokens before and after. Paper numbers: LLaMA-7B WikiTe
 (dense 5.68) from Wanda (Sun et al. 2024), Table 3.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 # Wanda Table 3, LLaMA-7B, WikiText-2 perplexity at 50 % sparsity (dense 5.68).
 _PAPER = {
@@ -36,6 +36,7 @@ SWEEP = Sweep(
     ),
     seed_key=None,
     metrics=("bpb", "before/bpb"),
+    paper_labels={"llama7b_ppl": "LLaMA-7B WikiText-2 perplexity (per token; dense 5.68)"},
     paper_note=(
         "Wanda ≈ SparseGPT ≫ magnitude at every pattern; unstructured < 4:8 < 2:4 in perplexity "
         "(more structure costs more), magnitude 2:4 collapses (42.13 vs dense 5.68)."

@@ -11,7 +11,7 @@ then dot). The zero-shot quality of each 4-bit type without fine-tuning (the pap
 proper) is `configs/sweeps/quant_formats.py`.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 LORA = ("adapter.kind=lora", "adapter.rank=4", "adapter.alpha=16")
 ALL = "adapter.targets=all-linear"

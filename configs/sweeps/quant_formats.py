@@ -8,7 +8,7 @@ constants double-quantized (8 bit, blocks of 256: QLoRA §3); the others keep th
 same data types under fine-tuning: `configs/sweeps/qlora.py`.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 # QLoRA Table 2: mean Pile Common Crawl perplexity over OPT / BLOOM / LLaMA / Pythia 125M-13B
 # (int4, Float4 E2M1, NFloat4 + double quantization).
@@ -37,6 +37,7 @@ SWEEP = Sweep(
     ),
     seed_key=None,
     metrics=("bpb", "before/bpb"),
+    paper_labels={"pile_cc_ppl": "Pile-CC perplexity, mean over 125M-13B models (per token)"},
     paper_note=(
         "Mean perplexity after round-to-nearest 4-bit quantization: int4 34.34 > FP4 (E2M1) "
         "31.07 > NF4 + DQ 27.41; NF4's quantiles of a normal fit the weight distribution better "

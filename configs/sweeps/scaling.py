@@ -7,7 +7,7 @@ exponent is a property of this budget and this tiny range (N ~ 50k … 1.8M), no
 Depth stays at nano's 4 layers, heads are 16 wide (half as many kv heads), d_ff = 3 d_model.
 """
 
-from compactlm.eval.sweep import Row, Sweep
+from compactlm.experiments.sweep import Row, Sweep
 
 
 def _width(d: int) -> Row:

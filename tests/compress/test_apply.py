@@ -1,5 +1,7 @@
 """compress/apply.py: model-level compression writes what the formats hold; AWQ's fold is exact."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,10 +16,6 @@ from compactlm.models.config import ModelConfig
 from compactlm.models.transformer import Transformer
 
 CFG = dict(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=32)
-
-
-def _quiet(*_):
-    pass
 
 
 def _model(scan=False):
@@ -54,7 +52,7 @@ def test_awq_fold_preserves_the_function():
 def test_rtn_writes_packing_format():
     model = _model(scan=True)
     dense = _kernels(model)
-    res = A.apply_compression(model, quant=QuantConfig(method="rtn", group_size=32), log=_quiet)
+    res = A.apply_compression(model, quant=QuantConfig(method="rtn", group_size=32), progress=False)
     for key, w in _kernels(model).items():
         qweight, scales, _ = P.quantize_int4(dense[key], 32)
         np.testing.assert_array_equal(w, np.asarray(P.dequantize(qweight, scales)))
@@ -68,7 +66,7 @@ def test_prune_24_then_int4_is_sparse24_int4():
         model,
         prune_cfg=PruneConfig(method="magnitude", pattern="2:4"),
         quant=QuantConfig(method="rtn", group_size=32),
-        log=_quiet,
+        progress=False,
     )
     for key, w in _kernels(model).items():
         pruned = np.asarray(P.mask_24_magnitude(jnp.asarray(dense[key])))
@@ -87,7 +85,9 @@ def test_prune_24_then_int4_is_sparse24_int4():
 )
 def test_calibrated_methods_run_and_keep_patterns(prune_cfg, quant):
     model = _model(scan=True)
-    res = A.apply_compression(model, prune_cfg=prune_cfg, quant=quant, tokens=_tokens(), log=_quiet)
+    res = A.apply_compression(
+        model, prune_cfg=prune_cfg, quant=quant, tokens=_tokens(), progress=False
+    )
     assert len(res) == 2 * len(C.SITES)
     for key, w in _kernels(model).items():
         if prune_cfg is not None and prune_cfg.pattern == "2:4":
@@ -102,3 +102,35 @@ def test_bad_shapes_fail_before_any_work():
     model = _model()
     with pytest.raises(ValueError, match="does not divide K=64"):
         A.apply_compression(model, quant=QuantConfig(group_size=128))
+
+
+def test_progress_names_the_phase_and_the_total_per_block(capsys):
+    """Off a terminal (pytest's stderr is not one): one line per block naming the phase (method
+    and format, calibrating or not) and the block count of the model; nothing on stdout."""
+    model = _model(scan=True)
+    quant = QuantConfig(method="gptq", group_size=32)
+    A.apply_compression(model, quant=quant, tokens=_tokens())
+    out, err = capsys.readouterr()
+    n = CFG["n_layers"]
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == n
+    for i, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"calibrating \+ GPTQ int4: block {i} of {n} done in \d+\.\d s", line)
+    # No calibration: no "calibrating"; a mask held fixed from an earlier pruning says so.
+    A.apply_compression(_model(), prune_cfg=PruneConfig(method="magnitude", pattern="2:4"))
+    assert capsys.readouterr().err.splitlines()[0].startswith("magnitude 2:4: block 1 of 2 ")
+    label = A.phase_label(None, QuantConfig(method="gptq", bits=3), fixed_mask="2:4")
+    assert label == "calibrating + GPTQ int4 3-bit, 2:4 mask fixed"
+    A.apply_compression(_model(), quant=QuantConfig(method="rtn", group_size=32), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_on_a_terminal_is_one_labelled_bar(capsys):
+    from compactlm.train.metrics import StageProgress
+
+    with StageProgress("calibrating + GPTQ int4", total=3, tty=True) as bar:
+        for _ in range(3):
+            bar.advance()
+    err = capsys.readouterr().err
+    assert "\r" in err and "calibrating + GPTQ int4: block 3/3 [" in err and "s/block" in err
+    assert "done in" not in err  # the bar, not the log lines

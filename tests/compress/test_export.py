@@ -37,7 +37,7 @@ def _nbytes(model) -> int:
 def test_exported_model_computes_the_compressed_weights(prune_cfg, quant, scan):
     cfg = ModelConfig(**CFG, scan_layers=scan)
     source = Transformer(cfg, rngs=nnx.Rngs(0))
-    results = A.apply_compression(source, prune_cfg=prune_cfg, quant=quant, log=lambda *_: None)
+    results = A.apply_compression(source, prune_cfg=prune_cfg, quant=quant, progress=False)
     fmt = E.storage_format(prune_cfg, quant)
     arrays = {k: E.packed_arrays(r, fmt, np.float32) for k, r in results.items()}
     packed = Transformer(E.compressed_model_config(cfg, fmt, quant), rngs=nnx.Rngs(1))
@@ -74,7 +74,7 @@ def test_double_quantized_export_matches_the_definition(fmt):
     source = Transformer(cfg, rngs=nnx.Rngs(0))
     quant = QuantConfig(method="rtn", format=fmt, group_size=32, double_quant=True)
     single = dataclasses.replace(quant, double_quant=False)
-    results = A.apply_compression(source, quant=quant, log=lambda *_: None)
+    results = A.apply_compression(source, quant=quant, progress=False)
     dq = {k: E.packed_arrays(r, fmt, np.float32, dq=True) for k, r in results.items()}
     sq = {k: E.packed_arrays(r, fmt, np.float32) for k, r in results.items()}
     packed = Transformer(E.compressed_model_config(cfg, fmt, quant), rngs=nnx.Rngs(1))
@@ -118,3 +118,62 @@ def test_double_quantized_export_matches_the_definition(fmt):
     # ... and the export refuses int4 scales (not absmax constants) before any work.
     with pytest.raises(ValueError, match="double_quant=true quantizes nf4 / fp4 absmax"):
         E.check_exportable(None, dataclasses.replace(quant, format="int4"))
+
+
+def _field(printed: str, label: str) -> str:
+    """The value of `info`'s line `  label   value`."""
+    rows = [line.strip() for line in printed.splitlines()]
+    return next(row[len(label) :].strip() for row in rows if row.startswith(label + " "))
+
+
+def test_run_info_reports_parameters_shape_data_and_the_last_validation(nano_run, tmp_path):
+    import json
+    import shutil
+
+    from compactlm.models.footprint import count_params
+    from compactlm.train.run_dir import latest_checkpoint_dir, read_config
+
+    run = tmp_path / "run"  # a copy: the eval files written below must not reach other tests
+    shutil.copytree(nano_run, run)
+    cfg, saved = read_config(run), json.loads((run / "config.json").read_text())
+    split = json.loads((run / "data.json").read_text())
+    m, n = cfg.model, count_params(cfg.model)
+
+    printed = E.run_info(str(run))
+    assert _field(printed, "preset") == saved["preset"]
+    assert _field(printed, "parameters") == (
+        f"{n['total']:,} (embedding {n['embedding']:,}, non-embedding {n['non_embedding']:,})"
+    )
+    shape = _field(printed, "shape")
+    for part in (
+        f"d_model {m.d_model},",
+        f"{m.n_layers} layers",
+        f"{m.n_heads} heads / {m.n_kv_heads} kv heads",
+        f"d_ff {m.d_ff},",
+        f"vocab {m.vocab_size:,},",
+        f"context {m.max_seq_len}",
+    ):
+        assert part in shape, (part, shape)
+    data = _field(printed, "data")
+    assert data.startswith(f"corpus {cfg.data.corpus}, tokenizer {cfg.data.tokenizer}")
+    assert f"{split['train_docs']:,} / {split['val_docs']:,} documents" in data
+    steps = int(latest_checkpoint_dir(run).name)
+    assert _field(printed, "training").startswith(f"{steps:,} of {cfg.train.steps:,} steps")
+    assert _field(printed, "validation") == "not evaluated"  # trained with eval_every=0
+    for kept in ("block linears", "weights in memory", "checkpoint on disk"):
+        assert _field(printed, kept)
+
+    # A periodic evaluation (train.eval_every) logged in metrics.jsonl ...
+    row = {"step": steps, "eval/loss": 2.75, "eval/bpb": 3.5}
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    assert _field(E.run_info(str(run)), "validation") == (
+        f"loss {row['eval/loss']:.4f}, bpb {row['eval/bpb']:.4f} (metrics.jsonl, step {steps})"
+    )
+    # ... is superseded by eval.json, the final evaluation `train` writes (distill: `student`).
+    final = {"loss": 2.5, "bpb": 3.25, "ppl": 12.2}
+    for written in (final, {"teacher": {"loss": 1.0, "bpb": 1.0}, "student": final}):
+        (run / "eval.json").write_text(json.dumps(written))
+        assert _field(E.run_info(str(run)), "validation") == (
+            f"loss {final['loss']:.4f}, bpb {final['bpb']:.4f} (eval.json)"
+        )

@@ -31,7 +31,7 @@ def _written_bytes(run_dir) -> int:
     import jax
     from flax import nnx
 
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     trainer = load_run(run_dir)
     return sum(
@@ -100,7 +100,7 @@ def test_prune_recover_keeps_zeros_and_writes_a_run(run_dir, tmp_path, capsys):
     # The recovered model's pruned weights are still exactly zero (and it is a loadable run).
     from compactlm.compress import apply as A
     from compactlm.compress import calibrate as C
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     model = load_run(out).program.model(load_run(out).state)
     for layer in range(model.cfg.n_layers):
@@ -138,7 +138,7 @@ def test_prune_recover_by_distillation_keeps_the_2of4_mask(run_dir, tmp_path, ca
     # W whose pruned positions are exactly zero: the compressed storage refuses anything else).
     from compactlm.compress import apply as A
     from compactlm.compress import calibrate as C
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     trainer = load_run(out)
     assert trainer.cfg.model.weight_format == "sparse24"
@@ -173,14 +173,41 @@ def test_quantize_writes_a_packed_run_that_eval_and_generate_load(run_dir, tmp_p
     assert (
         "dense " in printed and "int4 / dense at batch 1" in printed and "jnp reference" in printed
     )
+    # What it printed is kept in the run (where `compactlm pick` reads a measured latency).
+    bench = json.loads((out / "bench_decode.json").read_text())
+    assert bench["device"] == "cpu" and [r["format"] for r in bench["rows"]] == ["dense", "int4"]
+    assert [r["run"] for r in bench["rows"]] == [str(run_dir.resolve()), str(out.resolve())]
+    for row in bench["rows"]:
+        assert f"{row['tokens_per_s']:10.1f} tokens/s" in printed
+
+
+def test_prune_recover_quantize_labels_each_phase(run_dir, tmp_path, capsys):
+    """Off a terminal: every compression pass prints one line per block naming its phase and the
+    model's block count (from the run's config), and recovery announces itself between them."""
+    out = tmp_path / "p24q"
+    args = ["method=magnitude", "pattern=2:4", "quantize.group_size=32", "recover.steps=2"]
+    assert cli("prune", str(run_dir), *args, *FAST, f"workdir={out}") == 0
+    err = capsys.readouterr().err.splitlines()
+    n = json.loads((run_dir / "config.json").read_text())["model"]["n_layers"]
+    first = [f"magnitude 2:4: block {i} of {n} done in" for i in range(1, n + 1)]
+    second = [
+        f"after recovery: RTN int4, 2:4 mask fixed: block {i} of {n} done in"
+        for i in range(1, n + 1)
+    ]
+    lines = [line for line in err if " block " in line or line.startswith("recovery")]
+    assert [line.split(" done in")[0] + " done in" for line in lines if "block" in line] == (
+        first + second
+    )
+    recovery = [i for i, line in enumerate(lines) if line.startswith("recovery")]
+    assert recovery == [n] and "recovery (finetune, pruning mask fixed): 2 steps" in lines[n]
 
 
 def test_qlora_on_a_packed_double_quantized_base_keeps_its_storage(run_dir, tmp_path, capsys):
     from flax.nnx import state as nnx_state
 
     from compactlm.models.linear import iter_linears
-    from compactlm.train.finetune import storage_vars
-    from compactlm.train.run_dir import load_run
+    from compactlm.models.transfer import storage_vars
+    from compactlm.train.loop import load_run
 
     base = tmp_path / "nf4dq"
     args = ["format=nf4", "group_size=64", "double_quant=true", "eval_tokens=0"]

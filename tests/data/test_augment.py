@@ -5,7 +5,8 @@ import pytest
 
 from compactlm.config import ConfigError, make_config
 from compactlm.data import DataConfig, DataError, get_batch
-from compactlm.data.augment import AUGMENTATIONS, augmented_batch
+from compactlm.data.augment import augmented_batch
+from compactlm.data.config import AUGMENTATIONS
 from compactlm.data.dataset import batch_offsets
 
 B, T = 32, 127  # windows of T + 1 = 128 tokens
@@ -129,7 +130,7 @@ def test_config_validation_is_one_line() -> None:
 
 def test_the_augment_sweep_file_plans_valid_configs() -> None:
     """configs/sweeps/augment.py (the docs/adapters.md table) loads and every row is valid."""
-    from compactlm.eval import sweep as sweeps
+    from compactlm.experiments import sweep as sweeps
 
     name, spec = sweeps.load("augment")
     cfgs = [make_config("nano", [*spec.common, *row.overrides]) for row in spec.rows]

@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from compactlm.config import make_config
-from compactlm.interop import hf
+from compactlm.interop import hf, safetensors_io
 from compactlm.train.loop import run
 from tests.commandline import cli
 from tests.tolerances import tol
@@ -343,4 +343,34 @@ def test_a_compressed_run_exports_only_through_merge(byte_run, tmp_path, capsys)
     tokens = np.arange(24) % 250
     np.testing.assert_allclose(
         _our_logits(merged, tokens), reference_llama_logits(out, tokens), **tol("model_f32")
+    )
+
+
+def test_large_checkpoints_say_what_they_are_doing(byte_run, tmp_path, monkeypatch, capsys):
+    """Above PROGRESS_BYTES of weights, export prints a line per stage and import counts the
+    tensors it reads (off a terminal: ~10 lines, the last with the checkpoint's tensor count);
+    below it (nano: 0.8 MiB), both stay quiet on stderr."""
+    quiet = tmp_path / "quiet"
+    assert cli("export", str(byte_run), "format=hf", f"workdir={quiet}") == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(safetensors_io, "PROGRESS_BYTES", 0)  # (import and export read it)
+    out = tmp_path / "hf"
+    assert cli("export", str(byte_run), "format=hf", f"workdir={out}") == 0
+    err = capsys.readouterr().err
+    mib = (out / "model.safetensors").stat().st_size / 2**20
+    for stage in (
+        f"export: restoring the checkpoint of {byte_run}",
+        "export: splitting and transposing to HF tensors",
+        f"export: writing model.safetensors ({mib:,.1f} MiB)",  # (+ a small header)
+    ):
+        assert re.search(rf"^{re.escape(stage)}: \d+\.\d s$", err, re.M), (stage, err)
+    _shard(out)
+    n = len(load_file(out / "model-00001-of-00002.safetensors")) + len(
+        load_file(out / "model-00002-of-00002.safetensors")
+    )
+    assert cli("import", str(out), f"workdir={tmp_path / 'run'}") == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "reading weights" in x]
+    assert 2 <= len(lines) <= 11
+    assert re.fullmatch(
+        rf"import: reading weights from 2 files: {n} of {n} tensors, \d+\.\d s", lines[-1]
     )

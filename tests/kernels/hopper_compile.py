@@ -158,7 +158,7 @@ def compile_case(case: dict) -> dict:
 
     import triton
 
-    from compactlm.eval.sass import assemble
+    from compactlm.benchmarks.sass import assemble
 
     results = []
     for call in record_launches(case):

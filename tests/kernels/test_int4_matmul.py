@@ -12,7 +12,7 @@ from compactlm.kernels._interpret import interpret_call
 from tests.tolerances import tol
 
 # triton 3.6's interpreter takes int() of 1-element arrays for runtime loop bounds (the reason
-# for numpy < 2.4, DESIGN.md §2); numpy 2.3 warns about it on every launch.
+# for numpy < 2.4, docs/architecture.md §3); numpy 2.3 warns about it on every launch.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Conversion of an array with ndim:DeprecationWarning"
 )

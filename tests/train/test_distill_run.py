@@ -82,7 +82,7 @@ def test_distill_resume_eval_generate_and_frozen_teacher(teacher, tmp_path, caps
 def test_init_from_teacher_from_the_cli_takes_every_other_block(teacher, tmp_path):
     """`distill.init_from_teacher=true`: a 2-layer student starts as the 4-layer teacher's blocks
     0 and 2 (DistilBERT); lr 1e-9 keeps one step's update below 1e-8."""
-    from compactlm.train.run_dir import load_model
+    from compactlm.train.program import load_model
 
     out = tmp_path / "student"
     args = ["distill", str(teacher), "nano", *FAST, "model.n_layers=2", "optim.lr=1e-9"]

@@ -127,7 +127,7 @@ def test_unreadable_latest_checkpoint_falls_back_and_deletes_nothing(tmp_path, c
 
 
 def test_eval_falls_back_without_moving_anything(tmp_path, capsys):
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     cfg = nano("train.steps=4", "train.checkpoint_every=2")
     run(cfg, tmp_path)
@@ -150,7 +150,7 @@ def _state_bytes(trainer: Trainer) -> bytes:
 
 def test_bytes_changed_in_place_eval_falls_back_or_exits_2_naming_the_file(tmp_path, capsys):
     from compactlm.cli import main
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     run(nano("train.steps=4", "train.checkpoint_every=2"), tmp_path)
     step4 = tmp_path / "checkpoints" / "4"

@@ -9,8 +9,8 @@ import pytest
 
 from compactlm import cli, commands
 from compactlm.config import make_config
-from compactlm.train.loop import Trainer, load_metrics
-from compactlm.train.run_dir import latest_checkpoint_dir, load_run
+from compactlm.train.loop import Trainer, load_metrics, load_run
+from compactlm.train.run_dir import latest_checkpoint_dir
 from tests.tolerances import tol
 
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.eval_every=0"]
@@ -160,8 +160,8 @@ def test_a_packed_base_is_copied_bit_for_bit_under_adapters(fmt, extra):
 
     from compactlm.models.config import AdapterConfig, ModelConfig
     from compactlm.models.linear import iter_linears
+    from compactlm.models.transfer import storage_vars, transfer_weights
     from compactlm.models.transformer import Transformer
-    from compactlm.train.finetune import storage_vars, transfer_weights
 
     cfg = ModelConfig(
         vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,

@@ -33,22 +33,125 @@ def test_warmup_cosine_schedule_matches_formula():
         assert float(sched(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9), step
 
 
-def test_decay_mask_skips_embeddings_and_norms_unless_asked():
-    model = Transformer(make_config("nano").model, rngs=nnx.Rngs(0))
-    params = nnx.state(model, nnx.Param)
-    flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
-    mask = {
-        "/".join(map(str, p)): v for p, v in nnx.to_flat_state(decay_mask(OptimConfig(), params))
+def _flat(tree):
+    return {"/".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(tree)}
+
+
+# What decays, spelled out: the kernels of the linears (matrices) always; the embedding and the
+# norm scales only when asked; the adapters' factors (and DoRA's magnitudes) only with
+# adapter.decay. Paths as nnx writes them; unscanned blocks add the layer index.
+KERNELS = (
+    "attn/qkv_proj/kernel",
+    "attn/o_proj/kernel",
+    "mlp/gate_up_proj/kernel",
+    "mlp/down_proj/kernel",
+)
+NORMS = ("attn_norm/scale", "mlp_norm/scale")
+
+
+def _blocks(names, scan=True):
+    prefixes = ["layers"] if scan else [f"layers/{i}" for i in range(4)]  # nano: 4 layers
+    return {f"{prefix}/{name}" for prefix in prefixes for name in names}
+
+
+def _adapter(factors=("a", "b"), parts=("q", "v")):  # adapter.targets defaults to (q, v)
+    return _blocks(f"attn/qkv_proj/adapter/{f}/{p}" for f in factors for p in parts)
+
+
+def _params(overrides, trainable=nnx.Param):
+    cfg = make_config("nano", overrides)
+    return cfg, nnx.state(Transformer(cfg.model, rngs=nnx.Rngs(0)), trainable)
+
+
+@pytest.mark.parametrize(
+    "overrides, trainable, expected",
+    [
+        ([], nnx.Param, _blocks(KERNELS)),
+        (["model.scan_layers=false"], nnx.Param, _blocks(KERNELS, scan=False)),
+        (["model.tie_embeddings=false"], nnx.Param, _blocks(KERNELS) | {"lm_head/kernel"}),
+        (["optim.decay_embeddings=true"], nnx.Param, _blocks(KERNELS) | {"embedding"}),
+        (
+            ["optim.decay_norms=true"],
+            nnx.Param,
+            _blocks(KERNELS) | _blocks(NORMS) | {"final_norm/scale"},
+        ),
+        (
+            ["optim.decay_norms=true", "model.scan_layers=false"],  # [D] scales, not [L, D]
+            nnx.Param,
+            _blocks(KERNELS, scan=False) | _blocks(NORMS, scan=False) | {"final_norm/scale"},
+        ),
+        (["adapter.kind=lora"], nnx.Param, _blocks(KERNELS)),
+        (["adapter.kind=lora", "adapter.decay=true"], nnx.Param, _blocks(KERNELS) | _adapter()),
+        (["adapter.kind=dora"], nnx.LoRAParam, set()),
+        (
+            ["adapter.kind=dora", "adapter.decay=true"],
+            nnx.LoRAParam,
+            _adapter(("a", "b", "magnitude")),
+        ),
+    ],
+)
+def test_decayed_paths_of_nano(overrides, trainable, expected):
+    cfg, params = _params(overrides, trainable)
+    mask = _flat(decay_mask(cfg.optim, params, cfg.model.adapter))
+    assert mask.keys() == _flat(params).keys()
+    assert {path for path, flag in mask.items() if flag} == expected
+
+
+@pytest.mark.parametrize(
+    "overrides, matrices",
+    [
+        ([], {p: (1, 2) for p in _blocks(KERNELS)}),  # [L, in, out]: the layer axis is batched
+        (["model.scan_layers=false"], {p: (0, 1) for p in _blocks(KERNELS, scan=False)}),
+        (
+            ["model.tie_embeddings=false"],
+            {p: (1, 2) for p in _blocks(KERNELS)} | {"lm_head/kernel": (0, 1)},
+        ),
+        (["adapter.kind=lora"], {p: (1, 2) for p in _blocks(KERNELS) | _adapter()}),
+        (  # DoRA's [out] magnitudes are vectors: AdamW's
+            ["adapter.kind=dora", "model.scan_layers=false"],
+            {p: (0, 1) for p in _blocks(KERNELS, scan=False)}
+            | {p.replace("layers", f"layers/{i}", 1): (0, 1) for p in _adapter() for i in range(4)},
+        ),
+        (  # ... and so are they scanned, [L, out]: gains by kind, not matrices by rank
+            ["adapter.kind=dora"],
+            {p: (1, 2) for p in _blocks(KERNELS) | _adapter()},
+        ),
+    ],
+)
+def test_muon_takes_the_matrices_and_leaves_embedding_and_norms_to_adamw(overrides, matrices):
+    _, params = _params(overrides)
+    dims = _flat(muon_dimensions(params))
+    assert dims.keys() == _flat(params).keys()
+    assert {path: tuple(d) for path, d in dims.items() if d is not None} == matrices
+
+
+def _renamed(params, names):
+    """The same Variables under other module names (a refactor that renames modules), and the
+    new path of each old one."""
+    flat = nnx.to_flat_state(params)
+    paths = {path: tuple(names.get(str(k), k) for k in path) for path, _ in flat}
+    join = "/".join
+    return nnx.from_flat_state([(paths[p], v) for p, v in flat]), {
+        join(map(str, old)): join(map(str, new)) for old, new in paths.items()
     }
-    for path in flat:
-        decays = bool(mask[path].get_value())
-        if "embedding" in path or "norm" in path:
-            assert not decays, path
-        else:
-            assert decays and flat[path].get_value().ndim >= 2, path
-    both = OptimConfig(decay_embeddings=True, decay_norms=True)
-    mask = decay_mask(both, params)
-    assert all(bool(v) for v in jax.tree.leaves(mask))
+
+
+@pytest.mark.parametrize("optim", [[], ["optim.decay_embeddings=true", "optim.decay_norms=true"]])
+def test_decay_and_muon_groups_do_not_depend_on_module_names(optim):
+    # nanoGPT / HF spellings, and matrices whose names contain "norm" / "embed".
+    names = {
+        "embedding": "wte",
+        "attn_norm": "ln_1",
+        "mlp_norm": "ln_2",
+        "final_norm": "ln_f",
+        "qkv_proj": "embed_qkv",
+        "down_proj": "denormalize",
+    }
+    cfg, params = _params(["adapter.kind=dora", "adapter.decay=true", *optim])
+    renamed, new_path = _renamed(params, names)
+    for group in (lambda p: decay_mask(cfg.optim, p, cfg.model.adapter), muon_dimensions):
+        before, after = _flat(group(params)), _flat(group(renamed))
+        assert {new_path[path]: value for path, value in before.items()} == after
 
 
 def test_cross_entropy_and_z_loss_match_numpy():
@@ -65,22 +168,6 @@ def test_cross_entropy_and_z_loss_match_numpy():
     )
     np.testing.assert_allclose(float(metrics["nll"]), expected_nll, rtol=1e-6)
     np.testing.assert_allclose(float(loss), expected_nll + expected_z, rtol=1e-6)
-
-
-def _flat(tree):
-    return {"/".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(tree)}
-
-
-@pytest.mark.parametrize("scan", [True, False])
-def test_muon_takes_block_kernels_and_leaves_embedding_and_norms_to_adamw(scan):
-    cfg = make_config("nano", [f"model.scan_layers={str(scan).lower()}"])
-    params = nnx.state(Transformer(cfg.model, rngs=nnx.Rngs(0)), nnx.Param)
-    dims = _flat(muon_dimensions(params))
-    for path, value in _flat(params).items():
-        if path.endswith("kernel"):  # [L, in, out] when scanned: the layer axis is a batch axis
-            assert tuple(dims[path]) == (value.ndim - 2, value.ndim - 1), path
-        else:
-            assert dims[path] is None and ("embedding" in path or "norm" in path), path
 
 
 def test_muon_update_is_the_scaled_polar_factor_of_the_gradient():
@@ -130,3 +217,24 @@ def test_muon_trains_nano_sharded(tmp_path):
     assert trainer.train()["status"] == "done"
     with pytest.raises(ValueError, match="undecayed"):
         OptimConfig(kind="muon", decay_embeddings=True)
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_muon_decays_adapter_factors_only_with_adapter_decay(decay):
+    """With zero gradients an optimizer step is the decoupled decay alone (Muon's update of a zero
+    momentum is zero): it must touch exactly the leaves decay_mask marks, as AdamW's does."""
+    import optax
+
+    cfg, params = _params(
+        ["optim.kind=muon", "adapter.kind=lora", "train.steps=10", f"adapter.decay={decay}"]
+    )
+    params = jax.tree.map(lambda v: v + 1.0, params)  # B starts at zero: give it something
+    tx = make_optimizer(cfg.optim, cfg.train.steps, adapter=cfg.model.adapter)
+    state = tx.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for _ in range(3):  # past warm-up's zero learning rate at step 0
+        updates, state = tx.update(zeros, state, params)
+    before, after = _flat(params), _flat(optax.apply_updates(params, updates))
+    moved = {p for p in before if not np.array_equal(before[p], after[p])}
+    expected = _blocks(KERNELS) | (_adapter() if decay else set())
+    assert moved == expected

@@ -2,7 +2,7 @@
 
 import pytest
 
-from compactlm.eval import sass
+from compactlm.benchmarks import sass
 from tests.kernels.export_support import requires_plugin
 
 # A hand-made cuobjdump excerpt: a 2-instruction loop, then a 4-instruction loop (the hot one),
@@ -55,7 +55,7 @@ def test_counts_the_kernel_jax_triton_specialised(counted, format):
     expected = row["loop_instructions"] * 32 * row["warps"] / (bk * bn)
     assert row["loop_per_weight"] == pytest.approx(expected)
     assert row["program_per_weight"] >= row["loop_per_weight"]  # the prologue only adds
-    # The budget (DESIGN.md §6) holds, with no spills.
+    # The budget (docs/architecture.md §5) holds, with no spills.
     assert row["loop_per_weight"] <= sass.BUDGETS[format], row
     assert row["spill_stores"] == row["spill_loads"] == 0
     assert row["registers"] > 0 and row["shared"] >= 0

@@ -7,8 +7,8 @@ import pytest
 
 from compactlm.cli import _split_args
 from compactlm.config import from_json, make_config, to_dict
-from compactlm.eval import sweep as sweeps
-from compactlm.eval.sweep import Row, Sweep, SweepError, SweepOptions
+from compactlm.experiments import sweep as sweeps
+from compactlm.experiments.sweep import Row, Sweep, SweepError, SweepOptions
 from compactlm.train.loop import resolve_vocab
 from tests.commandline import cli as _cli
 
@@ -20,7 +20,7 @@ def _token_cache(tmp_path_factory, monkeypatch):
 
 def _config_of_line(line: str):
     """What `compactlm train ...` builds from a printed line: parsed like the shell and the CLI."""
-    argv = shlex.split(line)
+    argv = shlex.split(line, comments=True)  # the `# done` / `# pending` after each line
     assert argv[:2] == ["compactlm", "train"]
     preset, overrides, special = _split_args(argv[2:])
     return make_config(preset, overrides), special["workdir"]
@@ -288,7 +288,7 @@ def test_sweep_end_to_end_on_nano(tmp_path, capsys):
     # a near-uniform untrained model, which the byte tokenizer then rejects.
     common = ("train.steps=20", *TOY.common[1:])
     path.write_text(
-        "from compactlm.eval.sweep import Row, Sweep\n"
+        "from compactlm.experiments.sweep import Row, Sweep\n"
         f"SWEEP = Sweep(title='toy', common={common!r}, rows=(Row(name='narrow', "
         "overrides=('model.d_model=32', 'model.d_ff=96')),))\n"
     )
@@ -347,3 +347,74 @@ def test_compression_commands_start_fresh_and_report_compression_json(tmp_path):
     assert record["weight_bytes"] == 1234 and record["command_line"] == run.command_line
     with pytest.raises(SweepError, match="use seeds=1"):
         sweeps.plan("q", spec, SweepOptions(root=str(tmp_path), seeds=2))
+
+
+class _Clock:
+    """sweep.py's `time`, advanced by the fake command: each run takes a known wall time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def time(self):
+        return self.now
+
+
+def test_start_lines_show_position_and_an_eta_and_dry_run_marks_each_line(tmp_path, monkeypatch):
+    """Each started run's line: [i/n], row, seed, and the ETA = mean wall time of the runs this
+    invocation finished × the runs left (itself included); `--dry-run` then marks every line
+    done / failed / pending from results.jsonl and the failed attempt's marker."""
+    clock = _Clock()
+    monkeypatch.setattr(sweeps, "time", clock)
+    opts = SweepOptions(root=str(tmp_path), seeds=2)
+    sweeps.run_sweep("toy", TOY, SweepOptions(root=str(tmp_path), only="narrow", seeds=1),
+                     execute=_fake_execute([]), log=lambda s: None)  # fmt: skip
+    durations = iter([10.0, 20.0, 30.0])
+    inner = _fake_execute([])
+
+    def execute(argv, workdir):
+        clock.now += next(durations)
+        if "train.seed=1" in argv and "model.rope_theta=500.0" in argv:  # prompty seed 1 fails
+            return 3
+        return inner(argv, workdir)
+
+    log: list[str] = []
+    counts = sweeps.run_sweep("toy", TOY, opts, execute=execute, log=log.append)
+    assert counts == {"ran": 2, "skipped": 1, "failed": 1}
+    runs = sweeps.plan("toy", TOY, opts)
+    starts = [line for line in log if "compactlm train" in line]
+    assert log[0] == "[1/4] narrow seed 0: done earlier, skipped"
+    walls = []
+    for i, (run, line) in enumerate(zip(runs[1:], starts, strict=True), 2):
+        left = len(runs) - i + 1
+        eta = "ETA unknown until a run finishes"
+        if walls:
+            mean = sum(walls) / len(walls)
+            eta = f"ETA {mean * left:.0f} s ({left} left at {mean:.0f} s each)"
+        assert line == f"[{i}/4] {run.row.name} seed {run.seed}: {eta}: {run.command_line}"
+        walls.append(10.0 * (i - 1))
+
+    recorded = {
+        (r["row"], r["seed"]) for r in sweeps.read_results(sweeps.results_path("toy", tmp_path))
+    }
+    three = sweeps.dry_run_lines("toy", TOY, SweepOptions(root=str(tmp_path), seeds=3))
+    for run, line in zip(
+        sweeps.plan("toy", TOY, SweepOptions(root=str(tmp_path), seeds=3)), three, strict=True
+    ):
+        command, _, status = line.partition("  # ")
+        assert command == run.command_line
+        if (run.row.name, run.seed) in recorded:
+            assert status == "done"
+        elif (run.row.name, run.seed) == ("prompty", 1):
+            assert status == f"failed (exit 3; log: {run.log_path})"
+        else:
+            assert status == "pending" and run.seed == 2
+    assert recorded == {("narrow", 0), ("narrow", 1), ("prompty", 0)}
+    # rerun=true would run every line again; a retried run is no longer "failed" once started.
+    rerun = sweeps.dry_run_lines("toy", TOY, SweepOptions(root=str(tmp_path), seeds=2, rerun=True))
+    assert all(line.endswith("  # pending") for line in rerun)
+    only = SweepOptions(root=str(tmp_path), seeds=2, only="prompty")
+    sweeps.run_sweep("toy", TOY, only, execute=_fake_execute([]), log=lambda s: None)
+    assert sweeps.dry_run_lines("toy", TOY, opts)[-1].endswith("  # done")

@@ -11,7 +11,7 @@ Stages (each one command line, printed before it runs, so any row can be reprodu
   recover.steps=N` (2:4 + int4 with masked recovery fine-tuning);
 each compression stage reads the pretrained run. The table: parameters, bytes of weights,
 validation bits per byte (with gzip / xz / bzip2 on the same bytes beside), and decode speed
-measured on this machine. A stage whose command this build lacks is listed as not available.
+measured on this machine.
 Every stage writes its own run directory; re-running skips stages whose directory is complete.
 """
 
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compactlm.eval.sweep import read_metrics
+from compactlm.experiments.sweep import read_metrics
 from compactlm.interrupt import Interrupted, wait_child
 
 STAGES = ("pretrain", "int4", "sparse24_int4")
@@ -84,7 +84,7 @@ def decode_speed(run_dir: str | Path, n_tokens: int) -> float:
     import numpy as np
 
     from compactlm.models.generate import generate
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     trainer = load_run(run_dir)
     model = trainer.program.model(trainer.state)
@@ -96,7 +96,7 @@ def decode_speed(run_dir: str | Path, n_tokens: int) -> float:
 
 
 def _figures(run_dir: Path) -> dict[str, Any]:
-    from compactlm.eval.sweep import model_figures
+    from compactlm.experiments.sweep import model_figures
 
     metrics = read_metrics(run_dir) or {}
     config = json.loads((run_dir / "config.json").read_text())
@@ -107,8 +107,6 @@ def _figures(run_dir: Path) -> dict[str, Any]:
 
 def run_recipe(run_dir: str | None, cfg: RecipeConfig, *, log=print) -> list[dict[str, Any]]:
     """Run the stages; returns one row per stage (status, command line, figures, seconds)."""
-    from compactlm.cli import COMMANDS
-
     source = run_dir
     rows = []
     stages = list(cfg.stages)
@@ -128,10 +126,6 @@ def run_recipe(run_dir: str | None, cfg: RecipeConfig, *, log=print) -> list[dic
         out = Path(cfg.workdir) / stage
         row = {"stage": stage, "dir": out, "command_line": line}
         rows.append(row)
-        if argv[0] not in COMMANDS:
-            row["status"] = f"not available (no `compactlm {argv[0]}` in this build)"
-            log(f"[{i}/{len(stages)}] {stage}: {row['status']}")
-            continue
         if read_metrics(out) is not None:
             row["status"] = "done earlier"
             log(f"[{i}/{len(stages)}] {stage}: done earlier ({out})")
@@ -164,7 +158,7 @@ def run_recipe(run_dir: str | None, cfg: RecipeConfig, *, log=print) -> list[dic
 def table(rows: list[dict[str, Any]]) -> str:
     """One markdown table of the stages, then the compressors on the pretrained run's
     validation bytes (eval.json's baselines)."""
-    from compactlm.eval.report import _count, _human
+    from compactlm.experiments.report import _count, _human
 
     # Δ: against the same command's own "before" evaluation (same tokens) where it made one.
     head = ["stage", "params", "weights", "val bpb", "Δ bpb", "decode tok/s", "command"]

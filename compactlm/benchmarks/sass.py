@@ -1,11 +1,11 @@
 """SASS instruction budget of the decode kernels: compiled as jax-triton does for sm_90, counted.
 
-Why (DESIGN.md §6): a decode matmul is memory bound only if each SM can issue the instructions
-for the weights it streams. An H200 streams ~4.3 TB/s over 132 SMs at ~1.98 GHz, ~16.5 bytes per
-SM per clock, and issues 128 thread-instructions per SM per clock (4 schedulers × 32 lanes), so a
-kernel may spend ~4.0 thread-instructions per int4 weight (4.125 bits with bf16 scales per 128),
-~4.5 for NF4 / FP4 (4.25 bits at blocks of 64), ~8.8 per dense-equivalent weight for 2:4 bf16
-(9 bits) and ~3.0 for int4+2:4 (``BUDGETS``). Over budget the kernel is issue-bound.
+Why (docs/architecture.md §5): a decode matmul is memory bound only if each SM can issue the
+instructions for the weights it streams. An H200 streams ~4.3 TB/s over 132 SMs at ~1.98 GHz, ~16.5
+bytes per SM per clock, and issues 128 thread-instructions per SM per clock (4 schedulers × 32
+lanes), so a kernel may spend ~4.0 thread-instructions per int4 weight (4.125 bits with bf16 scales
+per 128), ~4.5 for NF4 / FP4 (4.25 bits at blocks of 64), ~8.8 per dense-equivalent weight for 2:4
+bf16 (9 bits) and ~3.0 for int4+2:4 (``BUDGETS``). Over budget the kernel is issue-bound.
 
 How, without a GPU: each case calls the production dispatch (``int4_matmul(impl="triton")``,
 ``sparse24_matmul`` ...) at M = 1, N = K = 8192 under ``jax.export(platforms=["cuda"])`` inside
@@ -371,7 +371,7 @@ def run(
         env = dict(os.environ, TRITON_INTERPRET="0", JAX_PLATFORMS="cpu", PYTHONPATH=path,
                    TRITON_CACHE_DIR=str(Path(tmp) / "cache"))  # fmt: skip
         proc = subprocess.run(
-            [sys.executable, "-m", "compactlm.eval.sass", str(spec), str(out)],
+            [sys.executable, "-m", "compactlm.benchmarks.sass", str(spec), str(out)],
             env=env, capture_output=True, text=True, timeout=timeout_s,
         )  # fmt: skip
         if proc.returncode or not out.exists():

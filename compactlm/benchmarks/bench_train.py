@@ -101,7 +101,7 @@ def bench_train(
     peak_tflops: override the device peak (else `device_peak`). out: also write the dict as JSON.
     """
     from compactlm.models.footprint import count_params, flops_per_token
-    from compactlm.train.loop import make_program
+    from compactlm.train.program import make_program
     from compactlm.train.step import init_state
 
     t = cfg.train

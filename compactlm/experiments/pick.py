@@ -7,14 +7,17 @@ For every preset and storage format it predicts
   `compactlm quantize` / `prune` write for the format, embeddings and norms at the preset's
   param_dtype, everything in bf16 for the bfloat16 row), the KV cache at `context` tokens and
   the prefill activations (`activation_bytes`, below);
-- decode latency per token, memory bound: bytes moved (every weight once + the KV cache at full
-  context) ÷ the device's bandwidth (DEVICES: the CPU's measured here with a large copy, the GPUs'
-  vendor peak from eval/bench_kernels.py). Small models on any device are bound by launch /
-  dispatch overhead instead, so for them this is a lower bound; `measure=true` times real dense
-  decoding on this machine and prints the prediction's error;
+- decode latency per token: measured where a run of the preset's shape and format under `runs`
+  has a `bench_decode.json` (`compactlm bench decode RUN_DIR`) from this kind of device at this
+  batch size; otherwise an estimate, the memory-bound floor: bytes moved (every weight once +
+  the KV cache at full context) ÷ the device's bandwidth (the CPU's measured here with a large
+  copy, the GPUs' vendor peak from benchmarks/bench_kernels.py). Small models are bound by launch /
+  dispatch overhead instead, far above that floor (30-100× on a CPU for nano / tiny), so the
+  floor is printed as "≥ X"; `measure=true` times real dense decoding on this machine beside it;
 - quality: the best `metric` measured by any run under `runs` (sweeps included: every
-  `eval.json` beside a `config.json`) whose model has the preset's shape and the format; dense
-  runs are measured in f32, and their number stands (marked ~) for bf16 storage too.
+  `eval.json` beside a `config.json`; a distilled run's student section) whose model has the
+  preset's shape and the format; dense runs are measured in f32, and their number stands
+  (marked ~) for bf16 storage too.
 It prints every candidate, marks the Pareto front (memory vs measured quality among those that
 fit) and recommends one row, saying why.
 """
@@ -48,8 +51,12 @@ class PickConfig:
     """Options of `compactlm pick` (key=value)."""
 
     memory: str = "2GiB"  # budget for weights + KV cache + activations (B, KB, MiB, GiB, ...)
-    latency_ms: float = 0.0  # bound on predicted decode ms/token; 0 = none
-    device: Literal["cpu", "h100", "h200"] = "cpu"  # bandwidth for the latency prediction
+    # bound on decode ms/token (measured where a bench_decode.json has it, else the bandwidth
+    # floor, which only rules out: a row under the bound by its floor may still miss it); 0 = none
+    latency_ms: float = 0.0
+    # The device decoding runs on: its bandwidth for the latency floor, and which
+    # bench_decode.json measurements apply.
+    device: Literal["cpu", "h100", "h200"] = "cpu"
     # The validation metric quality is measured in (an eval.json / compression.json key; lower
     # is better): bits per byte, loss in nats per token, or perplexity. bpb: comparable across
     # tokenizers.
@@ -101,11 +108,11 @@ def measure_cpu_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
 
 def device_bandwidth(device: str) -> tuple[float, str]:
     """(bytes/s, where the figure comes from) — the one device table for predictions."""
-    from compactlm.eval.bench_kernels import PEAK_BANDWIDTH_TBS
+    from compactlm.benchmarks.bench_kernels import PEAK_BANDWIDTH_TBS
 
     if device == "cpu":
         return measure_cpu_bandwidth(), "measured now: 256 MiB NumPy copy"
-    return PEAK_BANDWIDTH_TBS[device] * 1e12, "vendor peak HBM (eval/bench_kernels.py)"
+    return PEAK_BANDWIDTH_TBS[device] * 1e12, "vendor peak HBM (benchmarks/bench_kernels.py)"
 
 
 def resolved_model(preset: str) -> Any:
@@ -141,38 +148,90 @@ def shape_key(model: dict[str, Any] | Any) -> tuple:
     return tuple(get(f) for f in fields)
 
 
+def _roots(runs: str | Path | tuple) -> list[Path]:
+    return [Path(r) for r in ([runs] if isinstance(runs, str | Path) else list(runs))]
+
+
+def storage_format(model: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
+    """A run's storage as a FORMATS name: its weight_format, or its param_dtype when dense."""
+    fmt = (metrics or {}).get("weight_format") or model.get("weight_format", "dense")
+    return model.get("param_dtype", "float32") if fmt == "dense" else fmt
+
+
+def run_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The run's own model's metrics. A distilled run's eval.json holds a section per model
+    (train/distill_run.py: teacher, student, baseline; read_metrics flattens them to
+    "student/bpb"): the student is the run's model, the teacher has its own run directory."""
+    from compactlm.experiments.sweep import read_metrics
+
+    metrics = read_metrics(run_dir)
+    if metrics and "bpb" not in metrics and "student/bpb" in metrics:
+        return {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("student/")}
+    return metrics
+
+
 def measured_quality(
     runs: str | Path | tuple, metric: str, corpus: str = "pystdlib"
 ) -> dict[tuple, tuple[float, str]]:
     """{(shape_key, format): (best metric, run dir)} over every finished run directory under
-    `runs` (a config.json and the metrics eval/sweep.read_metrics finds: eval.json, or a
+    `runs` (a config.json and its metrics: eval.json, a distilled run's student section, or a
     compression command's compression.json) evaluated on `corpus`. Only evaluations of the whole
-    validation split count (the most tokens seen): a sweep that scored a prefix is not
-    comparable with one that scored everything."""
-    from compactlm.eval.sweep import read_metrics
-
+    validation split count (the most tokens seen among runs of the same tokenizer): a sweep that
+    scored a prefix is not comparable with one that scored everything."""
     found = []
-    roots = [runs] if isinstance(runs, str | Path) else list(runs)
-    paths = sorted({p for root in roots for p in Path(root).glob("**/config.json")})
+    paths = sorted({p for root in _roots(runs) for p in root.glob("**/config.json")})
     for config_path in paths:
         try:
-            metrics = read_metrics(config_path.parent)
+            metrics = run_metrics(config_path.parent)
             config = json.loads(config_path.read_text())
             model = config["model"]
         except (json.JSONDecodeError, KeyError):
             continue
         if not metrics or metric not in metrics or config.get("data", {}).get("corpus") != corpus:
             continue
-        fmt = metrics.get("weight_format") or model.get("weight_format", "dense")
-        if fmt == "dense":
-            fmt = model.get("param_dtype", "float32")
+        # The same text is more tokens for a byte tokenizer than for BPE: "whole split" is
+        # judged among runs that cut it into tokens alike.
+        tokenizer = (config.get("data", {}).get("tokenizer"), model.get("vocab_size"))
         tokens = float(metrics.get("tokens", 0))
-        found.append(((shape_key(model), fmt), float(metrics[metric]), tokens, config_path.parent))
-    full = max((t for _, _, t, _ in found), default=0)
+        key = (shape_key(model), storage_format(model, metrics))
+        found.append((key, float(metrics[metric]), tokenizer, tokens, config_path.parent))
+    full: dict[tuple, float] = {}
+    for _, _, tokenizer, tokens, _ in found:
+        full[tokenizer] = max(full.get(tokenizer, 0.0), tokens)
     best: dict[tuple, tuple[float, str]] = {}
-    for key, value, tokens, run_dir in found:
-        if tokens == full and (key not in best or value < best[key][0]):
+    for key, value, tokenizer, tokens, run_dir in found:
+        if tokens == full[tokenizer] and (key not in best or value < best[key][0]):
             best[key] = (value, str(run_dir))
+    return best
+
+
+def measured_decode(
+    runs: str | Path | tuple, device: str, batch: int
+) -> dict[tuple, tuple[float, str]]:
+    """{(shape_key, format): (ms per decode step, where)} from every bench_decode.json under
+    `runs` (benchmarks/bench_decode.py) measured on `device` at `batch` sequences; the fastest
+    measurement of a (shape, format) when there are several."""
+    from compactlm.benchmarks.bench_decode import BENCH_FILE
+
+    best: dict[tuple, tuple[float, str]] = {}
+    paths = sorted({p for root in _roots(runs) for p in root.glob(f"**/{BENCH_FILE}")})
+    for path in paths:
+        try:
+            bench = json.loads(path.read_text())
+            rows = bench["rows"] if bench["device"] == device else []
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an unreadable or foreign file: no measurement
+        for row in rows:
+            try:
+                if row["batch"] != batch:
+                    continue
+                model = json.loads((Path(row["run"]) / "config.json").read_text())["model"]
+                key = (shape_key(model), storage_format(model))
+                ms = 1e3 * row["batch"] / row["tokens_per_s"]  # one new token per sequence
+            except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+                continue  # a run since deleted, or a row without its figures
+            if key not in best or ms < best[key][0]:
+                best[key] = (ms, f"{path} ({bench.get('device_kind', device)})")
     return best
 
 
@@ -182,6 +241,7 @@ def candidates(cfg: PickConfig, bandwidth: float) -> list[dict[str, Any]]:
     from compactlm.models.footprint import count_params, memory_estimate
 
     quality = measured_quality(cfg.runs, cfg.metric, cfg.corpus)
+    decode = measured_decode(cfg.runs, cfg.device, cfg.batch)
     rows = []
     for preset in cfg.presets or tuple(PRESETS):
         model = resolved_model(preset)
@@ -196,6 +256,8 @@ def candidates(cfg: PickConfig, bandwidth: float) -> list[dict[str, Any]]:
             approx = False
             if measured is None and fmt == "bfloat16":  # dense runs are measured in f32
                 measured, approx = quality.get((shape_key(model), "float32")), True
+            floor = (weights + kv) / bandwidth * 1e3
+            timed = decode.get((shape_key(model), fmt))
             rows.append(
                 {
                     "preset": preset,
@@ -205,7 +267,10 @@ def candidates(cfg: PickConfig, bandwidth: float) -> list[dict[str, Any]]:
                     "kv_cache": kv,
                     "activations": acts,
                     "total": weights + kv + acts,
-                    "decode_ms": (weights + kv) / bandwidth * 1e3,
+                    # measured where a bench_decode.json has it, else the bandwidth floor
+                    "decode_ms": floor if timed is None else timed[0],
+                    "decode_floor_ms": floor,
+                    "decode_source": None if timed is None else timed[1],
                     "quality": None if measured is None else measured[0],
                     "quality_approx": approx and measured is not None,
                     "source": None if measured is None else measured[1],
@@ -284,7 +349,7 @@ def measure_decode_ms(preset: str, *, context: int, batch: int = 1) -> float:
 
 
 def _human(n: float) -> str:
-    from compactlm.eval.report import _human as human
+    from compactlm.experiments.report import _human as human
 
     return human(n)
 
@@ -314,8 +379,7 @@ def table(rows: list[dict[str, Any]], front: list[dict], budget: int, cfg: PickC
                     _human(r["kv_cache"]),
                     _human(r["activations"]),
                     _human(r["total"]),
-                    f"{r['decode_ms']:.4f}",
-                    f"{1e3 / r['decode_ms']:,.0f}",
+                    *_decode_cells(r),
                     q,
                     "yes" if fits else "no",
                     "*" if id(r) in front_ids else "",
@@ -324,6 +388,14 @@ def table(rows: list[dict[str, Any]], front: list[dict], budget: int, cfg: PickC
             + " |"
         )
     return "\n".join(lines)
+
+
+def _decode_cells(r: dict[str, Any]) -> list[str]:
+    """(ms/token, tokens/s): a measurement as it is, the floor as the bound it is."""
+    ms = r["decode_ms"]
+    if r.get("decode_source"):
+        return [f"{ms:.3g} measured", f"{1e3 / ms:,.0f}"]
+    return [f"≥ {ms:.2g} floor", f"≤ {1e3 / ms:,.0f}"]
 
 
 def plot(rows: list[dict[str, Any]], front: list[dict], cfg: PickConfig, budget: int) -> Path:
@@ -374,9 +446,16 @@ def pick(cfg: PickConfig) -> str:
         "",
         table(rows, front, budget, cfg),
         "",
-        "decode ms/tok = (weights + KV cache bytes) / bandwidth: the memory-bound floor; small "
-        "models are dispatch-bound above it. ~ = measured in f32, stored as bf16.",
+        "decode ms/tok: 'measured' = `compactlm bench decode RUN_DIR` of a run of that preset "
+        f"and format on {cfg.device} at batch {cfg.batch} (greedy after a 16-token prompt, "
+        "prefill included); '≥ X floor' = an estimate, not a prediction: (weights + KV cache "
+        "bytes) / bandwidth, the memory-bound lower bound — small models are dispatch-bound "
+        "far above it (30-100× on a CPU for nano / tiny), so a latency_ms budget met only by "
+        "the floor may not be met. ~ = quality measured in f32, stored as bf16.",
     ]
+    measured = sorted({r["decode_source"] for r in rows if r.get("decode_source")})
+    if measured:
+        parts += ["", "Measured decode from: " + "; ".join(measured)]
     if cfg.measure:
         parts += ["", "Measured dense f32 decoding on this machine (random weights):"]
         for r in rows:
@@ -385,8 +464,8 @@ def pick(cfg: PickConfig) -> str:
             model = resolved_model(r["preset"])
             ms = measure_decode_ms(r["preset"], context=cfg.context or model.max_seq_len)
             parts.append(
-                f"  {r['preset']}: measured {ms:.3f} ms/token, predicted {r['decode_ms']:.4f} "
-                f"(prediction / measured = {r['decode_ms'] / ms:.3g})"
+                f"  {r['preset']}: measured {ms:.3f} ms/token, bandwidth floor "
+                f"{r['decode_floor_ms']:.4f} (floor / measured = {r['decode_floor_ms'] / ms:.3g})"
             )
     if best is None:
         parts += ["", f"Nothing fits: {why}."]

@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from compactlm.eval import sweep as sweeps
-from compactlm.eval.report import (
+from compactlm.experiments import report
+from compactlm.experiments import sweep as sweeps
+from compactlm.experiments.report import (
+    MIN_REL_SPAN,
     ReportOptions,
     _pm,
     power_law_fit,
@@ -15,7 +17,7 @@ from compactlm.eval.report import (
     sweep_table,
     write_report,
 )
-from compactlm.eval.sweep import Row, Sweep, SweepOptions
+from compactlm.experiments.sweep import Row, Sweep, SweepError, SweepOptions
 
 
 def test_summarize_is_the_sample_mean_and_std():
@@ -130,3 +132,82 @@ def test_categorical_rows_get_a_bar_plot_and_equal_sizes_no_bytes_plot(tmp_path)
 def test_counts_the_seeds_agree_on_print_as_counts():
     assert _pm(8192.0, 0.0) == "8,192" and _pm(12.0, None) == "12"
     assert _pm(2.5, None) == "2.5000" and _pm(8192.0, 1.5) == "8192.0000 ± 1.5000"
+
+
+def test_report_without_results_refuses_and_writes_nothing(tmp_path):
+    out = tmp_path / "docs"
+    opts = ReportOptions(root=str(tmp_path), out=str(out))
+    with pytest.raises(SweepError) as e:
+        write_report("toy", SPEC, opts)
+    message = str(e.value)
+    assert "\n" not in message and "sweep toy has no results" in message
+    assert f"`compactlm sweep toy root={tmp_path}`" in message and "does not exist yet" in message
+    assert not out.exists()
+    # Records of command lines the sweep file no longer makes (a row was edited): same refusal.
+    _write_results(tmp_path, {"r4": [2.0, 2.1, 2.3]})
+    edited = dataclasses.replace(SPEC, common=("train.steps=7",))
+    with pytest.raises(SweepError, match="its 3 records in .* are from other command lines"):
+        write_report("toy", edited, opts)
+    assert not out.exists()
+
+
+PAPER_SPEC = Sweep(
+    title="a long title of a categorical sweep whose plot title used to run past the edge",
+    rows=(
+        Row(name="rtn-4b", paper={"opt125m_ppl": 37.28}),
+        Row(name="gptq-4b", paper={"opt125m_ppl": 31.12}),
+        Row(name="gptq-3b", paper={"opt125m_ppl": 53.85}),
+    ),
+    seeds=3,
+    metrics=("bpb", "loss"),
+    paper_labels={"opt125m_ppl": "OPT-125M WikiText-2 perplexity (per token)"},
+)
+
+
+def _captured_figures(monkeypatch):
+    """Every figure the report saves, inspected before it is closed."""
+    seen = {}
+    save = report._save
+
+    def spy(fig, path):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        axes = fig.axes
+        seen[path.name] = {
+            "title": axes[0].title.get_window_extent(renderer),
+            "figure": fig.bbox,
+            "ylim": axes[0].get_ylim(),
+            "legend": [t.get_text() for legend in fig.legends for t in legend.get_texts()],
+            "texts": [t.get_text() for t in axes[0].texts],
+            "ylabels": [" ".join(ax.get_ylabel().split()) for ax in axes],  # (wrapped)
+        }
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", spy)
+    return seen
+
+
+def test_paper_metric_is_labelled_and_the_axis_shows_the_scale(tmp_path, monkeypatch):
+    """The paper's perplexity is named as such (metric and units) in the table header and the
+    plot legend, on its own axis; our axis spans at least MIN_REL_SPAN of the values, so a
+    0.008 bpb gap is not drawn as a large one, and the spread is written on the plot; the
+    wrapped title fits inside the figure."""
+    rows = {"rtn-4b": [2.004, 2.005, 2.006], "gptq-4b": [1.998, 1.997, 1.999], "gptq-3b": [2.0] * 3}
+    _write_results(tmp_path, rows, PAPER_SPEC, bytes_of=lambda r: 4000)
+    seen = _captured_figures(monkeypatch)
+    text = write_report("toy", PAPER_SPEC, ReportOptions(root=str(tmp_path), out=str(tmp_path)))
+    label = "OPT-125M WikiText-2 perplexity (per token)"
+    head = next(line for line in text.splitlines() if line.startswith("| row |"))
+    assert f"| paper: {label} |" in head and "not in ours" in text
+    fig = seen["toy_bpb_by_row.png"]
+    assert any(f"paper: {label}" in t for t in fig["legend"])
+    assert any("bits per byte" in y for y in fig["ylabels"]) and f"paper: {label}" in fig["ylabels"]
+    means = [np.mean(v) for v in rows.values()]
+    low, high = fig["ylim"]
+    assert high - low >= MIN_REL_SPAN * np.mean(means)
+    assert low <= min(means) and high >= max(means)
+    spread = max(means) - min(means)
+    assert any(f"{spread:.4g} bpb" in t for t in fig["texts"])
+    for name, f in seen.items():  # no title runs off the figure
+        assert f["title"].x0 >= f["figure"].x0 and f["title"].x1 <= f["figure"].x1, name
+        assert f["title"].y1 <= f["figure"].y1, name

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from compactlm.eval.perplexity import evaluate_tokens
+from compactlm.evaluation.perplexity import evaluate_tokens
 from compactlm.train.mesh import MeshConfig, make_mesh
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
         head.append(m)
         if m in paper_cols:
             head.append(f"paper {m}")
-    head += [f"paper: {k}" for k in extra_paper] + ["seeds", "wall s"]
+    head += [f"paper: {paper_label(sweep, k)}" for k in extra_paper] + ["seeds", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in rows:
         row = entry["row"]
@@ -192,12 +193,45 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     missing = [r.name for r in sweep.rows if r.name not in {e["row"].name for e in rows}]
     text = "\n".join(lines)
+    if extra_paper:
+        text += (
+            "\n\n`paper:` columns are in the paper's own metric and units (its models, data and "
+            "tokenizer), not in ours: compare which row beats which, not the values."
+        )
     if missing:
         text += f"\n\nNot run yet: {', '.join(missing)}."
     fit = _fit_line(sweep, rows)
     if fit:
         text += "\n\n" + fit
     return text
+
+
+def paper_label(sweep: Any, key: str) -> str:
+    """A Row.paper key as the paper's metric and units: the sweep file's `paper_labels` entry,
+    else from the key's suffix ("opt125m_ppl" → "opt125m perplexity (per token)")."""
+    labels = getattr(sweep, "paper_labels", None) or {}
+    if key in labels:
+        return labels[key]
+    prefix, _, suffix = key.rpartition("_")
+    what = {
+        "ppl": "perplexity (per token, lower is better)",
+        "acc": "accuracy (%, higher is better)",
+    }.get(suffix)
+    return f"{prefix} {what}" if what and prefix else key
+
+
+# Our metrics' units, for axis labels ("student/bpb" → "student: bits per byte").
+_METRIC_UNITS = {
+    "bpb": "bits per byte",
+    "loss": "loss (nats per token)",
+    "ppl": "perplexity (per token)",
+}
+
+
+def metric_label(metric: str) -> str:
+    where, _, name = metric.rpartition("/")
+    label = _METRIC_UNITS.get(name, name)
+    return f"{where}: {label}" if where else label
 
 
 def _fit_line(sweep: Any, rows: Sequence[dict]) -> str:
@@ -221,12 +255,84 @@ def _file_part(metric: str) -> str:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110)  # (every figure here uses layout="constrained")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
+
+
+def _figure(width: float, height: float, title: str) -> tuple[Any, Any]:
+    """A constrained-layout figure whose title is wrapped to its width: a sweep's title and
+    metric names ran past the edge of a 5.6-inch figure and were clipped."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    # 8 characters per inch: an 11 pt character averages ~0.085 inch, so a line fits with room.
+    ax.set_title(textwrap.fill(title, width=max(24, int(width * 8))), fontsize=11)
+    return fig, ax
+
+
+# The smallest y-axis span of a metric plot, as a fraction of the plotted values' mean.
+# matplotlib fits the axis to the data, so a 0.008 bpb gap between rows at ~2 bpb (0.4 %) filled
+# the whole height and looked like a large effect. An axis from zero would flatten the real
+# differences instead (every bpb here lies in 1.6-2.7). 5 % (0.1 bpb at 2 bpb) keeps a gap of
+# ~1 % — the size of the effects these sweeps measure, a few seed stds — visible without
+# magnifying noise; and the spread itself is written on the plot, in units and percent.
+MIN_REL_SPAN = 0.05
+
+
+def honest_ylim(values: Sequence[float], errors: Sequence[float] = ()) -> tuple[float, float]:
+    """(bottom, top) covering the values (± errors) and at least MIN_REL_SPAN of their mean."""
+    errors = list(errors) or [0.0] * len(values)
+    lo = min(v - e for v, e in zip(values, errors, strict=True))
+    hi = max(v + e for v, e in zip(values, errors, strict=True))
+    need = MIN_REL_SPAN * abs(math.fsum(values) / len(values))
+    pad = max(need - (hi - lo), 0.0) / 2
+    margin = 0.08 * max(hi - lo, need) or 1.0  # (all values 0: any visible span)
+    return lo - pad - margin, hi + pad + margin
+
+
+def _annotate_spread(ax: Any, metric: str, values: Sequence[float]) -> None:
+    spread, mean = max(values) - min(values), math.fsum(values) / len(values)
+    pct = f" ({100 * spread / abs(mean):.1f} % of the mean)" if mean else ""
+    ax.text(
+        0.02,
+        0.98,
+        f"spread of the means: {spread:.4g} {metric}{pct}",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=7,
+        color="0.3",
+    )
+
+
+def _legend(fig: Any, handles: Sequence[Any]) -> None:
+    """Below the axes, where it covers no point (constrained layout makes room)."""
+    fig.legend(handles=list(handles), loc="outside lower center", fontsize=7, frameon=False)
+
+
+def _paper_series(ax: Any, sweep: Any, points: Sequence[tuple[float, str]]) -> list:
+    """The first paper key's values on a right-hand axis labelled with the paper's own metric
+    (a perplexity on our bits-per-byte axis would read as our number); its legend handles."""
+    keys = [k for k in dict.fromkeys(k for r in sweep.rows for k in r.paper)]
+    keys = [k for k in keys if k not in sweep.metrics]
+    by_name = {r.name: r.paper for r in sweep.rows}
+    if not keys:
+        return []
+    key = keys[0]
+    pts = [(x, by_name[name][key]) for x, name in points if key in by_name.get(name, {})]
+    if not pts:
+        return []
+    right = ax.twinx()
+    label = f"paper: {paper_label(sweep, key)} (right axis)"
+    (handle,) = right.plot(*zip(*pts, strict=True), "x", color="C3", ms=7, label=label)
+    values = [v for _, v in pts]
+    if min(values) > 0 and max(values) / min(values) > 20:  # GPTQ's RTN 3-bit: 1.3e3 vs ~30
+        right.set_yscale("log")
+    right.set_ylabel(textwrap.fill(f"paper: {paper_label(sweep, key)}", 36), fontsize=7, color="C3")
+    right.tick_params(axis="y", labelsize=7, colors="C3")
+    return [handle]
 
 
 def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> list[Path]:
@@ -242,7 +348,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
 
     rows = row_summaries(sweep, records)
     paths = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _figure(6.4, 4.2, f"{name}: training loss")
     drawn = 0
     for entry in rows:
         curves = [load_metrics(r["workdir"]) for r in entry["records"] if r.get("workdir")]
@@ -256,7 +362,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
         ax.plot(steps, mean, label=entry["row"].name, lw=1.2)
         drawn += 1
     if drawn:
-        ax.set(xlabel="step", ylabel="train loss (nats/token)", title=f"{name}: training loss")
+        ax.set(xlabel="step", ylabel="train loss (nats/token)")
         ax.legend(fontsize=7, ncol=2)
         paths.append(_save(fig, out / f"{name}_loss.png"))
     else:
@@ -265,36 +371,52 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
         return paths
     metric = sweep.metrics[0]
     pts = [(e["x"], *e[metric][:2], e["row"].name) for e in rows if e["x"] and e[metric]]
+    ylabel = f"{metric_label(metric)} (ours)"
     if sweep.x_label and pts:
-        fig, ax = plt.subplots(figsize=(5.6, 4.0))
+        fig, ax = _figure(5.6, 4.6, f"{name}: {metric} vs {sweep.x_label}")
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.errorbar(xs, ys, yerr=[p[2] or 0.0 for p in pts], marker="o", capsize=3)
+        errs = [p[2] or 0.0 for p in pts]
+        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"ours: {metric}")
+        handles = [line]
         for x, y, _, label in pts:
             ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_ylim(*honest_ylim(ys, errs))
         if sweep.x_log:
             ax.set_xscale("log")
             fit = _fit_line(sweep, rows)
             if fit:
                 alpha, a = power_law_fit(xs, ys)
                 grid = np.geomspace(min(xs), max(xs), 50)
-                ax.plot(grid, a * grid**-alpha, "--", lw=1, label=f"fit: α = {alpha:.3f}")
+                fit_label = f"fit: α = {alpha:.3f}"
+                (curve,) = ax.plot(grid, a * grid**-alpha, "--", lw=1, label=fit_label)
+                handles.append(curve)
                 ax.set_yscale("log")
+                ax.set_ylim(*honest_ylim(ys, errs))
                 ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
                 # 3 digits: a curve spanning 2.43-2.52 (LoRA ranks) printed "2.5" on every tick
                 ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
-                ax.legend(fontsize=8)
-        ax.set(xlabel=sweep.x_label, ylabel=metric, title=f"{name}: {metric} vs {sweep.x_label}")
+        _annotate_spread(ax, metric, ys)
+        handles += _paper_series(ax, sweep, [(x, label) for x, _, _, label in pts])
+        ax.set(xlabel=sweep.x_label, ylabel=ylabel)
+        if len(handles) > 1:
+            _legend(fig, handles)
         paths.append(_save(fig, out / f"{name}_{_file_part(metric)}_vs_x.png"))
     bars = [(e["row"].name, *e[metric][:2]) for e in rows if e[metric]]
     if not sweep.x_label and len(bars) >= 2:  # rows are categories: the metric per row
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(bars) + 1.5), 4.0))
-        means = [b[1] for b in bars]
-        ax.bar(range(len(bars)), means, yerr=[b[2] or 0.0 for b in bars], capsize=3)
+        title = f"{name}: {metric} per row (± std over seeds)"
+        fig, ax = _figure(max(5.6, 0.55 * len(bars) + 2.5), 4.6, title)
+        means, errs = [b[1] for b in bars], [b[2] or 0.0 for b in bars]
+        # Points, not bars: the axis does not start at zero, and a bar's length would read as
+        # the value (a bar twice as tall as another for 0.4 % more bpb).
+        line = ax.errorbar(range(len(bars)), means, yerr=errs, fmt="o", capsize=3,
+                           label=f"ours: {metric}")  # fmt: skip
         ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=35, ha="right", fontsize=7)
-        spread = max(means) - min(means) or abs(means[0]) * 0.01 or 1.0
-        ax.set_ylim(min(means) - spread, max(means) + spread)  # the differences, not the 0 line
-        ax.axhline(means[0], ls="--", lw=0.8, color="gray")  # the first row: the reference
-        ax.set(ylabel=metric, title=f"{name}: {metric} per row (± std over seeds)")
+        ax.set_ylim(*honest_ylim(means, errs))
+        ref = ax.axhline(means[0], ls="--", lw=0.8, color="gray", label=f"first row: {bars[0][0]}")
+        _annotate_spread(ax, metric, means)
+        handles = [line, ref, *_paper_series(ax, sweep, [(i, b[0]) for i, b in enumerate(bars)])]
+        ax.set(ylabel=ylabel)
+        _legend(fig, handles)
         paths.append(_save(fig, out / f"{name}_{_file_part(metric)}_by_row.png"))
     pts = [
         (e["weight_bytes"][0], e[metric][0], e["row"].name)
@@ -302,21 +424,38 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
         if e["weight_bytes"] and e[metric]
     ]
     if len({p[0] for p in pts}) >= 2:  # one size for every row (adapters, augmentation): no plot
-        fig, ax = plt.subplots(figsize=(5.6, 4.0))
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+        fig, ax = _figure(5.6, 4.2, f"{name}: {metric} vs weight bytes")
+        ys = [p[1] for p in pts]
+        ax.scatter([p[0] for p in pts], ys)
         for x, y, label in pts:
             ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
-        ax.set(xlabel="bytes of weights", ylabel=metric, title=f"{name}: {metric} vs weight bytes")
+        ax.set_ylim(*honest_ylim(ys))
+        _annotate_spread(ax, metric, ys)
+        ax.set(xlabel="bytes of weights", ylabel=ylabel)
         paths.append(_save(fig, out / f"{name}_{_file_part(metric)}_vs_bytes.png"))
     return paths
 
 
 def write_report(name: str, sweep: Any, options: ReportOptions) -> str:
     """NAME.md (+ PNGs) for the sweep's current results; returns the markdown."""
-    from compactlm.eval.sweep import current_records
+    from compactlm.experiments.sweep import SweepError, current_records, read_results, results_path
 
     records = current_records(name, sweep, options.root)
+    if not records:  # refuse before anything is written: an empty NAME.md reads as a result
+        path = results_path(name, options.root)
+        stale = len(read_results(path))
+        why = (
+            f"its {stale} records in {path} are from other command lines (the sweep file "
+            "changed since)"
+            if stale
+            else f"{path} does not exist yet"
+        )
+        root = "" if options.root == ReportOptions.root else f" root={options.root}"
+        raise SweepError(
+            f"sweep {name} has no results to report: {why}; run `compactlm sweep {name}{root}` "
+            "first (`--dry-run` lists its runs); nothing was written"
+        )
     out = Path(options.out or Path(options.root) / name)
     out.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -326,13 +465,13 @@ def write_report(name: str, sweep: Any, options: ReportOptions) -> str:
         "",
     ]
     parts += ["```"] + [r["command_line"] for r in records if r["seed"] == 0] + ["```", ""]
-    parts.append(sweep_table(name, sweep, records) if records else "No results yet.")
+    parts.append(sweep_table(name, sweep, records))
     if sweep.paper_note:
         parts += ["", f"Paper: {sweep.paper_note}"]
     commits = sorted({_short_commit(r.get("git_commit")) for r in records})
     if commits:
         parts += ["", f"Code version (git): {', '.join(commits)}."]
-    if options.plots and records:
+    if options.plots:
         for path in sweep_plots(name, sweep, records, out):
             parts += ["", f"![{path.stem}]({path.name})"]
     text = "\n".join(parts) + "\n"

@@ -1,6 +1,6 @@
 """The 2:4 formats in the kernel benchmark registry: they run on CPU and count the right bytes."""
 
-from compactlm.eval import bench_kernels as B
+from compactlm.benchmarks import bench_kernels as B
 
 
 def test_sparse24_formats_run_and_count_bytes(tmp_path):

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from compactlm.eval import bench_kernels as B
+from compactlm.benchmarks import bench_kernels as B
 
 TINY = {"tiny": (256, 128)}
 FAST = dict(rotate_bytes=2**18, calls=3, repeats=2, bandwidth_bytes=2**20)

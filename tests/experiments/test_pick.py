@@ -1,10 +1,11 @@
 """The model picker: predicted bytes against `info` and the definitions, the join, the front."""
 
+import dataclasses
 import json
 
 import pytest
 
-from compactlm.eval.pick import (
+from compactlm.experiments.pick import (
     PickConfig,
     candidates,
     pareto_front,
@@ -13,7 +14,7 @@ from compactlm.eval.pick import (
     recommend,
     resolved_model,
 )
-from compactlm.eval.report import _human, info_rows
+from compactlm.experiments.report import _human, info_rows
 from compactlm.models.footprint import count_params
 from tests.commandline import cli as _cli
 
@@ -138,3 +139,64 @@ def test_pick_cli(tmp_path, capsys):
     assert "use a number with" in err and "Traceback" not in err
     assert _cli("pick", "formats=int3") == 2
     assert "unknown formats ['int3']" in capsys.readouterr().err
+
+
+def _nano_run(path, overrides=(), **files):
+    from compactlm.config import make_config, to_dict
+    from compactlm.train.loop import resolve_vocab
+
+    path.mkdir(parents=True)
+    cfg = resolve_vocab(make_config("nano", list(overrides)), 259)
+    (path / "config.json").write_text(json.dumps(to_dict(cfg)))
+    for name, content in files.items():
+        (path / name.replace("_json", ".json")).write_text(json.dumps(content))
+    return path
+
+
+def test_distilled_runs_count_with_their_student_section(tmp_path):
+    """A distilled run's eval.json holds a section per model (teacher, student): the student is
+    the run's model; the teacher's (better) number must not be credited to the student's shape."""
+    student = {"loss": 1.7, "bpb": 2.3, "tokens": 1000, "params": 1}
+    teacher = {"loss": 1.2, "bpb": 1.9, "tokens": 1000, "params": 2}
+    run = _nano_run(
+        tmp_path / "distilled",
+        distill_json={"teacher": "elsewhere"},
+        eval_json={"teacher": teacher, "student": student},
+    )
+    cfg = PickConfig(memory="1MiB", device="h100", presets=("nano",), runs=str(tmp_path))
+    rows = {r["format"]: r for r in candidates(cfg, bandwidth=3.35e12)}
+    assert rows["float32"]["quality"] == student["bpb"]
+    assert rows["float32"]["source"] == str(run)
+
+
+def test_measured_decode_replaces_the_floor_and_the_floor_is_labelled(tmp_path):
+    """`bench decode`'s bench_decode.json (same device, same batch) gives a measured latency:
+    1000 × batch / tokens_per_s ms per step; without one, the bandwidth floor is printed as a
+    lower bound, never as a prediction."""
+    run = _nano_run(tmp_path / "nano")
+    rows = [
+        {"run": str(run), "format": "dense", "batch": 1, "tokens_per_s": 250.0},
+        {"run": str(run), "format": "dense", "batch": 16, "tokens_per_s": 3200.0},
+    ]
+    _nano_run(
+        tmp_path / "int4",
+        ["model.weight_format=int4"],
+        bench_decode_json={"device": "h100", "device_kind": "NVIDIA H100", "rows": rows},
+    )
+    other = [{"run": str(run), "format": "dense", "batch": 1, "tokens_per_s": 1e6}]
+    (run / "bench_decode.json").write_text(json.dumps({"device": "cpu", "rows": other}))
+    cfg = PickConfig(memory="1MiB", device="h100", presets=("nano",), runs=str(tmp_path))
+    found = {r["format"]: r for r in candidates(cfg, bandwidth=3.35e12)}
+    assert found["float32"]["decode_ms"] == pytest.approx(1e3 / 250.0)  # the cpu row ignored
+    r = found["int4"]
+    assert r["decode_source"] is None
+    assert r["decode_ms"] == pytest.approx((r["weights"] + r["kv_cache"]) / 3.35e12 * 1e3)
+    at16 = {r["format"]: r for r in candidates(dataclasses.replace(cfg, batch=16), 3.35e12)}
+    assert at16["float32"]["decode_ms"] == pytest.approx(1e3 * 16 / 3200.0)
+    text = pick(cfg)
+    table_rows = {line.split(" | ")[1]: line for line in text.splitlines() if "| nano |" in line}
+    assert "| 4 measured | 250 |" in table_rows["float32"]
+    floor = found["int4"]["decode_ms"]
+    assert f"| ≥ {floor:.2g} floor | ≤ {1e3 / floor:,.0f} |" in table_rows["int4"]
+    assert "an estimate, not a prediction" in text
+    assert f"Measured decode from: {tmp_path / 'int4' / 'bench_decode.json'} (NVIDIA H100)" in text

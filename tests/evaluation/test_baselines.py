@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from compactlm.eval.baselines import compression_bpb, conditional_xz_bpb
+from compactlm.evaluation.baselines import compression_bpb, conditional_xz_bpb
 
 
 def test_compression_bpb_matches_direct_computation() -> None:
@@ -63,7 +63,7 @@ def test_conditional_xz_uses_the_context() -> None:
 
 def test_cached_baselines_computed_once_per_split(tmp_path, monkeypatch) -> None:
     from compactlm.data import DataConfig, prepare_data
-    from compactlm.eval import baselines
+    from compactlm.evaluation import baselines
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

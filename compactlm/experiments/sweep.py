@@ -8,7 +8,8 @@ the one override language of the CLI) and seeds. Every (row, seed) is one comman
     compactlm train nano train.steps=300 model.d_model=32 train.seed=0 \
         workdir=runs/sweeps/scaling/d32/seed0
 
-`compactlm sweep NAME --dry-run` prints exactly these lines; the runner executes them one by one
+`compactlm sweep NAME --dry-run` prints exactly these lines (each marked `# done`, `# failed` or
+`# pending`: what a real run would skip or run); the runner executes them one by one
 (a child process each, so what ran is what was printed) and appends one record per finished run
 to `runs/sweeps/NAME/results.jsonl`: row, seed, argv, resolved config, metrics (the command's
 `eval.json`), parameters, wall time, git commit. Re-running skips (row, seed) pairs whose record
@@ -98,6 +99,11 @@ class Sweep:
     x_key: str = ""  # take x from this record field instead of Row.x ("params/non_embedding")
     x_log: bool = False  # log-scale x axis (ranks, parameter counts)
     paper_note: str = ""  # what the paper found, one or two sentences, shown under the table
+    # What each Row.paper key measures, in the paper's own metric and units, for table headers
+    # and plot legends ({"opt125m_ppl": "OPT-125M WikiText-2 perplexity (per token)"}): a paper's
+    # perplexity printed beside our bits per byte must say it is another metric. A key without
+    # an entry is labelled from its suffix (report.py::paper_label: _ppl, _acc).
+    paper_labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.command not in COMMANDS:
@@ -113,6 +119,12 @@ class Sweep:
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
             raise SweepError(f"duplicate row names in {names}")
+        keys = {k for r in self.rows for k in r.paper}
+        unknown = sorted(set(self.paper_labels) - keys)
+        if unknown:
+            raise SweepError(
+                f"paper_labels {unknown} name no row's paper key; keys: {', '.join(sorted(keys))}"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -239,11 +251,34 @@ def plan(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> lis
 
 
 def dry_run_lines(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> list[str]:
-    """The exact command lines: the fixture's (when the sweep has one), then every run's."""
+    """The exact command lines: the fixture's (when the sweep has one), then every run's, each
+    followed by a shell comment saying what the real run would do with it: `# done` (a record
+    with this argv: skipped), `# failed (exit N; log: ...)` (its last attempt failed: run
+    again) or `# pending`. `rerun=true` runs every line again: all are pending then."""
     lines = []
     if sweep.base:
-        lines.append(fixture_run(sweep.base, options.root).command_line)
-    return lines + [r.command_line for r in plan(name, sweep, options)]
+        base = fixture_run(sweep.base, options.root)
+        status = "done" if read_metrics(base.workdir) is not None else "pending"
+        lines.append(f"{base.command_line}  # {status}")
+    done = done_keys(results_path(name, options.root))
+    for run in plan(name, sweep, options):
+        lines.append(f"{run.command_line}  # {'pending' if options.rerun else _status(run, done)}")
+    return lines
+
+
+def _status(run: Run, done: set[tuple]) -> str:
+    """done / failed (...) / pending, from what run_sweep itself reads: results.jsonl for done,
+    the run's marker (WORKDIR.sweep.json, same argv) for the last attempt's failure."""
+    if (run.row.name, run.seed, run.argv) in done:
+        return "done"
+    try:
+        marker = json.loads(run.marker_path.read_text())
+    except (OSError, ValueError):
+        return "pending"
+    failed = marker.get("failed") if tuple(marker.get("argv", ())) == run.argv else None
+    if not failed:
+        return "pending"
+    return f"failed ({failed}; log: {run.log_path})"
 
 
 # ---------------------------------------------------------------------------------- results
@@ -258,6 +293,11 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def done_keys(path: str | Path) -> set[tuple]:
+    """(row, seed, argv) of every recorded run: what a re-run skips."""
+    return {(r["row"], r["seed"], tuple(r["argv"])) for r in read_results(path)}
 
 
 def current_records(name: str, sweep: Sweep, root: str | Path) -> list[dict[str, Any]]:
@@ -404,9 +444,33 @@ def _claim(run: Run) -> list[str] | None:
         return None if tuple(argv) == run.argv else argv
     if run.workdir.exists() and any(run.workdir.iterdir()):
         return ["<unknown: a directory the sweep did not create>"]
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"argv": list(run.argv)}) + "\n")
+    _mark(run)
     return None
+
+
+def _mark(run: Run, failed: str | None = None) -> None:
+    """WORKDIR.sweep.json: the argv that owns WORKDIR, and why its last attempt failed (if it
+    did; `--dry-run` shows it). Rewritten without `failed` when an attempt starts."""
+    run.marker_path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"argv": list(run.argv), **({"failed": failed} if failed else {})}
+    run.marker_path.write_text(json.dumps(record) + "\n")
+
+
+def _eta(walls: Sequence[float], left: int) -> str:
+    """The time the `left` runs still to execute (this one included) take at the mean wall
+    time of those this invocation ran; unknown before the first."""
+    if not walls:
+        return "ETA unknown until a run finishes"
+    mean = sum(walls) / len(walls)
+    return f"ETA {_duration(mean * left)} ({left} left at {_duration(mean)} each)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def run_sweep(
@@ -424,7 +488,7 @@ def run_sweep(
     runs = plan(name, sweep, options)
     path = results_path(name, options.root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["row"], r["seed"], tuple(r["argv"])) for r in read_results(path)}
+    done = done_keys(path)
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     resume = "re-run the same sweep command to resume"
     if sweep.base:
@@ -446,6 +510,9 @@ def run_sweep(
                 raise SweepError(f"base fixture failed; see {base.log_path}: {base.command_line}")
             log(f"  base ready in {time.perf_counter() - t0:.0f} s")
     stopped = None
+    # Runs still to execute (for the ETA): the planned ones without a record.
+    todo = [options.rerun or (r.row.name, r.seed, r.argv) not in done for r in runs]
+    walls: list[float] = []  # wall seconds of the runs this invocation finished
     for i, run in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed}"
         if options.rerun:
@@ -465,7 +532,8 @@ def run_sweep(
             continue
         if sweep.command not in RESUMING and run.workdir.exists():
             shutil.rmtree(run.workdir)  # an unfinished output of a command that cannot resume
-        log(f"{tag}: {run.command_line}")
+        _mark(run)  # a new attempt: an earlier failure no longer stands
+        log(f"{tag}: {_eta(walls, sum(todo[i - 1 :]))}: {run.command_line}")
         t0 = time.perf_counter()
         try:
             code = execute(run.argv, run.workdir)
@@ -473,14 +541,17 @@ def run_sweep(
             stopped = Interrupted(e.signame, f"stopped in {tag}; {resume}")
             break
         wall = time.perf_counter() - t0
+        walls.append(wall)
         if code != 0:
             counts["failed"] += 1
+            _mark(run, failed=f"exit {code}")
             log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; log: {run.log_path}")
             continue
         try:
             record = collect(run, wall, name)
         except SweepError as e:  # exit 0 without eval.json: the command stopped early
             counts["failed"] += 1
+            _mark(run, failed="exit 0 without its metrics")
             log(f"{tag}: {e}")
             continue
         with path.open("a") as f:

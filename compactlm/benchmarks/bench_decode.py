@@ -6,12 +6,17 @@ size. The dense model is the run that `compactlm quantize` / `prune` started fro
 (`compression.json`), in its own storage dtype. Which matmul ran is reported: on a CUDA device
 `impl=auto` picks the Triton kernels where `supports()` holds; elsewhere the jnp reference
 (dequantize, then a dense dot), which is *slower* than dense: it says so.
+
+The figures are also written to RUN_DIR/bench_decode.json (every row, the dense source's too,
+with the device they were measured on), where `compactlm pick` finds them: a measured decode
+latency instead of its bandwidth floor.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +43,18 @@ class BenchDecodeConfig:
             raise ValueError("new_tokens and repeats must be >= 1")
 
 
+BENCH_FILE = "bench_decode.json"
+
+
+def device_name() -> str:
+    """This process's device in `compactlm pick`'s vocabulary (cpu, h100, h200), else the
+    device kind as JAX names it."""
+    if jax.default_backend() == "cpu":
+        return "cpu"
+    kind = jax.devices()[0].device_kind
+    return next((name for name in ("h100", "h200") if name in kind.lower()), kind)
+
+
 def _tokens_per_second(model, batch: int, cfg: BenchDecodeConfig) -> float:
     from compactlm.models.generate import generate
 
@@ -60,7 +77,7 @@ def _path(fmt: str) -> str:
 
 
 def bench_decode(run_dir: str, cfg: BenchDecodeConfig) -> list[dict]:
-    from compactlm.train.run_dir import load_run
+    from compactlm.train.loop import load_run
 
     runs = [run_dir]
     report = Path(run_dir) / "compression.json"
@@ -75,18 +92,35 @@ def bench_decode(run_dir: str, cfg: BenchDecodeConfig) -> list[dict]:
                 'path under "source"): was it edited by hand? Restore or delete it'
             ) from None
     rows = []
+    t0 = time.time()
     for path in runs:
         trainer = load_run(path)
         model = trainer.program.model(trainer.state)
         fmt = trainer.cfg.model.weight_format
         for batch in cfg.batch_sizes:
             tps = _tokens_per_second(model, batch, cfg)
-            rows.append({"run": path, "format": fmt, "batch": batch, "tokens_per_s": tps})
+            rows.append(
+                {"run": str(Path(path).resolve()), "format": fmt, "batch": batch,
+                 "tokens_per_s": tps, "path": _path(fmt)}
+            )  # fmt: skip
             print(
                 f"  {fmt:<14} batch {batch:>3}  {tps:10.1f} tokens/s  ({_path(fmt)}; {path})",
                 flush=True,
             )
-    dense = {r["batch"]: r["tokens_per_s"] for r in rows if r["run"] == runs[0]}
+    record = {
+        "device": device_name(),
+        "device_kind": jax.devices()[0].device_kind,
+        "host": platform.node(),
+        "time": t0,
+        "config": dataclasses.asdict(cfg),
+        # tokens_per_s = batch × new_tokens / median wall time of one generate call (prefill of
+        # the 16-token prompt included): a decode step takes 1000 × batch / tokens_per_s ms.
+        "rows": rows,
+    }
+    out = Path(run_dir) / BENCH_FILE  # the newest measurement replaces the last one
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  written to {out}", flush=True)
+    dense = {r["batch"]: r["tokens_per_s"] for r in rows if r["run"] == rows[0]["run"]}
     if len(runs) == 2:
         for r in rows[len(cfg.batch_sizes) :]:
             print(f"  {r['format']} / dense at batch {r['batch']}: "

@@ -3,8 +3,8 @@
 import math
 import time
 
+from compactlm.benchmarks.bench_train import bench_train
 from compactlm.config import make_config
-from compactlm.eval.bench import bench_train
 
 
 def test_bench_train_nano_fields_and_flops(tmp_path) -> None:

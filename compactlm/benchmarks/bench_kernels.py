@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compactlm.eval import sass as sass_lib
+from compactlm.benchmarks import sass as sass_lib
 
 # Vendor peak HBM bandwidth of the SXM parts, TB/s (for comparison; the roofline is measured).
 PEAK_BANDWIDTH_TBS = {"h100": 3.35, "h200": 4.8}
@@ -406,7 +406,7 @@ class BenchKernelsConfig:
     rotate_mb: int = ROTATE_BYTES // 2**20  # weight bytes cycled per sample (≥ 3× L2)
     bandwidth_mb: int = BANDWIDTH_BYTES // 2**20  # buffer of the measured-bandwidth roofline
     time_budget_s: float | None = None  # stop starting new rows after this many seconds
-    # The SASS instruction count instead of timings (compactlm/eval/sass.py; CPU is enough):
+    # The SASS instruction count instead of timings (compactlm/benchmarks/sass.py; CPU is enough):
     # each decode kernel compiled as jax-triton specialises it for sm_90, at N = K = 8192.
     sass: bool = False
 

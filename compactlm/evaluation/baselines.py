@@ -19,7 +19,7 @@ import lzma
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from compactlm.data import DataConfig
+    from compactlm.data.config import DataConfig
 
 # Bump when a figure's definition changes, so old cached values are never reported as new ones.
 BASELINE_VERSION = 1

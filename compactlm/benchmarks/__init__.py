@@ -1,0 +1,1 @@
+"""Benchmarks: training throughput (bench train), kernels, decoding, and the SASS budget."""

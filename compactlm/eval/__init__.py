@@ -1,1 +1,0 @@
-"""Evaluation: perplexity, compression baselines, benchmarks, reports."""

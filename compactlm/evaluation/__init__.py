@@ -1,0 +1,1 @@
+"""Evaluation: validation loss / perplexity / bits per byte, and the compressor baselines."""

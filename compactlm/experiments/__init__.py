@@ -1,0 +1,1 @@
+"""Experiments: the ablation runner (sweep), its reports, the model picker, the recipe."""
