@@ -1,0 +1,691 @@
+"""Write tiny random-weight Hugging Face checkpoints + transformers' own outputs as test fixtures.
+
+Run BY HAND, in a separate dev venv with torch + transformers (never in CI; the tests that read
+the fixtures need neither). See tests/fixtures/hf/README.md for the exact venv commands:
+
+    python scripts/make_hf_fixtures.py            # all fixtures
+    python scripts/make_hf_fixtures.py qwen2 gemma3_text   # some of them
+
+Nothing is downloaded: every model is built from a config (`AutoModelForCausalLM.from_config`)
+and every tokenizer is trained here, with the `tokenizers` library, on the small text below.
+
+Per fixture directory under tests/fixtures/hf/<name>/:
+  config.json, generation_config.json, model.safetensors   (model.save_pretrained, float32)
+  tokenizer.json, tokenizer_config.json                    (AutoTokenizer.from_pretrained loads it)
+  config.transformers4.json   the same config in the transformers 4.x spelling
+                              (rope_theta + rope_scaling [+ rope_local_base_freq]) when the
+                              installed transformers writes the 5.x one (rope_parameters)
+  reference.npz               input_ids [2, T], logits [2, T, V] float32 (eager attention),
+                              greedy_prompt [1, P], greedy_tokens [1, N], greedy_logits [1, N, V]
+                              (the raw logits of each cached decode step), transformers_version
+
+Every norm weight is random and non-unit (gemma's (1 + w) norms: w random and non-zero), every
+bias random and non-zero, so a swapped norm or a dropped bias changes the logits. After writing,
+each directory is reloaded with from_pretrained and its logits / greedy tokens are checked
+against the saved ones (the fixture is self-consistent), and the 4.x-spelled config is checked
+to give the same logits too.
+"""
+
+# ruff: noqa: E501  (the README template has Markdown table rows)
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "fixtures" / "hf"
+
+T = 24  # reference sequence length (gemma3's sliding window is 8 < T)
+P = 12  # greedy prompt length: P + N > sliding window, so the cached decode crosses it too
+N = 8  # greedy new tokens
+
+# The training text of every tokenizer (a few hundred merges' worth) and the texts encoded for
+# the references. The second reference text has characters the training text lacks ("é", "ß",
+# "→"), so the byte-level tokenizers emit raw byte tokens and gemma's uses its byte fallback.
+TRAIN_TEXT = (
+    """\
+The quick brown fox jumps over the lazy dog. A small language model reads the text one token
+at a time and predicts the next token from the ones before it. Attention lets every position
+look back at earlier positions; the keys and values of those positions are kept in a cache
+while the model generates new tokens, so that each step costs only one new position.
+Rotary position embeddings rotate the queries and the keys by an angle that grows with the
+position, and the rate of each pair of channels is set by the base of the rotation. Some models
+scale the low frequencies for long contexts; some leave the rotation out of a few layers.
+Normalisation layers rescale each vector by the root of its mean square and multiply it by a
+learned weight. The feed forward block gates one projection by another and projects back down.
+Tokenizers split the text into pieces: bytes, then merges of frequent pairs of pieces, until
+the vocabulary is full. Numbers like 12, 345 and 6789 appear too, and so do punctuation marks:
+commas, colons; question marks? and exclamation marks! Quotes "like these" and 'these' as well.
+def forward(self, x): return self.norm(x + self.attention(x)) # code is text as well
+"""
+    * 2
+)
+
+REF_TEXTS = [
+    "The model reads the text one token at a time, and the cache keeps the keys and values "
+    "of the earlier positions while it generates.",
+    "Café Straße → naïve tokens: 42 merges, bytes and a fallback; the quick brown fox jumps "
+    "over the lazy dog again and again.",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizers
+# --------------------------------------------------------------------------------------------
+
+
+def byte_level_bpe(vocab_size: int, specials: list[str], bos: str | None) -> Tokenizer:
+    """A GPT-2 / Llama 3 / Qwen style byte-level BPE; special tokens appended after the merges."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TRAIN_TEXT.splitlines(keepends=True), trainer=trainer)
+    tok.add_special_tokens(specials)
+    if bos is None:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    else:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A",
+            pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, tok.token_to_id(bos))],
+        )
+    return tok
+
+
+def gemma_bpe(n_pieces: int) -> Tokenizer:
+    """A Gemma-style BPE: spaces → '▁' in the normalizer, no pre-tokenizer, byte fallback to
+    <0x00>..<0xFF>, decoder Replace('▁', ' ') + ByteFallback + Fuse; <pad>=0 <eos>=1 <bos>=2
+    <unk>=3, then the 256 byte tokens, then the trained pieces; <bos> prepended."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    # Train the pieces (characters + merges) on the '▁'-normalised text.
+    t = Tokenizer(models.BPE())
+    t.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(vocab_size=n_pieces, show_progress=False)
+    t.train_from_iterator(TRAIN_TEXT.splitlines(), trainer=trainer)
+    trained = json.loads(t.to_str())["model"]
+    pieces = sorted(trained["vocab"], key=trained["vocab"].get)
+    vocab = {}
+    for s in specials + byte_tokens + pieces:
+        if s not in vocab:
+            vocab[s] = len(vocab)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    )
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return tok
+
+
+def save_tokenizer(
+    tok: Tokenizer, directory: Path, special: dict[str, str]
+) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+    fast.save_pretrained(str(directory))
+    # Name the class every transformers version knows (5.x writes its own "TokenizersBackend",
+    # which 4.x lacks); the self-check reloads it with AutoTokenizer.
+    path = directory / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.pop("backend", None)
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return fast
+
+
+# --------------------------------------------------------------------------------------------
+# families
+# --------------------------------------------------------------------------------------------
+
+# Small widths everywhere: hidden 32, 4 heads of 8 (qwen3 / gemma3: of 16), 2 kv heads (GQA),
+# intermediate 64. The model vocab is a bit larger than the tokenizer's (as in Qwen / Gemma).
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"]
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SMOLLM3_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|finetune_right_pad_id|>",
+]
+
+COMMON = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+)
+
+
+def fixture_specs() -> dict[str, dict]:
+    """name → how to build it: tokenizer, config kwargs, what it exercises (for the README)."""
+    return {
+        "qwen2": dict(
+            model_type="qwen2",
+            tokenizer=lambda: byte_level_bpe(448, QWEN_SPECIALS, bos=None),
+            special=dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
+            ids=dict(
+                bos_token_id="<|endoftext|>",
+                eos_token_id="<|endoftext|>",
+                pad_token_id="<|endoftext|>",
+            ),
+            config=dict(
+                COMMON,
+                num_hidden_layers=2,
+                vocab_size=464,
+                tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            ),
+            covers="Qwen2: q/k/v projection biases (random, non-zero), untied lm_head, GQA 4/2, "
+            "byte-level BPE without BOS, rope_theta 1e6, model vocab > tokenizer vocab.",
+        ),
+        "qwen3": dict(
+            model_type="qwen3",
+            tokenizer=lambda: byte_level_bpe(448, QWEN_SPECIALS, bos=None),
+            special=dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
+            ids=dict(
+                bos_token_id="<|endoftext|>",
+                eos_token_id="<|endoftext|>",
+                pad_token_id="<|endoftext|>",
+            ),
+            config=dict(
+                COMMON,
+                num_hidden_layers=2,
+                vocab_size=464,
+                head_dim=16,
+                tie_word_embeddings=True,
+                attention_bias=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            ),
+            covers="Qwen3: per-head q_norm / k_norm (random non-unit), "
+            "head_dim 16 != hidden/heads 8 (q_proj 32→64, o_proj 64→32), no attention bias, "
+            "tied embeddings.",
+        ),
+        "llama3": dict(
+            model_type="llama",
+            tokenizer=lambda: byte_level_bpe(448, LLAMA3_SPECIALS, bos="<|begin_of_text|>"),
+            special=dict(
+                bos_token="<|begin_of_text|>",
+                eos_token="<|end_of_text|>",
+                pad_token="<|finetune_right_pad_id|>",
+            ),
+            ids=dict(
+                bos_token_id="<|begin_of_text|>",
+                eos_token_id="<|end_of_text|>",
+                pad_token_id="<|finetune_right_pad_id|>",
+            ),
+            config=dict(
+                COMMON,
+                num_hidden_layers=2,
+                vocab_size=456,
+                tie_word_embeddings=True,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 500000.0,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 256,
+                },
+            ),
+            covers="Llama 3.2 style: rope_scaling of type llama3 (theta 5e5, factor 8, "
+            "low/high freq factor 1/4, original max positions 256: with head_dim 8 the four rotary "
+            "frequencies have wavelengths 6.3 (kept), 167 (smoothed), 4.4e3 and 1.2e5 "
+            "(divided by 8), so every branch of the scaling shows), BOS prepended by the "
+            "tokenizer, tied embeddings. config.transformers4.json spells it rope_theta + "
+            "rope_scaling.",
+        ),
+        "llama3_untied": dict(
+            model_type="llama",
+            tokenizer=lambda: byte_level_bpe(448, LLAMA3_SPECIALS, bos="<|begin_of_text|>"),
+            special=dict(
+                bos_token="<|begin_of_text|>",
+                eos_token="<|end_of_text|>",
+                pad_token="<|finetune_right_pad_id|>",
+            ),
+            ids=dict(
+                bos_token_id="<|begin_of_text|>",
+                eos_token_id="<|end_of_text|>",
+                pad_token_id="<|finetune_right_pad_id|>",
+            ),
+            config=dict(
+                COMMON,
+                num_hidden_layers=2,
+                vocab_size=456,
+                tie_word_embeddings=False,
+                attention_bias=True,
+                mlp_bias=True,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 500000.0,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 256,
+                },
+            ),
+            covers="Llama with llama3 rope as llama3, but untied lm_head and attention_bias + "
+            "mlp_bias true (biases on q/k/v/o and gate/up/down).",
+        ),
+        "smollm3": dict(
+            model_type="smollm3",
+            tokenizer=lambda: byte_level_bpe(448, SMOLLM3_SPECIALS, bos=None),
+            special=dict(
+                bos_token="<|begin_of_text|>",
+                eos_token="<|end_of_text|>",
+                pad_token="<|finetune_right_pad_id|>",
+            ),
+            ids=dict(
+                bos_token_id="<|begin_of_text|>",
+                eos_token_id="<|end_of_text|>",
+                pad_token_id="<|finetune_right_pad_id|>",
+            ),
+            config=dict(
+                COMMON,
+                num_hidden_layers=3,
+                vocab_size=464,
+                tie_word_embeddings=True,
+                no_rope_layer_interval=3,
+                rope_parameters={"rope_type": "default", "rope_theta": 2000000.0},
+            ),
+            covers="SmolLM3: no_rope_layers [1, 1, 0] (the 3rd layer has no rotary embedding), "
+            "rope_theta 2e6, tied embeddings, no BOS added by the tokenizer.",
+        ),
+        "gemma3_text": dict(
+            model_type="gemma3_text",
+            tokenizer=lambda: gemma_bpe(200),
+            special=dict(
+                bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+            ),
+            ids=dict(bos_token_id="<bos>", eos_token_id="<eos>", pad_token_id="<pad>"),
+            config=dict(
+                COMMON,
+                num_hidden_layers=3,
+                vocab_size=480,
+                head_dim=16,
+                tie_word_embeddings=True,
+                query_pre_attn_scalar=24,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                hidden_activation="gelu_pytorch_tanh",
+                rope_parameters={
+                    "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                },
+            ),
+            covers="Gemma 3 text: sliding window 8 < T = 24 (and < P + N) on layers 0 and 2, full "
+            "attention on layer 1 (layer_types; the 4.x copy also says "
+            "sliding_window_pattern 2), query_pre_attn_scalar 24 != head_dim 16, sandwich "
+            "norms (input / post_attention / pre_feedforward / post_feedforward), (1 + w) "
+            "RMSNorms with random w (q_norm / k_norm too), GeGLU (gelu tanh), embeddings "
+            "scaled by sqrt(hidden), global rope base 1e6 vs local 1e4 "
+            "(rope_local_base_freq in the 4.x copy), tied embeddings; a Gemma-style "
+            "BPE tokenizer with byte fallback (the second reference text hits it) and BOS.",
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def randomise(model: torch.nn.Module, gemma: bool, seed: int) -> None:
+    """Well-scaled random weights; random non-unit norms; random non-zero biases."""
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(shape, std, mean=0.0):
+        return torch.randn(shape, generator=g, dtype=torch.float32) * std + mean
+
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if "RMSNorm" in cls or "LayerNorm" in cls:
+            w = module.weight
+            # gemma's norms are x * (1 + w), initialised at w = 0
+            w.copy_(normal(w.shape, 0.1) if gemma else normal(w.shape, 0.1, 1.0))
+            if getattr(module, "bias", None) is not None:
+                module.bias.copy_(normal(module.bias.shape, 0.1))
+        elif isinstance(module, torch.nn.Linear) and not (
+            name == "lm_head" and model.config.tie_word_embeddings
+        ):
+            # o_proj / down_proj (and an untied lm_head) larger, so that the layers' output is not
+            # swamped by the token's own embedding (a tied model then greedily repeats its last
+            # token) and so that the logits have margins well above float32 noise
+            gain = 3.0 if name.endswith(("o_proj", "down_proj", "lm_head")) else 1.0
+            module.weight.copy_(normal(module.weight.shape, gain * module.in_features**-0.5))
+            if module.bias is not None:
+                module.bias.copy_(normal(module.bias.shape, 0.1))
+        elif isinstance(module, torch.nn.Embedding):
+            # gemma multiplies the embeddings by sqrt(hidden) = 5.7 and its post-norms give each
+            # layer's output unit scale: a small std keeps its (tied) model from predicting the
+            # input token back at every position
+            module.weight.copy_(normal(module.weight.shape, 0.1 if gemma else 1.0))
+    if model.config.tie_word_embeddings:
+        assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def to_transformers4(cfg: dict) -> dict:
+    """The 5.x config.json spelling → the 4.x one (rope_theta + rope_scaling; gemma3:
+    rope_local_base_freq + sliding_window_pattern; torch_dtype)."""
+    cfg = copy.deepcopy(cfg)
+    if "dtype" in cfg:
+        cfg["torch_dtype"] = cfg.pop("dtype")
+    rp = cfg.pop("rope_parameters", None)
+    if rp is None:
+        return cfg
+
+    def split(p):
+        p = dict(p)
+        theta = p.pop("rope_theta")
+        return theta, (None if p.get("rope_type", "default") == "default" else p)
+
+    if "full_attention" in rp:  # gemma3 style: one set of rope parameters per layer type
+        cfg["rope_theta"], cfg["rope_scaling"] = split(rp["full_attention"])
+        cfg["rope_local_base_freq"] = rp["sliding_attention"]["rope_theta"]
+    else:
+        cfg["rope_theta"], cfg["rope_scaling"] = split(rp)
+    if "_sliding_window_pattern" in cfg:
+        cfg["sliding_window_pattern"] = cfg.pop("_sliding_window_pattern")
+    return cfg
+
+
+def build(name: str, spec: dict, directory: Path, seed: int) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+
+    # tokenizer
+    tok = spec["tokenizer"]()
+    fast = save_tokenizer(tok, directory, spec["special"])
+    n_tok = len(fast)
+    ids = {k: tok.token_to_id(v) for k, v in spec["ids"].items()}
+
+    # model
+    kw = dict(spec["config"])
+    assert kw["vocab_size"] >= n_tok, (name, kw["vocab_size"], n_tok)
+    extra = {}
+    if spec["model_type"] == "gemma3_text":
+        extra["sliding_window_pattern"] = 2
+    config = AutoConfig.for_model(spec["model_type"], **kw, **ids, **extra)
+    if spec["model_type"] == "gemma3_text":
+        assert config.layer_types == kw["layer_types"], config.layer_types
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager", dtype=torch.float32
+    )
+    model.eval()
+    randomise(model, gemma=spec["model_type"].startswith("gemma"), seed=seed)
+    try:
+        model.save_pretrained(str(directory), safe_serialization=True)
+    except TypeError:  # transformers versions that dropped the argument (safetensors only)
+        model.save_pretrained(str(directory))
+    assert (directory / "model.safetensors").exists()
+
+    cfg = json.loads((directory / "config.json").read_text())
+    if "rope_parameters" in cfg:  # 5.x spelling written: add the 4.x one
+        (directory / "config.transformers4.json").write_text(
+            json.dumps(to_transformers4(cfg), indent=2) + "\n"
+        )
+
+    # references
+    enc = [fast(t)["input_ids"] for t in REF_TEXTS]
+    assert all(len(e) >= T for e in enc), [len(e) for e in enc]
+    input_ids = torch.tensor([e[:T] for e in enc], dtype=torch.long)
+    specials_ids = {ids["pad_token_id"]}
+    assert not any(i in specials_ids for i in input_ids.flatten().tolist()), (
+        "padding inside input_ids"
+    )
+    with torch.no_grad():
+        logits = model(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids)
+        ).logits.float()
+    prompt = input_ids[:1, :P]
+    with torch.no_grad():
+        gen = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            use_cache=True,
+            max_new_tokens=N,
+            pad_token_id=ids["pad_token_id"],
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    out = gen.sequences
+    new = out[:, P:]
+    greedy_logits = torch.stack(gen.logits, dim=1).float()  # [1, N, V], raw, from the cached decode
+    assert new.shape == (1, N), f"{name}: generation stopped early at {new.shape} (eos?)"
+    np.savez(
+        directory / "reference.npz",
+        input_ids=input_ids.numpy().astype(np.int64),
+        logits=logits.numpy().astype(np.float32),
+        greedy_prompt=prompt.numpy().astype(np.int64),
+        greedy_tokens=new.numpy().astype(np.int64),
+        greedy_logits=greedy_logits.numpy().astype(np.float32),
+        transformers_version=np.array(transformers.__version__),
+    )
+    self_check(name, directory)
+
+
+def self_check(name: str, directory: Path) -> None:
+    """Reload the directory with transformers alone and compare with the saved references."""
+    ref = np.load(directory / "reference.npz")
+    tok = AutoTokenizer.from_pretrained(str(directory))
+    enc = [tok(t)["input_ids"][:T] for t in REF_TEXTS]
+    assert np.array_equal(np.array(enc), ref["input_ids"]), f"{name}: tokenizer reload differs"
+    model = AutoModelForCausalLM.from_pretrained(
+        str(directory), attn_implementation="eager", dtype=torch.float32
+    )
+    model.eval()
+    ids = torch.from_numpy(ref["input_ids"])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().numpy()
+    assert np.array_equal(logits, ref["logits"]), (
+        f"{name}: reloaded logits differ (max |d| {np.abs(logits - ref['logits']).max()})"
+    )
+    prompt = torch.from_numpy(ref["greedy_prompt"])
+    with torch.no_grad():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            use_cache=True,
+            max_new_tokens=N,
+            pad_token_id=model.config.pad_token_id,
+        )
+    assert np.array_equal(out[:, prompt.shape[1] :].numpy(), ref["greedy_tokens"]), (
+        f"{name}: greedy differs"
+    )
+    # greedy continuation = argmax of a no-cache forward, token by token (the cache path agrees)
+    seq, steps = prompt, []
+    with torch.no_grad():
+        for _ in range(N):
+            last = model(input_ids=seq).logits[:, -1].float()
+            steps.append(last)
+            seq = torch.cat([seq, last.argmax(-1, keepdim=True)], dim=1)
+    assert np.array_equal(seq[:, prompt.shape[1] :].numpy(), ref["greedy_tokens"]), (
+        f"{name}: no-cache greedy differs"
+    )
+    nocache = torch.stack(steps, dim=1).numpy()
+    assert np.allclose(nocache, ref["greedy_logits"], atol=1e-4, rtol=1e-4), (
+        f"{name}: cached decode logits "
+        f"differ from no-cache ones (max |d| {np.abs(nocache - ref['greedy_logits']).max()})"
+    )
+    top2 = np.sort(ref["greedy_logits"], axis=-1)[..., -2:]
+    margin = float((top2[..., 1] - top2[..., 0]).min())
+
+    # the 4.x-spelled config describes the same model (as the installed transformers reads it)
+    alt = directory / "config.transformers4.json"
+    if alt.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in directory.iterdir():
+                if f.name != "config.json":
+                    os.symlink(f, Path(tmp) / f.name)
+            shutil.copy(alt, Path(tmp) / "config.json")
+            m4 = AutoModelForCausalLM.from_pretrained(
+                tmp, attn_implementation="eager", dtype=torch.float32
+            )
+            m4.eval()
+            with torch.no_grad():
+                l4 = m4(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().numpy()
+            assert np.array_equal(l4, ref["logits"]), (
+                f"{name}: 4.x config gives other logits "
+                f"(max |d| {np.abs(l4 - ref['logits']).max()})"
+            )
+    logit_std = float(ref["logits"].std())
+    print(
+        f"  {name}: ok  tokenizer {len(tok)}  vocab {ref['logits'].shape[-1]}  "
+        f"logits std {logit_std:.2f}  "
+        f"greedy {ref['greedy_tokens'].tolist()[0]}  min top-2 margin {margin:.3f}"
+    )
+
+
+README = """\
+# Hugging Face fixtures (made by transformers, read without it)
+
+Tiny random-weight checkpoints and transformers' own outputs for them, written by
+`scripts/make_hf_fixtures.py` (this README too). The tests read these files with NumPy and
+safetensors only; neither torch nor transformers is needed to run them, and CI never runs the
+script.
+
+Made with: transformers {transformers}, torch {torch}, tokenizers {tokenizers},
+safetensors {safetensors}, numpy {numpy}, Python {python}.
+
+## Regenerate (by hand, in a dev venv outside the repository)
+
+```bash
+PYENV_VERSION=3.11.7 python -m venv /work/devvenv
+/work/devvenv/bin/pip install torch==2.13.0        # the CPU wheel; no other version
+/work/devvenv/bin/pip install transformers safetensors tokenizers numpy
+/work/devvenv/bin/pip list | grep -i torch          # still 2.13.0+cpu
+/work/devvenv/bin/python scripts/make_hf_fixtures.py            # all fixtures
+/work/devvenv/bin/python scripts/make_hf_fixtures.py qwen3      # or some of them
+```
+
+Nothing is downloaded: models come from configs (`AutoModelForCausalLM.from_config`),
+tokenizers are trained by the script on a small embedded text. The output is deterministic
+(fixed seeds). The script ends with a self-check per directory: the tokenizer reloads with
+`AutoTokenizer` and gives the same ids; the model reloads with `from_pretrained` and gives
+bit-identical logits and the same greedy tokens (also token by token without the cache, whose
+logits match `greedy_logits` within 1e-4); `config.transformers4.json` in place of
+`config.json` gives bit-identical logits (as the installed transformers reads it); the total
+stays under 2 MB.
+
+## Files per fixture directory
+
+| file | what |
+| --- | --- |
+| `config.json`, `generation_config.json`, `model.safetensors` | `model.save_pretrained`, float32, as the installed transformers writes them ({gen} spelling: {spelling}) |
+| `config.transformers4.json` | (written when the installed transformers writes the 5.x spelling) the same config in the transformers 4.x spelling (`rope_theta` + `rope_scaling`, gemma3: + `rope_local_base_freq`, `sliding_window_pattern`; `torch_dtype`), translated by the script |
+| `tokenizer.json`, `tokenizer_config.json` | `PreTrainedTokenizerFast.save_pretrained` (bos / eos / pad tokens; `tokenizer_class` PreTrainedTokenizerFast) |
+| `reference.npz` | `input_ids` [2, {T}] int64 (two fixed texts, truncated to {T}, no padding), `logits` [2, {T}, V] float32 (full forward, eager attention, float32), `greedy_prompt` [1, {P}] (the first {P} ids of text 0), `greedy_tokens` [1, {N}] (`generate(do_sample=False, use_cache=True)`), `greedy_logits` [1, {N}, V] float32 (the raw logits of each cached decode step), `transformers_version` |
+
+All norm weights are random and non-unit (gemma's `(1 + w)` norms: `w ~ 0.1·N(0, 1)`, the
+others `1 + 0.1·N(0, 1)`), all biases `0.1·N(0, 1)`, so a swapped norm or a dropped bias changes
+the logits. V (the model's vocab_size) is a little larger than the tokenizer's vocabulary, as in
+Qwen and Gemma; greedy decoding may pick an id past the tokenizer's. Tied models tend to repeat
+one token greedily (random weights); `greedy_logits` checks the decode numerically all the same.
+
+Semantics worth knowing when reading them (as the installed transformers implements them):
+gemma3's sliding window lets query q see keys kv with `q - sliding_window < kv <= q` (8 keys,
+itself included); its embeddings are multiplied by `sqrt(hidden_size)` cast to the weights'
+dtype, and attention scores by `query_pre_attn_scalar ** -0.5`; smollm3's `no_rope_layers[i]`
+is 1 where layer i uses rotary embeddings and 0 where it does not.
+
+## Fixtures
+
+| directory | model_type | layers | tied | exercises |
+| --- | --- | --- | --- | --- |
+{rows}
+"""
+
+
+def write_readme(specs: dict[str, dict]) -> None:
+    import platform
+
+    import safetensors
+    import tokenizers
+
+    rows = []
+    for name, spec in specs.items():
+        if not (OUT / name).is_dir():
+            continue
+        c = spec["config"]
+        rows.append(
+            f"| `{name}/` | {spec['model_type']} | {c['num_hidden_layers']} | "
+            f"{'yes' if c['tie_word_embeddings'] else 'no'} | {spec['covers']} |"
+        )
+    five = int(transformers.__version__.split(".")[0]) >= 5
+    (OUT / "README.md").write_text(
+        README.format(
+            transformers=transformers.__version__,
+            torch=torch.__version__,
+            tokenizers=tokenizers.__version__,
+            safetensors=safetensors.__version__,
+            numpy=np.__version__,
+            python=platform.python_version(),
+            gen="5.x" if five else "4.x",
+            spelling="`rope_parameters`" if five else "`rope_theta` + `rope_scaling`",
+            T=T,
+            P=P,
+            N=N,
+            rows="\n".join(rows),
+        )
+    )
+
+
+def main(argv: list[str]) -> None:
+    torch.use_deterministic_algorithms(True)
+    specs = fixture_specs()
+    names = argv or list(specs)
+    print(f"transformers {transformers.__version__}, torch {torch.__version__} → {OUT}")
+    for i, name in enumerate(specs):
+        if name in names:
+            build(name, specs[name], OUT / name, seed=1000 + i)
+    write_readme(specs)
+    for f in OUT.rglob("*"):
+        if f.is_file():
+            f.chmod(0o644)  # safetensors writes 0600
+    total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+    print(f"total {total / 1e6:.2f} MB under {OUT}")
+    assert total < 2_000_000, "fixtures over 2 MB: shrink vocab or widths"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
