@@ -77,6 +77,12 @@ CASES = [
     (["import", "{hf}", "workdir={run}"], "holds a `compactlm train` run; `import` writes only"),
     (["import", "{bad_json_hf}", "workdir={tmp}/i"], "config.json is not valid JSON"),
     (["import", "{run}", "workdir={tmp}/i"], "model_type=None is not supported; valid: 'llama'"),
+    (["import", "{yarn_hf}", "workdir={tmp}/i"], "rope_scaling.rope_type='yarn' is not supported"),
+    (
+        ["import", "{sliding_qwen2_hf}", "workdir={tmp}/i"],
+        "use_sliding_window=True is not supported; valid: False",
+    ),
+    (["import", "{moe_hf}", "workdir={tmp}/i"], "num_experts=8 is not supported"),
     # --- sweep / report / pick / finetune / distill / quantize / prune / merge ---------------
     (["sweep", "nosuchsweep"], "unknown sweep 'nosuchsweep'; available:"),
     (["report", "nosuchsweep"], "unknown sweep 'nosuchsweep'; available:"),
@@ -256,6 +262,21 @@ def places(tmp_path_factory):
         shutil.copy(run / name, root / "no_checkpoint" / name)
     shutil.copytree(hf, root / "bad_json_hf")
     (root / "bad_json_hf" / "config.json").write_text("{")
+    # HF directories whose config.json asks for what no family computes (issue 18).
+    hf_cfg = json.loads((hf / "config.json").read_text())
+    hf_edits = {
+        "yarn_hf": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+        "sliding_qwen2_hf": {
+            "model_type": "qwen2",
+            "architectures": ["Qwen2ForCausalLM"],
+            "use_sliding_window": True,
+            "sliding_window": 64,
+        },
+        "moe_hf": {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "num_experts": 8},
+    }
+    for name, changes in hf_edits.items():
+        shutil.copytree(hf, root / name)
+        (root / name / "config.json").write_text(json.dumps({**hf_cfg, **changes}))
     # Run directories whose config.json was edited by hand (the config is read before anything
     # else, so nothing but config.json is needed).
     saved = json.loads((run / "config.json").read_text())
@@ -285,6 +306,7 @@ def places(tmp_path_factory):
         "nonempty_dir": root / "nonempty_dir",
         "no_checkpoint": root / "no_checkpoint",
         "bad_json_hf": root / "bad_json_hf",
+        **{name: root / name for name in hf_edits},
         **{name: root / name for name in [*texts, "bad_report"]},
     }
     yield root, {k: str(v) for k, v in names.items()}

@@ -188,7 +188,7 @@ def _embed(model, tokens_BT):
     positions_BT = jnp.broadcast_to(
         jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape
     )
-    sin, cos = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta)
+    sin, cos = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta, cfg)
     return x_BTD, sin, cos
 
 

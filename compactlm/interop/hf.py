@@ -1,4 +1,5 @@
-"""Hugging Face Llama checkpoints in and out: config.json + *.safetensors + tokenizer.json.
+"""Hugging Face checkpoints in and out (Llama, Qwen2, Qwen3: interop/hf_config.py's Family
+table): config.json + *.safetensors + tokenizer.json.
 
 Only JSON and safetensors are read or written: loading never executes code from a checkpoint
 (no pickle, no `trust_remote_code`). Names and orientation are transformers' `LlamaForCausalLM`:
@@ -10,6 +11,9 @@ transpose, except for the two fused projections, which split into HF's separate 
   `j < G`, key (`j = G`) and value (`j = G + 1`) of kv head k. Taking `j < G` in (k, j) order
   gives query columns in head order n, exactly `q_proj.weight.T`'s columns.
 - `mlp.gate_up_proj.kernel [D, 2F]`: gate = columns `[0, F)`, up = `[F, 2F)`.
+- Qwen2's `attn.qkv_bias [K·(G+2)·H]` has the kernel's column layout: `q_proj.bias`,
+  `k_proj.bias`, `v_proj.bias` are its q / k / v views. Qwen3's `attn.q_norm.scale` /
+  `attn.k_norm.scale [H]` are `self_attn.q_norm.weight` / `k_norm.weight`.
 
 Tokenizers: a BPE run's tokenizer.json is its own (our specials appended at their ids); a byte
 run gets a `tokenizers` BPE model whose vocabulary is the 256 GPT-2 byte characters at ids equal
@@ -38,7 +42,9 @@ from compactlm.interop import safetensors_io
 from compactlm.interop.hf_config import (
     HF_CONFIG,
     InteropError,
+    config_from_hf,
     config_from_llama,
+    hf_config,
     llama_config,
 )
 from compactlm.interop.hf_tensors import _flatten, from_hf_tensors, split_qkv, to_hf_tensors
@@ -130,8 +136,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[st
     out = Path(out_dir)
     tmp = _fresh_dir(out)
     try:
-        hf_config = llama_config(cfg, tokenizer)
-        _write_json(tmp / HF_CONFIG, hf_config)
+        _write_json(tmp / HF_CONFIG, hf_config(cfg, tokenizer))
         size = sum(w.nbytes for w in tensors.values())
         with stage(f"export: writing {HF_WEIGHTS} ({size / 2**20:,.1f} MiB)", enabled=many):
             save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
@@ -182,7 +187,7 @@ def import_hf(
         raise InteropError(f"{src / HF_CONFIG} is not valid JSON ({e})") from e
     if not isinstance(hf, dict):
         raise InteropError(f"{src / HF_CONFIG} is not a JSON object")
-    cfg = config_from_llama(hf, overrides)
+    cfg = config_from_hf(hf, overrides)
     tokenizer = tokenizer_from_hf(src, hf, cfg)
     from compactlm.data import load_corpus
 
@@ -220,10 +225,12 @@ def import_hf(
 
 __all__: list[str] = [
     "InteropError",
+    "config_from_hf",
     "config_from_llama",
     "export_hf",
     "from_hf_tensors",
     "hf_tokenizer_json",
+    "hf_config",
     "import_hf",
     "llama_config",
     "load_run_params",

@@ -1,4 +1,4 @@
-"""Hugging Face config.json <-> compactlm Config: the Llama mapping, and what is refused.
+"""Hugging Face config.json <-> compactlm Config: one Family per architecture, and what is refused.
 
 The bottom of interop/ (InteropError lives here). transformers writes two generations of
 config.json; a field that changes the computation compactlm does not do is refused in one line.
@@ -24,9 +24,9 @@ class InteropError(ValueError):
 class Family:
     """What a model family is, as data: its config.json names, the ModelConfig fields they map
     to, and the values it fixes. Export writes them from this table; import refuses another
-    family or another fixed value from it (`config_from_llama` reads Llama's keys with
-    transformers' defaults for the optional ones). Adding a family is adding one of these (and
-    a ModelConfig field where its math is new), not a branch elsewhere."""
+    family or another fixed value from it (`config_from_hf` reads the keys with transformers'
+    defaults for the optional ones). Adding a family is adding one of these (and a ModelConfig
+    field where its math is new, read in one place of the decoder), not a branch elsewhere."""
 
     model_type: str  # config.json "model_type"
     architecture: str  # config.json "architectures" (transformers' class for causal LM)
@@ -35,39 +35,102 @@ class Family:
     # config.json key -> the one value compactlm computes for this family; any other value is
     # refused on import, and export writes exactly these.
     fixed: tuple[tuple[str, Any], ...]
+    # ModelConfig field -> the value this family's architecture implies (its difference from
+    # Llama); import sets them, export picks the family whose values the model has.
+    model: tuple[tuple[str, Any], ...] = ()
+    # The config has Qwen's `use_sliding_window` switch: when it is false, `sliding_window` and
+    # `max_window_layers` are inert (transformers ignores them) and accepted.
+    sliding_switch: bool = False
 
 
+_FIELDS = (
+    ("vocab_size", "vocab_size"),
+    ("hidden_size", "d_model"),
+    ("intermediate_size", "d_ff"),
+    ("num_hidden_layers", "n_layers"),
+    ("num_attention_heads", "n_heads"),
+    ("num_key_value_heads", "n_kv_heads"),
+    ("max_position_embeddings", "max_seq_len"),
+    ("rms_norm_eps", "norm_eps"),
+    ("rope_theta", "rope_theta"),
+    ("tie_word_embeddings", "tie_embeddings"),
+    ("initializer_range", "init_std"),
+)
 LLAMA = Family(
     model_type="llama",
     architecture="LlamaForCausalLM",
-    fields=(
-        ("vocab_size", "vocab_size"),
-        ("hidden_size", "d_model"),
-        ("intermediate_size", "d_ff"),
-        ("num_hidden_layers", "n_layers"),
-        ("num_attention_heads", "n_heads"),
-        ("num_key_value_heads", "n_kv_heads"),
-        ("max_position_embeddings", "max_seq_len"),
-        ("rms_norm_eps", "norm_eps"),
-        ("rope_theta", "rope_theta"),
-        ("tie_word_embeddings", "tie_embeddings"),
-        ("initializer_range", "init_std"),
-    ),
+    fields=_FIELDS,
     fixed=(("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)),
+    model=(("qkv_bias", False), ("qk_norm", False)),
 )
-FAMILIES = {f.model_type: f for f in (LLAMA,)}
+# Qwen2 / Qwen2.5: Llama with biases on q, k, v (always; its config has no switch).
+QWEN2 = Family(
+    model_type="qwen2",
+    architecture="Qwen2ForCausalLM",
+    fields=_FIELDS,
+    fixed=(("hidden_act", "silu"), ("use_sliding_window", False)),
+    model=(("qkv_bias", True), ("qk_norm", False)),
+    sliding_switch=True,
+)
+# Qwen3 (dense): Llama with a per-head RMSNorm on q and k before RoPE; head_dim is its own key.
+QWEN3 = Family(
+    model_type="qwen3",
+    architecture="Qwen3ForCausalLM",
+    fields=_FIELDS,
+    fixed=(("hidden_act", "silu"), ("attention_bias", False), ("use_sliding_window", False)),
+    model=(("qkv_bias", False), ("qk_norm", True)),
+    sliding_switch=True,
+)
+FAMILIES = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3)}
+
+# config.json rope_type -> ModelConfig.rope_scaling, and the keys each reads (ModelConfig field,
+# config key, transformers' default or None = required).
+_ROPE_KINDS = {"default": "none", "linear": "linear", "llama3": "llama3"}
+_ROPE_KEYS = {
+    "linear": (("rope_factor", "factor", None),),
+    "llama3": (
+        ("rope_factor", "factor", None),
+        ("rope_low_freq_factor", "low_freq_factor", None),
+        ("rope_high_freq_factor", "high_freq_factor", None),
+        ("rope_original_max_len", "original_max_position_embeddings", None),
+    ),
+}
 
 
-def llama_config(cfg: Config, tokenizer: Any, family: Family = LLAMA) -> dict[str, Any]:
-    """transformers' config.json fields of `family` for `cfg.model`, plus the compactlm config."""
+def family_of(model: Any) -> Family:
+    """The family whose architecture `model` (a ModelConfig) is; one line if none is."""
+    for family in FAMILIES.values():
+        if all(getattr(model, name) == value for name, value in family.model):
+            return family
+    have = ", ".join(f"{n}={getattr(model, n)}" for n, _ in LLAMA.model)
+    raise InteropError(
+        f"no Hugging Face family has {have}; valid: "
+        + "; ".join(
+            f"{f.model_type} ({', '.join(f'{n}={v}' for n, v in f.model)})"
+            for f in FAMILIES.values()
+        )
+    )
+
+
+def _rope_json(m: Any) -> dict[str, Any] | None:
+    """config.json's rope_scaling for `m` (None: plain RoPE)."""
+    if m.rope_scaling == "none":
+        return None
+    kind = {v: k for k, v in _ROPE_KINDS.items()}[m.rope_scaling]
+    return {"rope_type": kind, **{key: getattr(m, name) for name, key, _ in _ROPE_KEYS[kind]}}
+
+
+def hf_config(cfg: Config, tokenizer: Any, family: Family | None = None) -> dict[str, Any]:
+    """transformers' config.json fields of `cfg.model`'s family, plus the compactlm config."""
     m = cfg.model
-    return {
+    family = family or family_of(m)
+    out = {
         "architectures": [family.architecture],
         "model_type": family.model_type,
         **{key: getattr(m, name) for key, name in family.fields},
         "head_dim": m.resolved_head_dim,
         **dict(family.fixed),
-        "rope_scaling": None,
+        "rope_scaling": _rope_json(m),
         "attention_dropout": 0.0,
         "pretraining_tp": 1,
         "bos_token_id": tokenizer.bos_id,
@@ -77,11 +140,17 @@ def llama_config(cfg: Config, tokenizer: Any, family: Family = LLAMA) -> dict[st
         "use_cache": True,
         "compactlm": {"tokenizer": tokenizer.kind, "config": to_dict(cfg)},
     }
+    if family.sliding_switch:
+        out |= {"sliding_window": None, "max_window_layers": m.n_layers}
+    return out
+
+
+llama_config = hf_config  # the name before the family table
 
 
 def _require(hf: Mapping[str, Any], key: str) -> Any:
     if key not in hf:
-        raise InteropError(f"config.json has no {key!r} (a Llama config needs it)")
+        raise InteropError(f"config.json has no {key!r} (a {hf.get('model_type')} config needs it)")
     return hf[key]
 
 
@@ -104,26 +173,61 @@ def _check_supported(hf: Mapping[str, Any]) -> None:
             if key.endswith("_bias"):
                 raise InteropError(
                     f"config.json {key}={json.dumps(hf[key])} is not supported (compactlm has no "
-                    "biases)"
+                    f"{key.removesuffix('_bias')} biases in a {family.model_type} model)"
                 )
             raise InteropError(f"config.json {key}={hf[key]!r} is not supported; valid: {value!r}")
-    for key in ("rope_scaling", "rope_parameters"):
-        rope = hf.get(key)
-        kind = (rope or {}).get("rope_type", (rope or {}).get("type", "default"))
-        if kind != "default":
+    for key in ("num_experts", "num_local_experts", "n_routed_experts"):
+        if hf.get(key):
             raise InteropError(
-                f"config.json {key}.rope_type={kind!r} is not supported; valid: 'default' "
-                "(plain RoPE) or no rope_scaling"
+                f"config.json {key}={hf[key]!r} is not supported (mixture of experts; compactlm's "
+                "decoder is dense)"
             )
+    _rope_fields(hf)
+    inert = ("sliding_window", "max_window_layers") if family.sliding_switch else ()
     for key in ("sliding_window", "layer_types", "no_rope_layers"):
-        if hf.get(key) not in (None, False):
-            raise InteropError(f"config.json {key}={hf[key]!r} is not supported (full attention)")
+        value = hf.get(key)
+        if key in inert or value in (None, False):
+            continue
+        if key == "layer_types" and set(value) <= {"full_attention"}:
+            continue
+        raise InteropError(f"config.json {key}={value!r} is not supported (full attention)")
     # pretraining_tp > 1 only changes how torch slices the same matmuls: accepted as is.
 
 
-def config_from_llama(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """A compactlm Config for a Llama config.json (the compactlm block first, if present)."""
+def _rope_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """ModelConfig rope_* fields from `rope_scaling` (transformers 4.x) or `rope_parameters`
+    (5.x); refuses the scalings compactlm does not compute (yarn, longrope, dynamic, ...)."""
+    out: dict[str, Any] = {}
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = hf.get(key) or {}
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind not in _ROPE_KINDS:
+            raise InteropError(
+                f"config.json {key}.rope_type={kind!r} is not supported; valid: "
+                + ", ".join(map(repr, _ROPE_KINDS))
+                + " or no rope_scaling"
+            )
+        if kind == "default":
+            continue  # plain RoPE (5.x's rope_parameters also carries rope_theta)
+        fields = {"rope_scaling": _ROPE_KINDS[kind]}
+        for name, sub, default in _ROPE_KEYS.get(kind, ()):
+            if sub not in rope and default is None:
+                raise InteropError(f"config.json {key}.rope_type={kind!r} needs {key}.{sub}")
+            value = rope.get(sub, default)
+            fields[name] = int(value) if name == "rope_original_max_len" else float(value)
+        if out and out != fields:
+            raise InteropError(
+                "config.json rope_scaling and rope_parameters disagree; valid: one scaling"
+            )
+        out = fields
+    return out
+
+
+def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """A compactlm Config for a config.json of any family in FAMILIES (the compactlm block
+    first, if present)."""
     _check_supported(hf)
+    family = FAMILIES[hf["model_type"]]
     n_heads = _require(hf, "num_attention_heads")
     d_model = _require(hf, "hidden_size")
     rope = hf.get("rope_parameters") or {}
@@ -139,6 +243,9 @@ def config_from_llama(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> C
         "rope_theta": float(hf.get("rope_theta", rope.get("rope_theta", 10_000.0))),
         "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        **dict(family.model),
+        "rope_scaling": "none",
+        **_rope_fields(hf),
     }
     if model["vocab_size"] % 64:
         raise InteropError(
@@ -168,3 +275,6 @@ def config_from_llama(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> C
     except (TypeError, ValueError) as e:
         raise InteropError(f"config.json describes a model compactlm cannot build: {e}") from e
     return apply_overrides(cfg, overrides)
+
+
+config_from_llama = config_from_hf  # the name before the family table

@@ -72,6 +72,14 @@ _QKV_HF = {
     "v": "self_attn.v_proj.weight",
 }
 _GATE_UP_HF = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight"}
+# Qwen2: q/k/v biases, one vector in the fused qkv column layout (split / joined as the kernel).
+_QKV_BIAS = ("attn", "qkv_bias")
+_QKV_BIAS_HF = {p: f"self_attn.{p}_proj.bias" for p in ("q", "k", "v")}
+# Qwen3: per-head q / k RMSNorm scales [H].
+_QK_NORMS = {
+    ("attn", "q_norm", "scale"): "self_attn.q_norm.weight",
+    ("attn", "k_norm", "scale"): "self_attn.k_norm.weight",
+}
 
 
 def _layer_arrays(params: Mapping, cfg) -> list[tuple[int, tuple, Any]]:
@@ -88,7 +96,7 @@ def _layer_arrays(params: Mapping, cfg) -> list[tuple[int, tuple, Any]]:
 def _unknown(path: tuple) -> InteropError:
     name = "/".join(map(str, path))
     return InteropError(
-        f"parameter {name} has no Hugging Face Llama counterpart (merge adapters / dequantize "
+        f"parameter {name} has no Hugging Face counterpart (merge adapters / dequantize "
         "before exporting)"
     )
 
@@ -119,6 +127,11 @@ def to_hf_tensors(params: Mapping, cfg) -> dict[str, np.ndarray]:
         elif path == _GATE_UP:
             for part, mat in split_gate_up(w).items():
                 out[pre + _GATE_UP_HF[part]] = mat.T
+        elif path == _QKV_BIAS:
+            for part, vec in split_qkv(w, N, K, H).items():
+                out[pre + _QKV_BIAS_HF[part]] = vec
+        elif path in _QK_NORMS:
+            out[pre + _QK_NORMS[path]] = w
         else:
             raise _unknown(("layers", i, *path))
     return {name: np.ascontiguousarray(w) for name, w in out.items()}
@@ -162,6 +175,11 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
             gate = get(pre + _GATE_UP_HF["gate"], (F, D))
             up = get(pre + _GATE_UP_HF["up"], (F, D))
             return np.concatenate([gate.T, up.T], axis=1)
+        if path == _QKV_BIAS:
+            rows = {"q": N * H, "k": K * H, "v": K * H}
+            return join_qkv({p: get(pre + _QKV_BIAS_HF[p], (rows[p],)) for p in rows}, N, K, H)
+        if path in _QK_NORMS:
+            return get(pre + _QK_NORMS[path], (H,))
         raise InteropError(f"compactlm parameter layers/{'/'.join(path)} has no HF source")
 
     flat_out: dict[tuple, np.ndarray] = {}
@@ -192,6 +210,9 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
         if name.endswith("rotary_emb.inv_freq"):
             continue  # a derived buffer some old checkpoints carry; recomputed from rope_theta
         if name.endswith(".bias"):
-            raise InteropError(f"tensor {name} is a bias; compactlm's Llama has no biases")
-        raise InteropError(f"tensor {name} is not part of a Llama model as config.json describes")
+            raise InteropError(
+                f"tensor {name} is a bias; this model has none there as config.json describes"
+                " (q/k/v biases: a qwen2 config)"
+            )
+        raise InteropError(f"tensor {name} is not part of the model config.json describes")
     return _unflatten(flat_out)

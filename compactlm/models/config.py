@@ -38,6 +38,10 @@ LINEAR_NAMES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "lm_h
 ALL_LINEAR: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
 DType = Literal["float32", "bfloat16"]
+# RoPE frequency scaling (models/layers.py::rope_inv_freq): none = plain RoPE; linear = positions
+# / factor (Chen et al. 2023, position interpolation); llama3 = Meta's Llama 3.1 piecewise rule
+# (transformers' `_compute_llama3_parameters`).
+RopeScaling = Literal["none", "linear", "llama3"]
 
 
 class Frozen(nnx.Variable):
@@ -59,6 +63,12 @@ class EmbeddingParam(nnx.Param):
     """A lookup table (the token embedding [V, D], also the tied head): decayed only with
     optim.decay_embeddings (a step moves the rows of the tokens seen; decay shrinks every row),
     AdamW's under Muon."""
+
+
+class BiasParam(nnx.Param):
+    """An additive per-output bias (Qwen2's q/k/v biases, init 0; [L, out] under scanned
+    layers): never decayed (decay pulls it towards 0, a choice of function, not a regulariser of
+    a map), AdamW's under Muon. Trains like any nnx.Param; frozen under adapters."""
 
 
 class ScaleParam(nnx.Param):
@@ -185,6 +195,22 @@ class ModelConfig:
     max_seq_len: int = 256
     # RoPE base wavelength (Su et al. 2021; Llama 1/2 use 10_000).
     rope_theta: float = 10_000.0
+    # RoPE frequency scaling for long contexts (see RopeScaling); none = today's plain RoPE.
+    rope_scaling: RopeScaling = "none"
+    # linear / llama3: the scale factor (llama3: low frequencies are divided by it). 8 = Llama 3.1.
+    rope_factor: float = 1.0
+    # llama3: wavelengths longer than original_max_len / low_freq_factor are fully scaled. 1 = 3.1.
+    rope_low_freq_factor: float = 1.0
+    # llama3: wavelengths shorter than original_max_len / high_freq_factor are kept. 4 = 3.1.
+    rope_high_freq_factor: float = 4.0
+    # llama3: the context length the model was pre-trained at (8192 for Llama 3.1).
+    rope_original_max_len: int = 8192
+    # Learned biases on the q, k, v projections (Qwen2 / Qwen2.5), in the fused qkv column layout
+    # (models/layers.py::Attention); o keeps none. False: Llama (no biases).
+    qkv_bias: bool = False
+    # Per-head RMSNorm (learned [head_dim] scales, eps = norm_eps) on q and k after the
+    # projection and before RoPE (Qwen3). False: Llama.
+    qk_norm: bool = False
     # RMSNorm epsilon added to mean(x²). 1e-5 as Llama 2; harmless in f32 statistics.
     norm_eps: float = 1e-5
     # Logits reuse the embedding matrix (saves V·D params; at tiny shapes that's 5% of the model).
@@ -265,6 +291,16 @@ class ModelConfig:
             )
         if self.resolved_head_dim % 2:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even (RoPE pairs)")
+        if self.rope_scaling != "none" and self.rope_factor <= 0:
+            raise ValueError(f"model.rope_factor must be > 0, got {self.rope_factor}")
+        if self.rope_scaling == "llama3" and not (
+            0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+            and self.rope_original_max_len >= 1
+        ):
+            raise ValueError(
+                "model.rope_scaling=llama3 needs 0 < rope_low_freq_factor < rope_high_freq_factor "
+                "and rope_original_max_len >= 1"
+            )
         if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("init_std, norm_eps and rope_theta must be > 0")
         if self.quant_group_size != 0 and self.quant_group_size not in QUANT_GROUP_SIZES:

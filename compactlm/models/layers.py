@@ -11,7 +11,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from compactlm.models.attention import blocked_causal_attention
-from compactlm.models.config import ScaleParam
+from compactlm.models.config import BiasParam, ScaleParam
 from compactlm.models.dense import param_init  # noqa: F401  (re-exported for callers)
 from compactlm.models.linear import halves, make_linear, qkv_layout, single
 
@@ -35,16 +35,42 @@ class RMSNorm(nnx.Module):
         return (x32 * inv_rms * self.scale[...].astype(jnp.float32)).astype(self.compute_dtype)
 
 
+def rope_inv_freq(head_dim: int, theta: float, cfg: ModelConfig | None = None) -> jax.Array:
+    """[H/2] f32 angular frequencies theta^(-2j/H), then `cfg.rope_scaling`'s rule: THE place
+    RoPE frequencies are computed (models/config.py RopeScaling; cfg None = plain RoPE).
+
+    linear: every frequency / factor (= positions / factor). llama3 (transformers'
+    `_compute_llama3_parameters`): wavelength 2π/f above original_max_len / low_freq_factor →
+    f / factor; below original_max_len / high_freq_factor → f; in between, a linear blend with
+    smooth = (original_max_len / wavelength − low) / (high − low).
+    """
+    inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    kind = "none" if cfg is None else cfg.rope_scaling
+    if kind == "linear":
+        inv_freq = inv_freq / cfg.rope_factor
+    elif kind == "llama3":
+        factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        original = cfg.rope_original_max_len
+        wavelen = 2 * jnp.pi / inv_freq
+        scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < original / high) & ~(wavelen > original / low)
+        inv_freq = jnp.where(medium, smoothed, scaled)
+    return inv_freq
+
+
 def rope_sin_cos(
-    positions_BT: Int[Array, "B T"], head_dim: int, theta: float
+    positions_BT: Int[Array, "B T"], head_dim: int, theta: float, cfg: ModelConfig | None = None
 ) -> tuple[Float[Array, "B T H2"], Float[Array, "B T H2"]]:
-    """sin/cos of position * theta^(-2j/H), j < H/2, in f32 — computed once per forward pass.
+    """sin/cos of position * inv_freq (rope_inv_freq; cfg gives its scaling), in f32 — computed
+    once per forward pass.
 
     Computed from the positions rather than a stored [max_seq_len, H/2] table: it costs B*T*H
     transcendentals per forward (nothing next to the matmuls), keeps no non-parameter state in the
     model's checkpoint, and works for any position (decode, packed sequences).
     """
-    inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    inv_freq = rope_inv_freq(head_dim, theta, cfg)
     angle = positions_BT.astype(jnp.float32)[..., None] * inv_freq
     return jnp.sin(angle), jnp.cos(angle)
 
@@ -114,6 +140,19 @@ class Attention(nnx.Module):
             init_std=cfg.residual_init_std,
             path=path,
         )
+        # Qwen2: biases of q, k, v in the fused column layout (k, j, h) of qkv_proj's kernel, so
+        # qkv_layout's views split them exactly like the kernel's columns. Outside the linear:
+        # quantize / prune replace linears' kernels only, and adapters never train it.
+        self.qkv_bias = (
+            BiasParam(jnp.zeros((K * (N // K + 2) * H,), jnp.dtype(cfg.param_dtype)))
+            if cfg.qkv_bias
+            else None
+        )
+        # Qwen3: RMSNorm over each head's H features of q and k, before RoPE.
+        pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
+        norm = dict(eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
+        self.q_norm = RMSNorm(H, **norm) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(H, **norm) if cfg.qk_norm else None
 
     def __call__(
         self,
@@ -132,9 +171,15 @@ class Attention(nnx.Module):
         rng: key for the projections' stochastic adapters (dropout); None = deterministic."""
         B, T, _ = x_BTD.shape
         N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv_proj.layout.split(self.qkv_proj(x_BTD, rng=_fold(rng, 0)))
-        q_BTNH = apply_rope(qkv["q"].reshape(B, T, N, H), sin_BTH2, cos_BTH2)
-        k_BTKH = apply_rope(qkv["k"].reshape(B, T, K, H), sin_BTH2, cos_BTH2)
+        y = self.qkv_proj(x_BTD, rng=_fold(rng, 0))
+        if self.qkv_bias is not None:
+            y = y + self.qkv_bias[...].astype(y.dtype)
+        qkv = self.qkv_proj.layout.split(y)
+        q_BTNH, k_BTKH = qkv["q"].reshape(B, T, N, H), qkv["k"].reshape(B, T, K, H)
+        if self.q_norm is not None:
+            q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
+        q_BTNH = apply_rope(q_BTNH, sin_BTH2, cos_BTH2)
+        k_BTKH = apply_rope(k_BTKH, sin_BTH2, cos_BTH2)
         v_BTKH = qkv["v"].reshape(B, T, K, H)
         new_cache = None
         if cache_kv is None and self.impl == "blocked":

@@ -1,6 +1,7 @@
 """Weights from one Transformer into another of the same shape, across storages and adapters.
 
-`transfer_weights` copies embeddings and norms and loads every linear's dense weight into the
+`transfer_weights` copies embeddings, norms (and any other parameter outside the linears: q/k/v
+biases) and loads every linear's dense weight into the
 target's storage (dense, or quantized at load time: QLoRA); a packed source in the same storage
 class keeps its stored arrays bit for bit (codes, scales, 2:4 metadata: never dequantized and
 quantized again), and target adapters start from their new base (PiSSA's SVD, DoRA's norms).
@@ -36,6 +37,18 @@ def restack_blocks(model: Transformer, blocks: list[nnx.Module]) -> None:
         nnx.update(model.layers, stacked)
 
 
+def _own_params(block: nnx.Module) -> dict[str, nnx.Param]:
+    """A block's parameters outside its linears, by path: norm scales, and whatever a family
+    adds beside the linears (Qwen2's q/k/v biases, Qwen3's q/k norms)."""
+    linears = [path + "." for path, _ in iter_linears(block)]
+    out = {}
+    for path, node in nnx.iter_graph(block):
+        name = ".".join(str(p) for p in path)
+        if isinstance(node, nnx.Param) and not any(name.startswith(lin) for lin in linears):
+            out[name] = node
+    return out
+
+
 def transfer_weights(target: Transformer, source: Transformer, *, merge: bool = False) -> None:
     """Write source's weights into target (any storage × adapter): embeddings and norms copied,
     every linear's dense weight (source's adapter folded in when merge=True) loaded into the
@@ -47,8 +60,10 @@ def transfer_weights(target: Transformer, source: Transformer, *, merge: bool = 
         pairs.append((target.lm_head, source.lm_head))
     t_blocks, s_blocks = unstack_blocks(target), unstack_blocks(source)
     for tb, sb in zip(t_blocks, s_blocks, strict=True):
-        tb.attn_norm.scale[...] = sb.attn_norm.scale[...]
-        tb.mlp_norm.scale[...] = sb.mlp_norm.scale[...]
+        t_own, s_own = _own_params(tb), _own_params(sb)
+        assert t_own.keys() == s_own.keys()
+        for name, var in t_own.items():
+            var[...] = s_own[name][...].astype(var[...].dtype)
         t_lin, s_lin = list(iter_linears(tb)), list(iter_linears(sb))
         assert [p for p, _ in t_lin] == [p for p, _ in s_lin]
         pairs.extend((t, s) for (_, t), (_, s) in zip(t_lin, s_lin, strict=True))

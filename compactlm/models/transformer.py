@@ -174,7 +174,7 @@ class Transformer(nnx.Module):
                 span_length=cfg.span_length,
                 neftune_alpha=cfg.neftune_alpha,
             )
-        sin_BTH2, cos_BTH2 = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta)
+        sin_BTH2, cos_BTH2 = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta, cfg)
         index = mask_BTS = None
         if cache is not None:
             index = cache.index

@@ -14,7 +14,7 @@ import jax
 import optax
 from flax import nnx
 
-from compactlm.models.config import AdapterConfig, EmbeddingParam, ScaleParam
+from compactlm.models.config import AdapterConfig, BiasParam, EmbeddingParam, ScaleParam
 from compactlm.train.config import OptimConfig
 
 __all__ = ["OptimConfig", "decay_mask", "make_optimizer", "make_schedule"]
@@ -54,6 +54,8 @@ def decay_mask(cfg: OptimConfig, params: Any, adapter: AdapterConfig | None = No
             return bool(adapter is not None and adapter.decay)
         if isinstance(leaf, ScaleParam):
             return cfg.decay_norms
+        if isinstance(leaf, BiasParam):
+            return False
         if isinstance(leaf, EmbeddingParam):
             return cfg.decay_embeddings
         return _ndim(leaf) >= 2
@@ -74,7 +76,7 @@ def muon_dimensions(params: Any) -> Any:
 
     from compactlm.models.lora import DoRAMagnitude
 
-    gains = (EmbeddingParam, ScaleParam, DoRAMagnitude)
+    gains = (EmbeddingParam, ScaleParam, BiasParam, DoRAMagnitude)
 
     def mark(leaf: Any) -> Any:
         ndim = _ndim(leaf)

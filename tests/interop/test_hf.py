@@ -260,7 +260,7 @@ def _hf_dir_with(tmp_path: Path, src: Path, **changes) -> Path:
     [
         ({"attention_bias": True}, "attention_bias=true is not supported"),
         ({"mlp_bias": True}, "mlp_bias=true is not supported"),
-        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling.rope_type="),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope_scaling.rope_type='yarn'"),
         ({"sliding_window": 4096}, "sliding_window=4096 is not supported"),
         ({"model_type": "mistral"}, "model_type='mistral' is not supported; valid: 'llama'"),
         ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported; valid: 'silu'"),
