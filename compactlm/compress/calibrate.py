@@ -146,14 +146,14 @@ class _Recorder:
 
 
 @partial(jax.jit, static_argnums=(0, 5))
-def _block_forward(graphdef, state, x_BTD, sin_BTH2, cos_BTH2, record: bool):
+def _block_forward(graphdef, state, x_BTD, sin_BTH2, cos_BTH2, record: bool, use_rope=None):
     block = nnx.merge(graphdef, state)
     sink: dict = {}
     if record:
         for site, (sub, attr) in SITES.items():
             parent = getattr(block, sub)
             object.__setattr__(parent, attr, _Recorder(getattr(parent, attr), sink, site))
-    y_BTD, _ = block(x_BTD, sin_BTH2, cos_BTH2)
+    y_BTD, _ = block(x_BTD, sin_BTH2, cos_BTH2, use_rope=use_rope)
     return y_BTD, sink
 
 
@@ -205,12 +205,14 @@ def layerwise(model, tokens: np.ndarray, compress_block: CompressBlock, *, batch
         xs.append(x)
         sin.append(s)
         cos.append(co)
+    flags = model.cfg.rope_flags()  # no_rope_layers, as Transformer.__call__ applies them
     for layer in range(n_blocks(model)):
+        use_rope = None if flags is None else flags[layer]
         block = get_block(model, layer)
         graphdef, state = nnx.split(block)
         stats: dict[str, InputStats] = {}
         for x, s, co in zip(xs, sin, cos, strict=True):
-            _, sink = _block_forward(graphdef, state, x, s, co, True)
+            _, sink = _block_forward(graphdef, state, x, s, co, True, use_rope)
             n = x.shape[0] * x.shape[1]
             for site, (xtx, abs_sum, absmax) in jax.device_get(sink).items():
                 if site not in stats:
@@ -221,7 +223,7 @@ def layerwise(model, tokens: np.ndarray, compress_block: CompressBlock, *, batch
         set_block(model, layer, block)
         graphdef, state = nnx.split(block)
         xs = [
-            _block_forward(graphdef, state, x, s, co, False)[0]
+            _block_forward(graphdef, state, x, s, co, False, use_rope)[0]
             for x, s, co in zip(xs, sin, cos, strict=True)
         ]
     return model

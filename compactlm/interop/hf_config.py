@@ -41,6 +41,9 @@ class Family:
     # The config has Qwen's `use_sliding_window` switch: when it is false, `sliding_window` and
     # `max_window_layers` are inert (transformers ignores them) and accepted.
     sliding_switch: bool = False
+    # The config has SmolLM3's `no_rope_layers` (1 = the layer uses RoPE): read into
+    # ModelConfig.no_rope_layers, written back; the family of a model with a layer without RoPE.
+    no_rope: bool = False
 
 
 _FIELDS = (
@@ -81,7 +84,22 @@ QWEN3 = Family(
     model=(("qkv_bias", False), ("qk_norm", True)),
     sliding_switch=True,
 )
-FAMILIES = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3)}
+# SmolLM3: Llama whose layers with no_rope_layers[i] = 0 attend without RoPE (NoPE).
+SMOLLM3 = Family(
+    model_type="smollm3",
+    architecture="SmolLM3ForCausalLM",
+    fields=_FIELDS,
+    fixed=(
+        ("hidden_act", "silu"),
+        ("attention_bias", False),
+        ("mlp_bias", False),
+        ("use_sliding_window", False),
+    ),
+    model=(("qkv_bias", False), ("qk_norm", False)),
+    sliding_switch=True,
+    no_rope=True,
+)
+FAMILIES = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, SMOLLM3)}
 
 # config.json rope_type -> ModelConfig.rope_scaling, and the keys each reads (ModelConfig field,
 # config key, transformers' default or None = required).
@@ -100,7 +118,9 @@ _ROPE_KEYS = {
 def family_of(model: Any) -> Family:
     """The family whose architecture `model` (a ModelConfig) is; one line if none is."""
     for family in FAMILIES.values():
-        if all(getattr(model, name) == value for name, value in family.model):
+        if all(getattr(model, name) == value for name, value in family.model) and (
+            family.no_rope == (model.rope_flags() is not None)
+        ):
             return family
     have = ", ".join(f"{n}={getattr(model, n)}" for n, _ in LLAMA.model)
     raise InteropError(
@@ -142,6 +162,8 @@ def hf_config(cfg: Config, tokenizer: Any, family: Family | None = None) -> dict
     }
     if family.sliding_switch:
         out |= {"sliding_window": None, "max_window_layers": m.n_layers}
+    if family.no_rope:
+        out["no_rope_layers"] = list(m.no_rope_layers) or [1] * m.n_layers
     return out
 
 
@@ -186,7 +208,7 @@ def _check_supported(hf: Mapping[str, Any]) -> None:
     inert = ("sliding_window", "max_window_layers") if family.sliding_switch else ()
     for key in ("sliding_window", "layer_types", "no_rope_layers"):
         value = hf.get(key)
-        if key in inert or value in (None, False):
+        if key in inert or value in (None, False) or (key == "no_rope_layers" and family.no_rope):
             continue
         if key == "layer_types" and set(value) <= {"full_attention"}:
             continue
@@ -223,6 +245,18 @@ def _rope_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _no_rope_layers(hf: Mapping[str, Any]) -> tuple[int, ...]:
+    """SmolLM3's per-layer RoPE flags (1 = uses RoPE), or transformers' default from
+    `no_rope_layer_interval` (every interval-th layer without); () when every layer uses it."""
+    n = _require(hf, "num_hidden_layers")
+    flags = hf.get("no_rope_layers")
+    if flags is None:
+        interval = hf.get("no_rope_layer_interval", 4)
+        flags = [int((i + 1) % interval != 0) for i in range(n)]
+    flags = tuple(int(f) for f in flags)
+    return () if flags and all(flags) and len(flags) == n else flags
+
+
 def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     """A compactlm Config for a config.json of any family in FAMILIES (the compactlm block
     first, if present)."""
@@ -244,6 +278,7 @@ def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Conf
         "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
         **dict(family.model),
+        "no_rope_layers": _no_rope_layers(hf) if family.no_rope else (),
         "rope_scaling": "none",
         **_rope_fields(hf),
     }

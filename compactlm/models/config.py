@@ -205,6 +205,11 @@ class ModelConfig:
     rope_high_freq_factor: float = 4.0
     # llama3: the context length the model was pre-trained at (8192 for Llama 3.1).
     rope_original_max_len: int = 8192
+    # Which layers rotate q and k (SmolLM3; transformers' `no_rope_layers`, its reading kept: 1 =
+    # layer i USES RoPE, 0 = it attends without positions, NoPE). Empty: every layer uses RoPE.
+    # Otherwise n_layers 0/1 flags, read in one place (models/layers.py::Attention); scanned
+    # layers get them as scanned data (models/transformer.py).
+    no_rope_layers: tuple[int, ...] = ()
     # Learned biases on the q, k, v projections (Qwen2 / Qwen2.5), in the fused qkv column layout
     # (models/layers.py::Attention); o keeps none. False: Llama (no biases).
     qkv_bias: bool = False
@@ -300,6 +305,13 @@ class ModelConfig:
             raise ValueError(
                 "model.rope_scaling=llama3 needs 0 < rope_low_freq_factor < rope_high_freq_factor "
                 "and rope_original_max_len >= 1"
+            )
+        if self.no_rope_layers and (
+            len(self.no_rope_layers) != self.n_layers or set(self.no_rope_layers) - {0, 1}
+        ):
+            raise ValueError(
+                f"model.no_rope_layers={list(self.no_rope_layers)}; valid: empty (every layer "
+                f"uses RoPE) or n_layers={self.n_layers} flags 0/1 (1 = the layer uses RoPE)"
             )
         if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("init_std, norm_eps and rope_theta must be > 0")
@@ -406,6 +418,12 @@ class ModelConfig:
                 f"min(d_in, d_out); targeted d_in->d_out: {dims}); valid: "
                 f"adapter.rank=1..{max_rank}"
             )
+
+    def rope_flags(self) -> tuple[bool, ...] | None:
+        """Per layer, does it rotate q and k (no_rope_layers); None when every layer does."""
+        if all(self.no_rope_layers):
+            return None
+        return tuple(bool(f) for f in self.no_rope_layers)
 
     @property
     def resolved_head_dim(self) -> int:

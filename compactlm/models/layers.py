@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from compactlm.models.attention import blocked_causal_attention
 from compactlm.models.config import BiasParam, ScaleParam
@@ -163,12 +163,15 @@ class Attention(nnx.Module):
         cache_index: Int[Array, ""] | None = None,
         mask_BTS: Bool[Array, "B T S"] | None = None,
         rng: jax.Array | None = None,
+        use_rope: Bool[ArrayLike, ""] | None = None,
     ) -> tuple[
         Float[Array, "B T D"], tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None
     ]:
         """Without a cache: causal self-attention over T. With one: write the T new keys/values
         at cache_index, attend to the whole cache under mask_BTS, return the updated cache.
-        rng: key for the projections' stochastic adapters (dropout); None = deterministic."""
+        rng: key for the projections' stochastic adapters (dropout); None = deterministic.
+        use_rope: this layer's flag of cfg.no_rope_layers (a bool or a scanned [] array; False =
+        q and k unrotated); None = RoPE (every layer rotates)."""
         B, T, _ = x_BTD.shape
         N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
         y = self.qkv_proj(x_BTD, rng=_fold(rng, 0))
@@ -178,8 +181,12 @@ class Attention(nnx.Module):
         q_BTNH, k_BTKH = qkv["q"].reshape(B, T, N, H), qkv["k"].reshape(B, T, K, H)
         if self.q_norm is not None:
             q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
-        q_BTNH = apply_rope(q_BTNH, sin_BTH2, cos_BTH2)
-        k_BTKH = apply_rope(k_BTKH, sin_BTH2, cos_BTH2)
+        if use_rope is None:
+            q_BTNH = apply_rope(q_BTNH, sin_BTH2, cos_BTH2)
+            k_BTKH = apply_rope(k_BTKH, sin_BTH2, cos_BTH2)
+        else:  # cfg.no_rope_layers: THE place a layer skips RoPE (the cache stores what it uses)
+            q_BTNH = jnp.where(use_rope, apply_rope(q_BTNH, sin_BTH2, cos_BTH2), q_BTNH)
+            k_BTKH = jnp.where(use_rope, apply_rope(k_BTKH, sin_BTH2, cos_BTH2), k_BTKH)
         v_BTKH = qkv["v"].reshape(B, T, K, H)
         new_cache = None
         if cache_kv is None and self.impl == "blocked":

@@ -60,10 +60,19 @@ class Block(nnx.Module):
         cache_index=None,
         mask_BTS=None,
         rng=None,
+        use_rope=None,
     ):
+        """use_rope: the layer's flag of cfg.no_rope_layers (None: RoPE; Attention reads it)."""
         attn_rng, mlp_rng = (None, None) if rng is None else jax.random.split(rng)
         h_BTD, cache_kv = self.attn(
-            self.attn_norm(x_BTD), sin_BTH2, cos_BTH2, cache_kv, cache_index, mask_BTS, attn_rng
+            self.attn_norm(x_BTD),
+            sin_BTH2,
+            cos_BTH2,
+            cache_kv,
+            cache_index,
+            mask_BTS,
+            attn_rng,
+            use_rope,
         )
         x_BTD = x_BTD + h_BTD
         return x_BTD + self.mlp(self.mlp_norm(x_BTD), mlp_rng), cache_kv
@@ -181,24 +190,29 @@ class Transformer(nnx.Module):
             S = cache.k_LBSKH.shape[2]
             mask_BTS = jnp.arange(S)[None, None, :] <= positions_BT[:, :, None]
 
-        def apply_block(graphdef, state, x_BTD, cache_kv, layer_rng):
+        def apply_block(graphdef, state, x_BTD, cache_kv, layer_rng, use_rope):
             block = nnx.merge(graphdef, state)
-            return block(x_BTD, sin_BTH2, cos_BTH2, cache_kv, index, mask_BTS, layer_rng)
+            return block(x_BTD, sin_BTH2, cos_BTH2, cache_kv, index, mask_BTS, layer_rng, use_rope)
 
         apply_block = _remat(apply_block, cfg.remat)
         kv = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
         layer_rngs = None if rng is None else jax.random.split(rng, cfg.n_layers)
+        rope_flags = cfg.rope_flags()  # per layer (no_rope_layers), or None: every layer rotates
         if cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
+            # Scanned blocks share one structure: the flags are scanned data, one per layer.
+            rope_L = None if rope_flags is None else jnp.asarray(rope_flags)
 
             def body(x_BTD, xs):
-                layer_state, cache_kv, layer_rng = xs
-                x_BTD, cache_kv = apply_block(graphdef, layer_state, x_BTD, cache_kv, layer_rng)
+                layer_state, cache_kv, layer_rng, use_rope = xs
+                x_BTD, cache_kv = apply_block(
+                    graphdef, layer_state, x_BTD, cache_kv, layer_rng, use_rope
+                )
                 # The per-layer outputs are stacked only when asked for (scan's ys are stored).
                 return x_BTD, ((cache_kv, x_BTD) if return_hidden else cache_kv)
 
             x0_BTD = x_BTD
-            x_BTD, ys = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs))
+            x_BTD, ys = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs, rope_L))
             if return_hidden:
                 kv, blocks_LBTD = ys
                 hidden_L1BTD = jnp.concatenate([x0_BTD[None], blocks_LBTD])
@@ -211,7 +225,8 @@ class Transformer(nnx.Module):
                 graphdef, state = nnx.split(layer)
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
                 layer_rng = None if layer_rngs is None else layer_rngs[i]
-                x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv, layer_rng)
+                use_rope = None if rope_flags is None else rope_flags[i]
+                x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv, layer_rng, use_rope)
                 hidden.append(x_BTD)
                 if layer_kv is not None:
                     new_k.append(layer_kv[0])

@@ -1,5 +1,5 @@
 """Hugging Face families beyond Llama (issue 18): Qwen2 (q/k/v biases), Qwen3 (per-head q/k
-RMSNorm), Llama 3.x RoPE scaling (llama3, linear).
+RMSNorm), Llama 3.x RoPE scaling (llama3, linear), SmolLM3 (layers without RoPE).
 
 The references here are written from the definitions (transformers' Qwen2Attention /
 Qwen3Attention and `_compute_llama3_parameters`), in float64 NumPy, reading only HF-named tensors;
@@ -73,9 +73,9 @@ def reference_inv_freq(H: int, theta: float, rope: dict | None) -> np.ndarray:
 
 
 def reference_logits(hf_dir: Path, tokens: np.ndarray) -> np.ndarray:
-    """logits [T, V] of {Llama,Qwen2,Qwen3}ForCausalLM for one sequence: config.json +
+    """logits [T, V] of {Llama,Qwen2,Qwen3,SmolLM3}ForCausalLM for one sequence: config.json +
     safetensors only. Qwen2: `x @ W.T + b` on q, k, v; Qwen3: RMSNorm over each head's H
-    features of q and k, then RoPE."""
+    features of q and k, then RoPE; SmolLM3: RoPE only in the layers with no_rope_layers[i] = 1."""
     c = json.loads((hf_dir / "config.json").read_text())
     w = {k: v.astype(np.float64) for k, v in load_file(hf_dir / "model.safetensors").items()}
     D, N, K = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
@@ -94,6 +94,7 @@ def reference_logits(hf_dir: Path, tokens: np.ndarray) -> np.ndarray:
             y = y + w[name + ".bias"]
         return y.reshape(T, heads, H)
 
+    uses_rope = c.get("no_rope_layers") or [1] * c["num_hidden_layers"]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = _rms_norm(x, w[p + "input_layernorm.weight"], eps)
@@ -103,7 +104,8 @@ def reference_logits(hf_dir: Path, tokens: np.ndarray) -> np.ndarray:
             q = _rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
             k = _rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
         q, k, v = (a.transpose(1, 0, 2) for a in (q, k, v))
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        if uses_rope[i]:
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         k, v = np.repeat(k, N // K, axis=0), np.repeat(v, N // K, axis=0)
         scores = np.where(causal, q @ k.transpose(0, 2, 1) / np.sqrt(H), -np.inf)
         probs = np.exp(scores - scores.max(-1, keepdims=True))
@@ -204,6 +206,68 @@ def test_qk_norm_is_a_per_head_rms_norm_before_rope():
     o = np.einsum("nts,snh->tnh", p, v).reshape(T, 128)
     ref = o @ np.asarray(attn.o_proj.kernel[...], np.float64)
     np.testing.assert_allclose(np.asarray(ours[0]), ref, **tol("model_f32"))
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_a_no_rope_layer_attends_unrotated(use_rope):
+    """no_rope_layers[i] = 0 (SmolLM3's NoPE layers): softmax(q kᵀ / √H) v on the projections
+    as they are; 1: RoPE first, as every layer of the other families. Cached decode too."""
+    from compactlm.models.layers import Attention, rope_sin_cos
+
+    cfg = ModelConfig(d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, no_rope_layers=(1, 0))
+    attn = Attention(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    T, H = 6, 16
+    x = rng.normal(size=(1, T, 64)).astype(np.float32)
+    sin, cos = rope_sin_cos(jnp.arange(T)[None], H, cfg.rope_theta, cfg)
+    ours, _ = attn(jnp.asarray(x), sin, cos, use_rope=jnp.asarray(use_rope))
+
+    parts = attn.qkv_proj.layout.split_columns(np.asarray(attn.qkv_proj.kernel[...], np.float64))
+    x64 = x[0].astype(np.float64)
+    q, k, v = ((x64 @ np.asarray(parts[n])).reshape(T, -1, H) for n in ("q", "k", "v"))
+    if use_rope:
+        angle = np.arange(T)[:, None] * reference_inv_freq(H, cfg.rope_theta, None)[None]
+        c2, s2 = (np.concatenate([f(angle)] * 2, -1)[:, None] for f in (np.cos, np.sin))
+        q, k = q * c2 + _rotate_half(q) * s2, k * c2 + _rotate_half(k) * s2
+    k, v = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)
+    s = np.einsum("tnh,snh->nts", q, k) / np.sqrt(H)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = np.einsum("nts,snh->tnh", p, v).reshape(T, 64)
+    ref = o @ np.asarray(attn.o_proj.kernel[...], np.float64)
+    np.testing.assert_allclose(np.asarray(ours[0]), ref, **tol("model_f32"))
+    # The KV cache path applies the same rule: prefill T-1, then one decode step.
+    S = 8
+    cache = (jnp.zeros((1, S, 2, H)), jnp.zeros((1, S, 2, H)))
+    mask = jnp.arange(S)[None, None, :] <= jnp.arange(T)[None, :, None]
+    flag = jnp.asarray(use_rope)
+    y1, cache = attn(
+        jnp.asarray(x[:, :-1]),
+        sin[:, :-1],
+        cos[:, :-1],
+        cache,
+        jnp.asarray(0),
+        mask[:, :-1],
+        use_rope=flag,
+    )
+    y2, _ = attn(
+        jnp.asarray(x[:, -1:]),
+        sin[:, -1:],
+        cos[:, -1:],
+        cache,
+        jnp.asarray(T - 1),
+        mask[:, -1:],
+        use_rope=flag,
+    )
+    np.testing.assert_allclose(np.concatenate([y1[0], y2[0]]), ref, **tol("model_f32"))
+
+
+def test_no_rope_layers_are_validated():
+    assert ModelConfig(n_layers=2, no_rope_layers=(1, 1)).rope_flags() is None
+    for bad in ((1, 0, 1), (1, 2)):
+        with pytest.raises(ValueError, match="no_rope_layers"):
+            ModelConfig(n_layers=2, no_rope_layers=bad)
 
 
 def test_qkv_bias_columns_follow_the_fused_layout():
@@ -333,6 +397,19 @@ def test_qwen_configs_read_their_families():
     m = config_from_hf(qwen3).model
     assert (m.qkv_bias, m.qk_norm, m.resolved_head_dim) == (False, True, 32)
     assert family_of(m).model_type == "qwen3"
+    smollm3 = {
+        **_shape(num_hidden_layers=4),
+        "model_type": "smollm3",
+        "architectures": ["SmolLM3ForCausalLM"],
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "layer_types": ["full_attention"] * 4,
+        "no_rope_layer_interval": 4,
+    }
+    m = config_from_hf(smollm3).model  # no no_rope_layers: transformers' default from interval
+    assert m.no_rope_layers == (1, 1, 1, 0) and family_of(m).model_type == "smollm3"
+    m = config_from_hf({**smollm3, "no_rope_layers": [1] * 4}).model
+    assert m.no_rope_layers == () and family_of(m).model_type == "llama"  # the same math
 
 
 def test_an_old_run_config_without_the_new_keys_loads():
@@ -379,6 +456,19 @@ def test_an_old_run_config_without_the_new_keys_loads():
         ({"model_type": "qwen3", "attention_bias": True}, "attention_bias=true is not supported"),
         ({"model_type": "qwen2_moe"}, "model_type='qwen2_moe' is not supported"),
         (
+            {"model_type": "llama", "no_rope_layers": [1, 0]},
+            "no_rope_layers=[1, 0] is not supported",
+        ),
+        (
+            {"model_type": "smollm3", "use_sliding_window": True, "sliding_window": 64},
+            "use_sliding_window=True is not supported",
+        ),
+        (
+            {"model_type": "smollm3", "layer_types": ["sliding_attention", "full_attention"]},
+            "layer_types=['sliding_attention', 'full_attention'] is not supported",
+        ),
+        ({"model_type": "smollm3", "no_rope_layers": [1, 0, 1]}, "no_rope_layers=[1, 0, 1]"),
+        (
             {"model_type": "qwen2", "architectures": ["LlamaForCausalLM"]},
             "valid: ['Qwen2ForCausalLM']",
         ),
@@ -411,6 +501,7 @@ FAMILY_RUNS = {
         "model.rope_low_freq_factor=2.0",
         "model.rope_high_freq_factor=8.0",
     ),
+    "smollm3": ("model.no_rope_layers=1,0,1,0",),  # nano: 4 layers, scanned
 }
 
 
@@ -473,6 +564,7 @@ def test_export_names_the_family_and_import_matches_the_reference(family, family
         "qwen2": ("qwen2", "Qwen2ForCausalLM"),
         "qwen3": ("qwen3", "Qwen3ForCausalLM"),
         "llama3": ("llama", "LlamaForCausalLM"),
+        "smollm3": ("smollm3", "SmolLM3ForCausalLM"),
     }[family]
     assert (c["model_type"], c["architectures"]) == (expect[0], [expect[1]])
     names = set(load_file(hf_dir / "model.safetensors"))
@@ -480,6 +572,7 @@ def test_export_names_the_family_and_import_matches_the_reference(family, family
     assert ("model.layers.0.self_attn.q_norm.weight" in names) == (family == "qwen3")
     if family == "llama3":
         assert c["rope_scaling"]["rope_type"] == "llama3"
+    assert c.get("no_rope_layers") == ([1, 0, 1, 0] if family == "smollm3" else None)
     assert cli("import", str(hf_dir), f"workdir={tmp_path / 'in'}") == 0
     tokens = np.random.default_rng(1).integers(0, c["vocab_size"], 40)
     ours = _our_logits(tmp_path / "in", tokens)
@@ -525,7 +618,12 @@ def test_qkv_biases_stay_dense_through_compression(command, family_exports, tmp_
 # Against transformers itself (fixtures from scripts/make_hf_fixtures.py, when present)
 # ---------------------------------------------------------------------------------------------
 
-SUPPORTED_FIXTURES = ("qwen2", "qwen3", "llama3")  # llama3_untied has o / MLP biases: refused
+SUPPORTED_FIXTURES = (
+    "qwen2",
+    "qwen3",
+    "llama3",
+    "smollm3",
+)  # llama3_untied has o / MLP biases: refused
 FIXTURE_DIRS = sorted(
     p
     for p in FIXTURES.glob("*")
@@ -582,9 +680,38 @@ def test_import_matches_transformers(fixture, capsys):
         assert config_from_hf(c, ["model.scan_layers=false"]).model == cfg.model
 
 
+@pytest.mark.skipif(not (FIXTURES / "smollm3").is_dir(), reason="no smollm3 fixture")
+def test_smollm3_flags_read_as_transformers_does_and_scan_carries_them():
+    """no_rope_layers[i] = 1: layer i USES RoPE (the opposite reading is far off transformers'
+    logits); scanned layers (the flags as scanned data) give the unrolled logits."""
+    ref = np.load(FIXTURES / "smollm3" / "reference.npz")
+    cfg, model, V, _ = _padded(FIXTURES / "smollm3")
+    assert cfg.model.no_rope_layers == (1, 1, 0)
+    tokens = jnp.asarray(ref["input_ids"], jnp.int32)
+    unrolled = np.asarray(model(tokens))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def logits_of(m):
+        other = Transformer(m, rngs=nnx.Rngs(0))
+        state = nnx.state(other, nnx.Param)
+        tree = params
+        if m.scan_layers:  # stack the per-layer trees on L
+            tree = {
+                **params,
+                "layers": jax.tree.map(lambda *a: jnp.stack(a), *params["layers"].values()),
+            }
+        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, tree))
+        nnx.update(other, state)
+        return np.asarray(other(tokens))
+
+    scanned = logits_of(dataclasses.replace(cfg.model, scan_layers=True))
+    np.testing.assert_allclose(scanned, unrolled, **tol("model_f32"))
+    flipped = logits_of(dataclasses.replace(cfg.model, no_rope_layers=(0, 0, 1)))
+    assert np.max(np.abs(flipped[..., :V] - ref["logits"])) > 1e-2
+
+
 REFUSED_FIXTURES = {
     "llama3_untied": "attention_bias=true is not supported",
-    "smollm3": "model_type='smollm3' is not supported",
     "gemma3_text": "model_type='gemma3_text' is not supported",
 }
 
