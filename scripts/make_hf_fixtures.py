@@ -192,18 +192,27 @@ COMMON = dict(
 )
 
 
+QWEN_SPECIAL = dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+LLAMA3_SPECIAL = dict(
+    bos_token="<|begin_of_text|>",
+    eos_token="<|end_of_text|>",
+    pad_token="<|finetune_right_pad_id|>",
+)
+
+
+def token_ids(special: dict, **extra: str) -> dict:
+    """config.json's `<name>_id` keys (as token strings) for the special tokens, plus extras."""
+    return {f"{name}_id": token for name, token in special.items()} | extra
+
+
 def fixture_specs() -> dict[str, dict]:
     """name → how to build it: tokenizer, config kwargs, what it exercises (for the README)."""
     return {
         "qwen2": dict(
             model_type="qwen2",
             tokenizer=lambda: byte_level_bpe(448, QWEN_SPECIALS, bos=None),
-            special=dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
-            ids=dict(
-                bos_token_id="<|endoftext|>",
-                eos_token_id="<|endoftext|>",
-                pad_token_id="<|endoftext|>",
-            ),
+            special=QWEN_SPECIAL,
+            ids=token_ids(QWEN_SPECIAL, bos_token_id="<|endoftext|>"),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -217,12 +226,8 @@ def fixture_specs() -> dict[str, dict]:
         "qwen3": dict(
             model_type="qwen3",
             tokenizer=lambda: byte_level_bpe(448, QWEN_SPECIALS, bos=None),
-            special=dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
-            ids=dict(
-                bos_token_id="<|endoftext|>",
-                eos_token_id="<|endoftext|>",
-                pad_token_id="<|endoftext|>",
-            ),
+            special=QWEN_SPECIAL,
+            ids=token_ids(QWEN_SPECIAL, bos_token_id="<|endoftext|>"),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -239,16 +244,8 @@ def fixture_specs() -> dict[str, dict]:
         "llama3": dict(
             model_type="llama",
             tokenizer=lambda: byte_level_bpe(448, LLAMA3_SPECIALS, bos="<|begin_of_text|>"),
-            special=dict(
-                bos_token="<|begin_of_text|>",
-                eos_token="<|end_of_text|>",
-                pad_token="<|finetune_right_pad_id|>",
-            ),
-            ids=dict(
-                bos_token_id="<|begin_of_text|>",
-                eos_token_id="<|end_of_text|>",
-                pad_token_id="<|finetune_right_pad_id|>",
-            ),
+            special=LLAMA3_SPECIAL,
+            ids=token_ids(LLAMA3_SPECIAL),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -273,16 +270,8 @@ def fixture_specs() -> dict[str, dict]:
         "llama3_untied": dict(
             model_type="llama",
             tokenizer=lambda: byte_level_bpe(448, LLAMA3_SPECIALS, bos="<|begin_of_text|>"),
-            special=dict(
-                bos_token="<|begin_of_text|>",
-                eos_token="<|end_of_text|>",
-                pad_token="<|finetune_right_pad_id|>",
-            ),
-            ids=dict(
-                bos_token_id="<|begin_of_text|>",
-                eos_token_id="<|end_of_text|>",
-                pad_token_id="<|finetune_right_pad_id|>",
-            ),
+            special=LLAMA3_SPECIAL,
+            ids=token_ids(LLAMA3_SPECIAL),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -305,16 +294,8 @@ def fixture_specs() -> dict[str, dict]:
         "smollm3": dict(
             model_type="smollm3",
             tokenizer=lambda: byte_level_bpe(448, SMOLLM3_SPECIALS, bos=None),
-            special=dict(
-                bos_token="<|begin_of_text|>",
-                eos_token="<|end_of_text|>",
-                pad_token="<|finetune_right_pad_id|>",
-            ),
-            ids=dict(
-                bos_token_id="<|begin_of_text|>",
-                eos_token_id="<|end_of_text|>",
-                pad_token_id="<|finetune_right_pad_id|>",
-            ),
+            special=LLAMA3_SPECIAL,
+            ids=token_ids(LLAMA3_SPECIAL),
             config=dict(
                 COMMON,
                 num_hidden_layers=3,

@@ -22,6 +22,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from compactlm.config import Config, from_json, to_dict
+from compactlm.data.dataset import padded_vocab_size
 from compactlm.interop import hf
 from compactlm.interop.hf_config import InteropError, config_from_hf, family_of
 from compactlm.interop.hf_tensors import from_hf_tensors, to_hf_tensors
@@ -624,11 +625,7 @@ SUPPORTED_FIXTURES = (
     "llama3",
     "smollm3",
 )  # llama3_untied has o / MLP biases: refused
-FIXTURE_DIRS = sorted(
-    p
-    for p in FIXTURES.glob("*")
-    if (p / "reference.npz").is_file() and p.name.split("-")[0] in SUPPORTED_FIXTURES
-)
+FIXTURE_DIRS = [FIXTURES / name for name in SUPPORTED_FIXTURES]  # committed: missing = failure
 
 
 def _padded(fixture: Path, config_name: str = "config.json"):
@@ -636,7 +633,7 @@ def _padded(fixture: Path, config_name: str = "config.json"):
     zero-padded to one, as the import would need; logits past V are ignored."""
     c = json.loads((fixture / config_name).read_text())
     V = c["vocab_size"]
-    Vp = -(-V // 64) * 64
+    Vp = padded_vocab_size(V)
     tensors = dict(load_file(fixture / "model.safetensors"))
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         if name in tensors:
@@ -651,7 +648,6 @@ def _padded(fixture: Path, config_name: str = "config.json"):
     return cfg, model, V, tensors
 
 
-@pytest.mark.skipif(not FIXTURE_DIRS, reason="no tests/fixtures/hf/<family>-*/ fixtures yet")
 @pytest.mark.parametrize("fixture", FIXTURE_DIRS, ids=[p.name for p in FIXTURE_DIRS])
 def test_import_matches_transformers(fixture, capsys):
     """logits within 1e-4 of transformers' (f32), greedy decoding through the KV cache equals
@@ -680,7 +676,6 @@ def test_import_matches_transformers(fixture, capsys):
         assert config_from_hf(c, ["model.scan_layers=false"]).model == cfg.model
 
 
-@pytest.mark.skipif(not (FIXTURES / "smollm3").is_dir(), reason="no smollm3 fixture")
 def test_smollm3_flags_read_as_transformers_does_and_scan_carries_them():
     """no_rope_layers[i] = 1: layer i USES RoPE (the opposite reading is far off transformers'
     logits); scanned layers (the flags as scanned data) give the unrolled logits."""
