@@ -1,8 +1,8 @@
 """Dev check (by hand, never in CI): transformers loads `compactlm export` output with each family's
 own class and gives our logits. Two steps in two venvs (torch stays out of compactlm's):
 
-    .venv/bin/python scripts/check_hf_export.py ours RUN_DIR HF_DIR ...   # our logits -> DIR/ours.npz
-    /work/devvenv/bin/python scripts/check_hf_export.py theirs HF_DIR ... # transformers', compared
+    .venv/bin/python scripts/check_hf_export.py ours RUN_DIR HF_DIR ...  # ours -> HF_DIR/ours.npz
+    DEVVENV/bin/python scripts/check_hf_export.py theirs HF_DIR ...     # transformers', compared
 
 (dev venv: tests/fixtures/hf/README.md). Results: docs/models.md.
 """
