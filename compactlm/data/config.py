@@ -24,6 +24,13 @@ MODEL_INPUT_AUGMENTATIONS = {
 }
 
 
+def padded_vocab_size(vocab_size: int) -> int:
+    """model.vocab_size for a vocabulary of `vocab_size` ids (a tokenizer's, or an imported
+    checkpoint's): padded to a multiple of 64 (divides any tensor axis up to 64 and keeps logits
+    matmuls aligned, as nanoGPT's 50304; model.vocab_valid masks the padding of an import)."""
+    return -(-vocab_size // 64) * 64
+
+
 def check_augment(names: tuple[str, ...], rate: float) -> None:
     """Validate `data.augment` / `data.augment_rate`; one-line DataError listing valid choices."""
     for name in names:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from jaxtyping import Bool, Int32, Integer
 
-from compactlm.data.config import DataConfig, DataError
+from compactlm.data.config import DataConfig, DataError, padded_vocab_size  # noqa: F401
 from compactlm.data.corpus import Document, corpus_fingerprint, load_corpus, split_corpus
 from compactlm.data.tokenizer import (
     TOKENIZER_FILE,
@@ -36,12 +36,6 @@ def configured_vocab_size(cfg: DataConfig) -> int | None:
     """Ids (incl. specials) of the tokenizer `cfg` names, known without building it; None for
     "hf" (an imported tokenizer: only its run directory knows)."""
     return {"byte": ByteTokenizer.vocab_size, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer)
-
-
-def padded_vocab_size(vocab_size: int) -> int:
-    """model.vocab_size for a tokenizer of `vocab_size` ids: padded to a multiple of 64 (divides
-    any tensor axis up to 64 and keeps logits matmuls aligned, as nanoGPT's 50304)."""
-    return -(-vocab_size // 64) * 64
 
 
 def resolve_cache_dir(cfg: DataConfig) -> Path:

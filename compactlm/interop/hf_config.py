@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compactlm.config import Config, ConfigError, apply_overrides, from_json, to_dict
+from compactlm.data.config import padded_vocab_size
 
 HF_CONFIG = "config.json"
 
@@ -38,6 +39,9 @@ class Family:
     # ModelConfig field -> the value this family's architecture implies (its difference from
     # Llama); import sets them, export picks the family whose values the model has.
     model: tuple[tuple[str, Any], ...] = ()
+    # config.json booleans that switch ModelConfig fields on together (Llama's attention_bias:
+    # qkv_bias and o_bias); import reads them (default false), export writes them.
+    switches: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # The config has Qwen's `use_sliding_window` switch: when it is false, `sliding_window` and
     # `max_window_layers` are inert (transformers ignores them) and accepted.
     sliding_switch: bool = False
@@ -59,12 +63,16 @@ _FIELDS = (
     ("tie_word_embeddings", "tie_embeddings"),
     ("initializer_range", "init_std"),
 )
+# The ModelConfig fields that say which architecture a model is, at Llama's values (a family
+# sets some in `model` or `switches`; the others must keep these).
+ARCHITECTURE = (("qkv_bias", False), ("o_bias", False), ("mlp_bias", False), ("qk_norm", False))
+# Llama: biases on q, k, v and o with attention_bias, on gate, up and down with mlp_bias.
 LLAMA = Family(
     model_type="llama",
     architecture="LlamaForCausalLM",
     fields=_FIELDS,
-    fixed=(("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)),
-    model=(("qkv_bias", False), ("qk_norm", False)),
+    fixed=(("hidden_act", "silu"),),
+    switches=(("attention_bias", ("qkv_bias", "o_bias")), ("mlp_bias", ("mlp_bias",))),
 )
 # Qwen2 / Qwen2.5: Llama with biases on q, k, v (always; its config has no switch).
 QWEN2 = Family(
@@ -72,7 +80,7 @@ QWEN2 = Family(
     architecture="Qwen2ForCausalLM",
     fields=_FIELDS,
     fixed=(("hidden_act", "silu"), ("use_sliding_window", False)),
-    model=(("qkv_bias", True), ("qk_norm", False)),
+    model=(("qkv_bias", True),),
     sliding_switch=True,
 )
 # Qwen3 (dense): Llama with a per-head RMSNorm on q and k before RoPE; head_dim is its own key.
@@ -81,7 +89,7 @@ QWEN3 = Family(
     architecture="Qwen3ForCausalLM",
     fields=_FIELDS,
     fixed=(("hidden_act", "silu"), ("attention_bias", False), ("use_sliding_window", False)),
-    model=(("qkv_bias", False), ("qk_norm", True)),
+    model=(("qk_norm", True),),
     sliding_switch=True,
 )
 # SmolLM3: Llama whose layers with no_rope_layers[i] = 0 attend without RoPE (NoPE).
@@ -95,7 +103,6 @@ SMOLLM3 = Family(
         ("mlp_bias", False),
         ("use_sliding_window", False),
     ),
-    model=(("qkv_bias", False), ("qk_norm", False)),
     sliding_switch=True,
     no_rope=True,
 )
@@ -115,20 +122,35 @@ _ROPE_KEYS = {
 }
 
 
+def _is_family(model: Any, family: Family) -> bool:
+    """Does `model` (a ModelConfig) have `family`'s architecture: its fixed values, each
+    switch's fields equal to one another, every other architecture field at Llama's value."""
+    fixed = dict(ARCHITECTURE) | dict(family.model)
+    for _, names in family.switches:
+        if len({getattr(model, n) for n in names}) > 1:
+            return False
+        for n in names:
+            fixed.pop(n)
+    same = all(getattr(model, name) == value for name, value in fixed.items())
+    return same and family.no_rope == (model.rope_flags() is not None)
+
+
+def _describe(family: Family) -> str:
+    parts = [f"{n}={v}" for n, v in family.model]
+    parts += [f"{key}: {'='.join(names)}" for key, names in family.switches]
+    parts += ["no_rope_layers"] if family.no_rope else []
+    return f"{family.model_type} ({', '.join(parts) or 'Llama'})"
+
+
 def family_of(model: Any) -> Family:
     """The family whose architecture `model` (a ModelConfig) is; one line if none is."""
     for family in FAMILIES.values():
-        if all(getattr(model, name) == value for name, value in family.model) and (
-            family.no_rope == (model.rope_flags() is not None)
-        ):
+        if _is_family(model, family):
             return family
-    have = ", ".join(f"{n}={getattr(model, n)}" for n, _ in LLAMA.model)
+    have = ", ".join(f"{n}={getattr(model, n)}" for n, _ in ARCHITECTURE)
     raise InteropError(
         f"no Hugging Face family has {have}; valid: "
-        + "; ".join(
-            f"{f.model_type} ({', '.join(f'{n}={v}' for n, v in f.model)})"
-            for f in FAMILIES.values()
-        )
+        + "; ".join(_describe(f) for f in FAMILIES.values())
     )
 
 
@@ -148,6 +170,7 @@ def hf_config(cfg: Config, tokenizer: Any, family: Family | None = None) -> dict
         "architectures": [family.architecture],
         "model_type": family.model_type,
         **{key: getattr(m, name) for key, name in family.fields},
+        "vocab_size": m.vocab_valid or m.vocab_size,  # the checkpoint's own, unpadded
         "head_dim": m.resolved_head_dim,
         **dict(family.fixed),
         "rope_scaling": _rope_json(m),
@@ -164,6 +187,7 @@ def hf_config(cfg: Config, tokenizer: Any, family: Family | None = None) -> dict
         out |= {"sliding_window": None, "max_window_layers": m.n_layers}
     if family.no_rope:
         out["no_rope_layers"] = list(m.no_rope_layers) or [1] * m.n_layers
+    out |= {key: getattr(m, names[0]) for key, names in family.switches}
     return out
 
 
@@ -277,16 +301,18 @@ def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Conf
         "rope_theta": float(hf.get("rope_theta", rope.get("rope_theta", 10_000.0))),
         "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        **dict(ARCHITECTURE),
         **dict(family.model),
+        **{name: bool(hf.get(key, False)) for key, names in family.switches for name in names},
         "no_rope_layers": _no_rope_layers(hf) if family.no_rope else (),
         "rope_scaling": "none",
         **_rope_fields(hf),
     }
-    if model["vocab_size"] % 64:
-        raise InteropError(
-            f"config.json vocab_size={model['vocab_size']} is not a multiple of 64; compactlm "
-            "pads vocabularies to a multiple of 64 (pad the embedding before importing)"
-        )
+    # Any vocabulary: the embedding is padded to a multiple of 64 and the padding ids masked
+    # (ModelConfig.vocab_valid); export writes the checkpoint's own size back.
+    vocab = model["vocab_size"]
+    model["vocab_size"] = padded_vocab_size(vocab)
+    model["vocab_valid"] = vocab if model["vocab_size"] != vocab else 0
     block = hf.get("compactlm") or {}
     if "config" in block:
         try:

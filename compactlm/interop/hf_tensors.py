@@ -48,10 +48,11 @@ def join_qkv(parts: Mapping[str, np.ndarray], n_heads: int, n_kv_heads: int, hea
 
 
 def split_gate_up(w_D2F: np.ndarray) -> dict:
-    """Fused gate_up kernel [D, 2F] → {"gate": [D, F], "up": [D, F]} (Layout "halves")."""
+    """Fused gate_up kernel [D, 2F] → {"gate": [D, F], "up": [D, F]} (Layout "halves"; its
+    bias [2F] the same way)."""
     from compactlm.models.linear import halves
 
-    parts = halves("gate", "up", w_D2F.shape[1] // 2).split_columns(w_D2F)
+    parts = halves("gate", "up", w_D2F.shape[-1] // 2).split_columns(w_D2F)
     return {name: np.asarray(w) for name, w in parts.items()}
 
 
@@ -75,6 +76,14 @@ _GATE_UP_HF = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight"}
 # Qwen2: q/k/v biases, one vector in the fused qkv column layout (split / joined as the kernel).
 _QKV_BIAS = ("attn", "qkv_bias")
 _QKV_BIAS_HF = {p: f"self_attn.{p}_proj.bias" for p in ("q", "k", "v")}
+# Llama's attention_bias (o's; q/k/v's are _QKV_BIAS) and mlp_bias (gate / up in the fused
+# gate_up column layout, down).
+_BIASES = {
+    ("attn", "o_bias"): "self_attn.o_proj.bias",
+    ("mlp", "down_bias"): "mlp.down_proj.bias",
+}
+_GATE_UP_BIAS = ("mlp", "gate_up_bias")
+_GATE_UP_BIAS_HF = {"gate": "mlp.gate_proj.bias", "up": "mlp.up_proj.bias"}
 # Qwen3: per-head q / k RMSNorm scales [H].
 _QK_NORMS = {
     ("attn", "q_norm", "scale"): "self_attn.q_norm.weight",
@@ -102,17 +111,19 @@ def _unknown(path: tuple) -> InteropError:
 
 
 def to_hf_tensors(params: Mapping, cfg) -> dict[str, np.ndarray]:
-    """Our parameter tree (nnx.to_pure_dict of the model's Params) → HF-named [out, in] arrays."""
+    """Our parameter tree (nnx.to_pure_dict of the model's Params) → HF-named [out, in] arrays;
+    the vocabulary at the checkpoint's own size (cfg.vocab_valid rows, the padding dropped)."""
     N, K, H = cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+    V = cfg.vocab_valid or cfg.vocab_size
     out: dict[str, np.ndarray] = {}
     for path, value in _flatten({k: v for k, v in params.items() if k != "layers"}).items():
         w = np.asarray(value)
         if path == ("embedding",):
-            out["model.embed_tokens.weight"] = w
+            out["model.embed_tokens.weight"] = w[:V]
         elif path == ("final_norm", "scale"):
             out["model.norm.weight"] = w
         elif path == ("lm_head", "kernel"):
-            out["lm_head.weight"] = w.T
+            out["lm_head.weight"] = w[:, :V].T
         else:
             raise _unknown(path)
     for i, path, value in _layer_arrays(params, cfg):
@@ -132,6 +143,11 @@ def to_hf_tensors(params: Mapping, cfg) -> dict[str, np.ndarray]:
                 out[pre + _QKV_BIAS_HF[part]] = vec
         elif path in _QK_NORMS:
             out[pre + _QK_NORMS[path]] = w
+        elif path in _BIASES:
+            out[pre + _BIASES[path]] = w
+        elif path == _GATE_UP_BIAS:
+            for part, vec in split_gate_up(w).items():
+                out[pre + _GATE_UP_BIAS_HF[part]] = vec
         else:
             raise _unknown(("layers", i, *path))
     return {name: np.ascontiguousarray(w) for name, w in out.items()}
@@ -157,7 +173,12 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
         used.add(name)
         return w
 
-    D, F, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    D, F, V = cfg.d_model, cfg.d_ff, cfg.vocab_valid or cfg.vocab_size
+
+    def padded(w: np.ndarray) -> np.ndarray:
+        """Zero rows up to the padded vocab_size (masked: ModelConfig.vocab_valid); no copy
+        when the vocabulary needs none."""
+        return np.pad(w, ((0, cfg.vocab_size - V), (0, 0))) if cfg.vocab_size > V else w
 
     def layer(i: int, path: tuple) -> np.ndarray:
         pre = f"model.layers.{i}."
@@ -180,17 +201,21 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
             return join_qkv({p: get(pre + _QKV_BIAS_HF[p], (rows[p],)) for p in rows}, N, K, H)
         if path in _QK_NORMS:
             return get(pre + _QK_NORMS[path], (H,))
+        if path in _BIASES:
+            return get(pre + _BIASES[path], (D,))
+        if path == _GATE_UP_BIAS:
+            return np.concatenate([get(pre + _GATE_UP_BIAS_HF[p], (F,)) for p in ("gate", "up")])
         raise InteropError(f"compactlm parameter layers/{'/'.join(path)} has no HF source")
 
     flat_out: dict[tuple, np.ndarray] = {}
     for path, leaf in _flatten(template).items():
         dtype = np.dtype(leaf.dtype)
         if path == ("embedding",):
-            w = get("model.embed_tokens.weight", (V, D))
+            w = padded(get("model.embed_tokens.weight", (V, D)))
         elif path == ("final_norm", "scale"):
             w = get("model.norm.weight", (D,))
         elif path == ("lm_head", "kernel"):
-            w = get("lm_head.weight", (V, D)).T
+            w = padded(get("lm_head.weight", (V, D))).T
         elif path[0] == "layers" and cfg.scan_layers:
             w = np.stack([layer(i, path[1:]) for i in range(cfg.n_layers)])
         elif path[0] == "layers":
@@ -200,7 +225,8 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
         flat_out[path] = np.asarray(w, dtype=dtype)
 
     if cfg.tie_embeddings and "lm_head.weight" in tensors:
-        if not np.array_equal(np.asarray(tensors["lm_head.weight"]), flat_out[("embedding",)]):
+        embedding = flat_out[("embedding",)][:V]
+        if not np.array_equal(np.asarray(tensors["lm_head.weight"]), embedding):
             raise InteropError(
                 "tensor lm_head.weight differs from model.embed_tokens.weight but config.json "
                 "says tie_word_embeddings=true"
@@ -212,7 +238,8 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
         if name.endswith(".bias"):
             raise InteropError(
                 f"tensor {name} is a bias; this model has none there as config.json describes"
-                " (q/k/v biases: a qwen2 config)"
+                " (q/k/v biases: a qwen2 config; q/k/v/o: attention_bias=true; gate/up/down: "
+                "mlp_bias=true)"
             )
         raise InteropError(f"tensor {name} is not part of the model config.json describes")
     return _unflatten(flat_out)

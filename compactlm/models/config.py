@@ -176,8 +176,15 @@ class ModelConfig:
     """Decoder shape and numerics. Defaults are the `tiny` preset (828,544 params at V=320)."""
 
     # Token vocabulary incl. specials, padded by the caller to a multiple of 64 so it divides the
-    # tensor axis. 320 = 256 bytes + specials, padded: the default byte-level tokenizer.
+    # tensor axis (data/config.py padded_vocab_size). 320 = 256 bytes + specials, padded: the
+    # default byte-level tokenizer.
     vocab_size: int = 320
+    # The checkpoint's own vocabulary when vocab_size pads it (an imported vocabulary that is not
+    # a multiple of 64, e.g. GPT-2's 50,257): ids >= vocab_valid are padding, their logits masked
+    # out of every softmax, loss and sample (models/transformer.py, one place), and export writes
+    # vocab_valid rows. 0: every one of the vocab_size ids is the model's (our own runs, whose
+    # padding ids are trained as unused tokens).
+    vocab_valid: int = 0
     # Residual-stream width (units). 128 keeps `tiny` near 0.8M params: fast CPU tests and runs.
     d_model: int = 128
     # Decoder blocks. 4: enough depth for scan/remat to matter while compiling in seconds.
@@ -213,6 +220,12 @@ class ModelConfig:
     # Learned biases on the q, k, v projections (Qwen2 / Qwen2.5), in the fused qkv column layout
     # (models/layers.py::Attention); o keeps none. False: Llama (no biases).
     qkv_bias: bool = False
+    # A learned bias on the attention output projection o (Llama's `attention_bias=true` puts
+    # biases on q, k, v and o: qkv_bias and o_bias together). False: Llama.
+    o_bias: bool = False
+    # Learned biases on gate, up (in the fused gate_up column layout) and down (Llama's
+    # `mlp_bias=true`). False: Llama.
+    mlp_bias: bool = False
     # Per-head RMSNorm (learned [head_dim] scales, eps = norm_eps) on q and k after the
     # projection and before RoPE (Qwen3). False: Llama.
     qk_norm: bool = False
@@ -285,6 +298,11 @@ class ModelConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.vocab_valid <= self.vocab_size:
+            raise ValueError(
+                f"model.vocab_valid={self.vocab_valid}; valid: 0 (every id) or 1..vocab_size="
+                f"{self.vocab_size}"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} (GQA)"

@@ -148,6 +148,8 @@ class Attention(nnx.Module):
             if cfg.qkv_bias
             else None
         )
+        # Llama's attention_bias: o's bias (q, k, v's are qkv_bias), added after the projection.
+        self.o_bias = BiasParam(jnp.zeros((D,), jnp.dtype(cfg.param_dtype))) if cfg.o_bias else None
         # Qwen3: RMSNorm over each head's H features of q and k, before RoPE.
         pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
         norm = dict(eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
@@ -210,7 +212,10 @@ class Attention(nnx.Module):
                 implementation="xla",
             )
             new_cache = (k_BSKH, v_BSKH)
-        return self.o_proj(out_BTNH.reshape(B, T, N * H), rng=_fold(rng, 1)), new_cache
+        out_BTD = self.o_proj(out_BTNH.reshape(B, T, N * H), rng=_fold(rng, 1))
+        if self.o_bias is not None:
+            out_BTD = out_BTD + self.o_bias[...].astype(out_BTD.dtype)
+        return out_BTD, new_cache
 
 
 class MLP(nnx.Module):
@@ -238,12 +243,24 @@ class MLP(nnx.Module):
             path=path,
         )
 
+        # Llama's mlp_bias: gate and up's biases in gate_up's column layout (its views split
+        # them like the kernel's columns), and down's; outside the linears, as qkv_bias.
+        dt = jnp.dtype(cfg.param_dtype)
+        self.gate_up_bias = BiasParam(jnp.zeros((2 * F,), dt)) if cfg.mlp_bias else None
+        self.down_bias = BiasParam(jnp.zeros((D,), dt)) if cfg.mlp_bias else None
+
     def __call__(
         self, x_BTD: Float[Array, "B T D"], rng: jax.Array | None = None
     ) -> Float[Array, "B T D"]:
-        gu = self.gate_up_proj.layout.split(self.gate_up_proj(x_BTD, rng=_fold(rng, 0)))
+        y = self.gate_up_proj(x_BTD, rng=_fold(rng, 0))
+        if self.gate_up_bias is not None:
+            y = y + self.gate_up_bias[...].astype(y.dtype)
+        gu = self.gate_up_proj.layout.split(y)
         h_BTF = jax.nn.silu(gu["gate"]) * gu["up"]
-        return self.down_proj(h_BTF, rng=_fold(rng, 1))
+        out_BTD = self.down_proj(h_BTF, rng=_fold(rng, 1))
+        if self.down_bias is not None:
+            out_BTD = out_BTD + self.down_bias[...].astype(out_BTD.dtype)
+        return out_BTD
 
 
 def _fold(rng: jax.Array | None, i: int) -> jax.Array | None:

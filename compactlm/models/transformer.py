@@ -29,6 +29,11 @@ from compactlm.models.linear import make_linear, single
 
 __all__ = ["Block", "KVCache", "ModelConfig", "Transformer"]
 
+# The logit of a padding id (cfg.vocab_valid): exp() of it is 0 in every softmax, loss and sample,
+# yet it stays finite through a temperature down to 1e-6 (−1e36; finfo.min / T would be −inf, and
+# 0·(−inf) is NaN in a divergence's p·log p).
+PADDING_LOGIT = -1e30
+
 
 class KVCache(NamedTuple):
     """Keys/values of all layers, stacked on L, and how many positions are filled."""
@@ -247,6 +252,9 @@ class Transformer(nnx.Module):
                 x_BTD, rng=None if rng is None else jax.random.fold_in(rng, 0xFFFFFFFF)
             )
         logits_BTV = logits_BTV.astype(jnp.float32)
+        if cfg.vocab_valid:  # THE place padding ids of an imported vocabulary leave the softmax
+            valid_V = jnp.arange(cfg.vocab_size) < cfg.vocab_valid
+            logits_BTV = jnp.where(valid_V, logits_BTV, PADDING_LOGIT)
         if return_hidden:
             return logits_BTV, hidden_L1BTD
         if cache is None:

@@ -48,7 +48,7 @@ RESUMABLE_CHANGES = (
 def resolve_vocab(cfg: Config, vocab_size: int) -> Config:
     """Set model.vocab_size from the tokenizer, padded to a multiple of 64 (divides any tensor
     axis up to 64 and keeps logits matmuls aligned, as nanoGPT's 50304)."""
-    from compactlm.data.dataset import padded_vocab_size
+    from compactlm.data.config import padded_vocab_size
 
     padded = padded_vocab_size(vocab_size)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=padded))

@@ -28,7 +28,7 @@ from compactlm.interop.hf_config import InteropError, config_from_hf, family_of
 from compactlm.interop.hf_tensors import from_hf_tensors, to_hf_tensors
 from compactlm.models.config import BiasParam, ModelConfig
 from compactlm.models.layers import rope_inv_freq
-from compactlm.models.transformer import Transformer
+from compactlm.models.transformer import PADDING_LOGIT, Transformer
 from compactlm.train.loop import run
 from tests.commandline import cli
 from tests.tolerances import tol
@@ -483,7 +483,9 @@ def test_refused_fields_are_one_line(changes, message):
 
 def test_a_model_with_bias_and_qk_norm_has_no_family():
     with pytest.raises(
-        InteropError, match="no Hugging Face family has qkv_bias=True, qk_norm=True"
+        InteropError,
+        match="no Hugging Face family has qkv_bias=True, o_bias=False, mlp_bias=False, "
+        "qk_norm=True",
     ):
         family_of(ModelConfig(qkv_bias=True, qk_norm=True))
 
@@ -619,27 +621,18 @@ def test_qkv_biases_stay_dense_through_compression(command, family_exports, tmp_
 # Against transformers itself (fixtures from scripts/make_hf_fixtures.py, when present)
 # ---------------------------------------------------------------------------------------------
 
-SUPPORTED_FIXTURES = (
-    "qwen2",
-    "qwen3",
-    "llama3",
-    "smollm3",
-)  # llama3_untied has o / MLP biases: refused
+SUPPORTED_FIXTURES = ("qwen2", "qwen3", "llama3", "llama3_untied", "smollm3")
 FIXTURE_DIRS = [FIXTURES / name for name in SUPPORTED_FIXTURES]  # committed: missing = failure
 
 
 def _padded(fixture: Path, config_name: str = "config.json"):
-    """(cfg, model, V) for a fixture whose vocab is not a multiple of 64: embedding (and head)
-    zero-padded to one, as the import would need; logits past V are ignored."""
+    """(cfg, model, V, tensors) of a fixture imported as `compactlm import` does: its vocabulary
+    (not a multiple of 64) padded inside compactlm, the padding ids masked (model.vocab_valid)."""
     c = json.loads((fixture / config_name).read_text())
     V = c["vocab_size"]
-    Vp = padded_vocab_size(V)
     tensors = dict(load_file(fixture / "model.safetensors"))
-    for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        if name in tensors:
-            w = tensors[name]
-            tensors[name] = np.concatenate([w, np.zeros((Vp - V, w.shape[1]), w.dtype)])
-    cfg = config_from_hf({**c, "vocab_size": Vp}, ["model.scan_layers=false"])
+    cfg = config_from_hf(c, ["model.scan_layers=false"])
+    assert (cfg.model.vocab_size, cfg.model.vocab_valid) == (padded_vocab_size(V), V)
     model = Transformer(cfg.model, rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
     loaded = from_hf_tensors(tensors, nnx.to_pure_dict(state), cfg.model)
@@ -656,14 +649,16 @@ def test_import_matches_transformers(fixture, capsys):
 
     ref = np.load(fixture / "reference.npz")
     cfg, model, V, tensors = _padded(fixture)
-    logits = np.asarray(model(jnp.asarray(ref["input_ids"], jnp.int32)))[..., :V]
+    full = np.asarray(model(jnp.asarray(ref["input_ids"], jnp.int32)))
+    assert full.shape[-1] == cfg.model.vocab_size > V and np.all(full[..., V:] == PADDING_LOGIT)
+    logits = full[..., :V]
     diff = float(np.max(np.abs(logits - ref["logits"])))
     with capsys.disabled():
         print(f"\n{fixture.name}: max |logit diff| vs transformers = {diff:.3g}")
     assert diff < 1e-4
     prompt = np.asarray(ref["greedy_prompt"], np.int32)
     n = ref["greedy_tokens"].shape[1]
-    out = generate(model, prompt, max_new_tokens=n, temperature=0.0, vocab_limit=V)
+    out = generate(model, prompt, max_new_tokens=n, temperature=0.0)  # the mask alone suffices
     np.testing.assert_array_equal(np.asarray(out)[:, prompt.shape[1] :], ref["greedy_tokens"])
     back = to_hf_tensors(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg.model)
     if cfg.model.tie_embeddings:
@@ -672,7 +667,7 @@ def test_import_matches_transformers(fixture, capsys):
     for k, w in back.items():
         np.testing.assert_array_equal(w, tensors[k])
     for other in fixture.glob("config.transformers*.json"):  # the other generation's spelling
-        c = {**json.loads(other.read_text()), "vocab_size": cfg.model.vocab_size}
+        c = json.loads(other.read_text())
         assert config_from_hf(c, ["model.scan_layers=false"]).model == cfg.model
 
 
@@ -706,7 +701,6 @@ def test_smollm3_flags_read_as_transformers_does_and_scan_carries_them():
 
 
 REFUSED_FIXTURES = {
-    "llama3_untied": "attention_bias=true is not supported",
     "gemma3_text": "model_type='gemma3_text' is not supported",
 }
 
@@ -718,3 +712,22 @@ def test_unsupported_fixtures_are_refused_in_one_line(name, message):
     with pytest.raises(InteropError) as e:
         config_from_hf(json.loads((FIXTURES / name / "config.json").read_text()))
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_import_pads_any_vocab_and_export_writes_the_checkpoint_back(tmp_path, capsys):
+    """`compactlm import` of a vocabulary that is not a multiple of 64 (456, with o / MLP
+    biases, untied): eval runs on it, and `export` writes the fixture's own tensors (456 rows)
+    and config fields back, bit for bit."""
+    src = FIXTURES / "llama3_untied"
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert cli("import", str(src), f"workdir={run}") == 0
+    assert "vocab 456 (padded to 512)" in capsys.readouterr().out
+    assert cli("eval", str(run), "data.corpus=pydocs", "train.eval_tokens=2048") == 0
+    assert cli("export", str(run), f"workdir={out}") == 0
+    theirs, ours = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(ours) == set(theirs)
+    for name, w in theirs.items():
+        np.testing.assert_array_equal(ours[name], w, err_msg=name)
+    a, b = (json.loads((d / "config.json").read_text()) for d in (src, out))
+    for key in ("vocab_size", "attention_bias", "mlp_bias", "tie_word_embeddings", "head_dim"):
+        assert b[key] == a[key], key

@@ -258,13 +258,16 @@ def _hf_dir_with(tmp_path: Path, src: Path, **changes) -> Path:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"attention_bias": True}, "attention_bias=true is not supported"),
-        ({"mlp_bias": True}, "mlp_bias=true is not supported"),
+        ({"attention_bias": True}, "tensor model.layers.0.self_attn.o_proj.bias is missing"),
+        ({"mlp_bias": True}, "tensor model.layers.0.mlp.down_proj.bias is missing"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope_scaling.rope_type='yarn'"),
         ({"sliding_window": 4096}, "sliding_window=4096 is not supported"),
         ({"model_type": "mistral"}, "model_type='mistral' is not supported; valid: 'llama'"),
         ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported; valid: 'silu'"),
-        ({"vocab_size": 321}, "vocab_size=321 is not a multiple of 64"),
+        (
+            {"vocab_size": 321},
+            "model.embed_tokens.weight has shape [320, 64], config.json implies [321, 64]",
+        ),
         ({"hidden_size": 96}, "tensor model.embed_tokens.weight has shape [320, 64]"),
     ],
 )
