@@ -419,10 +419,11 @@ def import_(source: str, overrides: Sequence[str], *, workdir: str | None) -> in
     check_workdir(workdir, "import")  # written whole in a temporary sibling, then renamed
     summary = import_hf(source, workdir, overrides)
     m = summary["config"].model
+    vocab = f"{m.vocab_valid} (padded to {m.vocab_size})" if m.vocab_valid else m.vocab_size
     print(
         f"imported {source} into {workdir}: {summary['parameters']:,} parameters "
         f"(d_model {m.d_model}, {m.n_layers} layers, {m.n_heads}/{m.n_kv_heads} heads, vocab "
-        f"{m.vocab_size}, tokenizer {summary['config'].data.tokenizer}); eval, generate and "
+        f"{vocab}, tokenizer {summary['config'].data.tokenizer}); eval, generate and "
         "finetune take it as RUN_DIR"
     )
     return 0
