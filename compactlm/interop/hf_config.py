@@ -179,7 +179,8 @@ def hf_config(cfg: Config, tokenizer: Any, family: Family | None = None) -> dict
         "bos_token_id": tokenizer.bos_id,
         "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.pad_id,
-        "torch_dtype": m.param_dtype,
+        "torch_dtype": m.param_dtype,  # transformers 4.x's key
+        "dtype": m.param_dtype,  # 5.x's
         "use_cache": True,
         "compactlm": {"tokenizer": tokenizer.kind, "config": to_dict(cfg)},
     }
@@ -281,6 +282,19 @@ def _no_rope_layers(hf: Mapping[str, Any]) -> tuple[int, ...]:
     return () if flags and all(flags) and len(flags) == n else flags
 
 
+def _param_dtype(hf: Mapping[str, Any]) -> str:
+    """model.param_dtype for the checkpoint's weights (`dtype`, 4.x: `torch_dtype`): bfloat16
+    stays bfloat16 (exact, and no 2x copy in memory: a real checkpoint is stored so); float16
+    widens to float32 (exact; compactlm keeps no f16 parameters); float32 or none: float32."""
+    dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise InteropError(
+            f"config.json dtype={dtype!r} is not supported; valid: 'float32', 'bfloat16', "
+            "'float16'"
+        )
+    return "bfloat16" if dtype == "bfloat16" else "float32"
+
+
 def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     """A compactlm Config for a config.json of any family in FAMILIES (the compactlm block
     first, if present)."""
@@ -329,6 +343,8 @@ def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Conf
                 base.train, seq_len=min(base.train.seq_len, model["max_seq_len"])
             ),
         )
+    if "config" not in block:
+        model["param_dtype"] = _param_dtype(hf)
     if model["head_dim"] == d_model // n_heads and d_model % n_heads == 0:
         model["head_dim"] = base.model.head_dim  # None = derived, as our own configs say
     try:
