@@ -36,6 +36,8 @@ AdapterKind = Literal["none", "lora", "dora"]
 LINEAR_NAMES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
 # `adapter.targets=all-linear` (PEFT's spelling): every projection of the blocks, not the head.
 ALL_LINEAR: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+# transformers' module names (PEFT's `target_modules=["q_proj", "v_proj"]`) for the same ones.
+HF_LINEAR_NAMES: dict[str, str] = {f"{name}_proj": name for name in ALL_LINEAR}
 
 DType = Literal["float32", "bfloat16"]
 # RoPE frequency scaling (models/layers.py::rope_inv_freq): none = plain RoPE; linear = positions
@@ -109,8 +111,8 @@ class AdapterConfig:
     alpha: float = 16.0
     # Dropout on the adapter's input x (LoRA §4.2 applies it to the low-rank path only). 0 = off.
     dropout: float = 0.0
-    # Projection names (q, k, v, o, gate, up, down, lm_head) or all-linear (every block linear).
-    # (q, v) is the LoRA paper's default.
+    # Projection names (q, k, v, o, gate, up, down, lm_head; or transformers' q_proj ...
+    # down_proj) or all-linear (every block linear). (q, v) is the LoRA paper's default.
     targets: tuple[str, ...] = ("q", "v")
     # If non-empty, a regex over module paths such as `layers.3.attn.q` or `lm_head`; replaces
     # `targets` (re.search, so `attn\.(q|v)$` or `layers\.[0-1]\.` work).
@@ -151,12 +153,13 @@ class AdapterConfig:
         """`targets` with all-linear expanded; unknown names raise, listing the valid ones."""
         names: list[str] = []
         for t in self.targets:
+            t = HF_LINEAR_NAMES.get(t, t)  # q_proj = q, as PEFT users write it
             expanded = ALL_LINEAR if t == "all-linear" else (t,)
             for name in expanded:
                 if name not in LINEAR_NAMES:
                     raise ValueError(
                         f"unknown adapter target {name!r}; valid targets: "
-                        f"{', '.join(LINEAR_NAMES)}, all-linear"
+                        f"{', '.join(LINEAR_NAMES)}, all-linear (or q_proj ... down_proj)"
                     )
                 if name not in names:
                     names.append(name)

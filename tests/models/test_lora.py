@@ -196,3 +196,12 @@ def test_qlora_trains_adapters_and_keeps_the_packed_base_bit_identical(fmt):
     lin = nnx.merge(graphdef, params, frozen).layers.attn.qkv_proj
     assert lin.qweight[...].dtype == jnp.int32  # packed codes, never a dense kernel
     assert not hasattr(lin, "kernel")
+
+
+def test_targets_take_transformers_module_names():
+    """PEFT users write target_modules=["q_proj", "v_proj"]: the same projections as q, v."""
+    peft = AdapterConfig(kind="lora", targets=("q_proj", "v_proj", "down_proj"))
+    assert peft.target_names() == ("q", "v", "down")
+    assert peft.targets_path("layers.2.attn.q") and not peft.targets_path("layers.2.attn.k")
+    with pytest.raises(ValueError, match="unknown adapter target 'qkv_proj'"):
+        AdapterConfig(kind="lora", targets=("qkv_proj",))
