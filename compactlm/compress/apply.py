@@ -95,14 +95,18 @@ def fold_awq_scales(block, weights: dict, scales: dict) -> dict:
     before rounding, the block computes exactly the same function (a test holds it).
     """
     for site, (norm_name,) in _AWQ_NORM.items():
-        norm = getattr(block, norm_name)
-        norm.scale[...] = norm.scale[...] / jnp.asarray(scales[site], norm.scale[...].dtype)
+        norm = getattr(block, norm_name)  # its gain, w or Gemma's 1 + w (RMSNorm.gain)
+        norm.set_gain(norm.gain() / jnp.asarray(scales[site], jnp.float32))
     weights = dict(weights)
-    # down's input is silu(gate) · up: dividing up's output columns divides it.
+    # down's input is act(gate) · up: dividing up's output columns (and its bias) divides it.
     f = weights["gate_up"].shape[1] // 2
     gate_up = weights["gate_up"].copy()
     gate_up[:, f:] /= scales["down"][None, :]
     weights["gate_up"] = gate_up
+    bias = block.mlp.gate_up_bias  # Llama's mlp_bias
+    if bias is not None:
+        up_scale = jnp.concatenate([jnp.ones(f), jnp.asarray(scales["down"])])
+        bias[...] = (bias[...].astype(jnp.float32) / up_scale).astype(bias[...].dtype)
     for site, s in scales.items():
         weights[site] = weights[site] * s[:, None]
     return weights

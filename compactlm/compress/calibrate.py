@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from compactlm.models.layers import rope_sin_cos
+from compactlm.models.layers import make_context
 
 # Site → (sub-module, linear attribute) inside a Block, and the projection names it serves.
 SITES: dict[str, tuple[str, str]] = {
@@ -145,15 +145,15 @@ class _Recorder:
         return self.inner(x, rng=rng)
 
 
-@partial(jax.jit, static_argnums=(0, 5))
-def _block_forward(graphdef, state, x_BTD, sin_BTH2, cos_BTH2, record: bool, use_rope=None):
+@partial(jax.jit, static_argnums=(0, 3))
+def _block_forward(graphdef, state, x_BTD, record: bool, ctx, flags=None):
     block = nnx.merge(graphdef, state)
     sink: dict = {}
     if record:
         for site, (sub, attr) in SITES.items():
             parent = getattr(block, sub)
             object.__setattr__(parent, attr, _Recorder(getattr(parent, attr), sink, site))
-    y_BTD, _ = block(x_BTD, sin_BTH2, cos_BTH2, use_rope=use_rope)
+    y_BTD, _ = block(x_BTD, ctx, flags=flags)
     return y_BTD, sink
 
 
@@ -182,14 +182,12 @@ def set_block(model, layer: int, block) -> None:
 
 
 def _embed(model, tokens_BT):
-    """The model's input to block 0, and the RoPE tables (Transformer.__call__'s first lines)."""
-    cfg = model.cfg
-    x_BTD = jnp.take(model.embedding[...], tokens_BT, axis=0).astype(cfg.compute_dtype)
+    """The model's input to block 0 and the pass's Context (as Transformer.__call__ makes
+    them, through the same functions)."""
     positions_BT = jnp.broadcast_to(
         jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape
     )
-    sin, cos = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta, cfg)
-    return x_BTD, sin, cos
+    return model.embed(tokens_BT), make_context(positions_BT, model.cfg)
 
 
 # A callback that compresses block `layer` in place from its sites' statistics.
@@ -199,20 +197,19 @@ CompressBlock = Callable[[int, object, dict[str, InputStats]], None]
 def layerwise(model, tokens: np.ndarray, compress_block: CompressBlock, *, batch_size: int = 16):
     """Compress every block in order, each calibrated on the compressed model's activations."""
     chunks = [tokens[i : i + batch_size] for i in range(0, len(tokens), batch_size)]
-    xs, sin, cos = [], [], []
+    xs, ctxs = [], []
     for c in chunks:
-        x, s, co = _embed(model, jnp.asarray(c))
+        x, ctx = _embed(model, jnp.asarray(c))
         xs.append(x)
-        sin.append(s)
-        cos.append(co)
-    flags = model.cfg.rope_flags()  # no_rope_layers, as Transformer.__call__ applies them
+        ctxs.append(ctx)
+    layer_flags = model.cfg.layer_flags()  # as Transformer.__call__ hands them to each block
     for layer in range(n_blocks(model)):
-        use_rope = None if flags is None else flags[layer]
+        flags = {name: jnp.asarray(f[layer]) for name, f in layer_flags.items()}
         block = get_block(model, layer)
         graphdef, state = nnx.split(block)
         stats: dict[str, InputStats] = {}
-        for x, s, co in zip(xs, sin, cos, strict=True):
-            _, sink = _block_forward(graphdef, state, x, s, co, True, use_rope)
+        for x, ctx in zip(xs, ctxs, strict=True):
+            _, sink = _block_forward(graphdef, state, x, True, ctx, flags)
             n = x.shape[0] * x.shape[1]
             for site, (xtx, abs_sum, absmax) in jax.device_get(sink).items():
                 if site not in stats:
@@ -223,7 +220,7 @@ def layerwise(model, tokens: np.ndarray, compress_block: CompressBlock, *, batch
         set_block(model, layer, block)
         graphdef, state = nnx.split(block)
         xs = [
-            _block_forward(graphdef, state, x, s, co, False, use_rope)[0]
-            for x, s, co in zip(xs, sin, cos, strict=True)
+            _block_forward(graphdef, state, x, False, ctx, flags)[0]
+            for x, ctx in zip(xs, ctxs, strict=True)
         ]
     return model

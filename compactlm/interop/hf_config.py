@@ -48,6 +48,10 @@ class Family:
     # The config has SmolLM3's `no_rope_layers` (1 = the layer uses RoPE): read into
     # ModelConfig.no_rope_layers, written back; the family of a model with a layer without RoPE.
     no_rope: bool = False
+    # The config has Gemma 3's sliding layers: `sliding_window`, `layer_types`
+    # (sliding_attention / full_attention) and RoPE per layer type (5.x: rope_parameters by
+    # layer type; 4.x: rope_theta + rope_scaling for the global layers, rope_local_base_freq).
+    sliding: bool = False
 
 
 _FIELDS = (
@@ -65,7 +69,18 @@ _FIELDS = (
 )
 # The ModelConfig fields that say which architecture a model is, at Llama's values (a family
 # sets some in `model` or `switches`; the others must keep these).
-ARCHITECTURE = (("qkv_bias", False), ("o_bias", False), ("mlp_bias", False), ("qk_norm", False))
+ARCHITECTURE = (
+    ("qkv_bias", False),
+    ("o_bias", False),
+    ("mlp_bias", False),
+    ("qk_norm", False),
+    ("norm_plus_one", False),
+    ("sandwich_norms", False),
+    ("mlp_activation", "silu"),
+    ("embed_scale", False),
+    ("query_pre_attn_scalar", 0.0),
+    ("sliding_window", 0),
+)
 # Llama: biases on q, k, v and o with attention_bias, on gate, up and down with mlp_bias.
 LLAMA = Family(
     model_type="llama",
@@ -106,7 +121,30 @@ SMOLLM3 = Family(
     sliding_switch=True,
     no_rope=True,
 )
-FAMILIES = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, SMOLLM3)}
+# Gemma 3 (text; gemma3_text, the 270M / 1B checkpoints and the text tower of the larger ones):
+# (1 + w) norms, sandwich norms, GeGLU, embeddings × √D, q/k norms, its own attention scale,
+# sliding-window layers with their own RoPE base.
+GEMMA3 = Family(
+    model_type="gemma3_text",
+    architecture="Gemma3ForCausalLM",
+    fields=(*_FIELDS, ("query_pre_attn_scalar", "query_pre_attn_scalar")),
+    fixed=(
+        ("hidden_activation", "gelu_pytorch_tanh"),
+        ("attention_bias", False),
+        ("attn_logit_softcapping", None),
+        ("final_logit_softcapping", None),
+        ("use_bidirectional_attention", False),
+    ),
+    model=(
+        ("qk_norm", True),
+        ("norm_plus_one", True),
+        ("sandwich_norms", True),
+        ("mlp_activation", "gelu_tanh"),
+        ("embed_scale", True),
+    ),
+    sliding=True,
+)
+FAMILIES = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, SMOLLM3, GEMMA3)}
 
 # config.json rope_type -> ModelConfig.rope_scaling, and the keys each reads (ModelConfig field,
 # config key, transformers' default or None = required).
@@ -126,6 +164,10 @@ def _is_family(model: Any, family: Family) -> bool:
     """Does `model` (a ModelConfig) have `family`'s architecture: its fixed values, each
     switch's fields equal to one another, every other architecture field at Llama's value."""
     fixed = dict(ARCHITECTURE) | dict(family.model)
+    for _, name in family.fields:  # a number the family's config.json carries
+        fixed.pop(name, None)
+    if family.sliding:
+        fixed.pop("sliding_window")
     for _, names in family.switches:
         if len({getattr(model, n) for n in names}) > 1:
             return False
@@ -139,6 +181,7 @@ def _describe(family: Family) -> str:
     parts = [f"{n}={v}" for n, v in family.model]
     parts += [f"{key}: {'='.join(names)}" for key, names in family.switches]
     parts += ["no_rope_layers"] if family.no_rope else []
+    parts += ["sliding_window"] if family.sliding else []
     return f"{family.model_type} ({', '.join(parts) or 'Llama'})"
 
 
@@ -188,6 +231,13 @@ def hf_config(cfg: Config, tokenizer: Any, family: Family | None = None) -> dict
         out |= {"sliding_window": None, "max_window_layers": m.n_layers}
     if family.no_rope:
         out["no_rope_layers"] = list(m.no_rope_layers) or [1] * m.n_layers
+    if family.sliding:  # 4.x's spelling, which 5.x reads too (rope_parameters by layer type)
+        flags = m.sliding_flags() or (False,) * m.n_layers
+        out |= {
+            "sliding_window": m.sliding_window or None,
+            "layer_types": [_LAYER_TYPES[f] for f in flags],
+            "rope_local_base_freq": m.rope_local_theta,
+        }
     out |= {key: getattr(m, names[0]) for key, names in family.switches}
     return out
 
@@ -229,8 +279,9 @@ def _check_supported(hf: Mapping[str, Any]) -> None:
                 f"config.json {key}={hf[key]!r} is not supported (mixture of experts; compactlm's "
                 "decoder is dense)"
             )
-    _rope_fields(hf)
+    _rope_fields(_global_rope(hf, family))
     inert = ("sliding_window", "max_window_layers") if family.sliding_switch else ()
+    inert += ("sliding_window", "layer_types") if family.sliding else ()
     for key in ("sliding_window", "layer_types", "no_rope_layers"):
         value = hf.get(key)
         if key in inert or value in (None, False) or (key == "no_rope_layers" and family.no_rope):
@@ -270,6 +321,50 @@ def _rope_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_LAYER_TYPES = {True: "sliding_attention", False: "full_attention"}
+
+
+def _global_rope(hf: Mapping[str, Any], family: Family) -> Mapping[str, Any]:
+    """The RoPE keys of the global layers, as a config without layer types spells them: 5.x
+    Gemma nests rope_parameters by layer type ({"full_attention": {...}, ...})."""
+    params = hf.get("rope_parameters") or {}
+    if not (family.sliding and set(params) & set(_LAYER_TYPES.values())):
+        return hf
+    return {**hf, "rope_parameters": params.get("full_attention") or {}}
+
+
+def _sliding_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """Gemma 3's sliding_window, sliding_layers (from layer_types, or 4.x's
+    sliding_window_pattern: every pattern-th layer global) and the local layers' RoPE base."""
+    n = _require(hf, "num_hidden_layers")
+    types = hf.get("layer_types")
+    if types is None:
+        pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+        types = [_LAYER_TYPES[(i + 1) % pattern != 0] for i in range(n)]
+    if len(types) != n or set(types) - set(_LAYER_TYPES.values()):
+        raise InteropError(
+            f"config.json layer_types={types!r} is not supported; valid: {n} of "
+            + ", ".join(map(repr, _LAYER_TYPES.values()))
+        )
+    sliding = tuple(int(t == "sliding_attention") for t in types)
+    window = int(hf.get("sliding_window") or 0)
+    if any(sliding) and window < 1:
+        raise InteropError(f"config.json has sliding layers but sliding_window={window!r}")
+    local = (hf.get("rope_parameters") or {}).get("sliding_attention") or {}
+    kind = local.get("rope_type", "default")
+    if kind != "default":
+        raise InteropError(
+            f"config.json rope_parameters.sliding_attention.rope_type={kind!r} is not supported; "
+            "valid: 'default' (the local layers' plain RoPE)"
+        )
+    theta = local.get("rope_theta", hf.get("rope_local_base_freq", 10_000.0))
+    return {
+        "sliding_window": window if any(sliding) else 0,
+        "sliding_layers": sliding if any(sliding) and not all(sliding) else (),
+        "rope_local_theta": float(theta),
+    }
+
+
 def _no_rope_layers(hf: Mapping[str, Any]) -> tuple[int, ...]:
     """SmolLM3's per-layer RoPE flags (1 = uses RoPE), or transformers' default from
     `no_rope_layer_interval` (every interval-th layer without); () when every layer uses it."""
@@ -289,8 +384,7 @@ def _param_dtype(hf: Mapping[str, Any]) -> str:
     dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise InteropError(
-            f"config.json dtype={dtype!r} is not supported; valid: 'float32', 'bfloat16', "
-            "'float16'"
+            f"config.json dtype={dtype!r} is not supported; valid: 'float32', 'bfloat16', 'float16'"
         )
     return "bfloat16" if dtype == "bfloat16" else "float32"
 
@@ -300,6 +394,8 @@ def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Conf
     first, if present)."""
     _check_supported(hf)
     family = FAMILIES[hf["model_type"]]
+    sliding = _sliding_fields(hf) if family.sliding else {}
+    hf = _global_rope(hf, family)
     n_heads = _require(hf, "num_attention_heads")
     d_model = _require(hf, "hidden_size")
     rope = hf.get("rope_parameters") or {}
@@ -321,6 +417,8 @@ def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Conf
         "no_rope_layers": _no_rope_layers(hf) if family.no_rope else (),
         "rope_scaling": "none",
         **_rope_fields(hf),
+        **{n: float(_require(hf, k)) for k, n in family.fields if (k, n) not in _FIELDS},
+        **sliding,
     }
     # Any vocabulary: the embedding is padded to a multiple of 64 and the padding ids masked
     # (ModelConfig.vocab_valid); export writes the checkpoint's own size back.

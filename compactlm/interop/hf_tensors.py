@@ -61,6 +61,20 @@ _NORMS = {
     ("attn_norm", "scale"): "input_layernorm.weight",
     ("mlp_norm", "scale"): "post_attention_layernorm.weight",
 }
+# Gemma's sandwich norms: transformers' post_attention_layernorm is the attention OUTPUT's norm
+# there, the MLP's input norm is pre_feedforward_layernorm.
+_SANDWICH_NORMS = {
+    ("attn_norm", "scale"): "input_layernorm.weight",
+    ("attn_post_norm", "scale"): "post_attention_layernorm.weight",
+    ("mlp_norm", "scale"): "pre_feedforward_layernorm.weight",
+    ("mlp_post_norm", "scale"): "post_feedforward_layernorm.weight",
+}
+
+
+def _norms(cfg) -> dict[tuple, str]:
+    return _SANDWICH_NORMS if cfg.sandwich_norms else _NORMS
+
+
 _LINEARS = {
     ("attn", "o_proj", "kernel"): "self_attn.o_proj.weight",
     ("mlp", "down_proj", "kernel"): "mlp.down_proj.weight",
@@ -126,10 +140,11 @@ def to_hf_tensors(params: Mapping, cfg) -> dict[str, np.ndarray]:
             out["lm_head.weight"] = w[:, :V].T
         else:
             raise _unknown(path)
+    norms = _norms(cfg)
     for i, path, value in _layer_arrays(params, cfg):
         w, pre = np.asarray(value), f"model.layers.{i}."
-        if path in _NORMS:
-            out[pre + _NORMS[path]] = w
+        if path in norms:
+            out[pre + norms[path]] = w
         elif path in _LINEARS:
             out[pre + _LINEARS[path]] = w.T
         elif path == _QKV:
@@ -180,10 +195,12 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
         when the vocabulary needs none."""
         return np.pad(w, ((0, cfg.vocab_size - V), (0, 0))) if cfg.vocab_size > V else w
 
+    norms = _norms(cfg)
+
     def layer(i: int, path: tuple) -> np.ndarray:
         pre = f"model.layers.{i}."
-        if path in _NORMS:
-            return get(pre + _NORMS[path], (D,))
+        if path in norms:
+            return get(pre + norms[path], (D,))
         if path == ("attn", "o_proj", "kernel"):
             return get(pre + _LINEARS[path], (D, N * H)).T
         if path == ("mlp", "down_proj", "kernel"):

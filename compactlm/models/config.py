@@ -234,6 +234,29 @@ class ModelConfig:
     qk_norm: bool = False
     # RMSNorm epsilon added to mean(x²). 1e-5 as Llama 2; harmless in f32 statistics.
     norm_eps: float = 1e-5
+    # --- Gemma 3's differences from Llama, each read in one place (models/layers.py) ---
+    # Every RMSNorm (q/k norms too) stores w and multiplies by (1 + w), w initialised to 0
+    # (Gemma; transformers' Gemma3RMSNorm). False: Llama's gain w, init 1.
+    norm_plus_one: bool = False
+    # A second RMSNorm on the attention and on the MLP output before each residual add
+    # (Gemma 2 / 3's post_attention_layernorm / post_feedforward_layernorm). False: Llama.
+    sandwich_norms: bool = False
+    # The gated MLP's activation: silu = SwiGLU (Llama); gelu_tanh = GeGLU with the tanh GELU
+    # approximation (Gemma's gelu_pytorch_tanh).
+    mlp_activation: Literal["silu", "gelu_tanh"] = "silu"
+    # Token embeddings multiplied by sqrt(d_model), rounded to the parameter dtype (Gemma).
+    embed_scale: bool = False
+    # Attention scores scaled by query_pre_attn_scalar^-1/2 (Gemma 3's); 0 = head_dim^-1/2.
+    query_pre_attn_scalar: float = 0.0
+    # Sliding-window attention: a query at t sees keys t - sliding_window < s <= t (0 = off).
+    sliding_window: int = 0
+    # Which layers slide (1) and which attend globally (0), as no_rope_layers: n_layers flags,
+    # read in one place (models/layers.py::Attention). Empty with sliding_window > 0: every
+    # layer slides. Gemma 3: 5 local : 1 global.
+    sliding_layers: tuple[int, ...] = ()
+    # RoPE base of the sliding layers (Gemma 3's rope_local_base_freq; plain RoPE, no
+    # rope_scaling); global layers use rope_theta and rope_scaling.
+    rope_local_theta: float = 10_000.0
     # Logits reuse the embedding matrix (saves V·D params; at tiny shapes that's 5% of the model).
     tie_embeddings: bool = True
     # Storage dtype of parameters. f32 so optimizer updates don't underflow; bf16 to halve memory.
@@ -333,6 +356,18 @@ class ModelConfig:
             raise ValueError(
                 f"model.no_rope_layers={list(self.no_rope_layers)}; valid: empty (every layer "
                 f"uses RoPE) or n_layers={self.n_layers} flags 0/1 (1 = the layer uses RoPE)"
+            )
+        if self.sliding_window < 0 or self.query_pre_attn_scalar < 0:
+            raise ValueError("model.sliding_window and model.query_pre_attn_scalar must be >= 0")
+        if self.sliding_layers and (
+            len(self.sliding_layers) != self.n_layers
+            or set(self.sliding_layers) - {0, 1}
+            or not self.sliding_window
+        ):
+            raise ValueError(
+                f"model.sliding_layers={list(self.sliding_layers)}; valid: empty or "
+                f"n_layers={self.n_layers} flags 0/1 (1 = the layer slides) with "
+                "model.sliding_window > 0"
             )
         if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("init_std, norm_eps and rope_theta must be > 0")
@@ -445,6 +480,20 @@ class ModelConfig:
         if all(self.no_rope_layers):
             return None
         return tuple(bool(f) for f in self.no_rope_layers)
+
+    def sliding_flags(self) -> tuple[bool, ...] | None:
+        """Per layer, does it attend in a sliding window (sliding_layers); None when no layer
+        does (sliding_window 0)."""
+        if not self.sliding_window:
+            return None
+        return tuple(bool(f) for f in self.sliding_layers or (1,) * self.n_layers)
+
+    def layer_flags(self) -> dict[str, tuple[bool, ...]]:
+        """What differs between layers, by the name Attention takes it under (`use_rope`,
+        `sliding`): only the kinds that do differ somewhere. THE list of per-layer data:
+        Transformer scans them beside the layer parameters, calibration passes them per layer."""
+        flags = {"use_rope": self.rope_flags(), "sliding": self.sliding_flags()}
+        return {name: f for name, f in flags.items() if f is not None}
 
     @property
     def resolved_head_dim(self) -> int:

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from compactlm.models.attention import blocked_causal_attention
+from compactlm.models.attention import blocked_causal_attention, causal_window_mask, key_visible
 from compactlm.models.config import BiasParam, ScaleParam
 from compactlm.models.dense import param_init  # noqa: F401  (re-exported for callers)
 from compactlm.models.linear import halves, make_linear, qkv_layout, single
@@ -20,19 +21,64 @@ if TYPE_CHECKING:
 
 
 class RMSNorm(nnx.Module):
-    """Root-mean-square norm (Zhang & Sennrich 2019), computed in f32, learned scale init 1."""
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in f32, learned gain: the scale
+    itself (init 1), or 1 + scale (init 0) with plus_one (Gemma's cfg.norm_plus_one)."""
 
-    def __init__(self, dim: int, *, eps: float, param_dtype: jnp.dtype, compute_dtype: jnp.dtype):
-        self.eps, self.compute_dtype = eps, compute_dtype
+    def __init__(
+        self,
+        dim: int,
+        *,
+        eps: float,
+        param_dtype: jnp.dtype,
+        compute_dtype: jnp.dtype,
+        plus_one: bool = False,
+    ):
+        self.eps, self.compute_dtype, self.plus_one = eps, compute_dtype, plus_one
+        init = jnp.zeros if plus_one else jnp.ones
         self.scale = ScaleParam(
-            jnp.ones((dim,), param_dtype), out_sharding=(None,), eager_sharding=False
+            init((dim,), param_dtype), out_sharding=(None,), eager_sharding=False
         )
+
+    @classmethod
+    def of(cls, dim: int, cfg: ModelConfig) -> RMSNorm:
+        """An RMSNorm of `dim` features with cfg's eps, dtypes and gain convention."""
+        return cls(
+            dim,
+            eps=cfg.norm_eps,
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            compute_dtype=jnp.dtype(cfg.compute_dtype),
+            plus_one=cfg.norm_plus_one,
+        )
+
+    def gain(self) -> Float[Array, " D"]:
+        """The f32 factor the normalised x is multiplied by (THE place (1 + w) is read)."""
+        w = self.scale[...].astype(jnp.float32)
+        return 1.0 + w if self.plus_one else w
+
+    def set_gain(self, gain: Float[ArrayLike, " D"]) -> None:
+        """Store `gain` as this norm's scale (AWQ folds its scales into the norm)."""
+        w = jnp.asarray(gain, jnp.float32) - (1.0 if self.plus_one else 0.0)
+        self.scale[...] = w.astype(self.scale[...].dtype)
 
     def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
         # f32 statistics: mean of squares in bf16 has 8 mantissa bits, too coarse for 1/rms.
         x32 = x.astype(jnp.float32)
         inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * inv_rms * self.scale[...].astype(jnp.float32)).astype(self.compute_dtype)
+        return (x32 * inv_rms * self.gain()).astype(self.compute_dtype)
+
+
+class Context(NamedTuple):
+    """What every layer of one forward pass shares (Transformer.context builds it once): the
+    RoPE tables of the global layers (rope_theta, rope_scaling) and, with sliding layers, of the
+    local ones (rope_local_theta); with a KV cache, the [B, T, S] masks of which cached keys
+    each query sees (global: s <= position; local: also position - s < sliding_window)."""
+
+    sin_BTH2: Float[Array, "B T H2"]
+    cos_BTH2: Float[Array, "B T H2"]
+    local_sin_BTH2: Float[Array, "B T H2"] | None = None
+    local_cos_BTH2: Float[Array, "B T H2"] | None = None
+    mask_BTS: Bool[Array, "B T S"] | None = None
+    local_mask_BTS: Bool[Array, "B T S"] | None = None
 
 
 def rope_inv_freq(head_dim: int, theta: float, cfg: ModelConfig | None = None) -> jax.Array:
@@ -73,6 +119,24 @@ def rope_sin_cos(
     inv_freq = rope_inv_freq(head_dim, theta, cfg)
     angle = positions_BT.astype(jnp.float32)[..., None] * inv_freq
     return jnp.sin(angle), jnp.cos(angle)
+
+
+def make_context(
+    positions_BT: Int[Array, "B T"], cfg: ModelConfig, cache_len: int | None = None
+) -> Context:
+    """The Context of a forward pass over `positions_BT` (cache_len: the KV cache's S, for its
+    masks; None without a cache)."""
+    H = cfg.resolved_head_dim
+    sin, cos = rope_sin_cos(positions_BT, H, cfg.rope_theta, cfg)
+    local_sin = local_cos = mask = local_mask = None
+    if cfg.sliding_window:  # the local layers' plain RoPE at their own base
+        local_sin, local_cos = rope_sin_cos(positions_BT, H, cfg.rope_local_theta)
+    if cache_len is not None:
+        t_BT1, s_11S = positions_BT[:, :, None], jnp.arange(cache_len)[None, None, :]
+        mask = key_visible(t_BT1, s_11S)
+        if cfg.sliding_window:
+            local_mask = key_visible(t_BT1, s_11S, cfg.sliding_window)
+    return Context(sin, cos, local_sin, local_cos, mask, local_mask)
 
 
 def apply_rope(
@@ -150,30 +214,32 @@ class Attention(nnx.Module):
         )
         # Llama's attention_bias: o's bias (q, k, v's are qkv_bias), added after the projection.
         self.o_bias = BiasParam(jnp.zeros((D,), jnp.dtype(cfg.param_dtype))) if cfg.o_bias else None
-        # Qwen3: RMSNorm over each head's H features of q and k, before RoPE.
-        pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
-        norm = dict(eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
-        self.q_norm = RMSNorm(H, **norm) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(H, **norm) if cfg.qk_norm else None
+        # Qwen3, Gemma 3: RMSNorm over each head's H features of q and k, before RoPE.
+        self.q_norm = RMSNorm.of(H, cfg) if cfg.qk_norm else None
+        self.k_norm = RMSNorm.of(H, cfg) if cfg.qk_norm else None
+        # Gemma 3: scores × query_pre_attn_scalar^-1/2 instead of H^-1/2.
+        self.scale = (cfg.query_pre_attn_scalar or H) ** -0.5
+        self.sliding_window = cfg.sliding_window
 
     def __call__(
         self,
         x_BTD: Float[Array, "B T D"],
-        sin_BTH2: Float[Array, "B T H2"],
-        cos_BTH2: Float[Array, "B T H2"],
+        ctx: Context,
         cache_kv: tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None = None,
         cache_index: Int[Array, ""] | None = None,
-        mask_BTS: Bool[Array, "B T S"] | None = None,
         rng: jax.Array | None = None,
         use_rope: Bool[ArrayLike, ""] | None = None,
+        sliding: Bool[ArrayLike, ""] | None = None,
     ) -> tuple[
         Float[Array, "B T D"], tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None
     ]:
         """Without a cache: causal self-attention over T. With one: write the T new keys/values
-        at cache_index, attend to the whole cache under mask_BTS, return the updated cache.
+        at cache_index, attend to the whole cache under ctx's mask, return the updated cache.
         rng: key for the projections' stochastic adapters (dropout); None = deterministic.
-        use_rope: this layer's flag of cfg.no_rope_layers (a bool or a scanned [] array; False =
-        q and k unrotated); None = RoPE (every layer rotates)."""
+        The layer's flags (cfg.layer_flags(); a bool, or a scanned [] array; None = the
+        model has no such per-layer choice): use_rope False = q and k unrotated (SmolLM3's
+        no_rope_layers); sliding True = a local layer (Gemma 3: the sliding window, its own
+        RoPE base). THE place both are read."""
         B, T, _ = x_BTD.shape
         N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
         y = self.qkv_proj(x_BTD, rng=_fold(rng, 0))
@@ -183,20 +249,39 @@ class Attention(nnx.Module):
         q_BTNH, k_BTKH = qkv["q"].reshape(B, T, N, H), qkv["k"].reshape(B, T, K, H)
         if self.q_norm is not None:
             q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
-        if use_rope is None:
-            q_BTNH = apply_rope(q_BTNH, sin_BTH2, cos_BTH2)
-            k_BTKH = apply_rope(k_BTKH, sin_BTH2, cos_BTH2)
-        else:  # cfg.no_rope_layers: THE place a layer skips RoPE (the cache stores what it uses)
-            q_BTNH = jnp.where(use_rope, apply_rope(q_BTNH, sin_BTH2, cos_BTH2), q_BTNH)
-            k_BTKH = jnp.where(use_rope, apply_rope(k_BTKH, sin_BTH2, cos_BTH2), k_BTKH)
+        sin_BTH2, cos_BTH2, mask_BTS = ctx.sin_BTH2, ctx.cos_BTH2, ctx.mask_BTS
+        window = None
+        if sliding is not None:  # a local layer: its RoPE base, its window (global: none)
+            sin_BTH2 = jnp.where(sliding, ctx.local_sin_BTH2, sin_BTH2)
+            cos_BTH2 = jnp.where(sliding, ctx.local_cos_BTH2, cos_BTH2)
+            window = jnp.where(sliding, self.sliding_window, 0)
+            if mask_BTS is not None:
+                mask_BTS = jnp.where(sliding, ctx.local_mask_BTS, mask_BTS)
+        q_rot_BTNH = apply_rope(q_BTNH, sin_BTH2, cos_BTH2)
+        k_rot_BTKH = apply_rope(k_BTKH, sin_BTH2, cos_BTH2)
+        if use_rope is not None:  # the cache stores what the layer uses
+            q_rot_BTNH = jnp.where(use_rope, q_rot_BTNH, q_BTNH)
+            k_rot_BTKH = jnp.where(use_rope, k_rot_BTKH, k_BTKH)
+        q_BTNH, k_BTKH = q_rot_BTNH, k_rot_BTKH
         v_BTKH = qkv["v"].reshape(B, T, K, H)
         new_cache = None
         if cache_kv is None and self.impl == "blocked":
-            out_BTNH = blocked_causal_attention(q_BTNH, k_BTKH, v_BTKH)
+            out_BTNH = blocked_causal_attention(
+                q_BTNH, k_BTKH, v_BTKH, scale=self.scale, window=window
+            )
         elif cache_kv is None:
             # jax.nn.dot_product_attention does GQA itself (K divides N): no repeat of k/v.
+            # A traced window is a mask (cuDNN's static local_window_size cannot follow a
+            # scanned flag): XLA then.
+            mask = None if window is None else causal_window_mask(T, window)[None, None]
             out_BTNH = jax.nn.dot_product_attention(
-                q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=self.impl
+                q_BTNH,
+                k_BTKH,
+                v_BTKH,
+                mask=mask,
+                scale=self.scale,
+                is_causal=mask is None,
+                implementation=self.impl if mask is None else "xla",
             )
         else:
             k_BSKH, v_BSKH = cache_kv
@@ -209,6 +294,7 @@ class Attention(nnx.Module):
                 k_BSKH.astype(q_BTNH.dtype),
                 v_BSKH.astype(q_BTNH.dtype),
                 mask=mask_BTS[:, None, :, :],
+                scale=self.scale,
                 implementation="xla",
             )
             new_cache = (k_BSKH, v_BSKH)
@@ -219,7 +305,8 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+    """Gated feed-forward (Shazeer 2020): down(act(gate(x)) * up(x)), act = silu (SwiGLU) or the
+    tanh GELU (GeGLU, cfg.mlp_activation)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, path: str = "layers.0.mlp"):
         D, F = cfg.d_model, cfg.d_ff
@@ -243,6 +330,12 @@ class MLP(nnx.Module):
             path=path,
         )
 
+        # SwiGLU (Llama) or GeGLU with tanh GELU (Gemma's gelu_pytorch_tanh).
+        self.activation = (
+            jax.nn.silu
+            if cfg.mlp_activation == "silu"
+            else functools.partial(jax.nn.gelu, approximate=True)
+        )
         # Llama's mlp_bias: gate and up's biases in gate_up's column layout (its views split
         # them like the kernel's columns), and down's; outside the linears, as qkv_bias.
         dt = jnp.dtype(cfg.param_dtype)
@@ -256,7 +349,7 @@ class MLP(nnx.Module):
         if self.gate_up_bias is not None:
             y = y + self.gate_up_bias[...].astype(y.dtype)
         gu = self.gate_up_proj.layout.split(y)
-        h_BTF = jax.nn.silu(gu["gate"]) * gu["up"]
+        h_BTF = self.activation(gu["gate"]) * gu["up"]
         out_BTD = self.down_proj(h_BTF, rng=_fold(rng, 1))
         if self.down_bias is not None:
             out_BTD = out_BTD + self.down_bias[...].astype(out_BTD.dtype)

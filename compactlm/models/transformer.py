@@ -1,4 +1,5 @@
-"""The Llama-style decoder Transformer (embed → blocks → norm → logits) and its KV cache.
+"""The Llama-style decoder Transformer (embed → blocks → norm → logits) and its KV cache; other
+families' differences are ModelConfig fields read in models/layers.py.
 
 `ModelConfig` lives in models/config.py (re-exported here for callers).
 """
@@ -24,7 +25,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, Integer
 from compactlm.models.config import EmbeddingParam, ModelConfig
 from compactlm.models.dense import param_init
 from compactlm.models.input_noise import apply_input_noise
-from compactlm.models.layers import MLP, Attention, RMSNorm, rope_sin_cos
+from compactlm.models.layers import MLP, Attention, RMSNorm, make_context
 from compactlm.models.linear import make_linear, single
 
 __all__ = ["Block", "KVCache", "ModelConfig", "Transformer"]
@@ -44,43 +45,36 @@ class KVCache(NamedTuple):
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x)); with sandwich norms
+    (Gemma) each branch's output is normed again before the add."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0):
         """layer: the block's index, naming its linears' paths (`layers.3.attn.q`) for adapter
         targeting; scanned blocks are built once for all layers (Transformer checks that the
         targets do not depend on the index then)."""
-        pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
-        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
+        D = cfg.d_model
+        self.attn_norm = RMSNorm.of(D, cfg)
         self.attn = Attention(cfg, rngs=rngs, path=f"layers.{layer}.attn")
-        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pdt, compute_dtype=cdt)
+        self.mlp_norm = RMSNorm.of(D, cfg)
         self.mlp = MLP(cfg, rngs=rngs, path=f"layers.{layer}.mlp")
+        # Gemma's post_attention_layernorm / post_feedforward_layernorm (cfg.sandwich_norms).
+        self.attn_post_norm = RMSNorm.of(D, cfg) if cfg.sandwich_norms else None
+        self.mlp_post_norm = RMSNorm.of(D, cfg) if cfg.sandwich_norms else None
 
-    def __call__(
-        self,
-        x_BTD,
-        sin_BTH2,
-        cos_BTH2,
-        cache_kv=None,
-        cache_index=None,
-        mask_BTS=None,
-        rng=None,
-        use_rope=None,
-    ):
-        """use_rope: the layer's flag of cfg.no_rope_layers (None: RoPE; Attention reads it)."""
+    def __call__(self, x_BTD, ctx, cache_kv=None, cache_index=None, rng=None, flags=None):
+        """ctx: the pass's Context; flags: this layer's per-layer data (cfg.layer_flags(),
+        by name; None or {}: none), handed to Attention, which reads them."""
         attn_rng, mlp_rng = (None, None) if rng is None else jax.random.split(rng)
         h_BTD, cache_kv = self.attn(
-            self.attn_norm(x_BTD),
-            sin_BTH2,
-            cos_BTH2,
-            cache_kv,
-            cache_index,
-            mask_BTS,
-            attn_rng,
-            use_rope,
+            self.attn_norm(x_BTD), ctx, cache_kv, cache_index, attn_rng, **(flags or {})
         )
+        if self.attn_post_norm is not None:
+            h_BTD = self.attn_post_norm(h_BTD)
         x_BTD = x_BTD + h_BTD
-        return x_BTD + self.mlp(self.mlp_norm(x_BTD), mlp_rng), cache_kv
+        h_BTD = self.mlp(self.mlp_norm(x_BTD), mlp_rng)
+        if self.mlp_post_norm is not None:
+            h_BTD = self.mlp_post_norm(h_BTD)
+        return x_BTD + h_BTD, cache_kv
 
 
 def _remat(fn, mode: str):
@@ -111,12 +105,7 @@ class Transformer(nnx.Module):
             self.layers = make_blocks(rngs)
         else:
             self.layers = nnx.List([Block(cfg, rngs=rngs, layer=i) for i in range(cfg.n_layers)])
-        self.final_norm = RMSNorm(
-            D,
-            eps=cfg.norm_eps,
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            compute_dtype=jnp.dtype(cfg.compute_dtype),
-        )
+        self.final_norm = RMSNorm.of(D, cfg)
         # One assignment: a Module here is pytree data, None a static attribute.
         self.lm_head = (
             None
@@ -132,6 +121,15 @@ class Transformer(nnx.Module):
                 storage="dense",  # the head stays dense under packed formats (as in QLoRA)
             )
         )
+
+    def embed(self, tokens_BT: Integer[ArrayLike, "B T"]) -> Float[Array, "B T D"]:
+        """The input of block 0: embedding rows in the compute dtype, × √D with embed_scale
+        (Gemma: the factor rounded to the parameter dtype first, as transformers does)."""
+        cfg = self.cfg
+        x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0)
+        if cfg.embed_scale:
+            x_BTD = x_BTD * jnp.asarray(cfg.d_model**0.5, x_BTD.dtype)
+        return x_BTD.astype(cfg.compute_dtype)
 
     def init_cache(
         self, batch_size: int, max_len: int | None = None, dtype: str | None = None
@@ -179,7 +177,7 @@ class Transformer(nnx.Module):
         if positions_BT is None:
             start = 0 if cache is None else cache.index
             positions_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
-        x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cfg.compute_dtype)
+        x_BTD = self.embed(tokens_BT)
         if rng is not None and (cfg.neftune_alpha > 0 or cfg.span_mask_rate > 0):
             x_BTD = apply_input_noise(
                 x_BTD,
@@ -188,36 +186,32 @@ class Transformer(nnx.Module):
                 span_length=cfg.span_length,
                 neftune_alpha=cfg.neftune_alpha,
             )
-        sin_BTH2, cos_BTH2 = rope_sin_cos(positions_BT, cfg.resolved_head_dim, cfg.rope_theta, cfg)
-        index = mask_BTS = None
-        if cache is not None:
-            index = cache.index
-            S = cache.k_LBSKH.shape[2]
-            mask_BTS = jnp.arange(S)[None, None, :] <= positions_BT[:, :, None]
+        index = None if cache is None else cache.index
+        ctx = make_context(positions_BT, cfg, None if cache is None else cache.k_LBSKH.shape[2])
 
-        def apply_block(graphdef, state, x_BTD, cache_kv, layer_rng, use_rope):
+        def apply_block(graphdef, state, x_BTD, cache_kv, layer_rng, flags):
             block = nnx.merge(graphdef, state)
-            return block(x_BTD, sin_BTH2, cos_BTH2, cache_kv, index, mask_BTS, layer_rng, use_rope)
+            return block(x_BTD, ctx, cache_kv, index, layer_rng, flags)
 
         apply_block = _remat(apply_block, cfg.remat)
         kv = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
         layer_rngs = None if rng is None else jax.random.split(rng, cfg.n_layers)
-        rope_flags = cfg.rope_flags()  # per layer (no_rope_layers), or None: every layer rotates
+        layer_flags = cfg.layer_flags()  # what differs between layers (RoPE or not, sliding)
         if cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
-            # Scanned blocks share one structure: the flags are scanned data, one per layer.
-            rope_L = None if rope_flags is None else jnp.asarray(rope_flags)
+            # Scanned blocks share one structure: the flags are scanned data, [L] each.
+            flags_L = {name: jnp.asarray(f) for name, f in layer_flags.items()}
 
             def body(x_BTD, xs):
-                layer_state, cache_kv, layer_rng, use_rope = xs
+                layer_state, cache_kv, layer_rng, flags = xs
                 x_BTD, cache_kv = apply_block(
-                    graphdef, layer_state, x_BTD, cache_kv, layer_rng, use_rope
+                    graphdef, layer_state, x_BTD, cache_kv, layer_rng, flags
                 )
                 # The per-layer outputs are stacked only when asked for (scan's ys are stored).
                 return x_BTD, ((cache_kv, x_BTD) if return_hidden else cache_kv)
 
             x0_BTD = x_BTD
-            x_BTD, ys = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs, rope_L))
+            x_BTD, ys = jax.lax.scan(body, x_BTD, (state, kv, layer_rngs, flags_L))
             if return_hidden:
                 kv, blocks_LBTD = ys
                 hidden_L1BTD = jnp.concatenate([x0_BTD[None], blocks_LBTD])
@@ -230,8 +224,8 @@ class Transformer(nnx.Module):
                 graphdef, state = nnx.split(layer)
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
                 layer_rng = None if layer_rngs is None else layer_rngs[i]
-                use_rope = None if rope_flags is None else rope_flags[i]
-                x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv, layer_rng, use_rope)
+                flags = {name: f[i] for name, f in layer_flags.items()}
+                x_BTD, layer_kv = apply_block(graphdef, state, x_BTD, layer_kv, layer_rng, flags)
                 hidden.append(x_BTD)
                 if layer_kv is not None:
                     new_k.append(layer_kv[0])

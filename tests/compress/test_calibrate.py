@@ -64,11 +64,11 @@ def test_sites_see_their_inputs_layer_by_layer(scan):
 
 
 def _attn(block, x):
-    from compactlm.models.layers import rope_sin_cos
+    from compactlm.models.layers import Context, rope_sin_cos
 
     pos = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
     sin, cos = rope_sin_cos(pos, block.attn.head_dim, 10_000.0)
-    return block.attn(block.attn_norm(x), sin, cos)[0]
+    return block.attn(block.attn_norm(x), Context(sin, cos))[0]
 
 
 def test_calibration_tokens_are_deterministic_training_windows():

@@ -177,7 +177,7 @@ def test_plain_rope_is_unchanged_by_the_scaling_field():
 def test_qk_norm_is_a_per_head_rms_norm_before_rope():
     """Attention with qk_norm against the definition: q, k = RMSNorm_H(x @ Wq), RMSNorm_H(x @ Wk)
     per head, then RoPE, then softmax attention (positions 0..T-1)."""
-    from compactlm.models.layers import Attention, rope_sin_cos
+    from compactlm.models.layers import Attention, Context, rope_sin_cos
 
     cfg = ModelConfig(d_model=64, n_heads=4, n_kv_heads=2, head_dim=32, qk_norm=True)
     attn = Attention(cfg, rngs=nnx.Rngs(0))
@@ -188,7 +188,7 @@ def test_qk_norm_is_a_per_head_rms_norm_before_rope():
     x = rng.normal(size=(1, T, 64)).astype(np.float32)
     pos = jnp.arange(T)[None]
     sin, cos = rope_sin_cos(pos, 32, cfg.rope_theta, cfg)
-    ours, _ = attn(jnp.asarray(x), sin, cos)
+    ours, _ = attn(jnp.asarray(x), Context(sin, cos))
 
     parts = attn.qkv_proj.layout.split_columns(np.asarray(attn.qkv_proj.kernel[...], np.float64))
     x64 = x[0].astype(np.float64)
@@ -213,7 +213,7 @@ def test_qk_norm_is_a_per_head_rms_norm_before_rope():
 def test_a_no_rope_layer_attends_unrotated(use_rope):
     """no_rope_layers[i] = 0 (SmolLM3's NoPE layers): softmax(q kᵀ / √H) v on the projections
     as they are; 1: RoPE first, as every layer of the other families. Cached decode too."""
-    from compactlm.models.layers import Attention, rope_sin_cos
+    from compactlm.models.layers import Attention, Context, rope_sin_cos
 
     cfg = ModelConfig(d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, no_rope_layers=(1, 0))
     attn = Attention(cfg, rngs=nnx.Rngs(0))
@@ -221,7 +221,7 @@ def test_a_no_rope_layer_attends_unrotated(use_rope):
     T, H = 6, 16
     x = rng.normal(size=(1, T, 64)).astype(np.float32)
     sin, cos = rope_sin_cos(jnp.arange(T)[None], H, cfg.rope_theta, cfg)
-    ours, _ = attn(jnp.asarray(x), sin, cos, use_rope=jnp.asarray(use_rope))
+    ours, _ = attn(jnp.asarray(x), Context(sin, cos), use_rope=jnp.asarray(use_rope))
 
     parts = attn.qkv_proj.layout.split_columns(np.asarray(attn.qkv_proj.kernel[...], np.float64))
     x64 = x[0].astype(np.float64)
@@ -245,20 +245,16 @@ def test_a_no_rope_layer_attends_unrotated(use_rope):
     flag = jnp.asarray(use_rope)
     y1, cache = attn(
         jnp.asarray(x[:, :-1]),
-        sin[:, :-1],
-        cos[:, :-1],
+        Context(sin[:, :-1], cos[:, :-1], mask_BTS=mask[:, :-1]),
         cache,
         jnp.asarray(0),
-        mask[:, :-1],
         use_rope=flag,
     )
     y2, _ = attn(
         jnp.asarray(x[:, -1:]),
-        sin[:, -1:],
-        cos[:, -1:],
+        Context(sin[:, -1:], cos[:, -1:], mask_BTS=mask[:, -1:]),
         cache,
         jnp.asarray(T - 1),
-        mask[:, -1:],
         use_rope=flag,
     )
     np.testing.assert_allclose(np.concatenate([y1[0], y2[0]]), ref, **tol("model_f32"))
@@ -621,7 +617,7 @@ def test_qkv_biases_stay_dense_through_compression(command, family_exports, tmp_
 # Against transformers itself (fixtures from scripts/make_hf_fixtures.py, when present)
 # ---------------------------------------------------------------------------------------------
 
-SUPPORTED_FIXTURES = ("qwen2", "qwen3", "llama3", "llama3_untied", "smollm3")
+SUPPORTED_FIXTURES = ("qwen2", "qwen3", "llama3", "llama3_untied", "smollm3", "gemma3_text")
 FIXTURE_DIRS = [FIXTURES / name for name in SUPPORTED_FIXTURES]  # committed: missing = failure
 
 
@@ -700,18 +696,72 @@ def test_smollm3_flags_read_as_transformers_does_and_scan_carries_them():
     assert np.max(np.abs(flipped[..., :V] - ref["logits"])) > 1e-2
 
 
-REFUSED_FIXTURES = {
-    "gemma3_text": "model_type='gemma3_text' is not supported",
+# config.json keys export does not write back: inert or derived ones (transformers' defaults;
+# Qwen's max_window_layers only matters with use_sliding_window; layer_types of full attention
+# only; SmolLM3's interval is spelled out in no_rope_layers; Gemma's pattern in layer_types).
+INERT_KEYS = {
+    "transformers_version",
+    "layer_types",
+    "max_window_layers",
+    "no_rope_layer_interval",
+    "sliding_window_pattern",
 }
 
 
-@pytest.mark.parametrize("name, message", list(REFUSED_FIXTURES.items()))
-def test_unsupported_fixtures_are_refused_in_one_line(name, message):
-    if not (FIXTURES / name / "config.json").is_file():
-        pytest.skip(f"no fixture {name}")
+@pytest.mark.parametrize("fixture", FIXTURE_DIRS, ids=[p.name for p in FIXTURE_DIRS])
+def test_export_writes_the_fixture_config_back(fixture):
+    """Every config.json field transformers wrote (4.x spelling, which export writes) comes
+    back from import -> export with its value, except the inert keys above (and Gemma's
+    layer_types come back too: they are not inert there)."""
+    import types
+
+    c = json.loads((fixture / "config.transformers4.json").read_text())
+    ids = {n: c.get(f"{n}_token_id") for n in ("bos", "eos", "pad")}
+    tok = types.SimpleNamespace(kind="hf", **{f"{n}_id": v for n, v in ids.items()})
+    ours = hf.hf_config(config_from_hf(c), tok)
+    inert = INERT_KEYS - ({"layer_types"} if c.get("sliding_window") else set())
+    assert {k: c[k] for k in c if k not in inert} == {k: ours.get(k) for k in c if k not in inert}
+
+
+GEMMA_REFUSED = [
+    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping=50.0 is not supported"),
+    ({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0 is not supported"),
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention=True is not supported"),
+    ({"hidden_activation": "gelu"}, "hidden_activation='gelu' is not supported"),
+    ({"layer_types": ["chunked_attention"] * 3}, "layer_types=['chunked_attention'"),
+    (
+        {"rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 2.0}}},
+        "rope_parameters.sliding_attention.rope_type='linear' is not supported",
+    ),
+    (
+        {"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0}}},
+        "rope_parameters.rope_type='yarn' is not supported",
+    ),
+]
+
+
+@pytest.mark.parametrize("changes, message", GEMMA_REFUSED)
+def test_gemma3_fields_it_does_not_compute_are_refused_in_one_line(changes, message):
+    c = json.loads((FIXTURES / "gemma3_text" / "config.json").read_text()) | changes
     with pytest.raises(InteropError) as e:
-        config_from_hf(json.loads((FIXTURES / name / "config.json").read_text()))
+        config_from_hf(c)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gemma3_sliding_layers_and_window_matter():
+    """The fixture's T = 24 is past its window of 8: attending globally in the local layers,
+    or rotating them at the global base, is far off transformers' logits."""
+    ref = np.load(FIXTURES / "gemma3_text" / "reference.npz")
+    cfg, model, V, _ = _padded(FIXTURES / "gemma3_text")
+    assert cfg.model.sliding_layers == (1, 0, 1) and cfg.model.sliding_window == 8
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tokens = jnp.asarray(ref["input_ids"], jnp.int32)
+    for change in ({"sliding_window": 0, "sliding_layers": ()}, {"rope_local_theta": 1e6}):
+        other = Transformer(dataclasses.replace(cfg.model, **change), rngs=nnx.Rngs(0))
+        state = nnx.state(other, nnx.Param)
+        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+        nnx.update(other, state)
+        assert np.max(np.abs(np.asarray(other(tokens))[..., :V] - ref["logits"])) > 1e-3, change
 
 
 def test_cli_import_pads_any_vocab_and_export_writes_the_checkpoint_back(tmp_path, capsys):

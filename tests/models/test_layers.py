@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from compactlm.models.dense import Linear
-from compactlm.models.layers import MLP, Attention, RMSNorm, apply_rope, rope_sin_cos
+from compactlm.models.layers import MLP, Attention, Context, RMSNorm, apply_rope, rope_sin_cos
 from compactlm.models.linear import make_linear, single
 from compactlm.models.transformer import Block, ModelConfig
 from tests.tolerances import tol
@@ -75,7 +75,7 @@ def test_attention_matches_einsum_reference(n_kv_heads, impl):
     x = np.random.default_rng(2).normal(size=(B, T, cfg.d_model)).astype(np.float32)
     pos = np.broadcast_to(np.arange(T), (B, T))
     sin, cos = rope_sin_cos(jnp.asarray(pos), cfg.resolved_head_dim, cfg.rope_theta)
-    got, _ = attn(jnp.asarray(x), sin, cos)
+    got, _ = attn(jnp.asarray(x), Context(sin, cos))
     np.testing.assert_allclose(got, _attention_reference(x, attn, pos), **tol("f32_reorder"))
 
 
@@ -99,7 +99,7 @@ def test_block_is_causal():
     pos = jnp.broadcast_to(jnp.arange(T), (B, T))
     sin, cos = rope_sin_cos(pos, cfg.resolved_head_dim, cfg.rope_theta)
     # jac[b, t, b', s, d] = d (sum_d out[b, t, d]) / d x[b', s, d], one jitted jacrev.
-    jac = jax.jit(jax.jacrev(lambda x: block(x, sin, cos)[0].sum(-1)))(x)
+    jac = jax.jit(jax.jacrev(lambda x: block(x, Context(sin, cos))[0].sum(-1)))(x)
     dep_TS = np.abs(np.asarray(jac[0, :, 0])).sum(-1)
     assert np.all(dep_TS[np.triu_indices(T, k=1)] == 0.0), dep_TS
     assert np.all(dep_TS[np.tril_indices(T)] > 0.0), dep_TS
