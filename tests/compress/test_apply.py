@@ -26,6 +26,14 @@ def _tokens(n=8):
     return np.random.default_rng(0).integers(0, 64, size=(n, 16)).astype(np.int32)
 
 
+def _randomise_non_linears(model):
+    """Non-zero biases and non-identity norms (init 0 / 1 would hide a missed fold)."""
+    rng = np.random.default_rng(3)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if "kernel" not in path and "embedding" not in path:
+            var.set_value(jnp.asarray(0.5 + rng.uniform(size=var.get_value().shape), jnp.float32))
+
+
 def _kernels(model):
     return {
         (layer, site): np.asarray(A.linear_of(C.get_block(model, layer), site).kernel[...])
@@ -34,8 +42,20 @@ def _kernels(model):
     }
 
 
-def test_awq_fold_preserves_the_function():
-    model = _model()
+@pytest.mark.parametrize(
+    "family",
+    [
+        {},
+        # Gemma's (1 + w) norms take the fold through RMSNorm.gain; Llama's mlp_bias divides
+        # up's bias with up's columns; Qwen2's q/k/v biases sit after the scaled input.
+        dict(norm_plus_one=True, sandwich_norms=True, mlp_activation="gelu_tanh", qk_norm=True),
+        dict(qkv_bias=True, o_bias=True, mlp_bias=True),
+    ],
+    ids=["llama", "gemma3", "biases"],
+)
+def test_awq_fold_preserves_the_function(family):
+    model = Transformer(ModelConfig(**CFG, scan_layers=False, **family), rngs=nnx.Rngs(0))
+    _randomise_non_linears(model)
     tokens = jnp.asarray(_tokens())
     before = model(tokens)
     rng = np.random.default_rng(1)
