@@ -17,6 +17,9 @@ setup(
         "numpy<2.4",  # triton 3.6's interpreter breaks on runtime-bounded loops under numpy>=2.4
         "triton>=3.6",
         "tokenizers>=0.20",
+        # Chat templates of imported checkpoints (interop/hf_tokenizer.py), rendered in jinja2's
+        # sandbox as transformers does; 3.1.6 fixes the sandbox escapes of earlier versions.
+        "jinja2>=3.1.6",
         "safetensors>=0.4",  # HF checkpoints in and out (compactlm/interop): no pickle
         "tqdm>=4.66",
         "tensorboardX>=2.6",

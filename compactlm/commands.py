@@ -39,7 +39,8 @@ class SampleConfig:
     """Options of `compactlm generate` (and the sample printed after `train`)."""
 
     # Text the sample continues. (The sample printed after `train` starts from the first line
-    # of a validation document of the run's own data instead.)
+    # of a validation document of the run's own data instead.) An imported checkpoint's
+    # tokenizer adds what transformers' `tokenizer(prompt)` adds (Llama 3, Gemma: a BOS).
     prompt: str = "def "
     # Tokens to sample after the prompt. None: 200, or fewer where prompt + sample would pass the
     # model's context (nano: 128); an explicit number past the context is an error.
@@ -50,8 +51,15 @@ class SampleConfig:
     seed: int = 0  # sampling RNG seed
     # Token healing (data/tokenizer.py::heal_prompt): the prompt's last token is re-chosen by the
     # model among the ids that start with its text, so "def " under BPE continues like "def f",
-    # not like a rare lone " " token. No effect on byte-level ids.
+    # not like a rare lone " " token. No effect on byte-level ids, nor with chat=true (a chat
+    # prompt ends at the template's turn boundary, not mid-word).
     heal: bool = True
+    # A file whose UTF-8 text is the prompt, exactly (newlines included), instead of prompt=.
+    prompt_file: str = ""
+    # The prompt as one user message through the checkpoint's chat template (tokenizer_config.json
+    # or chat_template.jinja, rendered as transformers' apply_chat_template with
+    # add_generation_prompt=True): the model writes the assistant's reply. Imported runs only.
+    chat: bool = False
 
     def __post_init__(self) -> None:
         if not self.prompt:  # zero ids: the prefill has nothing to condition the first token on
@@ -61,6 +69,30 @@ class SampleConfig:
             raise ValueError("need max_new_tokens >= 1, temperature >= 0 and top_k >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+
+    def read_prompt_file(self) -> str:
+        """prompt_file's text, exactly: bytes decoded as UTF-8, no newline translation."""
+        path, valid = self.prompt_file, "valid: a non-empty UTF-8 text file, or prompt='...'"
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"prompt_file={path!r}: no such file; {valid}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"prompt_file={path!r} is a directory; {valid}") from None
+        except OSError as e:
+            raise ConfigError(
+                f"prompt_file={path!r} cannot be read ({e.strerror}); {valid}"
+            ) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"prompt_file={path!r} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                f"{e.start}); {valid}"
+            ) from None
+        if not text:
+            raise ConfigError(f"prompt_file={path!r} is empty; {valid}")
+        return text
 
 
 def _print_kv(title: str, rows: dict) -> None:
@@ -110,14 +142,37 @@ def _cut_utf8(text: str, max_bytes: int, *, words: bool = True) -> str:
 
 
 def _sample(trainer, sample: SampleConfig) -> str:
-    """The prompt and its sampled continuation, as text."""
-    from compactlm.data.tokenizer import heal_prompt
+    """The prompt and its sampled continuation, as text (chat=true: the rendered chat and the
+    reply, which ends at any of the checkpoint's stop ids)."""
+    from compactlm.data.tokenizer import heal_prompt, prompt_tokens, stop_ids
     from compactlm.models.generate import generate as generate_tokens
 
     tok = trainer.data.tokenizer
-    prompt_ids, first_allowed = (
-        heal_prompt(tok, sample.prompt) if sample.heal else (tok.encode(sample.prompt), None)
-    )
+    chat_text = None
+    if sample.chat:
+        from compactlm.interop.hf_tokenizer import render_chat
+
+        if tok.kind != "hf" or not tok.chat_template:
+            raise ConfigError(
+                f"chat=true needs a chat template and {trainer.workdir} has none (its tokenizer "
+                f"is data.tokenizer={tok.kind}; runs imported from a Hugging Face checkpoint "
+                "with a chat_template have one); valid: chat=false"
+            )
+        chat_text = render_chat(
+            tok.chat_template,
+            [{"role": "user", "content": sample.prompt}],
+            special_tokens=tok.special_tokens,
+            add_generation_prompt=True,
+        )
+        # No specials added: the template wrote the ones it wants (transformers'
+        # apply_chat_template(tokenize=True) tokenizes its text the same way).
+        prompt_ids, first_allowed = tok.encode(chat_text), None
+        if not len(prompt_ids):
+            raise ConfigError(f"the chat template of {trainer.workdir} rendered an empty prompt")
+    elif sample.heal:
+        prompt_ids, first_allowed = heal_prompt(tok, sample.prompt)
+    else:
+        prompt_ids, first_allowed = prompt_tokens(tok, sample.prompt)[0], None
     context = trainer.cfg.model.max_seq_len
     n_new = sample.max_new_tokens or max(min(200, context - len(prompt_ids)), 1)
     if len(prompt_ids) + n_new > context:
@@ -127,6 +182,7 @@ def _sample(trainer, sample: SampleConfig) -> str:
             f"(model.max_seq_len={context}); shorten the prompt or lower max_new_tokens"
         )
     model = trainer.program.model(trainer.state)
+    stops = stop_ids(tok)
     out = generate_tokens(
         model,
         prompt_ids,
@@ -135,17 +191,21 @@ def _sample(trainer, sample: SampleConfig) -> str:
         top_k=sample.top_k,
         top_p=sample.top_p,
         seed=sample.seed,
-        eos_id=tok.eos_id,
+        eos_id=stops,
         vocab_limit=tok.vocab_size,
         first_allowed=first_allowed,
     )
     new = [int(t) for t in out[0, len(prompt_ids) :]]
-    if tok.eos_id in new:  # the model ended the document
-        new = new[: new.index(tok.eos_id)]
+    ended = [i for i, t in enumerate(new) if t in stops]
+    new = new[: ended[0]] if ended else new  # the model ended the document (or its turn)
     # model.vocab_size is the tokenizer's padded to a multiple of 64; the padding ids are never
     # targets, but an undertrained model can still sample them: they decode to nothing. The
-    # prompt's ids and the new ones decode together (a healed token completes the prompt).
-    return tok.decode([*map(int, prompt_ids), *(t for t in new if t < tok.vocab_size)])
+    # prompt's ids and the new ones decode together (a healed token completes the prompt); a
+    # chat shows its rendered text, specials and all, then the reply.
+    new = [t for t in new if t < tok.vocab_size]
+    if chat_text is not None:
+        return chat_text + tok.decode(new)
+    return tok.decode([*map(int, prompt_ids), *new])
 
 
 def _baselines_in_background(trainer) -> Callable[[], dict]:
@@ -309,6 +369,13 @@ def evaluate(run_dir: str, overrides: Sequence[str]) -> int:
 
 def generate(run_dir: str, args: Sequence[str]) -> int:
     sample = apply_overrides(SampleConfig(), args)
+    if sample.prompt_file:  # read before the run loads: a wrong path fails fast
+        if any(a.split("=", 1)[0].strip() == "prompt" for a in args):
+            raise ConfigError(
+                "prompt= and prompt_file= are both given; valid: one of them (prompt='text' or "
+                "prompt_file=PATH)"
+            )
+        sample = dataclasses.replace(sample, prompt=sample.read_prompt_file())
     trainer = _load_run(run_dir, [])
     print(_sample(trainer, sample))
     return 0

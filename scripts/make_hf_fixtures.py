@@ -12,6 +12,13 @@ and every tokenizer is trained here, with the `tokenizers` library, on the small
 Per fixture directory under tests/fixtures/hf/<name>/:
   config.json, generation_config.json, model.safetensors   (model.save_pretrained, float32)
   tokenizer.json, tokenizer_config.json                    (AutoTokenizer.from_pretrained loads it)
+  chat_template.jinja         (qwen3 only) the chat template, where 5.x's save_pretrained puts it;
+                              the others keep theirs in tokenizer_config.json (smollm3: a list
+                              of named templates)
+  tokenizer_reference.json    transformers' tokenizer on a few texts (ids with / without specials),
+                              its special tokens, generation_config's eos ids, and two chats
+                              rendered by apply_chat_template (text, ids, the model's greedy
+                              reply) + one it refuses
   config.transformers4.json   the same config in the transformers 4.x spelling
                               (rope_theta + rope_scaling [+ rope_local_base_freq]) when the
                               installed transformers writes the 5.x one (rope_parameters)
@@ -23,7 +30,8 @@ Every norm weight is random and non-unit (gemma's (1 + w) norms: w random and no
 bias random and non-zero, so a swapped norm or a dropped bias changes the logits. After writing,
 each directory is reloaded with from_pretrained and its logits / greedy tokens are checked
 against the saved ones (the fixture is self-consistent), and the 4.x-spelled config is checked
-to give the same logits too.
+to give the same logits too. The tokenizer reference is made by the reloaded tokenizer, which
+must give back the chat template as written.
 """
 
 # ruff: noqa: E501  (the README template has Markdown table rows)
@@ -33,11 +41,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import torch
 import transformers
@@ -50,7 +60,13 @@ from tokenizers import (
     processors,
     trainers,
 )
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "hf"
@@ -58,6 +74,7 @@ OUT = ROOT / "tests" / "fixtures" / "hf"
 T = 24  # reference sequence length (gemma3's sliding window is 8 < T)
 P = 12  # greedy prompt length: P + N > sliding window, so the cached decode crosses it too
 N = 8  # greedy new tokens
+CHAT_NEW_TOKENS = 4  # greedy reply recorded per chat conversation (`generate chat=true`)
 
 # The training text of every tokenizer (a few hundred merges' worth) and the texts encoded for
 # the references. The second reference text has characters the training text lacks ("é", "ß",
@@ -151,10 +168,15 @@ def gemma_bpe(n_pieces: int) -> Tokenizer:
 
 
 def save_tokenizer(
-    tok: Tokenizer, directory: Path, special: dict[str, str]
+    tok: Tokenizer, directory: Path, special: dict[str, str], chat: dict
 ) -> PreTrainedTokenizerFast:
+    """tokenizer.json + tokenizer_config.json (+ chat_template.jinja), as save_pretrained writes
+    them; `chat["store"]` says where the chat template goes (CHAT_STORES)."""
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
-    fast.save_pretrained(str(directory))
+    fast.chat_template = chat["template"]
+    # save_jinja_files=True is 5.x's default: a single template goes to chat_template.jinja;
+    # False keeps the older layout, the template (or a list of named ones) in tokenizer_config.
+    fast.save_pretrained(str(directory), save_jinja_files=chat["store"] == "jinja")
     # Name the class every transformers version knows (5.x writes its own "TokenizersBackend",
     # which 4.x lacks); the self-check reloads it with AutoTokenizer.
     path = directory / "tokenizer_config.json"
@@ -162,7 +184,251 @@ def save_tokenizer(
     cfg.pop("backend", None)
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     path.write_text(json.dumps(cfg, indent=2) + "\n")
+    stored = "chat_template" in cfg, (directory / "chat_template.jinja").exists()
+    assert stored == {"jinja": (False, True)}.get(chat["store"], (True, False)), stored
     return fast
+
+
+# --------------------------------------------------------------------------------------------
+# chat templates (small ones in the style of each family's own; written here, not copied)
+# --------------------------------------------------------------------------------------------
+
+# Where a fixture keeps its template, the three layouts transformers reads: "config" a string
+# under tokenizer_config.json's chat_template, "named" a list of {"name", "template"} there
+# ("default" is the one used without tools), "jinja" the chat_template.jinja file 5.x writes.
+CHAT_STORES = {
+    "config": "`tokenizer_config.json`",
+    "named": "`tokenizer_config.json`, named (default, tool_use)",
+    "jinja": "`chat_template.jinja`",
+}
+
+# ChatML (Qwen2.5 style): a default system turn, tool calls rendered with `tojson` (transformers'
+# own filter: no HTML escaping, non-ASCII kept), consecutive tool results in one user turn
+# (loop.previtem / nextitem), `continue` past the system message, raise_exception on other roles.
+CHATML_TEMPLATE = """\
+{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- else %}
+    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if loop.first and message.role == 'system' %}
+        {%- continue %}
+    {%- endif %}
+    {%- if message.role not in ['user', 'assistant', 'tool'] %}
+        {{- raise_exception('Unexpected role ' + message.role + ': valid roles are system (first), user, assistant and tool') }}
+    {%- endif %}
+    {%- if message.role == 'tool' %}
+        {%- if loop.previtem is not defined or loop.previtem.role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
+        {%- if loop.nextitem is not defined or loop.nextitem.role != 'tool' %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- else %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for call in message.tool_calls | default([]) %}
+            {{- '\\n<tool_call>\\n{"name": "' + call.function.name + '", "arguments": ' }}
+            {{- call.function.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# SmolLM3 style: ChatML with a metadata system block, reasoning off (/no_think: the generation
+# prompt holds an empty think block), earlier assistant turns stripped of their <think> part
+# (the last user turn is found by a reversed loop that stops at `break`), assistant text inside
+# `{% generation %}` (transformers' tag for assistant-token masks: it must parse and render as
+# its body), a `namespace`, and raise_exception on a misplaced system message.
+SMOLLM3_TEMPLATE = """\
+{%- set ns = namespace(system='You are a helpful AI assistant named SmolLM.', last_user=-1) -%}
+{%- for message in messages | reverse -%}
+    {%- if message.role == 'user' -%}
+        {%- set ns.last_user = (messages | length) - 1 - loop.index0 -%}
+        {%- break -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- if messages[0].role == 'system' -%}
+    {%- set ns.system = messages[0].content | trim -%}
+{%- endif -%}
+<|im_start|>system
+## Metadata
+
+Reasoning Mode: /no_think
+
+## Custom Instructions
+
+{{ ns.system }}<|im_end|>
+{% for message in messages -%}
+    {%- if message.role == 'system' -%}
+        {%- if not loop.first -%}
+            {{- raise_exception('The system message must be the first message') -}}
+        {%- endif -%}
+    {%- elif message.role == 'user' -%}
+<|im_start|>user
+{{ message.content }}<|im_end|>
+{% elif message.role == 'assistant' -%}
+        {%- set content = message.content -%}
+        {%- if loop.index0 < ns.last_user and '</think>' in content -%}
+            {%- set content = content.split('</think>')[-1].lstrip('\\n') -%}
+        {%- endif -%}
+<|im_start|>assistant
+{% generation %}{{ content }}<|im_end|>{% endgeneration %}
+
+{% else -%}
+        {{- raise_exception('Unexpected role ' + message.role) -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+<|im_start|>assistant
+<think>
+
+</think>
+{% endif -%}
+"""
+
+# The "tool_use" entry of smollm3's named templates: transformers picks it only when tools are
+# passed, so a reader that ignores the names would render this instead of "default".
+SMOLLM3_TOOL_TEMPLATE = "{{ raise_exception('tool_use template: no tools in these fixtures') }}"
+
+# Llama 3 style: `bos_token` rendered by the template (apply_chat_template then tokenizes without
+# adding specials, so BOS appears once), header markers, contents trimmed. Plain `{% %}` tags on
+# indented lines of their own: only trim_blocks + lstrip_blocks (transformers' settings) keep
+# the indentation and the tags' newlines out of the text. (<|start_header_id|> and friends are
+# plain text here: the fixture's tokenizer.json has no such added tokens.)
+LLAMA3_TEMPLATE = """\
+{{ bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {% set system = messages[0]['content'] | trim %}
+{% else %}
+    {% set system = 'Cutting Knowledge Date: December 2023' %}
+{% endif %}
+<|start_header_id|>system<|end_header_id|>
+
+{{ system }}<|eot_id|>
+{% for message in messages %}
+    {% if loop.first and message['role'] == 'system' %}
+        {% continue %}
+    {% endif %}
+    {% if message['role'] not in ('user', 'assistant') %}
+        {{ raise_exception('Llama 3 roles are system, user and assistant, not ' ~ message['role']) }}
+    {% endif %}
+<|start_header_id|>{{ message['role'] }}<|end_header_id|>
+
+{{ message['content'] | trim }}<|eot_id|>
+{% endfor %}
+{% if add_generation_prompt %}
+<|start_header_id|>assistant<|end_header_id|>
+
+{% endif %}
+"""
+
+# Gemma 3 style: `bos_token` first, the system message folded into the first user turn,
+# "assistant" shown as "model", turns that must alternate (raise_exception, counted in a
+# `namespace` because `continue` skips the system message).
+GEMMA3_TEMPLATE = """\
+{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}
+{%- else -%}
+    {%- set first_user_prefix = '' -%}
+{%- endif -%}
+{%- set ns = namespace(turn=0) -%}
+{%- for message in messages -%}
+    {%- if loop.first and message['role'] == 'system' -%}
+        {%- continue -%}
+    {%- endif -%}
+    {%- if (message['role'] == 'user') != (ns.turn % 2 == 0) -%}
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if ns.turn == 0 else '') }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\\n' }}
+    {%- set ns.turn = ns.turn + 1 -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\\n' }}
+{%- endif -%}
+"""
+
+# The conversations recorded in tokenizer_reference.json: a multi-turn one with a system
+# message, a single user turn (leading space, non-ASCII, emoji), and one the template refuses.
+SYSTEM = {"role": "system", "content": "You answer in one short sentence. "}
+TURNS = [
+    {"role": "user", "content": "What does the cache keep?"},
+    {
+        "role": "assistant",
+        "content": "<think>\nKeys, values.\n</think>\n\nThe keys and values of earlier positions.",
+    },
+    {"role": "user", "content": " And for a café → naïve Straße? "},
+]
+SINGLE = [{"role": "user", "content": " Grüße, 日本語 and 🎉 in one line\nand a second line"}]
+TOOL_TURNS = [  # ChatML's tool calls: `tojson` of arguments with <, &, ' and non-ASCII
+    {"role": "user", "content": "Weather in Zürich?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "weather",
+                    "arguments": {"city": "Zürich", "note": "<b> & 'quoted'", "days": 2},
+                },
+            }
+        ],
+    },
+    {"role": "tool", "content": '{"temp": 21}'},
+    {"role": "tool", "content": '{"rain": false}'},
+    {"role": "assistant", "content": "21 °C, dry."},
+    {"role": "user", "content": "Thanks!"},
+]
+CHATML_CHAT = dict(
+    style="ChatML",
+    template=CHATML_TEMPLATE,
+    chats=[[SYSTEM, *TURNS, *TOOL_TURNS[1:]], SINGLE],
+    refused=[{"role": "robot", "content": "beep"}],
+)
+
+LLAMA3_CHAT = dict(
+    style="Llama 3",
+    template=LLAMA3_TEMPLATE,
+    chats=[[SYSTEM, *TURNS], SINGLE],
+    refused=[*TURNS[:1], {"role": "robot", "content": "beep"}],
+)
+SMOLLM3_CHAT = dict(
+    style="SmolLM3",
+    template={"default": SMOLLM3_TEMPLATE, "tool_use": SMOLLM3_TOOL_TEMPLATE},
+    chats=[[SYSTEM, *TURNS], SINGLE],
+    refused=[*TURNS[:1], SYSTEM],
+)
+GEMMA3_CHAT = dict(
+    style="Gemma 3",
+    template=GEMMA3_TEMPLATE,
+    chats=[[SYSTEM, *TURNS], SINGLE],
+    refused=[SYSTEM, *TURNS[:1], *TURNS[:1]],
+)
+
+# Texts whose ids tokenizer_reference.json records, with and without the tokenizer's specials:
+# a leading / trailing space, non-ASCII (byte tokens; gemma's byte fallback), newlines and tabs,
+# and the family's eos token written out (an added token: matched in the text, not split).
+TOKENIZER_TEXTS = [
+    "Hello world",
+    " leading and trailing spaces ",
+    REF_TEXTS[1],
+    "日本語 🎉\tand tabs\nnew lines\n\n",
+    "a literal {eos} inside the text",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +479,7 @@ def fixture_specs() -> dict[str, dict]:
             tokenizer=lambda: byte_level_bpe(448, QWEN_SPECIALS, bos=None),
             special=QWEN_SPECIAL,
             ids=token_ids(QWEN_SPECIAL, bos_token_id="<|endoftext|>"),
+            chat=dict(CHATML_CHAT, store="config"),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -228,6 +495,7 @@ def fixture_specs() -> dict[str, dict]:
             tokenizer=lambda: byte_level_bpe(448, QWEN_SPECIALS, bos=None),
             special=QWEN_SPECIAL,
             ids=token_ids(QWEN_SPECIAL, bos_token_id="<|endoftext|>"),
+            chat=dict(CHATML_CHAT, store="jinja"),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -246,6 +514,7 @@ def fixture_specs() -> dict[str, dict]:
             tokenizer=lambda: byte_level_bpe(448, LLAMA3_SPECIALS, bos="<|begin_of_text|>"),
             special=LLAMA3_SPECIAL,
             ids=token_ids(LLAMA3_SPECIAL),
+            chat=dict(LLAMA3_CHAT, store="config"),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -272,6 +541,7 @@ def fixture_specs() -> dict[str, dict]:
             tokenizer=lambda: byte_level_bpe(448, LLAMA3_SPECIALS, bos="<|begin_of_text|>"),
             special=LLAMA3_SPECIAL,
             ids=token_ids(LLAMA3_SPECIAL),
+            chat=dict(LLAMA3_CHAT, store="config"),
             config=dict(
                 COMMON,
                 num_hidden_layers=2,
@@ -296,6 +566,7 @@ def fixture_specs() -> dict[str, dict]:
             tokenizer=lambda: byte_level_bpe(448, SMOLLM3_SPECIALS, bos=None),
             special=LLAMA3_SPECIAL,
             ids=token_ids(LLAMA3_SPECIAL),
+            chat=dict(SMOLLM3_CHAT, store="named"),
             config=dict(
                 COMMON,
                 num_hidden_layers=3,
@@ -314,6 +585,7 @@ def fixture_specs() -> dict[str, dict]:
                 bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
             ),
             ids=dict(bos_token_id="<bos>", eos_token_id="<eos>", pad_token_id="<pad>"),
+            chat=dict(GEMMA3_CHAT, store="config"),
             config=dict(
                 COMMON,
                 num_hidden_layers=3,
@@ -413,7 +685,7 @@ def build(name: str, spec: dict, directory: Path, seed: int) -> None:
 
     # tokenizer
     tok = spec["tokenizer"]()
-    fast = save_tokenizer(tok, directory, spec["special"])
+    fast = save_tokenizer(tok, directory, spec["special"], spec["chat"])
     n_tok = len(fast)
     ids = {k: tok.token_to_id(v) for k, v in spec["ids"].items()}
 
@@ -482,6 +754,74 @@ def build(name: str, spec: dict, directory: Path, seed: int) -> None:
         transformers_version=np.array(transformers.__version__),
     )
     self_check(name, directory)
+    write_tokenizer_reference(name, spec, directory, model)
+
+
+def write_tokenizer_reference(name: str, spec: dict, directory: Path, model) -> None:
+    """tokenizer_reference.json: what transformers' tokenizer, loaded from the written directory
+    (AutoTokenizer, as a user would), gives for TOKENIZER_TEXTS and the family's conversations,
+    the special tokens it reports, generation_config's eos ids (where generate stops), and the
+    model's greedy reply to each conversation."""
+    tok = AutoTokenizer.from_pretrained(str(directory))
+    want = spec["chat"]["template"]
+    assert tok.chat_template == want, f"{name}: the chat template did not load back as written"
+    texts = [t.format(eos=tok.eos_token) for t in TOKENIZER_TEXTS]
+    chats = []
+    for messages in spec["chat"]["chats"]:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+        # what the tests rely on: tokenize=True is the rendered text without added specials
+        assert ids == tok(text, add_special_tokens=False)["input_ids"], name
+        prompt = torch.tensor([ids])
+        with torch.no_grad():  # generation_config.json's eos ids end it early
+            out = model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=CHAT_NEW_TOKENS,
+                pad_token_id=tok.pad_token_id,
+            )
+        reply = out[0, len(ids) :].tolist()
+        chats.append({"messages": messages, "text": text, "input_ids": ids, "greedy_reply": reply})
+    refused = spec["chat"]["refused"]
+    try:
+        tok.apply_chat_template(refused, tokenize=False, add_generation_prompt=True)
+        raise AssertionError(f"{name}: the template accepted {refused}")
+    except jinja2.exceptions.TemplateError as e:
+        error = str(e)
+    eos = GenerationConfig.from_pretrained(str(directory)).eos_token_id
+    # transformers 5 may pick a class by model_type over tokenizer_class (qwen2: Qwen2Tokenizer,
+    # whose own pre-tokenizer regex and unk_token default replace the file's): the recorded ids
+    # must still be those of tokenizer.json itself, or they would record that swap, not the file
+    raw = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    for t in texts:
+        for specials in (True, False):
+            got = tok(t, add_special_tokens=specials)["input_ids"]
+            assert got == raw.encode(t, add_special_tokens=specials).ids, (name, t, specials)
+    for chat in chats:
+        assert chat["input_ids"] == raw.encode(chat["text"], add_special_tokens=False).ids, name
+    ref = {
+        "transformers_version": transformers.__version__,
+        # tokenizer.special_tokens_map: the named tokens (strings) a chat template sees
+        "special_tokens": tok.special_tokens_map,
+        **{f"{n}_token_id": getattr(tok, f"{n}_token_id") for n in ("bos", "eos", "pad", "unk")},
+        "generation_eos_token_ids": eos if isinstance(eos, list) else [eos],
+        "texts": [
+            {
+                "text": t,
+                "input_ids": tok(t)["input_ids"],
+                "input_ids_no_specials": tok(t, add_special_tokens=False)["input_ids"],
+            }
+            for t in texts
+        ],
+        "chats": chats,
+        "refused_chat": {"messages": refused, "error": error},
+    }
+    text = json.dumps(ref, indent=2, ensure_ascii=False)
+    text = re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)  # ids
+    (directory / "tokenizer_reference.json").write_text(text + "\n", encoding="utf-8")
 
 
 def self_check(name: str, directory: Path) -> None:
@@ -585,8 +925,10 @@ tokenizers are trained by the script on a small embedded text. The output is det
 `AutoTokenizer` and gives the same ids; the model reloads with `from_pretrained` and gives
 bit-identical logits and the same greedy tokens (also token by token without the cache, whose
 logits match `greedy_logits` within 1e-4); `config.transformers4.json` in place of
-`config.json` gives bit-identical logits (as the installed transformers reads it); the total
-stays under 2 MB.
+`config.json` gives bit-identical logits (as the installed transformers reads it); the
+reloaded tokenizer gives back the chat template as written, and its `apply_chat_template`
+(tokenize=True) ids are those of the rendered text without added specials; the total stays
+under 2 MB.
 
 ## Files per fixture directory
 
@@ -594,7 +936,9 @@ stays under 2 MB.
 | --- | --- |
 | `config.json`, `generation_config.json`, `model.safetensors` | `model.save_pretrained`, float32, as the installed transformers writes them ({gen} spelling: {spelling}) |
 | `config.transformers4.json` | (written when the installed transformers writes the 5.x spelling) the same config in the transformers 4.x spelling (`rope_theta` + `rope_scaling`, gemma3: + `rope_local_base_freq`, `sliding_window_pattern`; `torch_dtype`), translated by the script |
-| `tokenizer.json`, `tokenizer_config.json` | `PreTrainedTokenizerFast.save_pretrained` (bos / eos / pad tokens; `tokenizer_class` PreTrainedTokenizerFast) |
+| `tokenizer.json`, `tokenizer_config.json` | `PreTrainedTokenizerFast.save_pretrained` (bos / eos / pad tokens; `tokenizer_class` PreTrainedTokenizerFast; `chat_template`: a string, or a list of `{{"name", "template"}}` where "default" is the one used) |
+| `chat_template.jinja` | (qwen3) the chat template as a file, where 5.x's `save_pretrained` puts it by default (transformers reads it before tokenizer_config's) |
+| `tokenizer_reference.json` | transformers' tokenizer, reloaded from the directory with `AutoTokenizer`: `texts` (`tokenizer(text).input_ids` and with `add_special_tokens=False`; a leading space, non-ASCII, newlines, the eos token written out), `special_tokens` (`special_tokens_map`: the strings a template sees), `bos/eos/pad/unk_token_id` (null: none), `generation_eos_token_ids` (`GenerationConfig.from_pretrained`: where generate stops), `chats` (two conversations, one multi-turn with a system message, the other one user message: `apply_chat_template(add_generation_prompt=True)` text, ids with tokenize=True, and `greedy_reply`, the model's `generate(do_sample=False, max_new_tokens={chat_new})` after those ids, ending early at an eos id), `refused_chat` (a conversation the template's `raise_exception` rejects, and the message) |
 | `reference.npz` | `input_ids` [2, {T}] int64 (two fixed texts, truncated to {T}, no padding), `logits` [2, {T}, V] float32 (full forward, eager attention, float32), `greedy_prompt` [1, {P}] (the first {P} ids of text 0), `greedy_tokens` [1, {N}] (`generate(do_sample=False, use_cache=True)`), `greedy_logits` [1, {N}, V] float32 (the raw logits of each cached decode step), `transformers_version` |
 
 All norm weights are random and non-unit (gemma's `(1 + w)` norms: `w ~ 0.1·N(0, 1)`, the
@@ -609,10 +953,30 @@ itself included); its embeddings are multiplied by `sqrt(hidden_size)` cast to t
 dtype, and attention scores by `query_pre_attn_scalar ** -0.5`; smollm3's `no_rope_layers[i]`
 is 1 where layer i uses rotary embeddings and 0 where it does not.
 
+## Chat templates
+
+Small templates written by the script in the style of each family (not copies): ChatML in the
+Qwen2.5 style (qwen2, qwen3: tool calls through `tojson`, consecutive tool results through
+`loop.previtem` / `loop.nextitem`), SmolLM3's (smollm3: metadata system block, `/no_think` with
+an empty think block, `<think>` stripped from turns before the last user message found by a
+reversed loop with `break`, `{{% generation %}}` tags, a `namespace`), Llama 3's (llama3,
+llama3_untied: `bos_token` rendered by the template, header markers, plain `{{% %}}` tags on
+indented lines that only `trim_blocks` + `lstrip_blocks` keep out of the text) and Gemma 3's
+(gemma3_text: `bos_token`, system folded into the first user turn, "model" turns that must
+alternate). Each skips its system message with `continue` and has a `raise_exception` branch.
+The marker strings that are not added tokens of the fixture's tokenizer (`<|start_header_id|>`,
+`<start_of_turn>`, ...) are tokenized as text; `<|im_start|>` / `<|im_end|>` are added tokens.
+
+transformers 5 loads `qwen2/`'s tokenizer as `Qwen2Tokenizer` (picked by model_type over
+`tokenizer_class`), whose own pre-tokenizer regex and `unk_token` default replace the file's:
+the script checks that every recorded id list is still the one `tokenizers` gives from
+`tokenizer.json` itself, and that fixture's `special_tokens` shows an `unk_token` that no file
+names.
+
 ## Fixtures
 
-| directory | model_type | layers | tied | exercises |
-| --- | --- | --- | --- | --- |
+| directory | model_type | layers | tied | chat template | exercises |
+| --- | --- | --- | --- | --- | --- |
 {rows}
 """
 
@@ -630,7 +994,8 @@ def write_readme(specs: dict[str, dict]) -> None:
         c = spec["config"]
         rows.append(
             f"| `{name}/` | {spec['model_type']} | {c['num_hidden_layers']} | "
-            f"{'yes' if c['tie_word_embeddings'] else 'no'} | {spec['covers']} |"
+            f"{'yes' if c['tie_word_embeddings'] else 'no'} | {spec['chat']['style']} in "
+            f"{CHAT_STORES[spec['chat']['store']]} | {spec['covers']} |"
         )
     five = int(transformers.__version__.split(".")[0]) >= 5
     (OUT / "README.md").write_text(
@@ -646,6 +1011,7 @@ def write_readme(specs: dict[str, dict]) -> None:
             T=T,
             P=P,
             N=N,
+            chat_new=CHAT_NEW_TOKENS,
             rows="\n".join(rows),
         )
     )

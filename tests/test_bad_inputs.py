@@ -234,6 +234,17 @@ CASES = [
     (["finetune", "{run}", "adapter.rank=0", "workdir={tmp}/f", "--dry-run"], "rank"),
     (["distill", "{run}", "distill.loss=kl2", "workdir={tmp}/d", "--dry-run"], "choose one of"),
     (["recipe", "stages=compile", "--dry-run"], "unknown stages ['compile']; valid: "),
+    # --- generate: chat templates and prompt files (issue 18) ------------------------------
+    (["generate", "{run}", "chat=true"], "chat=true needs a chat template and"),
+    (["generate", "{run}", "chat=maybe"], "chat='maybe' is not a bool; use true or false"),
+    (["generate", "{run}", "prompt_file=/no/such/p.txt"], "p.txt': no such file; valid: a non-em"),
+    (["generate", "{run}", "prompt_file={empty_dir}"], "is a directory; valid: a non-empty UTF-8"),
+    (["generate", "{run}", "prompt_file={empty_file}"], "is empty; valid: a non-empty UTF-8 text"),
+    (["generate", "{run}", "prompt_file={hf}/model.safetensors"], "is not UTF-8 text (byte 0x"),
+    (
+        ["generate", "{run}", "prompt=x", "prompt_file={a_file}"],
+        "prompt= and prompt_file= are both given; valid: one of them (prompt='text' or prompt_f",
+    ),
 ]
 
 

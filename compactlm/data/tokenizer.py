@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -204,14 +205,28 @@ class HfTokenizer(_Saved):
     """A Hugging Face `tokenizer.json` brought in by `compactlm import` (any tokenizers model).
 
     Unlike ours, its specials live wherever the checkpoint put them (Llama 2: bos 1, eos 2), so
-    the ids come from the checkpoint's config.json. encode() adds no specials and decode() drops
-    them. vocab_size is the model's embedding rows (>= the tokenizer's own ids).
+    the ids come from the checkpoint's tokenizer_config.json / generation_config.json /
+    config.json (interop/hf_tokenizer.py::tokenizer_from_hf). encode() adds no specials (the
+    training stream: documents separated by eos) and decode() drops them; encode_prompt() adds
+    the tokenizer's own, as transformers' `tokenizer(text)` does. vocab_size is the model's
+    embedding rows (>= the tokenizer's own ids). stop_ids: where generation ends, eos first
+    (generation_config.json may list several: Llama 3 instruct). chat_template and
+    special_tokens (name -> string, what the template sees) render chats (`generate chat=true`).
     """
 
     kind = "hf"
 
     def __init__(
-        self, hf_tokenizer, *, vocab_size: int, eos_id: int, bos_id: int, pad_id: int
+        self,
+        hf_tokenizer,
+        *,
+        vocab_size: int,
+        eos_id: int,
+        bos_id: int,
+        pad_id: int,
+        stop_ids: Sequence[int] = (),
+        chat_template: str | None = None,
+        special_tokens: Mapping[str, str] | None = None,
     ) -> None:
         self._tok = hf_tokenizer
         self.n_tokens = hf_tokenizer.get_vocab_size(with_added_tokens=True)
@@ -220,11 +235,39 @@ class HfTokenizer(_Saved):
             raise DataError(
                 f"tokenizer has {self.n_tokens} ids but the model's vocab_size is {vocab_size}"
             )
+        self.stop_ids = tuple(dict.fromkeys(int(i) for i in (eos_id, *stop_ids)))
+        if any(not 0 <= i < vocab_size for i in self.stop_ids):
+            raise DataError(
+                f"stop ids {list(self.stop_ids)} outside the vocabulary [0, {vocab_size})"
+            )
+        self.chat_template = chat_template
+        self.special_tokens = dict(special_tokens or {})
         self._special = {i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special}
-        self._special |= {eos_id, bos_id, pad_id}
+        self._special |= {eos_id, bos_id, pad_id, *self.stop_ids}
+
+    @classmethod
+    def from_saved(cls, saved: Mapping) -> HfTokenizer:
+        """The tokenizer `_serialize()` wrote. Saved before stop ids and chat templates: it
+        stops at eos only and has no template."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(
+            HFTokenizer.from_str(json.dumps(saved["hf"])),
+            **{k: saved[k] for k in ("vocab_size", "eos_id", "bos_id", "pad_id")},
+            stop_ids=saved.get("stop_ids", ()),
+            chat_template=saved.get("chat_template"),
+            special_tokens=saved.get("special_tokens"),
+        )
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def encode_prompt(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, added): the ids transformers' `tokenizer(text)` gives for a prompt, the
+        tokenizer.json's post-processor adding the family's specials (Llama 3, Gemma: BOS in
+        front; Qwen, SmolLM: none), and the mask of the ids it added (not text)."""
+        enc = self._tok.encode(text, add_special_tokens=True)
+        return np.asarray(enc.ids, np.int32), np.asarray(enc.special_tokens_mask, bool)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         encs = self._tok.encode_batch(texts, add_special_tokens=False)
@@ -255,15 +298,30 @@ class HfTokenizer(_Saved):
                 out[i] = piece.replace("\u2581", " ").encode("utf-8")
         return out
 
+    def _tokenization(self) -> dict:
+        """The saved fields that decide how text becomes ids (and the model's special ids)."""
+        return {
+            "compactlm_tokenizer": "hf",
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "bos_id": self.bos_id,
+            "pad_id": self.pad_id,
+            "hf": json.loads(self._tok.to_str()),
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of the tokenization fields alone: the token cache and distillation's "one
+        tokenizer" check do not depend on where generation stops or on the chat template (and
+        tokenizers saved before those fields keep their fingerprint)."""
+        return hashlib.sha256(json.dumps(self._tokenization()).encode()).hexdigest()
+
     def _serialize(self) -> str:
         return json.dumps(
             {
-                "compactlm_tokenizer": "hf",
-                "vocab_size": self.vocab_size,
-                "eos_id": self.eos_id,
-                "bos_id": self.bos_id,
-                "pad_id": self.pad_id,
-                "hf": json.loads(self._tok.to_str()),
+                **self._tokenization(),
+                "stop_ids": list(self.stop_ids),
+                "special_tokens": self.special_tokens,
+                "chat_template": self.chat_template,
             }
         )
 
@@ -290,22 +348,43 @@ def byte_level_bytes(piece: str) -> bytes:
     return bytes(table[c] for c in piece)
 
 
+def prompt_tokens(tokenizer: Tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, added) of a prompt to continue. An imported checkpoint's tokenizer adds what its
+    tokenizer.json's post-processor adds (HfTokenizer.encode_prompt: transformers'
+    `tokenizer(text)`, e.g. Llama 3's BOS); ours add nothing (their training documents follow
+    an <eos>, never a <bos>). `added` marks the ids that are not text."""
+    if tokenizer.kind == "hf":
+        return tokenizer.encode_prompt(text)
+    ids = tokenizer.encode(text)
+    return ids, np.zeros(ids.shape, bool)
+
+
+def stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The ids that end a generated text: an imported checkpoint's (generation_config.json's
+    eos list, eos first), else eos."""
+    return tokenizer.stop_ids if tokenizer.kind == "hf" else (tokenizer.eos_id,)
+
+
 def heal_prompt(tokenizer: Tokenizer, text: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Token healing (Lundberg 2023, guidance; HF generate's token_healing): the prompt's ids
-    without its last token, and the mask of the ids whose bytes start with that token's bytes.
+    (prompt_tokens: with the BOS a checkpoint's tokenizer adds) without its last token, and the
+    mask of the ids whose bytes start with that token's bytes.
 
     A prompt that ends mid-token ("def " : BPE merges the space into the NEXT word, so a lone
     " " token is rare in training text) otherwise conditions the model on a split it has hardly
     seen; sampling the first new token from the mask lets it re-choose the boundary, and the
     text still begins with the prompt. Byte-level ids need no healing (one byte per token: the
-    mask would hold only the removed byte), nor does a one-token prompt (nothing would be left).
-    Returns (ids, None) when there is nothing to heal.
+    mask would hold only the removed byte), nor does a one-token prompt (nothing would be left;
+    a BOS in front is enough), nor one that ends in a special token (no bytes to extend, or one
+    the tokenizer appended). Returns (ids, None) when there is nothing to heal.
     """
-    ids = tokenizer.encode(text)
-    if tokenizer.kind == "byte" or len(ids) < 2:
+    ids, added = prompt_tokens(tokenizer, text)
+    if tokenizer.kind == "byte" or len(ids) < 2 or added[-1]:
         return ids, None
     pieces = tokenizer.token_bytes()
     tail = pieces[int(ids[-1])]
+    if not tail:  # a special token written in the prompt ("<|im_end|>"): nothing to re-choose
+        return ids, None
     allowed = np.array([len(p) > 0 and p.startswith(tail) for p in pieces], bool)
     return ids[:-1], allowed
 
@@ -338,10 +417,7 @@ def load_tokenizer(directory: str | os.PathLike) -> ByteTokenizer | BpeTokenizer
 
         return BpeTokenizer(HFTokenizer.from_str(json.dumps(saved["hf"])), saved["vocab_size"])
     if kind == "hf":
-        from tokenizers import Tokenizer as HFTokenizer
-
-        ids = {k: saved[k] for k in ("vocab_size", "eos_id", "bos_id", "pad_id")}
-        return HfTokenizer(HFTokenizer.from_str(json.dumps(saved["hf"])), **ids)
+        return HfTokenizer.from_saved(saved)
     raise DataError(
         f"{path} is not a compactlm tokenizer (kind {kind!r}; valid: 'byte', 'bpe', 'hf')"
     )

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Integer
 
@@ -63,7 +65,7 @@ def sample_logits(
     return jnp.where(jnp.asarray(temperature) > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
-@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id", "vocab_limit"))
+@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_ids", "vocab_limit"))
 def _generate(
     model: Transformer,
     prompt_BP: jax.Array,
@@ -73,17 +75,18 @@ def _generate(
     *,
     max_new_tokens: int,
     top_k: int,
-    eos_id: int | None,
+    eos_ids: tuple[int, ...],
     vocab_limit: int | None = None,
     first_V: jax.Array | None = None,
 ) -> jax.Array:
     """Prefill the prompt, then lax.while_loop one decode step per token (one compile, no
-    per-token host round trip, early exit once every row has emitted eos_id). first_V: the
-    ids the first new token may be (token healing), None = any."""
+    per-token host round trip, early exit once every row has emitted one of eos_ids; rows that
+    have are padded with eos_ids[0]). first_V: the ids the first new token may be (token
+    healing), None = any."""
     B, P = prompt_BP.shape
     cache = model.init_cache(B, P + max_new_tokens)
     logits_BPV, cache = model(prompt_BP, cache=cache)
-    pad = 0 if eos_id is None else eos_id
+    pad = eos_ids[0] if eos_ids else 0
     out_BS = jnp.full((B, P + max_new_tokens), pad, jnp.int32).at[:, :P].set(prompt_BP)
 
     def cond(carry):
@@ -102,8 +105,9 @@ def _generate(
         tok_B = sample_logits(last_logits_BV, step_rng, temperature, top_k, top_p)
         tok_B = jnp.where(done_B, pad, tok_B)
         out_BS = jax.lax.dynamic_update_slice(out_BS, tok_B[:, None], (0, P + i))
-        if eos_id is not None:
-            done_B = done_B | (tok_B == eos_id)
+        if eos_ids:
+            eos_E = jnp.asarray(eos_ids, jnp.int32)
+            done_B = done_B | jnp.any(tok_B[:, None] == eos_E[None, :], axis=-1)
         logits_B1V, cache = model(tok_B[:, None], cache=cache)
         return i + 1, out_BS, logits_B1V[:, 0], cache, done_B, rng
 
@@ -120,14 +124,17 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 0,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     vocab_limit: int | None = None,
     first_allowed: Bool[ArrayLike, " W"] | None = None,
 ) -> Int[Array, "B PM"]:  # PM = P + max_new_tokens
-    """Prompt followed by max_new_tokens sampled tokens (rows that hit eos_id are padded with it).
+    """Prompt followed by max_new_tokens sampled tokens; a row ends at the first of its new
+    tokens that is an eos id and is padded with the first eos id after it.
 
+    eos_id: one id, or several (Llama 3 instruct's generation_config.json stops at
+    <|end_of_text|>, <|eom_id|> and <|eot_id|>), or None (never stop early).
     All rows share the prompt length P (left-pad ragged prompts yourself). The cache holds exactly
-    P + max_new_tokens positions; one compile per (B, P, max_new_tokens, top_k, eos_id) — a
+    P + max_new_tokens positions; one compile per (B, P, max_new_tokens, top_k, eos ids) — a
     different temperature / top_p / seed reuses it. vocab_limit: only ids below it are sampled
     (the tokenizer's vocabulary; the embedding is padded past it to a multiple of 64).
     first_allowed: a mask over the first W ids (W <= the model's vocabulary; ids past it are
@@ -152,10 +159,18 @@ def generate(
         jnp.float32(top_p),
         max_new_tokens=max_new_tokens,
         top_k=top_k,
-        eos_id=eos_id,
+        eos_ids=_eos_tuple(eos_id),
         vocab_limit=vocab_limit,
         first_V=_first_mask(first_allowed, model.cfg.vocab_size),
     )
+
+
+def _eos_tuple(eos_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    """eos_id as the hashable static tuple the compiled loop takes (order kept: the first pads)."""
+    if eos_id is None:
+        return ()
+    ids = [eos_id] if np.ndim(eos_id) == 0 else list(eos_id)
+    return tuple(dict.fromkeys(int(i) for i in ids))  # Python ints: one compile per id set
 
 
 def _first_mask(allowed_W, vocab_size: int) -> jax.Array | None:

@@ -210,3 +210,47 @@ def test_heal_prompt_backs_off_the_last_token_and_masks_its_completions(bpe) -> 
     assert heal_prompt(ByteTokenizer(), prompt)[1] is None
     one = bpe.decode(bpe.encode("def")[:1])
     assert heal_prompt(bpe, one)[1] is None
+
+
+def test_hf_tokenizer_saves_its_stop_ids_and_template_and_reads_old_files(tmp_path, bpe) -> None:
+    """An imported tokenizer's stop ids (eos first), chat template and special-token strings
+    survive save / load; a tokenizer.json saved before they existed still loads (stopping at eos
+    only, no template) and keeps its fingerprint, which covers tokenization alone (token caches
+    and distillation's one-tokenizer check stay valid)."""
+    import hashlib
+    import json
+
+    from compactlm.data.tokenizer import HfTokenizer
+
+    n = bpe.n_base
+    ids = dict(vocab_size=n + 3, eos_id=n, pad_id=n + 1, bos_id=n + 2)
+    tok = HfTokenizer(
+        bpe._tok,
+        **ids,
+        stop_ids=(n + 1, n),
+        chat_template="{{ bos_token }}{{ messages[0].content }}",
+        special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
+    )
+    assert tok.stop_ids == (n, n + 1)
+    back = load_tokenizer(tok.save(tmp_path / "new").parent)
+    assert isinstance(back, HfTokenizer)
+    for field in ("stop_ids", "chat_template", "special_tokens", "eos_id", "bos_id", "pad_id"):
+        assert getattr(back, field) == getattr(tok, field), field
+    assert back.decode([n + 1, *bpe.encode("héllo"), n]) == "héllo"  # stop ids are not text
+    # The saved form before issue 18's tokenizer fields, and its fingerprint then (sha256 of it).
+    old = {
+        "compactlm_tokenizer": "hf",
+        "vocab_size": n + 3,
+        "eos_id": n,
+        "bos_id": n + 2,
+        "pad_id": n + 1,
+        "hf": json.loads(bpe._tok.to_str()),
+    }
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "tokenizer.json").write_text(json.dumps(old))
+    loaded = load_tokenizer(tmp_path / "old")
+    assert (loaded.stop_ids, loaded.chat_template, loaded.special_tokens) == ((n,), None, {})
+    then = hashlib.sha256(json.dumps(old).encode()).hexdigest()
+    assert loaded.fingerprint() == then == tok.fingerprint()
+    with pytest.raises(DataError, match=r"stop ids \[\d+, 9999\] outside the vocabulary"):
+        HfTokenizer(bpe._tok, **ids, stop_ids=(9999,))
