@@ -757,6 +757,68 @@ def build(name: str, spec: dict, directory: Path, seed: int) -> None:
     write_tokenizer_reference(name, spec, directory, model)
 
 
+# The multimodal Gemma 3 layout (Gemma3ForConditionalGeneration): its text tower is gemma3_text/
+# itself, so only what transformers writes around it is committed (2 MB budget): config.json and
+# layout.json (every tensor's name, shape and dtype in model.safetensors, and which text tensor
+# each text-tower name is). The tests rebuild model.safetensors from gemma3_text/'s tensors.
+MULTIMODAL = "gemma3"
+TINY_VISION = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+)
+
+
+@torch.no_grad()
+def build_multimodal(text_dir: Path, directory: Path) -> None:
+    """gemma3/: config.json + layout.json of a Gemma3ForConditionalGeneration whose language
+    model is gemma3_text/'s, checked to give gemma3_text/'s reference logits on text."""
+    from safetensors.numpy import load_file
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    text = AutoModelForCausalLM.from_pretrained(
+        str(text_dir), attn_implementation="eager", dtype=torch.float32
+    )
+    text_cfg = text.config.to_dict()
+    ids = {k: text_cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config = Gemma3Config(
+        text_config=text_cfg, vision_config=TINY_VISION, mm_tokens_per_image=4, **ids
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration._from_config(
+        config, attn_implementation="eager", dtype=torch.float32
+    )
+    model.model.language_model.load_state_dict(text.model.state_dict())
+    model.eval()
+    ref = np.load(text_dir / "reference.npz")
+    logits = model(input_ids=torch.from_numpy(ref["input_ids"])).logits.float().numpy()
+    diff = float(np.abs(logits - ref["logits"]).max())
+    assert diff < 1e-5, f"gemma3: the text tower's logits differ from gemma3_text's by {diff}"
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        shutil.copy(Path(tmp) / "config.json", directory / "config.json")
+        saved = load_file(str(Path(tmp) / "model.safetensors"))
+    ours = load_file(str(text_dir / "model.safetensors"))
+    layout = {}
+    for name, w in sorted(saved.items()):
+        text_name = None
+        for prefix in ("language_model.model.", "model.language_model."):
+            if name.startswith(prefix):
+                text_name = "model." + name.removeprefix(prefix)
+                np.testing.assert_array_equal(w, ours[text_name])
+        layout[name] = {"shape": list(w.shape), "dtype": str(w.dtype), "text": text_name}
+    assert sum(v["text"] is not None for v in layout.values()) == len(ours), "text tower"
+    lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in layout.items())
+    (directory / "layout.json").write_text("{\n" + lines + "\n}\n")
+    print(f"{MULTIMODAL}: text logits = gemma3_text's within {diff:.2g}; {len(layout)} tensors")
+
+
 def write_tokenizer_reference(name: str, spec: dict, directory: Path, model) -> None:
     """tokenizer_reference.json: what transformers' tokenizer, loaded from the written directory
     (AutoTokenizer, as a user would), gives for TOKENIZER_TEXTS and the family's conversations,
@@ -997,6 +1059,15 @@ def write_readme(specs: dict[str, dict]) -> None:
             f"{'yes' if c['tie_word_embeddings'] else 'no'} | {spec['chat']['style']} in "
             f"{CHAT_STORES[spec['chat']['store']]} | {spec['covers']} |"
         )
+    if (OUT / MULTIMODAL / "layout.json").is_file():
+        rows.append(
+            f"| `{MULTIMODAL}/` | gemma3 | 3 | yes | (gemma3_text's) | Gemma3ForConditionalGeneration "
+            "whose language model is `gemma3_text/`'s (checked: the same logits, exactly), with "
+            "a tiny SigLIP vision tower: only `config.json` (text_config + vision_config) and "
+            "`layout.json` (every tensor's name, shape, dtype, and the gemma3_text tensor a "
+            "text-tower name holds) are committed; the tests rebuild model.safetensors from "
+            "`gemma3_text/` (vision tensors zero) to import the text tower. |"
+        )
     five = int(transformers.__version__.split(".")[0]) >= 5
     (OUT / "README.md").write_text(
         README.format(
@@ -1025,6 +1096,8 @@ def main(argv: list[str]) -> None:
     for i, name in enumerate(specs):
         if name in names:
             build(name, specs[name], OUT / name, seed=1000 + i)
+    if "gemma3_text" in names or MULTIMODAL in names:
+        build_multimodal(OUT / "gemma3_text", OUT / MULTIMODAL)
     write_readme(specs)
     for f in OUT.rglob("*"):
         if f.is_file():

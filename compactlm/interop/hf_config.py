@@ -251,6 +251,32 @@ def _require(hf: Mapping[str, Any], key: str) -> Any:
     return hf[key]
 
 
+# Multimodal checkpoints whose text tower is a family above: model_type -> (the key of its text
+# config, the family it is). Import takes the text tower only (interop/hf_tensors.py drops the
+# vision tower and projector tensors); export writes that family.
+TEXT_TOWERS = {"gemma3": ("text_config", "gemma3_text")}
+
+
+def text_tower(hf: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A multimodal config.json's text tower as the text-only family's config (top-level
+    token ids, dtype and tying fill what the text config leaves out); other configs as given."""
+    if hf.get("model_type") not in TEXT_TOWERS:
+        return hf
+    key, model_type = TEXT_TOWERS[hf["model_type"]]
+    text = hf.get(key)
+    if not isinstance(text, Mapping):
+        raise InteropError(f"config.json model_type={hf['model_type']!r} has no {key} object")
+    inherited = ("tie_word_embeddings", "dtype", "torch_dtype")
+    inherited += ("bos_token_id", "eos_token_id", "pad_token_id")
+    family = FAMILIES[model_type]
+    return {
+        **{k: hf[k] for k in inherited if k in hf},
+        **text,
+        "model_type": model_type,
+        "architectures": [family.architecture],
+    }
+
+
 def _check_supported(hf: Mapping[str, Any]) -> None:
     """Fields of a Llama-family config that change the computation compactlm does not do."""
     model_type = hf.get("model_type")
@@ -258,6 +284,8 @@ def _check_supported(hf: Mapping[str, Any]) -> None:
         raise InteropError(
             f"config.json model_type={model_type!r} is not supported; valid: "
             + ", ".join(map(repr, FAMILIES))
+            + ", or the text tower of "
+            + ", ".join(map(repr, TEXT_TOWERS))
         )
     family = FAMILIES[model_type]
     archs = hf.get("architectures") or [family.architecture]
@@ -392,6 +420,7 @@ def _param_dtype(hf: Mapping[str, Any]) -> str:
 def config_from_hf(hf: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     """A compactlm Config for a config.json of any family in FAMILIES (the compactlm block
     first, if present)."""
+    hf = text_tower(hf)
     _check_supported(hf)
     family = FAMILIES[hf["model_type"]]
     sliding = _sliding_fields(hf) if family.sliding else {}

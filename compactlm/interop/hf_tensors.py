@@ -168,6 +168,35 @@ def to_hf_tensors(params: Mapping, cfg) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(w) for name, w in out.items()}
 
 
+# Where a multimodal checkpoint keeps its text tower (transformers 5 saves Gemma 3 under the
+# first, as the Hub's checkpoints; its in-memory module names are the second), and the towers
+# the text model does not use.
+_TEXT_TOWER_PREFIXES = ("language_model.model.", "model.language_model.")
+_OTHER_TOWERS = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.")
+_OTHER_TOWERS += ("model.multi_modal_projector.",)
+
+
+def text_tower_tensors(tensors: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A multimodal checkpoint's text tower under the text-only names (`model.…`, `lm_head…`),
+    its vision tower and projector left out; a text checkpoint as it is. No tensor is copied."""
+    if "model.embed_tokens.weight" in tensors:
+        return tensors
+    for prefix in _TEXT_TOWER_PREFIXES:
+        if prefix + "embed_tokens.weight" in tensors:
+            break
+    else:
+        return tensors
+    out = {}
+    for name, w in tensors.items():
+        if name.startswith(prefix):
+            out["model." + name.removeprefix(prefix)] = w
+        elif name in ("language_model.lm_head.weight", "lm_head.weight"):
+            out["lm_head.weight"] = w
+        elif not name.startswith(_OTHER_TOWERS):
+            out[name] = w  # unknown: from_hf_tensors names it
+    return out
+
+
 def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
     """HF tensors → a parameter tree shaped like `template` (nnx.to_pure_dict of our Params).
 
@@ -175,6 +204,7 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
     (rotary inv_freq buffers aside); otherwise a one-line error naming the tensor.
     """
     N, K, H = cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+    tensors = text_tower_tensors(tensors)
     used: set[str] = set()
 
     def get(name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -781,3 +781,44 @@ def test_cli_import_pads_any_vocab_and_export_writes_the_checkpoint_back(tmp_pat
     a, b = (json.loads((d / "config.json").read_text()) for d in (src, out))
     for key in ("vocab_size", "attention_bias", "mlp_bias", "tie_word_embeddings", "head_dim"):
         assert b[key] == a[key], key
+
+
+def test_multimodal_gemma3_imports_its_text_tower(tmp_path, capsys):
+    """A Gemma3ForConditionalGeneration checkpoint (config.json and tensor layout as transformers
+    writes them, fixtures/hf/gemma3): import takes the text tower (its text_config, its
+    `language_model.model.*` tensors), leaves the vision tower and projector out, and gives
+    gemma3_text's logits (the script checked that transformers' multimodal model does too);
+    export writes it as the text family."""
+    text_dir, layout_dir = FIXTURES / "gemma3_text", FIXTURES / "gemma3"
+    layout = json.loads((layout_dir / "layout.json").read_text())
+    text = load_file(text_dir / "model.safetensors")
+    tensors = {
+        name: text[t["text"]] if t["text"] else np.zeros(t["shape"], t["dtype"])
+        for name, t in layout.items()
+    }
+    assert sum(t["text"] is None for t in layout.values()) > 10  # the vision tower is there
+    src = tmp_path / "gemma3"
+    src.mkdir()
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(layout_dir / "config.json", src / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(text_dir / name, src / name)
+    hf_json = json.loads((src / "config.json").read_text())
+    assert hf_json["model_type"] == "gemma3" and "vision_config" in hf_json
+    cfg = config_from_hf(hf_json, ["model.scan_layers=false"])
+    assert cfg.model == _padded(text_dir)[0].model
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert cli("import", str(src), f"workdir={run}") == 0
+    _, _, params, _ = hf.load_run_params(run)
+    model = Transformer(cfg.model, rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    nnx.update(model, state)
+    ref = np.load(text_dir / "reference.npz")
+    logits = np.asarray(model(jnp.asarray(ref["input_ids"], jnp.int32)))[..., :480]
+    assert np.max(np.abs(logits - ref["logits"])) < 1e-4
+    assert cli("export", str(run), f"workdir={out}") == 0
+    exported = json.loads((out / "config.json").read_text())
+    assert exported["model_type"] == "gemma3_text"
+    back = load_file(out / "model.safetensors")
+    assert set(back) == set(text) and all(np.array_equal(back[k], text[k]) for k in text)
