@@ -822,3 +822,34 @@ def test_multimodal_gemma3_imports_its_text_tower(tmp_path, capsys):
     assert exported["model_type"] == "gemma3_text"
     back = load_file(out / "model.safetensors")
     assert set(back) == set(text) and all(np.array_equal(back[k], text[k]) for k in text)
+
+
+FAMILY_REFUSALS = [
+    ("qwen2", {"use_sliding_window": True}, "use_sliding_window=True is not supported"),
+    ("qwen3", {"attention_bias": True}, "attention_bias=true is not supported"),
+    ("qwen3", {"num_experts": 8}, "num_experts=8 is not supported (mixture of experts"),
+    ("smollm3", {"use_sliding_window": True}, "use_sliding_window=True is not supported"),
+    ("llama3", {"rope_scaling": {"rope_type": "longrope"}}, "rope_type='longrope'"),
+    ("llama3", {"model_type": "mistral"}, "model_type='mistral' is not supported"),
+    ("gemma3_text", {"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0"),
+    ("gemma3_text", {"dtype": "int8"}, "dtype='int8' is not supported"),
+    ("gemma3_text", {"vocab_size": 500}, "config.json implies [500, 32]"),
+]
+
+
+@pytest.mark.parametrize(
+    "fixture, changes, message",
+    FAMILY_REFUSALS,
+    ids=[f"{f}-{next(iter(c))}" for f, c, _ in FAMILY_REFUSALS],
+)
+def test_cli_refuses_what_a_family_does_not_compute(fixture, changes, message, tmp_path, capsys):
+    """`compactlm import` of a family checkpoint with one field it does not compute: exit 2,
+    one line naming the field, nothing written."""
+    src = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, src)
+    c = json.loads((src / "config.json").read_text()) | changes
+    (src / "config.json").write_text(json.dumps(c))
+    assert cli("import", str(src), f"workdir={tmp_path / 'out'}") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == [fixture]
