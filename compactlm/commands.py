@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -631,6 +632,11 @@ def merge(run_dir: str, overrides: Sequence[str], *, workdir: str | None = None)
         )
     src = _load_run(run_dir, [])
     claim_workdir(workdir, "merge")
+    from compactlm.data.tokenizer import TOKENIZER_FILE
+
+    if (Path(run_dir) / TOKENIZER_FILE).is_file():  # the source's own tokenizer, exactly (an
+        # imported run's "hf" one cannot be made again from data: it was never trained)
+        shutil.copy(Path(run_dir) / TOKENIZER_FILE, Path(workdir) / TOKENIZER_FILE)
     cfg = merged_config(src.cfg)
     out = Trainer(cfg, workdir)
     state = state_from_model(out.program, merged_model(src), seed=cfg.train.seed)

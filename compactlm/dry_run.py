@@ -48,9 +48,9 @@ def finetune(base_dir: str, overrides: Sequence[str], workdir: str) -> None:
 
 
 def distill(teacher_dir: str, preset: str, overrides: Sequence[str], workdir: str) -> None:
-    from compactlm.config import apply_overrides, get_preset, to_json
+    from compactlm.config import apply_overrides, to_json
     from compactlm.models.footprint import count_params
-    from compactlm.train.distill_run import DistillArgs, split_overrides
+    from compactlm.train.distill_run import DistillArgs, split_overrides, student_config
     from compactlm.train.run_dir import latest_checkpoint_dir, read_config
 
     ours, rest = split_overrides(overrides)
@@ -60,7 +60,7 @@ def distill(teacher_dir: str, preset: str, overrides: Sequence[str], workdir: st
     if dcfg.baseline:
         read_config(dcfg.baseline)
         latest_checkpoint_dir(dcfg.baseline)
-    cfg = apply_overrides(dataclasses.replace(get_preset(preset), data=teacher.data), rest)
+    cfg = student_config(preset, rest, teacher)  # what `distill` builds (one tokenizer)
     cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, vocab_size=teacher.model.vocab_size)
     )

@@ -288,5 +288,8 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
                 " (q/k/v biases: a qwen2 config; q/k/v/o: attention_bias=true; gate/up/down: "
                 "mlp_bias=true)"
             )
-        raise InteropError(f"tensor {name} is not part of the model config.json describes")
+        raise InteropError(
+            f"tensor {name} is not part of the model config.json (with the command's model.* "
+            "overrides, if any) describes"
+        )
     return _unflatten(flat_out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from compactlm.data.tokenizer import TOKENIZER_FILE
 from compactlm.train.distill import DistillConfig
 
 DISTILL_FILE = "distill.json"
@@ -67,12 +69,13 @@ def check_student(cfg, dcfg: DistillConfig, teacher, workdir: Path) -> None:
     """Every check that can fail, before the student's run directory is touched."""
     from compactlm.config import ConfigError
     from compactlm.data import prepare_data
-    from compactlm.data.tokenizer import TOKENIZER_FILE
     from compactlm.train.distill_features import feature_pairs
     from compactlm.train.distill_init import check_compatible
     from compactlm.train.loop import resolve_vocab
 
     existing = workdir if (workdir / TOKENIZER_FILE).is_file() else None
+    if existing is None and cfg.data.tokenizer == "hf":  # an import's: the teacher's own file
+        existing = Path(teacher.workdir)
     tok = prepare_data(cfg.data, run_dir=existing).tokenizer
     t_tok = teacher.data.tokenizer
     if tok.fingerprint() != t_tok.fingerprint():
@@ -163,11 +166,25 @@ def evaluate_on(trainer, program_owner, val_tokens) -> dict[str, float]:
     )
 
 
+def student_config(preset: str, overrides: Sequence[str], teacher_cfg) -> Any:
+    """`preset` with the teacher's data section (one tokenizer), then `overrides`. An imported
+    teacher's vocabulary is the student's too: its padding ids (model.vocab_valid) stay masked,
+    so both softmaxes run over the same ids (a student of ours has vocab_valid 0 otherwise)."""
+    from compactlm.config import apply_overrides, get_preset
+
+    cfg = dataclasses.replace(get_preset(preset), data=teacher_cfg.data)
+    t = teacher_cfg.model
+    if t.vocab_valid and teacher_cfg.data.tokenizer == "hf":
+        model = dataclasses.replace(cfg.model, vocab_size=t.vocab_size, vocab_valid=t.vocab_valid)
+        cfg = dataclasses.replace(cfg, model=model)
+    return apply_overrides(cfg, overrides)
+
+
 def run(
     teacher_dir: str, preset: str, overrides: Sequence[str], workdir: str | Path
 ) -> dict[str, Any]:
     """Distill (or resume); returns the summary with the end-of-run report rows."""
-    from compactlm.config import apply_overrides, get_preset
+    from compactlm.config import apply_overrides
     from compactlm.models.footprint import count_params
     from compactlm.train.distill_features import feature_pairs, make_student_fn
     from compactlm.train.distill_init import init_from_teacher
@@ -187,7 +204,7 @@ def run(
         read_config(dcfg.baseline)
         latest_checkpoint_dir(dcfg.baseline)
     teacher = load_run(teacher_dir)
-    cfg = apply_overrides(dataclasses.replace(get_preset(preset), data=teacher.cfg.data), rest)
+    cfg = student_config(preset, rest, teacher.cfg)
     check_student(cfg, dcfg, teacher, workdir)
     record = {
         "teacher": str(Path(teacher_dir).resolve()),
@@ -204,6 +221,10 @@ def run(
         pairs = feature_pairs(dcfg.feature_layers, s_model.n_layers, t_model.n_layers)
         model_fn = make_student_fn(s_model, t_model, len(pairs))
     claim_workdir(workdir, "distill")
+    if cfg.data.tokenizer == "hf" and not (workdir / TOKENIZER_FILE).is_file():
+        # An imported teacher's tokenizer is read from its run directory, never trained: the
+        # student's run directory gets a copy (as `finetune` copies its base's).
+        shutil.copy(Path(teacher_dir) / TOKENIZER_FILE, workdir / TOKENIZER_FILE)
     student = Trainer(
         cfg,
         workdir,
