@@ -34,7 +34,12 @@ setup(
         # jax-triton is installed --no-deps by scripts/bootstrap.sh: its pinned deps would replace jax.
         "gpu": ["jax-triton>=0.4.1"],
         # beartype: the checker of the jaxtyping annotations under pytest (tests/conftest.py).
-        "test": ["pytest>=8", "beartype>=0.18"],
+        # lm-eval's core needs no torch (0.4.13 pulls datasets, evaluate, scikit-learn, sacrebleu,
+        # pandas, pyarrow: ~30 s of pip here); imported only by `compactlm eval RUN tasks=...`.
+        "eval": ["lm_eval>=0.4.13,<0.5"],
+        # llama.cpp's own GGUF container writer (pure Python + numpy): `export format=gguf`.
+        "gguf": ["gguf>=0.17"],
+        "test": ["pytest>=8", "beartype>=0.18", "lm_eval>=0.4.13,<0.5", "gguf>=0.17"],
         "dev": ["pytest>=8", "beartype>=0.18", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["compactlm=compactlm.cli:main"]},

@@ -7,7 +7,11 @@ compactlm merge RUN_DIR workdir=DIR [dequantize=true]
 compactlm distill TEACHER_RUN_DIR [student preset] distill.loss=fkl|rkl|jsd|skl|srkl|tvd
     distill.temperature=2 distill.alpha=0.5 distill.beta=0.5 distill.skew=0.1 distill.top_k=0
     distill.on_policy=0.0 [key=value ...] [workdir=DIR] [--dry-run]
+    (or CACHE instead of TEACHER_RUN_DIR: a distill-cache of its logits, no teacher loaded)
+compactlm distill-cache TEACHER_RUN_DIR [data.*=...] top_k=64 steps=N seeds=0,1,2 batch_size=16
+    seq_len=128 temperatures=1,2 workdir=CACHE
 compactlm eval RUN_DIR [key=value ...]
+compactlm eval RUN_DIR tasks=arc_easy,hellaswag [num_fewshot=0 limit=N include_path=DIR]
 compactlm generate RUN_DIR prompt="..." max_new_tokens=200 temperature=0.8 top_k=50 ...
 compactlm info [preset | RUN_DIR]   RUN_DIR: storage format, bytes in memory and on disk
 compactlm bench train [preset] [key=value ...]
@@ -44,6 +48,7 @@ COMMANDS = (
     "finetune",
     "merge",
     "distill",
+    "distill-cache",
     "eval",
     "generate",
     "info",
@@ -131,6 +136,15 @@ def _cmd_distill(args: list[str]) -> int:
     return commands.distill(
         positional[0], preset, overrides, workdir=special.get("workdir"), dry_run=dry_run
     )
+
+
+def _cmd_distill_cache(args: list[str]) -> int:
+    from compactlm import commands
+
+    teacher_dir, overrides, special = _split_args(args)
+    if teacher_dir is None:
+        raise _usage_error("distill-cache needs a TEACHER_RUN_DIR")
+    return commands.distill_cache(teacher_dir, overrides, workdir=special.get("workdir"))
 
 
 def _cmd_eval(args: list[str]) -> int:
@@ -301,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from compactlm.commands import USER_ERRORS
     from compactlm.interrupt import Interrupted
 
-    handler = globals()[f"_cmd_{command}"]
+    handler = globals()[f"_cmd_{command.replace('-', '_')}"]
     try:
         code = handler(rest)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit

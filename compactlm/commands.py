@@ -322,8 +322,13 @@ def distill(
     workdir: str | None = None,
     dry_run: bool = False,
 ) -> int:
-    """Distill the teacher run into a `preset` student (or resume); print student vs teacher."""
+    """Distill the teacher run (or a stored cache of its logits, `distill-cache`) into a
+    `preset` student (or resume); print student vs teacher."""
+    from compactlm.train.distill_cache import is_cache
     from compactlm.train.distill_run import run as run_distill
+
+    if is_cache(teacher_dir):
+        from compactlm.train.distill_cache import run as run_distill
 
     workdir = workdir or f"runs/{preset}-distilled"
     if dry_run:
@@ -337,13 +342,15 @@ def distill(
     if summary["status"] != "done":  # a signal: checkpoint saved, exit 130 / 143 (cli.main)
         raise interrupt.Interrupted(summary["signal"], summary["detail"])
     student, rows = summary["student"], summary["report"]
-    s_len, t_len = student.cfg.train.seq_len, summary["teacher"].cfg.train.seq_len
+    s_len = student.cfg.train.seq_len
     context = f"every row scored at the student's context, {s_len} tokens"
-    if t_len != s_len:
-        context += f"; the teacher trained at {t_len}"
+    if summary["teacher"] is None:  # stored logits: the teacher's model was never loaded
+        context += f"; teacher logits from the cache {teacher_dir}"
+    elif summary["teacher"].cfg.train.seq_len != s_len:
+        context += f"; the teacher trained at {summary['teacher'].cfg.train.seq_len}"
     print(
         f"\ndistillation report after step {summary['step']} (validation: "
-        f"{student.cfg.data.corpus}, {int(rows['teacher']['tokens']):,} tokens; {context})"
+        f"{student.cfg.data.corpus}, {int(rows['student']['tokens']):,} tokens; {context})"
     )
     print(f"  {'':<24}{'params':>10}{'loss':>9}{'bpb':>8}{'teacher NLL of samples':>25}")
     labels = {"student": "student (distilled)", "baseline": "student (hard labels)"}
@@ -356,6 +363,23 @@ def distill(
     return 0
 
 
+def distill_cache(teacher_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
+    """Run the teacher once over the windows of the stated seeds and steps and store its top-k
+    logits (train/distill_cache.py); a rerun continues an interrupted one."""
+    from compactlm.train.distill_cache import build
+
+    if not workdir:
+        raise ConfigError("distill-cache needs workdir=CACHE (the directory to write it to)")
+    meta = build(teacher_dir, overrides, workdir)
+    print(
+        f"stored: {workdir} (teacher {meta['teacher']} step {meta['teacher_step']}, top "
+        f"{meta['top_k']}); use it as `compactlm distill {workdir} [preset] train.seed=S "
+        f"train.steps<={meta['steps']} train.batch_size={meta['batch_size']} "
+        f"train.seq_len={meta['seq_len']} distill.*=...`"
+    )
+    return 0
+
+
 def _load_run(run_dir: str, overrides: Sequence[str]):
     from compactlm.train.loop import load_run
 
@@ -363,6 +387,13 @@ def _load_run(run_dir: str, overrides: Sequence[str]):
 
 
 def evaluate(run_dir: str, overrides: Sequence[str]) -> int:
+    """Validation loss / bpb beside compressors; with tasks=: lm-eval's benchmarks instead
+    (evaluation/lm_eval_run.py: lm-eval is imported only then)."""
+    if any(a.split("=", 1)[0].strip() == "tasks" for a in overrides):
+        from compactlm.evaluation.lm_eval_run import evaluate_tasks
+
+        evaluate_tasks(run_dir, overrides)
+        return 0
     trainer = _load_run(run_dir, overrides)
     _report_eval(trainer, f"validation at step {int(trainer.state.step)}")
     return 0
@@ -463,10 +494,27 @@ def export(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> in
     from compactlm.interop.hf import export_hf
     from compactlm.train.workdir import check_workdir
 
-    opts = apply_overrides(ExportConfig(), overrides)
+    fmt = next((o.split("=", 1)[1] for o in overrides if o.startswith("format=")), "hf")
+    if fmt != "hf":  # format=gguf, or a format that GGUFExportConfig's error lists as invalid
+        from compactlm.interop import gguf
+
+        opts = apply_overrides(gguf.GGUFExportConfig(), overrides)
+    else:
+        opts = apply_overrides(ExportConfig(), overrides)
     if not workdir:
         raise ConfigError("export needs workdir=OUT (the directory to write)")
     check_workdir(workdir, "export")  # written whole in a temporary sibling, then renamed
+    if opts.format == "gguf":
+        with interrupt.writing(workdir):  # a signal: no OUT (a complete temp dir is renamed)
+            summary = gguf.export_gguf(run_dir, workdir, opts)
+        merged = " (adapters merged into the base first)" if summary["merged"] else ""
+        print(
+            f"exported step {summary['step']} of {run_dir}{merged} as format=gguf "
+            f"type={opts.type} (llama.cpp architecture {summary['arch']}) to {summary['out']}: "
+            f"{len(summary['written'])} tensors, {summary['bytes']:,} bytes"
+        )
+        print("\n".join(gguf.report(summary)))
+        return 0
     with interrupt.writing(workdir):  # a signal: no OUT (export_hf renames a complete temp dir)
         summary = export_hf(run_dir, workdir)
     print(

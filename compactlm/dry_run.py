@@ -55,8 +55,14 @@ def distill(teacher_dir: str, preset: str, overrides: Sequence[str], workdir: st
 
     ours, rest = split_overrides(overrides)
     dcfg = apply_overrides(DistillArgs(), ours).distill
-    teacher = read_config(teacher_dir)
-    latest_checkpoint_dir(teacher_dir)
+    from compactlm.train.distill_cache import Cache, is_cache
+
+    cache = Cache(teacher_dir) if is_cache(teacher_dir) else None
+    if cache is not None:  # stored teacher logits: the teacher's config is in cache.json
+        teacher = cache.teacher_config()
+    else:
+        teacher = read_config(teacher_dir)
+        latest_checkpoint_dir(teacher_dir)
     if dcfg.baseline:
         read_config(dcfg.baseline)
         latest_checkpoint_dir(dcfg.baseline)
@@ -69,6 +75,13 @@ def distill(teacher_dir: str, preset: str, overrides: Sequence[str], workdir: st
     print(_written(workdir, "config.json, distill.json, tokenizer.json, checkpoints/, eval.json"))
     print(_counts_line(cfg))
     print(f"frozen teacher: {count_params(teacher.model)['total']:,} parameters ({teacher_dir})")
+    if cache is not None:
+        m = cache.meta
+        print(
+            f"stored teacher logits: top {m['top_k']} + tail at T = "
+            f"{', '.join(f'{t:g}' for t in m['temperatures'])}, seeds {m['seeds']}, "
+            f"{cache.written} of {m['steps'] * len(m['seeds'])} (step, seed) slots written"
+        )
 
 
 def compress(command: str, run_dir: str, overrides: Sequence[str], workdir: str | None) -> None:

@@ -262,6 +262,11 @@ _COMMANDS = {
     "info": _info,
     "finetune": _finetune,
     "distill": _distill,
+    "distill-cache": _options(
+        "compactlm.train.distill_cache",
+        "CacheConfig",
+        "data.* keys apply to the teacher's data section (the student's, as in distill).",
+    ),
     "eval": lambda positional: _saved_config(
         "the run's saved config for this evaluation (data.corpus=pydocs: another corpus)"
     ),

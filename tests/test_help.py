@@ -35,6 +35,7 @@ def _options(command: str) -> list:
     where = {
         "generate": ("compactlm.commands", "SampleConfig"),
         "merge": ("compactlm.commands", "MergeConfig"),
+        "distill-cache": ("compactlm.train.distill_cache", "CacheConfig"),
         "export": ("compactlm.commands", "ExportConfig"),
         "quantize": ("compactlm.compress.job", "QuantizeJob"),
         "prune": ("compactlm.compress.job", "PruneJob"),

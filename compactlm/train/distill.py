@@ -207,15 +207,22 @@ def top_k_buckets(
     if k <= 0 or k >= V:
         return log_p, log_q
     _, idx = jax.lax.top_k(log_p, k)
-    top_p = jnp.take_along_axis(log_p, idx, axis=-1)
-    top_q = jnp.take_along_axis(log_q, idx, axis=-1)
+    return bucket_log_mass(log_p, idx), bucket_log_mass(log_q, idx)
+
+
+def bucket_log_mass(log_x: Float[Array, "*B V"], idx: Int[Array, "*B K"]) -> Float[Array, "*B K1"]:
+    """log_x's log-masses in the buckets `idx` (k distinct ids per position) plus one tail bucket
+    with everything else: [..., k+1], the tail last. The one bucketing both the online top-k
+    (top_k_buckets) and a stored teacher cache (train/distill_cache.py) use, so both compute
+    the student's side with the same operations."""
+    V, k = log_x.shape[-1], idx.shape[-1]
+    top = jnp.take_along_axis(log_x, idx, axis=-1)
     flat_idx = idx.reshape(-1, k)
     rows = jnp.arange(flat_idx.shape[0])[:, None]
     in_top = jnp.zeros((flat_idx.shape[0], V), bool).at[rows, flat_idx].set(True)
-    in_top = in_top.reshape(log_p.shape)
-    tail_p = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_p), axis=-1, keepdims=True)
-    tail_q = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_q), axis=-1, keepdims=True)
-    return jnp.concatenate([top_p, tail_p], -1), jnp.concatenate([top_q, tail_q], -1)
+    in_top = in_top.reshape(log_x.shape)
+    tail = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_x), axis=-1, keepdims=True)
+    return jnp.concatenate([top, tail], -1)
 
 
 def _masked_mean(x_BT: Array, mask_BT: Array) -> Array:
@@ -259,7 +266,6 @@ class DistillLoss:
     ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
         """mask_BT selects the positions of the divergence; ce_mask_BT (default: mask_BT) those
         of the hard-label CE (on-policy steps: the data prompt only, not the student's samples)."""
-        c = self.cfg
         student_logits_BTV = student_logits_BTV.astype(jnp.float32)
         teacher_logits_BTV = teacher_logits_BTV.astype(jnp.float32)
         if mask_BT is None:
@@ -267,9 +273,65 @@ class DistillLoss:
         mask_BT = mask_BT.astype(jnp.float32)
         ce_mask_BT = mask_BT if ce_mask_BT is None else ce_mask_BT.astype(jnp.float32)
         div = _masked_mean(self.per_position(student_logits_BTV, teacher_logits_BTV), mask_BT)
+        teacher_nll_BT = _token_nll(teacher_logits_BTV, targets_BT)
+        teacher_top1_BT = jnp.argmax(teacher_logits_BTV, -1)
+        return self._mix(
+            div,
+            student_logits_BTV,
+            teacher_nll_BT,
+            teacher_top1_BT,
+            targets_BT,
+            mask_BT,
+            ce_mask_BT,
+        )
+
+    def from_buckets(
+        self,
+        student_logits_BTV: Float[Array, "B T V"],
+        teacher_ids_BTK: Int[Array, "B T K"],
+        teacher_log_p_BTK1: Float[Array, "B T K1"],
+        teacher_nll_BT: Float[Array, "B T"],
+        targets_BT: Int[Array, "B T"],
+        mask_BT: Float[Array, "B T"] | None = None,
+    ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+        """The same loss and metrics from a teacher known only by its top-k buckets (a stored
+        cache, train/distill_cache.py): its k ids per position, sorted by probability (the first
+        is its top-1), its k + 1 bucket log-masses at T (tail last) and its NLL of the targets.
+        The student's side runs the same operations as the online top-k path."""
+        c = self.cfg
+        student_logits_BTV = student_logits_BTV.astype(jnp.float32)
+        if mask_BT is None:
+            mask_BT = jnp.ones(targets_BT.shape, jnp.float32)
+        mask_BT = mask_BT.astype(jnp.float32)
+        log_q = jax.nn.log_softmax(student_logits_BTV / c.temperature, axis=-1)
+        log_q = bucket_log_mass(log_q, teacher_ids_BTK)
+        div_BT = divergence(teacher_log_p_BTK1, log_q, c.loss, beta=c.beta, skew=c.skew)
+        div = _masked_mean(div_BT, mask_BT)
+        return self._mix(
+            div,
+            student_logits_BTV,
+            teacher_nll_BT,
+            teacher_ids_BTK[..., 0],
+            targets_BT,
+            mask_BT,
+            mask_BT,
+        )
+
+    def _mix(
+        self,
+        div,
+        student_logits_BTV,
+        teacher_nll_BT,
+        teacher_top1_BT,
+        targets_BT,
+        mask_BT,
+        ce_mask_BT,
+    ):
+        """loss = alpha · T² · div + (1 − alpha) · CE, and the metrics (METRICS, `nll`)."""
+        c = self.cfg
         ce = _masked_mean(_token_nll(student_logits_BTV, targets_BT), ce_mask_BT)
-        teacher_ce = _masked_mean(_token_nll(teacher_logits_BTV, targets_BT), ce_mask_BT)
-        agree_BT = jnp.argmax(student_logits_BTV, -1) == jnp.argmax(teacher_logits_BTV, -1)
+        teacher_ce = _masked_mean(teacher_nll_BT, ce_mask_BT)
+        agree_BT = jnp.argmax(student_logits_BTV, -1) == teacher_top1_BT
         loss = c.alpha * c.temperature**2 * div + (1.0 - c.alpha) * ce
         metrics = {
             "nll": ce,

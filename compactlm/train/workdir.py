@@ -68,8 +68,8 @@ def held_by(workdir: str | Path) -> str | None:
     for name, command in (("distill.json", "distill"), ("base.json", "finetune")):
         if name in names:
             return command
-    if "config.json" in names and "model.safetensors" in names:
-        return "export"
+    if ("config.json" in names and "model.safetensors" in names) or "model.gguf" in names:
+        return "export"  # format=hf, or format=gguf
     if "config.json" in names or "checkpoints" in names:
         return "train"
     return "files"
