@@ -123,7 +123,7 @@ def _compress_block(block, stats, prune_cfg, quant, keeps, pattern) -> dict[str,
         for site, rec in out.items():
             _write(block, site, rec.weight)
         return out
-    grid = quantize.Grid(quant.format, quant.bits)
+    grid = quantize.Grid(quant.format, quant.bits, quant.scale_dtype)
     g = quant_group(quant, pattern)
     if quant.method == "awq":
         # Search every site on the unscaled block first (llm-awq's order), then fold.

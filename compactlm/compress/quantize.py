@@ -76,6 +76,11 @@ class QuantConfig:
     damp: float = obs.DEFAULT_DAMP
     # GPTQ: rows per lazy-update block (the paper's B = 128).
     block_size: int = obs.DEFAULT_BLOCK
+    # The dtype scales are rounded to before the codes are chosen: float16 makes every scale
+    # an f16 value (GGUF's Q4_0 / Q4_1 blocks store f16 scales: `export format=gguf` then keeps
+    # the codes and scales bit for bit; llama.cpp's own quantizer rounds d to f16 the same way).
+    # float32: the scales as computed.
+    scale_dtype: Literal["float32", "float16"] = "float32"
     # nf4 / fp4 export: store the per-block absmax constants quantized again (QLoRA §3 double
     # quantization: int8 codes in flat blocks of 256, one f32 scale per block, an f32 mean);
     # 4.127 instead of 4.5 bits/weight at group_size=64. Off: the kernels' plain f32 absmax.
@@ -128,6 +133,8 @@ class Grid:
 
     format: QuantFormat = "int4"
     bits: int = 4
+    # Scales (absmax) rounded to this dtype before any code is chosen (QuantConfig.scale_dtype).
+    scale_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.format not in QUANT_FORMATS:
@@ -151,16 +158,25 @@ class Grid:
         """
         w = jnp.asarray(np.asarray(w_gn, np.float32))
         if self.format in ("nf4", "fp4"):
-            return np.asarray(jnp.max(jnp.abs(w), axis=0)), None
+            return self._rounded(jnp.max(jnp.abs(w), axis=0)), None
         if self.format == "int4":
             s = jnp.max(jnp.abs(w), axis=0) / float(2 ** (self.bits - 1) - 1)
-            return np.asarray(jnp.where(s == 0, 1.0, s).astype(jnp.float32)), None
+            return self._rounded(jnp.where(s == 0, 1.0, s).astype(jnp.float32)), None
         lo = jnp.minimum(jnp.min(w, axis=0), 0.0)
         hi = jnp.maximum(jnp.max(w, axis=0), 0.0)
         s = (hi - lo) / float(2**self.bits - 1)
-        s = jnp.where(s == 0, 1.0, s).astype(jnp.float32)
+        s = jnp.asarray(self._rounded(jnp.where(s == 0, 1.0, s).astype(jnp.float32)))
         z = jnp.clip(jnp.round(-lo / s), 0, 2**self.bits - 1)
         return np.asarray(s), np.asarray(z, np.float32)
+
+    def _rounded(self, s) -> np.ndarray:
+        """f32 scales, rounded through scale_dtype first (float16: every scale is an f16 value,
+        so GGUF's Q4_0 / Q4_1 hold them as they are); the codes are then chosen on them."""
+        s = np.asarray(s, np.float32)
+        if self.scale_dtype == "float16":
+            s16 = s.astype(np.float16)
+            s = np.where(np.isfinite(s16) & (s16 > 0), s16, s).astype(np.float32)
+        return s
 
     def encode(self, w, scale, zero=None) -> np.ndarray:
         """Integer codes of ``w[..., N]`` on the grid of (scale, zero) [N]; int16."""

@@ -285,3 +285,24 @@ def test_bad_inputs_exit_2_and_write_nothing(nano_run, tmp_path, capsys):
     (done / "model.gguf").write_bytes(b"GGUF")
     err = refused(str(nano_run), "format=gguf", f"workdir={done}")
     assert "`compactlm export`" in err and (done / "model.gguf").read_bytes() == b"GGUF"
+
+
+def test_quantize_with_f16_scales_exports_q4_0_bit_exact(nano_run, tmp_path, capsys):
+    """`quantize scale_dtype=float16` chooses the codes on f16 scales: every GGUF Q4_0 block then
+    holds compactlm's own codes and scales, and gguf-py dequantizes to our weights exactly."""
+    q4 = tmp_path / "q4"
+    args = ["method=rtn", "format=int4", "group_size=32", "eval_tokens=2048"]
+    assert cli("quantize", str(nano_run), *args, "scale_dtype=float16", f"workdir={q4}") == 0
+    cfg, state = _state(q4)
+    scales = state["layers"]["attn"]["qkv_proj"]["scales"]
+    assert np.array_equal(np.asarray(scales).astype(np.float16).astype(np.float32), scales)
+    capsys.readouterr()
+    assert cli("export", str(q4), "format=gguf", f"workdir={tmp_path / 'g'}") == 0
+    printed = capsys.readouterr().out
+    assert "Q4_0  codes kept" in printed and "not exactly float16" not in printed
+    _, tensors, types = read(tmp_path / "g" / "model.gguf")
+    arrays = state["layers"]["mlp"]["down_proj"]
+    for i in range(cfg.model.n_layers):
+        ours = np.asarray(packing.dequantize_int4(arrays["qweight"][i], arrays["scales"][i]))
+        assert types[f"blk.{i}.ffn_down.weight"] == Q.Q4_0
+        np.testing.assert_array_equal(tensors[f"blk.{i}.ffn_down.weight"], ours.T)
