@@ -125,12 +125,133 @@ def base() -> Config:
     )
 
 
+# Real model shapes (issue 18). Each is a published architecture, trained from scratch here: the
+# model fields are the checkpoint's config.json (only those that differ from the defaults,
+# which are Llama's: RMSNorm eps 1e-5, tied embeddings, head_dim = d_model / n_heads); the
+# vocabulary is a byte-level BPE of the real size, trained on data.corpus, so the embedding and
+# the parameter count are the published ones. tests/test_presets.py checks each against the
+# config.json as `compactlm import` reads it and against transformers' parameter count of a
+# model built from it (scripts/make_real_size_checkpoints.py PUBLISHED, --count). Their
+# transformers config classes default to other models (LlamaConfig: Llama-2-7B; Qwen2Config:
+# Qwen2-7B; Qwen3Config: Qwen3-8B), so every shape value below is set, not inherited.
+
+
+def _real_shape(name: str, *, vocab: int, lr: float, **model: Any) -> Config:
+    """A published architecture (`model` deltas, `vocab` ids) with one from-scratch recipe for
+    one GPU: bf16 compute (as `base`), batches of 16 × 2048 tokens (GPT-3's context) with
+    per-block rematerialisation, 20k steps with a 1k warm-up then cosine, and `lr` = GPT-3's for
+    the nearest model size (Brown et al. 2020, Table 2.1: 125M 6e-4, 350M 3e-4, 760M 2.5e-4,
+    1.3B 2e-4, 2.7B 1.6e-4). Weights + AdamW + activations (`compactlm info`): 16 GiB at
+    smollm2-135m to 54 GiB at llama3.2-1b (an 80 GB H100); smollm3-3b's 76 GiB plus its
+    gradients need an H200 or train.batch_size=8. The f32 logits of 16 × 2048 positions are
+    most of the activations at a 151,936-id vocabulary."""
+    return _replace(
+        Config(preset=name),
+        model=dict(compute_dtype="bfloat16", remat="block", **model),
+        data=dict(tokenizer="bpe", bpe_vocab_size=vocab),
+        train=dict(steps=20000, batch_size=16, seq_len=2048),
+        optim=dict(lr=lr, warmup_steps=1000),
+    )
+
+
+def smollm2_135m() -> Config:
+    """SmolLM2-135M: 134,515,008 params (Llama, 30 layers, GQA 9/3, tied, vocab 49,152)."""
+    # HuggingFaceTB/SmolLM2-135M config.json: hidden 576, intermediate 1536, 30 layers, 9 heads,
+    # 3 kv heads (head_dim 64), rope_theta 1e5, max_position_embeddings 8192 (2048 in its first
+    # revision), rms_norm_eps 1e-5, initializer_range 576^-0.5 = 0.0417, tied.
+    return _real_shape(
+        "smollm2-135m", vocab=49152, lr=6e-4,
+        d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536, max_seq_len=8192,
+        rope_theta=100_000.0, init_std=576**-0.5,
+    )  # fmt: skip
+
+
+def smollm2_360m() -> Config:
+    """SmolLM2-360M: 361,821,120 params (Llama, 32 layers, GQA 15/5, tied, vocab 49,152)."""
+    # HuggingFaceTB/SmolLM2-360M config.json: hidden 960, intermediate 2560, 32 layers, 15 heads,
+    # 5 kv heads (head_dim 64), rope_theta 1e5, max_position_embeddings 8192, rms_norm_eps 1e-5,
+    # initializer_range 0.02, tied.
+    return _real_shape(
+        "smollm2-360m", vocab=49152, lr=3e-4,
+        d_model=960, n_layers=32, n_heads=15, n_kv_heads=5, d_ff=2560, max_seq_len=8192,
+        rope_theta=100_000.0,
+    )  # fmt: skip
+
+
+def qwen2_5_0_5b() -> Config:
+    """Qwen2.5-0.5B: 494,032,768 params (q/k/v biases, GQA 14/2, tied, vocab 151,936)."""
+    # Qwen/Qwen2.5-0.5B config.json (Qwen2ForCausalLM): hidden 896, intermediate 4864, 24 layers,
+    # 14 heads, 2 kv heads (head_dim 64), q/k/v biases, rope_theta 1e6, max_position_embeddings
+    # 32768, rms_norm_eps 1e-6, tied, no sliding window. Its tokenizer has 151,665 ids; the
+    # embedding's 151,936 rows are the vocabulary here.
+    return _real_shape(
+        "qwen2.5-0.5b", vocab=151936, lr=3e-4,
+        d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, d_ff=4864, max_seq_len=32768,
+        rope_theta=1_000_000.0, norm_eps=1e-6, qkv_bias=True,
+    )  # fmt: skip
+
+
+def qwen3_0_6b() -> Config:
+    """Qwen3-0.6B: 596,049,920 params (q/k RMSNorm, head_dim 128, GQA 16/8, tied)."""
+    # Qwen/Qwen3-0.6B config.json: hidden 1024, intermediate 3072, 28 layers, 16 heads, 8 kv
+    # heads, head_dim 128 (not 1024 / 16), per-head q/k RMSNorm, no attention bias, rope_theta
+    # 1e6, max_position_embeddings 40960, rms_norm_eps 1e-6, tied, vocab 151,936.
+    return _real_shape(
+        "qwen3-0.6b", vocab=151936, lr=2.5e-4,
+        d_model=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128, d_ff=3072,
+        max_seq_len=40960, rope_theta=1_000_000.0, norm_eps=1e-6, qk_norm=True,
+    )  # fmt: skip
+
+
+def llama3_2_1b() -> Config:
+    """Llama-3.2-1B: 1,235,814,400 params (GQA 32/8, Llama 3 RoPE scaling, tied)."""
+    # meta-llama/Llama-3.2-1B config.json: hidden 2048, intermediate 8192, 16 layers, 32 heads,
+    # 8 kv heads (head_dim 64), rope_theta 5e5, rope_scaling llama3 (factor 32, low_freq_factor
+    # 1, high_freq_factor 4, original_max_position_embeddings 8192: the last three are our
+    # defaults), max_position_embeddings 131072, rms_norm_eps 1e-5, tied, vocab 128,256.
+    return _real_shape(
+        "llama3.2-1b", vocab=128256, lr=2e-4,
+        d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192, max_seq_len=131072,
+        rope_theta=500_000.0, rope_scaling="llama3", rope_factor=32.0,
+    )  # fmt: skip
+
+
+def smollm3_3b() -> Config:
+    """SmolLM3-3B: 3,075,098,624 params (NoPE every 4th layer, GQA 16/4, tied)."""
+    # HuggingFaceTB/SmolLM3-3B config.json: hidden 2048, intermediate 11008, 36 layers, 16 heads,
+    # 4 kv heads (head_dim 128), no_rope_layers: every 4th layer without RoPE (transformers'
+    # rule for no_rope_layer_interval 4), rope_theta 5e6 and max_position_embeddings 65536
+    # (the final 64k stage of the SmolLM3 blog; SmolLM3Config's defaults are 2e6 and 32768),
+    # rms_norm_eps 1e-6, tied, vocab 128,256.
+    return _real_shape(
+        "smollm3-3b", vocab=128256, lr=1.6e-4,
+        d_model=2048, n_layers=36, n_heads=16, n_kv_heads=4, d_ff=11008, max_seq_len=65536,
+        rope_theta=5_000_000.0, norm_eps=1e-6,
+        no_rope_layers=tuple(int((i + 1) % 4 != 0) for i in range(36)),
+    )  # fmt: skip
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "nano": nano,
     "tiny": tiny,
     "small": small,
     "base": base,
+    "smollm2-135m": smollm2_135m,
+    "smollm2-360m": smollm2_360m,
+    "qwen2.5-0.5b": qwen2_5_0_5b,
+    "qwen3-0.6b": qwen3_0_6b,
+    "llama3.2-1b": llama3_2_1b,
+    "smollm3-3b": smollm3_3b,
 }
+# The presets at published shapes: their parameter counts are the published ones.
+REAL_SHAPES: tuple[str, ...] = (
+    "smollm2-135m",
+    "smollm2-360m",
+    "qwen2.5-0.5b",
+    "qwen3-0.6b",
+    "llama3.2-1b",
+    "smollm3-3b",
+)
 
 
 def get_preset(name: str) -> Config:
@@ -234,7 +355,9 @@ def _valid_keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _set(cfg: Any, path: list[str], text: str, full_key: str) -> Any:
+def _collect(cfg: Any, path: list[str], text: str, full_key: str, changes: dict) -> None:
+    """Check `full_key` against cfg's fields and parse its value into `changes` (a nested dict
+    by section: {"model": {"d_model": (96, "model.d_model=96")}}); nothing is built yet."""
     fields = _field_types(type(cfg))
     name = path[0]
     if name not in fields:
@@ -248,14 +371,28 @@ def _set(cfg: Any, path: list[str], text: str, full_key: str) -> Any:
                 f"{full_key!r} is a section; set one of its fields: "
                 + ", ".join(_valid_keys(current, f"{full_key}."))
             )
-        return dataclasses.replace(cfg, **{name: _set(current, path[1:], text, full_key)})
+        _collect(current, path[1:], text, full_key, changes.setdefault(name, {}))
+        return
     if len(path) > 1:
         raise ConfigError(f"unknown config key {full_key!r}: {name!r} has no sub-fields")
-    value = _parse_value(text, fields[name], full_key)
+    changes[name] = (_parse_value(text, fields[name], full_key), f"{full_key}={text!r}")
+
+
+def _replace_all(cfg: Any, changes: dict) -> Any:
+    """cfg with every collected change, one `dataclasses.replace` per section: validation sees
+    the final combination only, so the order of the overrides does not matter
+    (`model.d_model=96 model.weight_format=nf4 model.quant_group_size=32` in any order)."""
+    values, given = {}, []
+    for name, change in changes.items():
+        if isinstance(change, dict):
+            values[name] = _replace_all(getattr(cfg, name), change)
+        else:
+            values[name], text = change
+            given.append(text)
     try:
-        return dataclasses.replace(cfg, **{name: value})
-    except (ValueError, TypeError) as e:  # the sub-config's own __post_init__ validation
-        raise ConfigError(f"{full_key}={text!r}: {e}") from None
+        return dataclasses.replace(cfg, **values)
+    except (ValueError, TypeError) as e:  # the section's own __post_init__ validation
+        raise ConfigError(f"{', '.join(given)}: {e}" if given else str(e)) from None
 
 
 # Short spellings of nested sections: `adapter.rank=8` is `model.adapter.rank=8` (the adapter is
@@ -264,8 +401,9 @@ ALIASES: dict[str, str] = {"adapter.": "model.adapter."}
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """Apply `key.sub=value` strings in order, then `check_combined()` (module docstring)."""
-    before, keys = cfg, set()
+    """Apply `key.sub=value` strings (all at once: their order does not matter, a repeated key's
+    last value wins), then `check_combined()` (module docstring)."""
+    before, keys, changes = cfg, set(), {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
@@ -274,9 +412,10 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
             if key.strip().startswith(short):
                 key = full + key.strip()[len(short) :]
         # The value is kept verbatim: a str field (a prompt) may need its spaces and newlines;
-        # _parse_value strips it for every other type.
-        cfg = _set(cfg, key.strip().split("."), text, key.strip())
+        # _parse_value strips it for every other type. A key given twice: the last wins.
+        _collect(cfg, key.strip().split("."), text, key.strip(), changes)
         keys.add(key.strip())
+    cfg = _replace_all(cfg, changes)
     if isinstance(cfg, Config) and "model.vocab_size" in keys:
         _check_vocab_override(before, cfg)
     check = getattr(cfg, "check_combined", None)

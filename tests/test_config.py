@@ -1,5 +1,7 @@
 """The override language and config.json round trip, against the dataclasses themselves."""
 
+import itertools
+
 import pytest
 
 from compactlm.commands import SampleConfig
@@ -103,3 +105,15 @@ def test_the_override_parser_imports_no_training_code():
         )
     }
     assert heavy == {"compactlm.train.config"}, heavy - {"compactlm.train.config"}
+
+
+def test_overrides_are_validated_together_in_any_order():
+    """One combined validation per section: nf4 before quant_group_size=32 (at d_model 96,
+    which 64 does not divide) is not refused against the default group size; a repeated key's
+    last value wins; an invalid combination names every key of the section it came from."""
+    keys = ["model.d_model=96", "model.weight_format=nf4", "model.quant_group_size=32"]
+    configs = {make_config("tiny", order).model for order in itertools.permutations(keys)}
+    assert len(configs) == 1 and next(iter(configs)).quant_group_size == 32
+    assert make_config("tiny", ["model.d_model=96", "model.d_model=64"]).model.d_model == 64
+    with pytest.raises(ConfigError, match=r"model.d_model='96', model.weight_format='nf4': nf4"):
+        make_config("tiny", ["model.d_model=96", "model.weight_format=nf4"])

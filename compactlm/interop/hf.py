@@ -24,12 +24,15 @@ restores the run exactly; checkpoints without it get the defaults and a "hf" tok
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import mmap
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +146,19 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[st
         chmod_as_umask(tmp / HF_WEIGHTS)  # safetensors creates it 0600
         (tmp / HF_TOKENIZER).write_text(hf_tokenizer_json(tokenizer))
         ids = {f"{n}_token_id": getattr(tokenizer, f"{n}_id") for n in ("bos", "eos", "pad")}
+        stops = list(getattr(tokenizer, "stop_ids", ()))
+        if len(stops) > 1:  # an imported checkpoint's eos list (Llama 3 instruct), eos first
+            ids["eos_token_id"] = stops
         _write_json(tmp / "generation_config.json", ids)
-        names = {}
+        names: dict[str, Any] = {}
         if tokenizer.kind != "hf":
             from compactlm.data.tokenizer import SPECIAL_TOKENS
 
             names = dict(zip(("eos_token", "pad_token", "bos_token"), SPECIAL_TOKENS, strict=True))
+        else:  # an imported run gives back what it read: its special tokens, its chat template
+            names = dict(tokenizer.special_tokens)
+            if tokenizer.chat_template:
+                names["chat_template"] = tokenizer.chat_template
         _write_json(
             tmp / "tokenizer_config.json",
             {
@@ -170,13 +180,21 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[st
 def import_hf(
     hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Make `out_dir` a compactlm run directory (step-0 checkpoint) from a Llama HF directory."""
+    """Make `out_dir` a compactlm run directory (step-0 checkpoint) from a Llama HF directory.
+
+    Memory: about the weights once, plus the tensors of one parameter while it is converted,
+    plus orbax's write buffers (docs/models.md, "Real sizes on this machine"). Nothing is
+    initialised at random to be overwritten: the state's shapes come from `abstract_state`,
+    each parameter is read from disk when its turn comes (`SafetensorsReader`), and the
+    checkpoint is written from host arrays (`_step0_state`); the tokenizer is read last.
+    """
     import jax
     from flax import nnx
 
     from compactlm.train import checkpoint as ckpt
+    from compactlm.train.metrics import StageProgress
     from compactlm.train.program import make_program
-    from compactlm.train.step import init_state
+    from compactlm.train.step import abstract_state
 
     src = Path(hf_dir)
     if not (src / HF_CONFIG).is_file():
@@ -188,39 +206,164 @@ def import_hf(
     if not isinstance(hf, dict):
         raise InteropError(f"{src / HF_CONFIG} is not a JSON object")
     cfg = config_from_hf(hf, overrides)
-    tokenizer = tokenizer_from_hf(src, hf, cfg)
     from compactlm.data import load_corpus
 
     d = cfg.data  # eval / finetune will read it: a wrong data.corpus fails now, not later
     load_corpus(d.corpus, glob=d.glob, jsonl_field=d.jsonl_field, max_corpus_bytes=1 << 16)
-    tensors = read_safetensors(src)
-    many = sum(np.asarray(w).nbytes for w in tensors.values()) > safetensors_io.PROGRESS_BYTES
+    tensors = safetensors_io.SafetensorsReader(src)  # headers only
+    many = tensors.nbytes > safetensors_io.PROGRESS_BYTES
     out = Path(out_dir)
     tmp = _fresh_dir(out)
     try:
-        with stage("import: building the model", enabled=many):
-            program = make_program(cfg, mesh=_one_device())
-            state = init_state(program, cfg.model, seed=cfg.train.seed)
-        with stage(f"import: converting {len(tensors)} tensors", enabled=many):
-            template = nnx.to_pure_dict(state.params)
-            loaded = from_hf_tensors(tensors, template, cfg.model)
-            shardings = nnx.to_pure_dict(program.state_sharding.params)
-            placed = jax.tree.map(jax.device_put, loaded, shardings)
-            nnx.replace_by_pure_dict(state.params, placed)
-        tokenizer.save(tmp)
-        (tmp / "config.json").write_text(to_json(cfg) + "\n")
+        program = make_program(cfg, mesh=_one_device())
+        target = abstract_state(program, cfg.model, seed=cfg.train.seed)  # shapes, no memory
+        if jax.tree.leaves(target.frozen):
+            raise InteropError(
+                "import writes a dense model; this config also holds frozen storage (packed "
+                "weights or an adapter's base): import first, then `compactlm quantize` / "
+                "`compactlm finetune` the imported run"
+            )
+        n_files = len(tensors.files)
+        bar = StageProgress(
+            f"import: reading weights from {n_files} file{'s' * (n_files > 1)}",
+            total=len(tensors),
+            unit="tensor",
+            lines=10,
+            enabled=many,
+        )
+        seen: set[str] = set()
+
+        def advance(name: str) -> None:
+            if name not in seen:  # (a tied lm_head.weight is read again to compare)
+                seen.add(name)
+                bar.advance()
+
+        tensors.on_read = advance
+        with bar:
+            loaded = from_hf_tensors(tensors, nnx.to_pure_dict(target.params), cfg.model)
+        n_params = sum(int(np.prod(w.shape)) for w in _flatten(loaded).values())
+        state = _step0_state(program, target, loaded, seed=cfg.train.seed)
+        del loaded
         with stage("import: writing the step-0 checkpoint", enabled=many):
             manager = ckpt.make_manager(tmp, max_to_keep=cfg.train.keep_checkpoints)
             meta = {"step": 0, "seed": cfg.train.seed, "time": time.time(), "metrics": {}}
             extra = {**meta, "imported_from": str(src.absolute())}
-            ckpt.save(manager, 0, state, extra, to_dict(cfg))
+            with _host_arrays_written_in_place():
+                ckpt.save(manager, 0, state, extra, to_dict(cfg))
             manager.close()
+        # The tokenizer after the weights are written and dropped: a 151k-id
+        # tokenizers.Tokenizer holds ~0.2 GB (Qwen2.5's shape), which would otherwise add to
+        # the weights' peak (glibc keeps a freed heap resident, so dropping it early is no help).
+        del state
+        tokenizer = tokenizer_from_hf(src, hf, cfg)
+        tokenizer.save(tmp)
+        (tmp / "config.json").write_text(to_json(cfg) + "\n")
         _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    n_params = sum(int(np.prod(w.shape)) for w in jax.tree.leaves(loaded))
     return {"tensors": len(tensors), "parameters": n_params, "out": str(out), "config": cfg}
+
+
+def _step0_state(program: Any, target: Any, params: dict, *, seed: int) -> Any:
+    """The step-0 TrainState of `params` (host arrays shaped like target.params), as
+    `train.step.init_state` would give after loading them, without its device copies.
+
+    Leaves stay NumPy arrays: orbax writes them as they are, and restoring into
+    `abstract_state` places them on the devices (checkpoint.restore). The optimizer state is
+    `program.tx.init(params)`: its leaves that do not depend on the parameters (counts, Muon's
+    Newton-Schulz coefficients) are computed on a probe whose every dimension is 1, and the
+    moment buffers, which optax starts at zeros_like(params), are `_untouched_zeros`, so
+    AdamW's mu and nu (2x the weights in the parameters' dtype) cost no memory here. A
+    transformation whose buffers do not start at zero (checked on the probe of ones) gets its
+    real init instead.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    param_state = jax.tree.map(lambda x: x, target.params)  # a copy to fill (no arrays yet)
+    nnx.replace_by_pure_dict(param_state, params)
+    probe = jax.tree.map(lambda p: jnp.ones((1,) * p.ndim, p.dtype), param_state)
+    probe_opt = program.tx.init(probe)
+    abstract_opt = target.opt_state
+    full, treedef = jax.tree.flatten(abstract_opt)
+    small = jax.tree.leaves(probe_opt)
+
+    def leaf(a: Any, p: Any) -> np.ndarray | None:
+        if tuple(a.shape) == tuple(p.shape):  # independent of the parameters: the value itself
+            return np.asarray(p, dtype=a.dtype)
+        if not np.any(np.asarray(p)):  # a moment buffer: zeros_like(params)
+            return _untouched_zeros(a.shape, a.dtype)
+        return None
+
+    same = jax.tree.structure(probe_opt) == treedef
+    leaves = [leaf(a, p) for a, p in zip(full, small, strict=True)] if same else [None]
+    if any(x is None for x in leaves):
+        opt_state = jax.tree.map(np.asarray, jax.jit(program.tx.init)(param_state))
+    else:
+        opt_state = jax.tree.unflatten(treedef, leaves)
+    state = target.replace(
+        step=np.zeros((), np.int32),
+        params=param_state,
+        opt_state=opt_state,
+        # As train/step.py's _state_of: the raw key data of seed + 1.
+        rng=np.asarray(jax.random.key_data(jax.random.key(seed + 1))),
+    )
+    # The state must be exactly what restore expects: same tree, shapes and dtypes.
+    jax.tree.map(_check_leaf, target, state)
+    return state
+
+
+def _untouched_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros whose pages are not resident until written: a private anonymous mapping, whose
+    reads map the kernel's shared zero page (orbax reads them to write the checkpoint).
+    np.zeros gives that only when malloc serves it with a fresh mmap: glibc does above its mmap
+    threshold, but mimalloc, which the CLI preloads (compactlm/allocator.py), may reuse freed
+    memory and clear it: the import's peak at Qwen2.5-0.5B's shape was 2.96 GiB with np.zeros
+    under mimalloc, 2.47 GiB with this."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if nbytes < 2**20:  # (a page each at least; small leaves are not worth a mapping)
+        return np.zeros(shape, dtype)
+    pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(pages, dtype).reshape(shape)
+
+
+@contextlib.contextmanager
+def _host_arrays_written_in_place() -> Iterator[None]:
+    """Within: orbax writes NumPy leaves without first deep-copying them.
+
+    Its NumpyHandler copies every host array before writing (`deepcopy_host_arrays`), so that an
+    asynchronous save is safe from a caller that mutates the arrays afterwards. This save is
+    synchronous (checkpoint.make_manager) and the arrays are never touched again, and the copy
+    would cost the weights once more and fill in every zero page of the optimizer state (2x
+    the weights for AdamW): the import's peak at Qwen2.5-0.5B's shape was 5.2 GiB with it,
+    2.5 GiB without. The global handler is swapped for the save only, then put back.
+    """
+    import orbax.checkpoint as ocp
+
+    handlers = ocp.type_handlers
+    previous = handlers.get_type_handler(np.ndarray)
+
+    def register(handler: Any) -> None:
+        absl = logging.getLogger("absl")  # (orbax warns on every override, on stderr)
+        level = absl.level
+        absl.setLevel(logging.ERROR)
+        try:
+            handlers.register_type_handler(np.ndarray, handler, override=True)
+        finally:
+            absl.setLevel(level)
+
+    register(handlers.NumpyHandler(deepcopy_host_arrays=False))
+    try:
+        yield
+    finally:
+        register(previous)
+
+
+def _check_leaf(want: Any, got: Any) -> None:
+    if tuple(want.shape) != tuple(got.shape) or np.dtype(want.dtype) != np.dtype(got.dtype):
+        raise AssertionError(f"step-0 state leaf {got.shape} {got.dtype}, expected {want}")
 
 
 __all__: list[str] = [

@@ -332,3 +332,30 @@ def test_token_healing_keeps_the_bos():
     text = special["text"].split("<|end_of_text|>")[0] + "<|end_of_text|>"
     ids, allowed = heal_prompt(tok, text)
     assert allowed is None and ids.tolist() == special["input_ids"][: len(ids)]
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3"])  # template in tokenizer_config / .jinja
+def test_export_gives_back_the_specials_template_and_stop_ids(name, tmp_path):
+    """import -> export of a checkpoint keeps what transformers reads of its tokenizer: the
+    named special tokens and the chat template (tokenizer_config.json), and generation_config's
+    eos list; the export read back is the same tokenizer."""
+    src = _copy(name, tmp_path)
+    stops = [449, 450] if name == "llama3" else None
+    if stops:
+        _edit(src / "generation_config.json", eos_token_id=stops)
+    before = _tokenizer(src)
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert cli("import", str(src), f"workdir={run}") == 0
+    assert cli("export", str(run), f"workdir={out}") == 0
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg["chat_template"] == before.chat_template is not None
+    for key, value in before.special_tokens.items():
+        assert tok_cfg[key] == value, key
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == (stops or before.eos_id)
+    after = _tokenizer(out)
+    assert (after.stop_ids, after.special_tokens, after.chat_template) == (
+        before.stop_ids,
+        before.special_tokens,
+        before.chat_template,
+    )
