@@ -482,11 +482,14 @@ def report(name: str, args: Sequence[str]) -> int:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExportConfig:
-    """Options of `compactlm export RUN_DIR format=hf workdir=OUT`."""
+    """Options of `compactlm export RUN_DIR format=hf workdir=OUT` (format=gguf and
+    format=compressed-tensors take their own keys: interop/gguf.py, compressed_tensors.py)."""
 
-    # Target format. "hf": a Hugging Face Llama directory (config.json, model.safetensors,
-    # tokenizer.json) that transformers' LlamaForCausalLM / AutoTokenizer load.
-    format: typing.Literal["hf"] = "hf"
+    # Target format. "hf": a Hugging Face directory (config.json, model.safetensors,
+    # tokenizer.json) that transformers loads with the family's own class; "gguf": model.gguf for
+    # llama.cpp (type=auto keeps int4 codes as Q4_0 / Q4_1); "compressed-tensors": llm-compressor's
+    # pack-quantized int4 (and 2:4) for vLLM / transformers.
+    format: typing.Literal["hf", "gguf", "compressed-tensors"] = "hf"
 
 
 def export(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> int:
@@ -495,7 +498,11 @@ def export(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> in
     from compactlm.train.workdir import check_workdir
 
     fmt = next((o.split("=", 1)[1] for o in overrides if o.startswith("format=")), "hf")
-    if fmt != "hf":  # format=gguf, or a format that GGUFExportConfig's error lists as invalid
+    if fmt == "compressed-tensors":
+        from compactlm.interop import compressed_tensors as ct
+
+        opts = apply_overrides(ct.CTExportConfig(), overrides)
+    elif fmt != "hf":  # format=gguf, or a format that GGUFExportConfig's error lists as invalid
         from compactlm.interop import gguf
 
         opts = apply_overrides(gguf.GGUFExportConfig(), overrides)
@@ -504,6 +511,17 @@ def export(run_dir: str, overrides: Sequence[str], *, workdir: str | None) -> in
     if not workdir:
         raise ConfigError("export needs workdir=OUT (the directory to write)")
     check_workdir(workdir, "export")  # written whole in a temporary sibling, then renamed
+    if opts.format == "compressed-tensors":
+        with interrupt.writing(workdir):  # a signal: no OUT (a complete temp dir is renamed)
+            summary = ct.export_compressed_tensors(run_dir, workdir, opts)
+        merged = " (adapters merged into the base first)" if summary["merged"] else ""
+        print(
+            f"exported step {summary['step']} of {run_dir}{merged} as format=compressed-tensors "
+            f"({summary['weight_format']}) to {summary['out']}: {summary['tensors']} tensors, "
+            f"{summary['bytes']:,} bytes (config.json, model.safetensors, tokenizer.json)"
+        )
+        print(ct.report(summary))
+        return 0
     if opts.format == "gguf":
         with interrupt.writing(workdir):  # a signal: no OUT (a complete temp dir is renamed)
             summary = gguf.export_gguf(run_dir, workdir, opts)

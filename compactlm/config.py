@@ -231,6 +231,23 @@ def smollm3_3b() -> Config:
     )  # fmt: skip
 
 
+def gemma3_270m() -> Config:
+    """Gemma-3-270M: 268,098,176 params ((1 + w) norms, sandwich norms, GeGLU, √D embeddings,
+    5 sliding-window layers : 1 global, MQA 4/1, head_dim 256, tied, vocab 262,144)."""
+    # google/gemma-3-270m config.json (Gemma3ForCausalLM, gemma3_text): hidden 640, intermediate
+    # 2048, 18 layers, 4 heads, 1 kv head, head_dim 256, query_pre_attn_scalar 256, sliding
+    # window 512 on 5 of every 6 layers (layer_types), rope_theta 1e6 (global) and 1e4 (local),
+    # max_position_embeddings 32768, rms_norm_eps 1e-6, gelu_pytorch_tanh, tied; vocab 262,144.
+    return _real_shape(
+        "gemma3-270m", vocab=262144, lr=6e-4,
+        d_model=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, d_ff=2048,
+        max_seq_len=32768, rope_theta=1_000_000.0, rope_local_theta=10_000.0, norm_eps=1e-6,
+        qk_norm=True, norm_plus_one=True, sandwich_norms=True, mlp_activation="gelu_tanh",
+        embed_scale=True, query_pre_attn_scalar=256.0, sliding_window=512,
+        sliding_layers=tuple(int((i + 1) % 6 != 0) for i in range(18)),
+    )  # fmt: skip
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "nano": nano,
     "tiny": tiny,
@@ -242,6 +259,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "qwen3-0.6b": qwen3_0_6b,
     "llama3.2-1b": llama3_2_1b,
     "smollm3-3b": smollm3_3b,
+    "gemma3-270m": gemma3_270m,
 }
 # The presets at published shapes: their parameter counts are the published ones.
 REAL_SHAPES: tuple[str, ...] = (
@@ -251,6 +269,7 @@ REAL_SHAPES: tuple[str, ...] = (
     "qwen3-0.6b",
     "llama3.2-1b",
     "smollm3-3b",
+    "gemma3-270m",
 )
 
 

@@ -102,7 +102,7 @@ def test_help_lists_usage_and_every_key(command, capsys):
         ),
         ("generate", ["  temperature: float = 0.8", "  max_new_tokens: int | None = None"]),
         ("merge", ["  dequantize: bool = false"]),
-        ("export", ["  format: 'hf' = 'hf'"]),
+        ("export", ["  format: 'hf' | 'gguf' | 'compressed-tensors' = 'hf'"]),
         ("distill", ["  distill.loss: 'fkl' | 'rkl' | 'jsd' | 'skl' | 'srkl' | 'tvd' = 'fkl'"]),
         ("pick", ["  device: 'cpu' | 'h100' | 'h200' = 'cpu'", "  memory: str = '2GiB'"]),
         ("recipe", ["  stages: tuple = pretrain,"]),

@@ -153,7 +153,8 @@ def row_summaries(sweep: Any, records: Sequence[dict]) -> list[dict[str, Any]]:
         if sweep.x_key:  # the swept variable is a recorded figure (parameters, bytes)
             xs = [float(r[sweep.x_key]) for r in mine if sweep.x_key in r]
             entry["x"] = sum(xs) / len(xs) if xs else None
-        for key in (*sweep.metrics, "params", "weight_bytes", "wall_s"):
+        stderrs = [f"{m}_stderr" for m in sweep.metrics if _is_lm_eval(m)]
+        for key in (*sweep.metrics, *stderrs, "params", "weight_bytes", "wall_s"):
             values = [
                 float(r["metrics"][key]) if key in r["metrics"] else float(r[key])
                 for r in mine
@@ -185,7 +186,7 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
         cells.append(_count(entry["params"][0]) if entry["params"] else "")
         cells.append(_human(entry["weight_bytes"][0]) if entry["weight_bytes"] else "")
         for m in sweep.metrics:
-            cells.append(_pm(entry[m][0], entry[m][1]) if entry[m] else "—")
+            cells.append(_cell(entry, m))
             if m in paper_cols:
                 cells.append(f"{row.paper[m]:g}" if m in row.paper else "")
         cells += [f"{row.paper[k]:g}" if k in row.paper else "" for k in extra_paper]
@@ -193,6 +194,12 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     missing = [r.name for r in sweep.rows if r.name not in {e["row"].name for e in rows}]
     text = "\n".join(lines)
+    if any(_is_lm_eval(m) for m in sweep.metrics):
+        text += (
+            "\n\n`lm-eval:TASK/METRIC` columns: lm-eval's METRIC of TASK on each row's run "
+            "(`compactlm eval RUN tasks=TASK`), mean ± std over seeds; (s.e.) is lm-eval's own "
+            "standard error of the score (for one seed: the sampling error of the task's examples)."
+        )
     if extra_paper:
         text += (
             "\n\n`paper:` columns are in the paper's own metric and units (its models, data and "
@@ -204,6 +211,23 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
     if fit:
         text += "\n\n" + fit
     return text
+
+
+def _is_lm_eval(metric: str) -> bool:
+    return metric.startswith("lm-eval:")  # (sweep.py's LM_EVAL_PREFIX; report stays import-free)
+
+
+def _cell(entry: dict[str, Any], metric: str) -> str:
+    """mean ± std over seeds; an lm-eval score adds lm-eval's standard error (its mean over
+    seeds), the only spread a single seed has."""
+    if not entry[metric]:
+        return "—"
+    mean, std, _ = entry[metric]
+    if not _is_lm_eval(metric):
+        return _pm(mean, std)
+    text = f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"  # (0 and 1 are scores)
+    stderr = entry.get(f"{metric}_stderr")
+    return f"{text} (s.e. {stderr[0]:.4f})" if stderr else text
 
 
 def paper_label(sweep: Any, key: str) -> str:
@@ -226,9 +250,21 @@ _METRIC_UNITS = {
     "loss": "loss (nats per token)",
     "ppl": "perplexity (per token)",
 }
+# lm-eval's metric names ("lm-eval:arc_easy/acc" → "lm-eval arc_easy: accuracy").
+_LM_EVAL_UNITS = {
+    "acc": "accuracy",
+    "acc_norm": "accuracy (length-normalised)",
+    "bits_per_byte": "bits per byte",
+    "byte_perplexity": "perplexity (per byte)",
+    "word_perplexity": "perplexity (per word)",
+    "exact_match": "exact match",
+}
 
 
 def metric_label(metric: str) -> str:
+    if _is_lm_eval(metric):
+        task, _, name = metric.removeprefix("lm-eval:").partition("/")
+        return f"lm-eval {task}: {_LM_EVAL_UNITS.get(name, name)}"
     where, _, name = metric.rpartition("/")
     label = _METRIC_UNITS.get(name, name)
     return f"{where}: {label}" if where else label
@@ -250,8 +286,9 @@ def _fit_line(sweep: Any, rows: Sequence[dict]) -> str:
 
 
 def _file_part(metric: str) -> str:
-    """A metric name as part of a file name: nested keys (distill's `student/bpb`) use '-'."""
-    return metric.replace("/", "-")
+    """A metric name as part of a file name: nested keys (distill's `student/bpb`) and lm-eval's
+    (`lm-eval:arc_easy/acc`) use '-'."""
+    return metric.replace("/", "-").replace(":", "-")
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -369,7 +406,20 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
         plt.close(fig)
     if not sweep.metrics:
         return paths
-    metric = sweep.metrics[0]
+    # The first metric, and every lm-eval score after it (accuracy beside bits per byte).
+    plotted = [sweep.metrics[0], *(m for m in sweep.metrics[1:] if _is_lm_eval(m))]
+    for metric in plotted:
+        paths += _metric_plots(name, sweep, rows, metric, out)
+    return paths
+
+
+def _metric_plots(name: str, sweep: Any, rows: Sequence[dict], metric: str, out: Path) -> list:
+    """One metric vs the swept variable (or per row, for categorical rows), and vs bytes of
+    weights when the rows differ in size; the power-law fit only for the first metric."""
+    import matplotlib
+    import matplotlib.ticker
+
+    paths = []
     pts = [(e["x"], *e[metric][:2], e["row"].name) for e in rows if e["x"] and e[metric]]
     ylabel = f"{metric_label(metric)} (ours)"
     if sweep.x_label and pts:
@@ -383,7 +433,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
         ax.set_ylim(*honest_ylim(ys, errs))
         if sweep.x_log:
             ax.set_xscale("log")
-            fit = _fit_line(sweep, rows)
+            fit = _fit_line(sweep, rows) if metric == sweep.metrics[0] else ""
             if fit:
                 alpha, a = power_law_fit(xs, ys)
                 grid = np.geomspace(min(xs), max(xs), 50)

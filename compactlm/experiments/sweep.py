@@ -20,6 +20,18 @@ directory) starts again in a fresh one. A command's final metrics are `WORKDIR/e
 or the "after" section of `WORKDIR/compression.json` (quantize, prune). The runner's own files sit
 beside the run directory: `seed0.log` (the command's output) and `seed0.sweep.json` (its argv).
 
+A metric `lm-eval:TASK/METRIC` in `metrics` (`"lm-eval:arc_easy/acc"`) is lm-eval's score of each
+finished run: the runner then runs `compactlm eval WORKDIR tasks=TASK,... OPTIONS` (the sweep's
+`lm_eval` options: include_path=, num_fewshot=, limit=, batch_size=) as a child like the row's
+own command, reads `results[TASK]["METRIC,none"]` (and "METRIC_stderr,none") from the JSON it
+writes (WORKDIR/lm_eval/results_*.json) into the record's metrics, beside bits per byte. The
+record also keeps that eval argv (`lm_eval_argv`) and the metrics asked of it
+(`lm_eval_metrics`): a run is done when its record has the row's argv, the same eval argv and
+every lm-eval metric asked; a trained run whose evaluation is missing (it failed, was
+interrupted, or the metric was added to the sweep file later) is evaluated again without
+retraining, and the new record supersedes the old. Task and metric names are checked against
+lm-eval's TaskManager before any row runs.
+
 Rows that adapt or compress a model name the shared fixture with `base="tiny"`: a model trained
 deterministically once (`FIXTURES`) into `runs/sweeps/_base/<name>` and reused by every sweep;
 `{base}` in the positional argument or an override is replaced by that directory.
@@ -40,6 +52,9 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.interrupt import Interrupted, wait_child
+
+# A metric named "lm-eval:TASK/METRIC" is lm-eval's METRIC of TASK on the row's run.
+LM_EVAL_PREFIX = "lm-eval:"
 
 COMMANDS = ("train", "finetune", "distill", "quantize", "prune")
 # Commands that continue a run directory they find (train resumes from its checkpoint); the
@@ -94,7 +109,13 @@ class Sweep:
     seed_key: str | None = "train.seed"  # override that sets the seed (None: deterministic cmd)
     workdir_key: str = "workdir"  # the command's run-directory argument
     base: str | None = None  # a FIXTURES name substituted for {base}; None = no shared base
-    metrics: tuple[str, ...] = ("bpb", "loss")  # eval.json keys reported as columns
+    # Reported columns: eval.json keys, or "lm-eval:TASK/METRIC" (lm-eval's METRIC of TASK on each
+    # row's finished run, `compactlm eval RUN tasks=TASK`; docs/evaluation.md).
+    metrics: tuple[str, ...] = ("bpb", "loss")
+    # Options of that `compactlm eval` beside tasks= (its LmEvalConfig, the same key=value
+    # language: "include_path=DIR", "num_fewshot=0", "limit=100", "batch_size=16"); only with an
+    # lm-eval metric.
+    lm_eval: tuple[str, ...] = ()
     x_label: str = ""  # what Row.x is ("parameters", "LoRA rank"); empty: no metric-vs-x plot
     x_key: str = ""  # take x from this record field instead of Row.x ("params/non_embedding")
     x_log: bool = False  # log-scale x axis (ranks, parameter counts)
@@ -116,6 +137,9 @@ class Sweep:
         targets = (self.target,) if isinstance(self.target, str) else tuple(self.target)
         object.__setattr__(self, "target", targets)
         object.__setattr__(self, "rows", tuple(self.rows))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "lm_eval", tuple(self.lm_eval))
+        self._check_lm_eval()
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
             raise SweepError(f"duplicate row names in {names}")
@@ -125,6 +149,54 @@ class Sweep:
             raise SweepError(
                 f"paper_labels {unknown} name no row's paper key; keys: {', '.join(sorted(keys))}"
             )
+
+    @property
+    def lm_eval_targets(self) -> tuple[tuple[str, str], ...]:
+        """(task, metric) of every "lm-eval:TASK/METRIC" in metrics, in order."""
+        out = []
+        for m in self.metrics:
+            if m.startswith(LM_EVAL_PREFIX):
+                task, _, metric = m[len(LM_EVAL_PREFIX) :].partition("/")
+                out.append((task, metric))
+        return tuple(out)
+
+    def _check_lm_eval(self) -> None:
+        """The names' shape and the eval options (cheap: lm-eval is not imported here; task and
+        metric names are checked against lm-eval by check_lm_eval_targets before a run)."""
+        for m in self.metrics:
+            if m.startswith(LM_EVAL_PREFIX):
+                task, _, metric = m[len(LM_EVAL_PREFIX) :].partition("/")
+                if not task or not metric or "/" in metric or "," in task:
+                    raise SweepError(
+                        f"metric {m!r}: write lm-eval:TASK/METRIC (one task, one metric: "
+                        "lm-eval:arc_easy/acc)"
+                    )
+        if not self.lm_eval:
+            return
+        if not self.lm_eval_targets:
+            raise SweepError(
+                f"lm_eval={list(self.lm_eval)} but no metric is lm-eval:TASK/METRIC; add one to "
+                "metrics (lm-eval:arc_easy/acc) or drop lm_eval"
+            )
+        from compactlm.config import ConfigError
+        from compactlm.evaluation.lm_eval_run import parse_options
+
+        keys = [o.partition("=")[0].strip() for o in self.lm_eval]
+        if "tasks" in keys:
+            raise SweepError(
+                "lm_eval sets tasks=; the tasks come from the lm-eval:TASK/METRIC metrics"
+            )
+        try:
+            parse_options(self.lm_eval)
+        except (ConfigError, ValueError) as e:
+            raise SweepError(f"lm_eval={list(self.lm_eval)}: {e}") from None
+
+    def eval_argv(self, workdir: Path) -> tuple[str, ...]:
+        """`compactlm eval WORKDIR tasks=...` for the lm-eval metrics; () when there are none."""
+        tasks = list(dict.fromkeys(t for t, _ in self.lm_eval_targets))
+        if not tasks:
+            return ()
+        return ("eval", str(workdir), f"tasks={','.join(tasks)}", *self.lm_eval)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -155,10 +227,16 @@ class Run:
     seed: int
     argv: tuple[str, ...]
     workdir: Path
+    eval_argv: tuple[str, ...] = ()  # `compactlm eval WORKDIR tasks=...` after it (lm-eval metrics)
+    lm_eval_targets: tuple[tuple[str, str], ...] = ()  # its (task, metric) pairs
 
     @property
     def command_line(self) -> str:
         return shlex.join(["compactlm", *self.argv])
+
+    @property
+    def eval_line(self) -> str:
+        return shlex.join(["compactlm", *self.eval_argv]) if self.eval_argv else ""
 
     @property
     def log_path(self) -> Path:
@@ -246,7 +324,8 @@ def plan(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> lis
             if sweep.seed_key is not None:
                 argv.append(f"{sweep.seed_key}={seed}")
             argv.append(f"{sweep.workdir_key}={workdir}")
-            runs.append(Run(row, seed, tuple(argv), workdir))
+            evaluate = sweep.eval_argv(workdir)
+            runs.append(Run(row, seed, tuple(argv), workdir, evaluate, sweep.lm_eval_targets))
     return runs
 
 
@@ -254,31 +333,56 @@ def dry_run_lines(name: str, sweep: Sweep, options: SweepOptions = SweepOptions(
     """The exact command lines: the fixture's (when the sweep has one), then every run's, each
     followed by a shell comment saying what the real run would do with it: `# done` (a record
     with this argv: skipped), `# failed (exit N; log: ...)` (its last attempt failed: run
-    again) or `# pending`. `rerun=true` runs every line again: all are pending then."""
+    again) or `# pending`. `rerun=true` runs every line again: all are pending then. A sweep with
+    lm-eval metrics prints each run's `compactlm eval WORKDIR tasks=...` on the line after it,
+    its comment naming the metrics it gives and its own status."""
     lines = []
     if sweep.base:
         base = fixture_run(sweep.base, options.root)
         status = "done" if read_metrics(base.workdir) is not None else "pending"
         lines.append(f"{base.command_line}  # {status}")
-    done = done_keys(results_path(name, options.root))
+    records = latest_records(results_path(name, options.root))
+    targets = ", ".join(m for m in sweep.metrics if m.startswith(LM_EVAL_PREFIX))
     for run in plan(name, sweep, options):
-        lines.append(f"{run.command_line}  # {'pending' if options.rerun else _status(run, done)}")
+        if options.rerun:
+            trained = evaluated = "pending"
+        else:
+            trained, evaluated = _status(run, records)
+        lines.append(f"{run.command_line}  # {trained}")
+        if run.eval_argv:
+            lines.append(f"{run.eval_line}  # {targets}: {evaluated}")
     return lines
 
 
-def _status(run: Run, done: set[tuple]) -> str:
-    """done / failed (...) / pending, from what run_sweep itself reads: results.jsonl for done,
-    the run's marker (WORKDIR.sweep.json, same argv) for the last attempt's failure."""
-    if (run.row.name, run.seed, run.argv) in done:
-        return "done"
+def _status(run: Run, records: dict[tuple, dict[str, Any]]) -> tuple[str, str]:
+    """(the run's, its lm-eval's) done / failed (...) / pending, from what run_sweep itself
+    reads: results.jsonl for done, the run's marker (WORKDIR.sweep.json, same argv) for the last
+    attempt's failure (an lm-eval failure: "lm-eval exit N")."""
+    record = records.get((run.row.name, run.seed, run.argv))
     try:
         marker = json.loads(run.marker_path.read_text())
     except (OSError, ValueError):
-        return "pending"
+        marker = {}
     failed = marker.get("failed") if tuple(marker.get("argv", ())) == run.argv else None
-    if not failed:
-        return "pending"
-    return f"failed ({failed}; log: {run.log_path})"
+    failed = f"failed ({failed}; log: {run.log_path})" if failed else ""
+    if record is None:
+        return failed or "pending", "pending"
+    if _finished(run, record):
+        return "done", "done"
+    return "done", failed if failed.startswith("failed (lm-eval") else "pending"
+
+
+def _finished(run: Run, record: dict[str, Any] | None) -> bool:
+    """The record is this run's, lm-eval included when the sweep has lm-eval metrics (an older
+    record without `lm_eval_argv` still counts where the sweep has none)."""
+    if record is None:
+        return False
+    if not run.eval_argv:
+        return True
+    wanted = {f"{LM_EVAL_PREFIX}{t}/{m}" for t, m in run.lm_eval_targets}
+    return tuple(record.get("lm_eval_argv", ())) == run.eval_argv and wanted <= set(
+        record.get("lm_eval_metrics", ())
+    )
 
 
 # ---------------------------------------------------------------------------------- results
@@ -293,6 +397,11 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def latest_records(path: str | Path) -> dict[tuple, dict[str, Any]]:
+    """(row, seed, argv) → the newest record with that key."""
+    return {(r["row"], r["seed"], tuple(r["argv"])): r for r in read_results(path)}
 
 
 def done_keys(path: str | Path) -> set[tuple]:
@@ -414,6 +523,108 @@ def collect(run: Run, wall_s: float, name: str) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------- lm-eval
+
+
+def task_metrics(manager: Any, task: str) -> list[str] | None:
+    """The metrics lm-eval reports for a task (its YAML's metric_list, else lm-eval's defaults
+    for its output_type) or group (aggregate_metric_list); None where the index cannot say
+    (a Python-defined task): then only the results can."""
+    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
+
+    entry = manager.task_index.get(task)
+    cfg = getattr(entry, "cfg", None) or {}
+    kind = getattr(getattr(entry, "kind", None), "name", "")
+    if kind == "GROUP":
+        names = [m.get("metric") for m in cfg.get("aggregate_metric_list") or []]
+    elif kind == "TASK":
+        names = [m.get("metric") for m in cfg.get("metric_list") or []]
+        names = names or DEFAULT_METRIC_REGISTRY.get(cfg.get("output_type"), [])
+    else:
+        return None
+    names = [n for n in names if isinstance(n, str)]
+    return names or None
+
+
+def check_lm_eval_targets(sweep: Sweep) -> None:
+    """Every lm-eval:TASK/METRIC names a task lm-eval knows (its TaskManager, with the sweep's
+    include_path, as `compactlm eval` checks) and a metric that task reports; else one line
+    naming the valid ones."""
+    from compactlm.config import ConfigError
+    from compactlm.evaluation.lm_eval_run import parse_options, task_manager
+
+    tasks = ",".join(dict.fromkeys(t for t, _ in sweep.lm_eval_targets))
+    try:
+        manager = task_manager(parse_options([*sweep.lm_eval, f"tasks={tasks}"]))
+    except ConfigError as e:
+        raise SweepError(f"lm-eval metrics: {e}") from None
+    for task, metric in sweep.lm_eval_targets:
+        valid = task_metrics(manager, task)
+        if valid is not None and metric not in valid:
+            raise SweepError(
+                f"metric lm-eval:{task}/{metric}: {task} reports no {metric}; valid: "
+                + ", ".join(f"lm-eval:{task}/{v}" for v in valid)
+            )
+
+
+def read_lm_eval(
+    results: dict[str, Any], targets: Sequence[tuple[str, str]]
+) -> tuple[dict[str, float], list[str]]:
+    """From lm-eval's results JSON: {"lm-eval:TASK/METRIC": value, ".../METRIC_stderr": its
+    standard error} (filter "none"), and one note per target the results lack."""
+    metrics: dict[str, float] = {}
+    missing = []
+    for task, metric in targets:
+        got = results.get("results", {}).get(task, {})
+        key = f"{LM_EVAL_PREFIX}{task}/{metric}"
+        value = got.get(f"{metric},none")
+        if not isinstance(value, int | float):
+            have = sorted({k.partition(",")[0] for k in got if "," in k and "_stderr," not in k})
+            missing.append(f"{key} ({task} has {', '.join(have) or 'no results'})")
+            continue
+        metrics[key] = float(value)
+        stderr = got.get(f"{metric}_stderr,none")
+        if isinstance(stderr, int | float):  # "N/A" where lm-eval computed none
+            metrics[f"{key}_stderr"] = float(stderr)
+    return metrics, missing
+
+
+def _lm_eval(
+    run: Run,
+    sweep: Sweep,
+    record: dict[str, Any],
+    execute: Callable[[Sequence[str], Path], int],
+) -> tuple[dict[str, Any] | None, str]:
+    """Run `compactlm eval WORKDIR tasks=...` like a row's command; (the record with the lm-eval
+    metrics and argv added, a note on metrics the results lack), or (None, why it failed)."""
+    out = run.workdir / "lm_eval"
+    before = set(out.glob("results_*.json"))
+    t0 = time.perf_counter()
+    code = execute(run.eval_argv, run.workdir)
+    wall = time.perf_counter() - t0
+    if code != 0:
+        return None, f"lm-eval exit {code}: {run.eval_line}"
+    new = sorted(set(out.glob("results_*.json")) - before, key=lambda p: p.stat().st_mtime)
+    if not new:
+        return None, f"lm-eval exit 0 without a results JSON in {out}: {run.eval_line}"
+    metrics, missing = read_lm_eval(json.loads(new[-1].read_text()), sweep.lm_eval_targets)
+    stale = {k for k in record["metrics"] if k.startswith(LM_EVAL_PREFIX)}
+    record = {
+        **record,
+        "metrics": {**{k: v for k, v in record["metrics"].items() if k not in stale}, **metrics},
+        "lm_eval_argv": list(run.eval_argv),
+        # what was asked of it: a metric the results lack is not asked again on resume
+        "lm_eval_metrics": [f"{LM_EVAL_PREFIX}{t}/{m}" for t, m in sweep.lm_eval_targets],
+        "lm_eval_results": str(new[-1]),
+        "lm_eval_wall_s": wall,
+        "time": time.time(),
+    }
+    problem = ""
+    if missing:
+        problem = f"lm-eval results lack {'; '.join(missing)}; results: {new[-1]}"
+    return record, problem
+
+
 # ---------------------------------------------------------------------------------- running
 
 
@@ -481,14 +692,19 @@ def run_sweep(
     execute: Callable[[Sequence[str], Path], int] = subprocess_execute,
     log: Callable[[str], None] = print,
 ) -> dict[str, int]:
-    """Run every unfinished (row, seed); returns counts ran, skipped, failed.
+    """Run every unfinished (row, seed), then its lm-eval (lm-eval metrics); returns counts ran,
+    skipped, failed.
 
     A signal (Interrupted from `execute`): the summary line, then Interrupted (exit 130 / 143);
     re-running the same sweep resumes it."""
     runs = plan(name, sweep, options)
     path = results_path(name, options.root)
+    records = {} if options.rerun else latest_records(path)
+    # Runs still to execute (for the ETA): the planned ones without a (complete) record.
+    todo = [not _finished(r, records.get((r.row.name, r.seed, r.argv))) for r in runs]
+    if sweep.lm_eval_targets and any(todo):
+        check_lm_eval_targets(sweep)  # before the base fixture and any row trains
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = done_keys(path)
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     resume = "re-run the same sweep command to resume"
     if sweep.base:
@@ -510,15 +726,14 @@ def run_sweep(
                 raise SweepError(f"base fixture failed; see {base.log_path}: {base.command_line}")
             log(f"  base ready in {time.perf_counter() - t0:.0f} s")
     stopped = None
-    # Runs still to execute (for the ETA): the planned ones without a record.
-    todo = [options.rerun or (r.row.name, r.seed, r.argv) not in done for r in runs]
     walls: list[float] = []  # wall seconds of the runs this invocation finished
     for i, run in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed}"
+        record = records.get((run.row.name, run.seed, run.argv))
         if options.rerun:
             shutil.rmtree(run.workdir, ignore_errors=True)
             run.marker_path.unlink(missing_ok=True)
-        elif (run.row.name, run.seed, run.argv) in done:
+        elif _finished(run, record):
             counts["skipped"] += 1
             log(f"{tag}: done earlier, skipped")
             continue
@@ -530,37 +745,57 @@ def run_sweep(
                 "file changed this row: delete that directory (or rename the row) to re-run it"
             )
             continue
-        if sweep.command not in RESUMING and run.workdir.exists():
-            shutil.rmtree(run.workdir)  # an unfinished output of a command that cannot resume
-        _mark(run)  # a new attempt: an earlier failure no longer stands
-        log(f"{tag}: {_eta(walls, sum(todo[i - 1 :]))}: {run.command_line}")
-        t0 = time.perf_counter()
-        try:
-            code = execute(run.argv, run.workdir)
-        except Interrupted as e:
-            stopped = Interrupted(e.signame, f"stopped in {tag}; {resume}")
-            break
-        wall = time.perf_counter() - t0
-        walls.append(wall)
-        if code != 0:
-            counts["failed"] += 1
-            _mark(run, failed=f"exit {code}")
-            log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; log: {run.log_path}")
-            continue
-        try:
-            record = collect(run, wall, name)
-        except SweepError as e:  # exit 0 without eval.json: the command stopped early
-            counts["failed"] += 1
-            _mark(run, failed="exit 0 without its metrics")
-            log(f"{tag}: {e}")
-            continue
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if record is not None and read_metrics(run.workdir) is not None:
+            # Trained earlier; its lm-eval is missing (failed, interrupted, or added since).
+            _mark(run)
+            log(f"{tag}: trained earlier, lm-eval only: {run.eval_line}")
+        else:
+            if sweep.command not in RESUMING and run.workdir.exists():
+                shutil.rmtree(run.workdir)  # an unfinished output of a command that cannot resume
+            _mark(run)  # a new attempt: an earlier failure no longer stands
+            log(f"{tag}: {_eta(walls, sum(todo[i - 1 :]))}: {run.command_line}")
+            t0 = time.perf_counter()
+            try:
+                code = execute(run.argv, run.workdir)
+            except Interrupted as e:
+                stopped = Interrupted(e.signame, f"stopped in {tag}; {resume}")
+                break
+            wall = time.perf_counter() - t0
+            walls.append(wall)
+            if code != 0:
+                counts["failed"] += 1
+                _mark(run, failed=f"exit {code}")
+                log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; log: {run.log_path}")
+                continue
+            try:
+                record = collect(run, wall, name)
+            except SweepError as e:  # exit 0 without eval.json: the command stopped early
+                counts["failed"] += 1
+                _mark(run, failed="exit 0 without its metrics")
+                log(f"{tag}: {e}")
+                continue
+            _append(path, record)  # the training's record first: an lm-eval failure keeps it
+        if run.eval_argv:
+            try:
+                record, problem = _lm_eval(run, sweep, record, execute)
+            except Interrupted as e:
+                stopped = Interrupted(e.signame, f"stopped in {tag}'s lm-eval; {resume}")
+                break
+            if record is None:
+                counts["failed"] += 1
+                _mark(run, failed=problem)
+                log(f"{tag}: {problem}; log: {run.log_path}")
+                continue
+            _append(path, record)
+            if problem:  # recorded without it: evaluating again gives the same results
+                counts["failed"] += 1
+                log(f"{tag}: {problem}")
+                continue
         counts["ran"] += 1
         shown = ", ".join(
             f"{m} {record['metrics'][m]:.4f}" for m in sweep.metrics if m in record["metrics"]
         )
-        log(f"{tag}: {wall:.0f} s, {shown}")
+        log(f"{tag}: {record['wall_s']:.0f} s, {shown}")
     log(
         f"sweep {name}: {counts['ran']} ran, {counts['skipped']} skipped, "
         f"{counts['failed']} failed; results: {path}"
@@ -568,3 +803,8 @@ def run_sweep(
     if stopped is not None:
         raise stopped
     return counts
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")

@@ -51,7 +51,7 @@ class GGUFExportConfig:
     """Options of `compactlm export RUN_DIR format=gguf [type=...] workdir=OUT`."""
 
     # Target format: "gguf" here (format=hf is commands.ExportConfig's).
-    format: typing.Literal["hf", "gguf"] = "gguf"
+    format: typing.Literal["hf", "gguf", "compressed-tensors"] = "gguf"
     # GGUF type of the block linears. auto: the type that holds the run's codes without rounding
     # them again (table in the module docstring); the others convert and print their error.
     type: typing.Literal["auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"] = "auto"
