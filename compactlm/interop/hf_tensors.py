@@ -263,8 +263,11 @@ def from_hf_tensors(tensors: Mapping[str, Any], template: Mapping, cfg) -> dict:
             w = get("model.norm.weight", (D,))
         elif path == ("lm_head", "kernel"):
             w = padded(get("lm_head.weight", (V, D))).T
-        elif path[0] == "layers" and cfg.scan_layers:
-            w = np.stack([layer(i, path[1:]) for i in range(cfg.n_layers)])
+        elif path[0] == "layers" and cfg.scan_layers:  # [L, ...], filled layer by layer: one
+            # layer's arrays at a time beside it, not all of them and their stack
+            w = np.empty((cfg.n_layers, *leaf.shape[1:]), dtype)
+            for i in range(cfg.n_layers):
+                w[i] = layer(i, path[1:])
         elif path[0] == "layers":
             w = layer(int(path[1]), path[2:])
         else:

@@ -621,13 +621,13 @@ SUPPORTED_FIXTURES = ("qwen2", "qwen3", "llama3", "llama3_untied", "smollm3", "g
 FIXTURE_DIRS = [FIXTURES / name for name in SUPPORTED_FIXTURES]  # committed: missing = failure
 
 
-def _padded(fixture: Path, config_name: str = "config.json"):
+def _padded(fixture: Path, config_name: str = "config.json", scan: bool = False):
     """(cfg, model, V, tensors) of a fixture imported as `compactlm import` does: its vocabulary
     (not a multiple of 64) padded inside compactlm, the padding ids masked (model.vocab_valid)."""
     c = json.loads((fixture / config_name).read_text())
     V = c["vocab_size"]
     tensors = dict(load_file(fixture / "model.safetensors"))
-    cfg = config_from_hf(c, ["model.scan_layers=false"])
+    cfg = config_from_hf(c, [f"model.scan_layers={str(scan).lower()}"])
     assert (cfg.model.vocab_size, cfg.model.vocab_valid) == (padded_vocab_size(V), V)
     model = Transformer(cfg.model, rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
@@ -853,3 +853,15 @@ def test_cli_refuses_what_a_family_does_not_compute(fixture, changes, message, t
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == [fixture]
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_DIRS, ids=[p.name for p in FIXTURE_DIRS])
+def test_scanned_import_matches_transformers(fixture):
+    """Imported with scan_layers=true (the real shapes' default past 8 layers): the stacked
+    [L, ...] parameters are filled layer by layer, the per-layer flags scanned; same logits."""
+    ref = np.load(fixture / "reference.npz")
+    cfg, model, V, tensors = _padded(fixture, scan=True)
+    logits = np.asarray(model(jnp.asarray(ref["input_ids"], jnp.int32)))[..., :V]
+    assert np.max(np.abs(logits - ref["logits"])) < 1e-4
+    back = to_hf_tensors(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg.model)
+    assert all(np.array_equal(w, tensors[k]) for k, w in back.items())
