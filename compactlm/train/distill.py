@@ -97,6 +97,10 @@ class DistillConfig:
     # Weight of the feature term added to the loss (>= 0). 1: cosine and l2 are O(1) at init,
     # like the logit terms.
     feature_weight: float = 1.0
+    # Teacher and student with different tokenizers: "uld" = Universal Logit Distillation
+    # (train/distill_uld.py: sorted-probability loss at byte-aligned positions, mixed with CE by
+    # alpha); "none" = one shared tokenizer, the divergence above (today's behaviour).
+    cross_tokenizer: Literal["none", "uld"] = "none"
     # A run directory of the same student trained on hard labels only: the end-of-run report
     # prints it beside the teacher and the distilled student ("" = none).
     baseline: str = ""
@@ -131,6 +135,21 @@ class DistillConfig:
         parse_pairs(self.feature_layers)
         if self.feature_layers and self.features == "none":
             raise ValueError("distill.feature_layers needs distill.features=cosine or l2")
+        if self.cross_tokenizer not in ("none", "uld"):
+            raise ValueError(
+                f"unknown distill.cross_tokenizer {self.cross_tokenizer!r}; valid: none, uld"
+            )
+        if self.cross_tokenizer == "uld":
+            # ULD compares sorted probability vectors at byte-aligned data positions: options
+            # that need one vocabulary or the student's own samples have no meaning there.
+            for bad, why in (
+                (self.top_k > 0, f"distill.top_k={self.top_k}"),
+                (self.on_policy > 0, f"distill.on_policy={self.on_policy}"),
+                (self.features != "none", f"distill.features={self.features}"),
+                (self.init_from_teacher, "distill.init_from_teacher=true"),
+            ):
+                if bad:
+                    raise ValueError(f"{why} is not supported with distill.cross_tokenizer=uld")
 
     def check_vocab(self, vocab_size: int) -> None:
         """top_k needs the vocabulary size, known only once the models are."""

@@ -405,6 +405,8 @@ class Cache:
             raise ConfigError(f"distill.features={dcfg.features} {online}")
         if dcfg.init_from_teacher:
             raise ConfigError(f"distill.init_from_teacher=true {online}")
+        if dcfg.cross_tokenizer != "none":  # a cache holds the teacher's logits on OUR tokens
+            raise ConfigError(f"distill.cross_tokenizer={dcfg.cross_tokenizer} {online}")
         if dcfg.teacher_dtype != "float32":
             raise ConfigError(f"{where} holds a float32 teacher; distill.teacher_dtype=float32")
         if dcfg.top_k not in (0, m["top_k"]):

@@ -5,7 +5,9 @@ The student's run directory is an ordinary one (config.json is a plain Config, s
 teacher's path, its content hash (train/run_dir.py::run_fingerprint) and the DistillConfig, and a
 re-run refuses a changed teacher or changed `distill.*` settings. The student's `data` section
 starts as the teacher's (one tokenizer, one vocabulary: checked by tokenizer fingerprint before
-anything is written), then the command's own overrides apply.
+anything is written), then the command's own overrides apply. With
+`distill.cross_tokenizer=uld` the tokenizers may differ (train/distill_uld.py): each batch then
+carries the teacher's re-tokenization of the student's windows and their byte alignment.
 """
 
 from __future__ import annotations
@@ -78,14 +80,21 @@ def check_student(cfg, dcfg: DistillConfig, teacher, workdir: Path) -> None:
         existing = Path(teacher.workdir)
     tok = prepare_data(cfg.data, run_dir=existing).tokenizer
     t_tok = teacher.data.tokenizer
-    if tok.fingerprint() != t_tok.fingerprint():
+    cross = dcfg.cross_tokenizer != "none"
+    if tok.fingerprint() != t_tok.fingerprint() and not cross:
         raise ConfigError(
             f"teacher and student tokenizers differ: teacher {_tokenizer_desc(t_tok)} "
-            f"({teacher.workdir}), student {_tokenizer_desc(tok)}; distillation needs one "
-            "tokenizer and vocabulary (cross-tokenizer distillation is not supported)"
+            f"({teacher.workdir}), student {_tokenizer_desc(tok)}; distillation over one "
+            "vocabulary needs one tokenizer: give the teacher's data.tokenizer settings, or "
+            "distill.cross_tokenizer=uld (sorted-probability loss at byte-aligned positions)"
         )
     student_model = resolve_vocab(cfg, tok.vocab_size).model
-    if student_model.vocab_size != teacher.cfg.model.vocab_size:
+    if cross:
+        from compactlm.train.distill_uld import teacher_length
+
+        if teacher_length(tok, cfg.train.seq_len, teacher.cfg.model.max_seq_len) < 2:
+            raise ConfigError("distill.cross_tokenizer=uld: the teacher's context is too short")
+    elif student_model.vocab_size != teacher.cfg.model.vocab_size:
         raise ConfigError(
             f"vocabulary mismatch: teacher model.vocab_size {teacher.cfg.model.vocab_size}, "
             f"student {student_model.vocab_size}"
@@ -180,6 +189,28 @@ def student_config(preset: str, overrides: Sequence[str], teacher_cfg) -> Any:
     return apply_overrides(cfg, overrides)
 
 
+def uld_trainer(teacher, teacher_len: int, *args, **kwargs):
+    """A Trainer whose batches carry the teacher's re-tokenization of each window and the byte
+    alignment beside the tokens (train/distill_uld.py: data contract), built on the host."""
+    from compactlm.train.distill_uld import WindowAligner
+    from compactlm.train.loop import Trainer
+    from compactlm.train.mesh import shard_batch
+
+    class UldTrainer(Trainer):
+        def batch(self, step: int) -> jax.Array:
+            t = self.cfg.train
+            if getattr(self, "_aligner", None) is None:
+                self._aligner = WindowAligner(
+                    self.data.tokenizer, teacher.data.tokenizer, teacher_len
+                )
+            tokens = np.asarray(jax.device_get(super().batch(step)), np.int32)
+            packed = self._aligner.batch(tokens.reshape(t.batch_size, t.seq_len + 1))
+            packed = packed.reshape(t.grad_accum, t.batch_size // t.grad_accum, -1)
+            return shard_batch(packed, self.program.accum_sharding)
+
+    return UldTrainer(*args, **kwargs)
+
+
 def run(
     teacher_dir: str, preset: str, overrides: Sequence[str], workdir: str | Path
 ) -> dict[str, Any]:
@@ -220,18 +251,33 @@ def run(
         s_model, t_model = resolve_vocab(cfg, teacher.cfg.model.vocab_size).model, teacher.cfg.model
         pairs = feature_pairs(dcfg.feature_layers, s_model.n_layers, t_model.n_layers)
         model_fn = make_student_fn(s_model, t_model, len(pairs))
+    objective_kw: dict[str, Any] = {}
+    if dcfg.cross_tokenizer == "uld":
+        from compactlm.data import prepare_data
+        from compactlm.train.distill_uld import first_bytes, teacher_length
+
+        existing = workdir if (workdir / TOKENIZER_FILE).is_file() else None
+        if existing is None and cfg.data.tokenizer == "hf":
+            existing = Path(teacher_dir)
+        s_tok = prepare_data(cfg.data, run_dir=existing).tokenizer
+        teacher_len = teacher_length(s_tok, cfg.train.seq_len, teacher.cfg.model.max_seq_len)
+        objective_kw = {
+            "seq_len": cfg.train.seq_len,
+            "teacher_len": teacher_len,
+            "first_bytes": (first_bytes(s_tok), first_bytes(teacher.data.tokenizer)),
+        }
     claim_workdir(workdir, "distill")
     if cfg.data.tokenizer == "hf" and not (workdir / TOKENIZER_FILE).is_file():
         # An imported teacher's tokenizer is read from its run directory, never trained: the
         # student's run directory gets a copy (as `finetune` copies its base's).
         shutil.copy(Path(teacher_dir) / TOKENIZER_FILE, workdir / TOKENIZER_FILE)
-    student = Trainer(
-        cfg,
-        workdir,
-        objective=make_objective(dcfg, t_graphdef, pairs),
-        aux=t_state,
-        model_fn=model_fn,
-    )
+    objective = make_objective(dcfg, t_graphdef, pairs, **objective_kw)
+    if objective_kw:
+        student = uld_trainer(
+            teacher, objective_kw["teacher_len"], cfg, workdir, objective=objective, aux=t_state
+        )
+    else:
+        student = Trainer(cfg, workdir, objective=objective, aux=t_state, model_fn=model_fn)
     student.progress_metrics = ("distill/divergence", "distill/agreement")
     if pairs:
         student.progress_metrics += ("distill/feature",)
@@ -250,15 +296,22 @@ def run(
         return summary
 
     val = student.data.val_tokens
+    cross = dcfg.cross_tokenizer != "none"
+    # Across tokenizers the teacher is scored on its own tokens of the validation text (bpb
+    # compares; nats/token do not), and the teacher NLL of samples would need each sample
+    # re-tokenized: not reported ("-").
+    t_eval = evaluate_on(teacher, teacher, teacher.data.val_tokens) if cross else None
     rows = {
         "teacher": {
-            **evaluate_on(student, teacher, val),
+            **(t_eval or evaluate_on(student, teacher, val)),
             "params": count_params(teacher.cfg.model),
         },
         "student": {
             **evaluate_on(student, student, val),
             "params": count_params(student.cfg.model),
-            "sample_teacher_nll": sample_teacher_nll(student, t_graphdef, t_state, val),
+            "sample_teacher_nll": None
+            if cross
+            else sample_teacher_nll(student, t_graphdef, t_state, val),
         },
     }
     if dcfg.baseline:
@@ -266,7 +319,9 @@ def run(
         rows["baseline"] = {
             **evaluate_on(student, base, val),
             "params": count_params(base.cfg.model),
-            "sample_teacher_nll": sample_teacher_nll(base, t_graphdef, t_state, val),
+            "sample_teacher_nll": None
+            if cross
+            else sample_teacher_nll(base, t_graphdef, t_state, val),
         }
     for row in rows.values():
         row["params"] = row["params"]["total"]

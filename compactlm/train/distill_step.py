@@ -13,6 +13,10 @@ so a resumed run draws the same batches. On a sampled batch the divergence cover
 that predict sampled tokens and the hard-label CE only the data prompt (the student's own samples
 are not labels); on a data batch both cover every position.
 
+Cross-tokenizer (`distill.cross_tokenizer=uld`, train/distill_uld.py): the batch also carries the
+teacher's re-tokenization of each window and the byte alignment; make_objective hands over to
+distill_uld.make_objective.
+
 Feature distillation (`distill.features`, train/distill_features.py): both models also return
 their hidden states; the paired ones add `feature_weight` × the feature loss (metric
 `distill/feature`) over the divergence's positions, through the student's own projection when
@@ -85,11 +89,22 @@ def make_objective(
     cfg: DistillConfig,
     teacher_graphdef: nnx.GraphDef,
     feature_pairs: tuple[tuple[int, int], ...] = (),
+    *,
+    seq_len: int = 0,
+    teacher_len: int = 0,
+    first_bytes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Callable[[nnx.Module, jax.Array, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]:
     """objective(student, tokens_BT1, rng, teacher_state) -> (loss, metrics) for build().
 
     feature_pairs: (student, teacher) hidden-state indices (distill_features.feature_pairs);
-    used when cfg.features != "none"."""
+    used when cfg.features != "none". seq_len, teacher_len, first_bytes: the packed batch's
+    layout and the agreement tables of distill.cross_tokenizer=uld (train/distill_uld.py)."""
+    if cfg.cross_tokenizer == "uld":
+        from compactlm.train.distill_uld import make_objective as uld_objective
+
+        if seq_len <= 0 or teacher_len <= 1:
+            raise ValueError("distill.cross_tokenizer=uld needs seq_len and teacher_len")
+        return uld_objective(cfg, teacher_graphdef, seq_len, teacher_len, first_bytes)
     loss_fn = DistillLoss(cfg)
     features = cfg.features != "none"
     if features and not feature_pairs:

@@ -157,6 +157,7 @@ def test_interrupted_build_resumes_to_the_same_bytes(teacher, cache, tmp_path, c
         (["distill.top_k=8"], "holds the top 16"),
         (["distill.on_policy=0.5"], "distill.on_policy=0.5 needs the teacher's model"),
         (["distill.features=cosine"], "distill.features=cosine needs the teacher's model"),
+        (["distill.cross_tokenizer=uld"], "distill.cross_tokenizer=uld needs the teacher's"),
         (["train.batch_size=4"], "train.batch_size=4 differs from the cache"),
         (["data.train_fraction=0.5"], "data mismatch"),
         (["data.tokenizer=bpe", "data.bpe_vocab_size=300"], "tokenizer mismatch"),
