@@ -315,12 +315,21 @@ def _tokenizer(writer, tokenizer, n_vocab: int) -> int:
         if tok is None:  # ids of the padded embedding no text maps to
             tokens[i], types[i] = f"[PAD{i}]", gguf.TokenType.UNUSED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    if not merges:
+        # A byte-level vocabulary without merges (compactlm's byte runs). llama.cpp's gpt2 vocab
+        # refuses a file without tokenizer.ggml.merges ("cannot find tokenizer merges", checked
+        # with llama-cpp-python 0.3.36) and gguf-py writes no empty array: one merge of two
+        # special tokens, which never applies (specials are split off before BPE, and no merge
+        # builds them from characters), so every byte stays its own id.
+        specials = [a["content"] for a in data.get("added_tokens", []) if a.get("special")]
+        if len(specials) < 2:
+            raise InteropError("a tokenizer without merges needs two special tokens for GGUF")
+        merges = [f"{specials[0]} {specials[1]}"]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types([int(t) for t in types])
-    if merges:
-        writer.add_token_merges(merges)
+    writer.add_token_merges(merges)
     writer.add_bos_token_id(tokenizer.bos_id)
     writer.add_eos_token_id(tokenizer.eos_id)
     writer.add_pad_token_id(tokenizer.pad_id)

@@ -190,6 +190,11 @@ def test_int4_run_auto_export(int4_run, tmp_path, capsys):
     assert len(tokens) == m.vocab_size
     assert [tokens[i] for i in sorted(ours)] == [ours[i] for i in sorted(ours)]
     assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    # llama.cpp's gpt2 vocab refuses a file without merges; a byte run's one merge (of two
+    # specials) can never apply, so every byte keeps its id (checked in llama.cpp itself:
+    # docs/deployment.md)
+    merges = field(reader, "tokenizer.ggml.merges")
+    assert len(merges) == 1 and all(part in tokens for part in merges[0].split(" "))
     assert field(reader, "tokenizer.ggml.eos_token_id") == tok.eos_id
 
     # every block linear: Q4_0 whose values are ours with f16 scales, transposed and permuted
