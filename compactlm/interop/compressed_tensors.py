@@ -33,7 +33,6 @@ dense group of 2·G). nf4 / fp4 code books have no compressed-tensors form: refu
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import typing
 from pathlib import Path
 from typing import Any
@@ -208,28 +207,6 @@ def check_format(weight_format: str) -> None:
         )
 
 
-def _tokenizer_files(out: Path, cfg, tokenizer) -> None:
-    """tokenizer.json, tokenizer_config.json and generation_config.json as export_hf writes."""
-    from compactlm.interop.hf import _write_json
-    from compactlm.interop.hf_tokenizer import HF_TOKENIZER, hf_tokenizer_json
-
-    (out / HF_TOKENIZER).write_text(hf_tokenizer_json(tokenizer))
-    ids = {f"{n}_token_id": getattr(tokenizer, f"{n}_id") for n in ("bos", "eos", "pad")}
-    _write_json(out / "generation_config.json", ids)
-    names = {}
-    if tokenizer.kind != "hf":
-        from compactlm.data.tokenizer import SPECIAL_TOKENS
-
-        names = dict(zip(("eos_token", "pad_token", "bos_token"), SPECIAL_TOKENS, strict=True))
-    tok_cfg = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": cfg.model.max_seq_len,
-        "clean_up_tokenization_spaces": False,
-        **names,
-    }
-    _write_json(out / "tokenizer_config.json", tok_cfg)
-
-
 def ct_tensors(state: dict, params: dict, m) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(safetensors dict, facts) of a loaded run: dense HF tensors with every block linear's
     `.weight` replaced by its compressed-tensors tensors."""
@@ -300,7 +277,7 @@ def export_compressed_tensors(run_dir: str, out_dir: str, opts: CTExportConfig) 
 
     from compactlm.data.tokenizer import chmod_as_umask
     from compactlm.interop.gguf import _load
-    from compactlm.interop.hf import _commit, _fresh_dir, _write_json
+    from compactlm.interop.hf import _write_json, write_tokenizer_files, written_whole
     from compactlm.interop.hf_config import HF_CONFIG
     from compactlm.interop.safetensors_io import HF_WEIGHTS
     from compactlm.train.run_dir import read_config
@@ -310,17 +287,11 @@ def export_compressed_tensors(run_dir: str, out_dir: str, opts: CTExportConfig) 
     tensors, facts = ct_tensors(state, params, cfg.model)
     interrupt.check("stopped before the export was written")
     out = Path(out_dir)
-    tmp = _fresh_dir(out)
-    try:
+    with written_whole(out) as tmp:
         _write_json(tmp / HF_CONFIG, config_json(cfg, tokenizer, facts))
         save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         chmod_as_umask(tmp / HF_WEIGHTS)  # safetensors creates it 0600
-        _tokenizer_files(tmp, cfg, tokenizer)
-        interrupt.check("stopped before the export was moved into place")
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_tokenizer_files(tmp, cfg, tokenizer)
     return {
         "step": step,
         "merged": merged,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import typing
 from pathlib import Path
 from typing import Any
@@ -409,7 +408,7 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
             "format=gguf needs the gguf package (llama.cpp's writer): pip install 'compactlm[gguf]'"
         ) from e
 
-    from compactlm.interop.hf import _commit, _fresh_dir
+    from compactlm.interop.hf import written_whole
     from compactlm.train.run_dir import read_config
 
     _check_config(read_config(run_dir))  # before any weight loads
@@ -456,8 +455,7 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
 
     interrupt.check("stopped before the export was written")
     out = Path(out_dir)
-    tmp = _fresh_dir(out)
-    try:
+    with written_whole(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp / GGUF_FILE), arch)
         _metadata(writer, cfg, arch, n_vocab, Path(run_dir).name)
         _tokenizer(writer, tokenizer, n_vocab)
@@ -471,11 +469,6 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        interrupt.check("stopped before the export was moved into place")
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "step": step,
         "arch": arch,

@@ -122,6 +122,49 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+@contextlib.contextmanager
+def written_whole(out: Path) -> Iterator[Path]:
+    """A temporary sibling of `out` to write an export into, renamed into place when the block
+    completes (a signal stops it before the rename), removed on any error: never a half
+    export. Every export format writes through it."""
+    tmp = _fresh_dir(out)
+    try:
+        yield tmp
+        interrupt.check("stopped before the export was moved into place")
+        _commit(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_tokenizer_files(out: Path, cfg: Config, tokenizer: Any) -> None:
+    """tokenizer.json, generation_config.json and tokenizer_config.json as transformers reads
+    them: our specials for our runs; an imported run's own specials, chat template and eos list
+    back (what tokenizer_from_hf read)."""
+    (out / HF_TOKENIZER).write_text(hf_tokenizer_json(tokenizer))
+    ids = {f"{n}_token_id": getattr(tokenizer, f"{n}_id") for n in ("bos", "eos", "pad")}
+    stops = list(getattr(tokenizer, "stop_ids", ()))
+    if len(stops) > 1:  # an imported checkpoint's eos list (Llama 3 instruct), eos first
+        ids["eos_token_id"] = stops
+    _write_json(out / "generation_config.json", ids)
+    names: dict[str, Any] = {}
+    if tokenizer.kind != "hf":
+        from compactlm.data.tokenizer import SPECIAL_TOKENS
+
+        names = dict(zip(("eos_token", "pad_token", "bos_token"), SPECIAL_TOKENS, strict=True))
+    else:
+        names = dict(tokenizer.special_tokens)
+        if tokenizer.chat_template:
+            names["chat_template"] = tokenizer.chat_template
+    tok_cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.model.max_seq_len,
+        "clean_up_tokenization_spaces": False,
+        **names,
+    }
+    _write_json(out / "tokenizer_config.json", tok_cfg)
+
+
 def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write `out_dir` as a Hugging Face Llama directory; returns a summary."""
     from safetensors.numpy import save_file
@@ -137,42 +180,13 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[st
         tensors = to_hf_tensors(params, cfg.model)
     interrupt.check("stopped before the export was written")  # safe points: here, and the rename
     out = Path(out_dir)
-    tmp = _fresh_dir(out)
-    try:
+    with written_whole(out) as tmp:
         _write_json(tmp / HF_CONFIG, hf_config(cfg, tokenizer))
         size = sum(w.nbytes for w in tensors.values())
         with stage(f"export: writing {HF_WEIGHTS} ({size / 2**20:,.1f} MiB)", enabled=many):
             save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         chmod_as_umask(tmp / HF_WEIGHTS)  # safetensors creates it 0600
-        (tmp / HF_TOKENIZER).write_text(hf_tokenizer_json(tokenizer))
-        ids = {f"{n}_token_id": getattr(tokenizer, f"{n}_id") for n in ("bos", "eos", "pad")}
-        stops = list(getattr(tokenizer, "stop_ids", ()))
-        if len(stops) > 1:  # an imported checkpoint's eos list (Llama 3 instruct), eos first
-            ids["eos_token_id"] = stops
-        _write_json(tmp / "generation_config.json", ids)
-        names: dict[str, Any] = {}
-        if tokenizer.kind != "hf":
-            from compactlm.data.tokenizer import SPECIAL_TOKENS
-
-            names = dict(zip(("eos_token", "pad_token", "bos_token"), SPECIAL_TOKENS, strict=True))
-        else:  # an imported run gives back what it read: its special tokens, its chat template
-            names = dict(tokenizer.special_tokens)
-            if tokenizer.chat_template:
-                names["chat_template"] = tokenizer.chat_template
-        _write_json(
-            tmp / "tokenizer_config.json",
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "model_max_length": cfg.model.max_seq_len,
-                "clean_up_tokenization_spaces": False,
-                **names,
-            },
-        )
-        interrupt.check("stopped before the export was moved into place")
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_tokenizer_files(tmp, cfg, tokenizer)
     n_params = sum(int(np.prod(w.shape)) for w in tensors.values())
     return {"step": step, "tensors": len(tensors), "parameters": n_params, "out": str(out)}
 
