@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from compactlm.experiments.sweep_lm_eval import is_lm_eval
 from compactlm.models.footprint import count_params, flops_per_token, memory_estimate
 
 
@@ -153,7 +154,7 @@ def row_summaries(sweep: Any, records: Sequence[dict]) -> list[dict[str, Any]]:
         if sweep.x_key:  # the swept variable is a recorded figure (parameters, bytes)
             xs = [float(r[sweep.x_key]) for r in mine if sweep.x_key in r]
             entry["x"] = sum(xs) / len(xs) if xs else None
-        stderrs = [f"{m}_stderr" for m in sweep.metrics if _is_lm_eval(m)]
+        stderrs = [f"{m}_stderr" for m in sweep.metrics if is_lm_eval(m)]
         for key in (*sweep.metrics, *stderrs, "params", "weight_bytes", "wall_s"):
             values = [
                 float(r["metrics"][key]) if key in r["metrics"] else float(r[key])
@@ -194,7 +195,7 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     missing = [r.name for r in sweep.rows if r.name not in {e["row"].name for e in rows}]
     text = "\n".join(lines)
-    if any(_is_lm_eval(m) for m in sweep.metrics):
+    if any(is_lm_eval(m) for m in sweep.metrics):
         text += (
             "\n\n`lm-eval:TASK/METRIC` columns: lm-eval's METRIC of TASK on each row's run "
             "(`compactlm eval RUN tasks=TASK`), mean ± std over seeds; (s.e.) is lm-eval's own "
@@ -213,17 +214,13 @@ def sweep_table(name: str, sweep: Any, records: Sequence[dict]) -> str:
     return text
 
 
-def _is_lm_eval(metric: str) -> bool:
-    return metric.startswith("lm-eval:")  # (sweep.py's LM_EVAL_PREFIX; report stays import-free)
-
-
 def _cell(entry: dict[str, Any], metric: str) -> str:
     """mean ± std over seeds; an lm-eval score adds lm-eval's standard error (its mean over
     seeds), the only spread a single seed has."""
     if not entry[metric]:
         return "—"
     mean, std, _ = entry[metric]
-    if not _is_lm_eval(metric):
+    if not is_lm_eval(metric):
         return _pm(mean, std)
     text = f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"  # (0 and 1 are scores)
     stderr = entry.get(f"{metric}_stderr")
@@ -262,7 +259,7 @@ _LM_EVAL_UNITS = {
 
 
 def metric_label(metric: str) -> str:
-    if _is_lm_eval(metric):
+    if is_lm_eval(metric):
         task, _, name = metric.removeprefix("lm-eval:").partition("/")
         return f"lm-eval {task}: {_LM_EVAL_UNITS.get(name, name)}"
     where, _, name = metric.rpartition("/")
@@ -407,7 +404,7 @@ def sweep_plots(name: str, sweep: Any, records: Sequence[dict], out: Path) -> li
     if not sweep.metrics:
         return paths
     # The first metric, and every lm-eval score after it (accuracy beside bits per byte).
-    plotted = [sweep.metrics[0], *(m for m in sweep.metrics[1:] if _is_lm_eval(m))]
+    plotted = [sweep.metrics[0], *(m for m in sweep.metrics[1:] if is_lm_eval(m))]
     for metric in plotted:
         paths += _metric_plots(name, sweep, rows, metric, out)
     return paths

@@ -51,10 +51,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from compactlm.experiments import sweep_lm_eval
+from compactlm.experiments.sweep_lm_eval import LM_EVAL_PREFIX
 from compactlm.interrupt import Interrupted, wait_child
-
-# A metric named "lm-eval:TASK/METRIC" is lm-eval's METRIC of TASK on the row's run.
-LM_EVAL_PREFIX = "lm-eval:"
 
 COMMANDS = ("train", "finetune", "distill", "quantize", "prune")
 # Commands that continue a run directory they find (train resumes from its checkpoint); the
@@ -84,11 +83,15 @@ class Row:
     overrides: tuple[str, ...] = ()  # `key=value` strings, applied after Sweep.common
     x: float | None = None  # the swept variable's value for "metric vs x" plots (None: no point)
     paper: dict[str, float] = dataclasses.field(default_factory=dict)  # the paper's numbers
+    # This row's positional argument(s) in place of Sweep.target (empty: the sweep's): a row
+    # that distills from its own teacher or stored cache (configs/sweeps/distill_strength.py).
+    target: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "_.-" for c in self.name):
             raise SweepError(f"row name {self.name!r}: use letters, digits, '_', '.', '-'")
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        object.__setattr__(self, "target", tuple(self.target))
         for item in self.overrides:
             if "=" not in item:
                 raise SweepError(f"row {self.name}: override {item!r} is not key=value")
@@ -153,43 +156,15 @@ class Sweep:
     @property
     def lm_eval_targets(self) -> tuple[tuple[str, str], ...]:
         """(task, metric) of every "lm-eval:TASK/METRIC" in metrics, in order."""
-        out = []
-        for m in self.metrics:
-            if m.startswith(LM_EVAL_PREFIX):
-                task, _, metric = m[len(LM_EVAL_PREFIX) :].partition("/")
-                out.append((task, metric))
-        return tuple(out)
+        return sweep_lm_eval.targets(self.metrics)
 
     def _check_lm_eval(self) -> None:
         """The names' shape and the eval options (cheap: lm-eval is not imported here; task and
-        metric names are checked against lm-eval by check_lm_eval_targets before a run)."""
-        for m in self.metrics:
-            if m.startswith(LM_EVAL_PREFIX):
-                task, _, metric = m[len(LM_EVAL_PREFIX) :].partition("/")
-                if not task or not metric or "/" in metric or "," in task:
-                    raise SweepError(
-                        f"metric {m!r}: write lm-eval:TASK/METRIC (one task, one metric: "
-                        "lm-eval:arc_easy/acc)"
-                    )
-        if not self.lm_eval:
-            return
-        if not self.lm_eval_targets:
-            raise SweepError(
-                f"lm_eval={list(self.lm_eval)} but no metric is lm-eval:TASK/METRIC; add one to "
-                "metrics (lm-eval:arc_easy/acc) or drop lm_eval"
-            )
-        from compactlm.config import ConfigError
-        from compactlm.evaluation.lm_eval_run import parse_options
-
-        keys = [o.partition("=")[0].strip() for o in self.lm_eval]
-        if "tasks" in keys:
-            raise SweepError(
-                "lm_eval sets tasks=; the tasks come from the lm-eval:TASK/METRIC metrics"
-            )
+        metric names are checked against lm-eval by sweep_lm_eval.check_targets before a run)."""
         try:
-            parse_options(self.lm_eval)
-        except (ConfigError, ValueError) as e:
-            raise SweepError(f"lm_eval={list(self.lm_eval)}: {e}") from None
+            sweep_lm_eval.check_spelling(self.metrics, self.lm_eval)
+        except ValueError as e:
+            raise SweepError(str(e)) from None
 
     def eval_argv(self, workdir: Path) -> tuple[str, ...]:
         """`compactlm eval WORKDIR tasks=...` for the lm-eval metrics; () when there are none."""
@@ -319,7 +294,7 @@ def plan(name: str, sweep: Sweep, options: SweepOptions = SweepOptions()) -> lis
     for row in rows:
         for seed in range(seeds):
             workdir = root / name / row.name / f"seed{seed}"
-            argv = [sweep.command, *(fill(t) for t in sweep.target)]
+            argv = [sweep.command, *(fill(t) for t in (row.target or sweep.target))]
             argv += [fill(o) for o in (*sweep.common, *row.overrides)]
             if sweep.seed_key is not None:
                 argv.append(f"{sweep.seed_key}={seed}")
@@ -523,108 +498,6 @@ def collect(run: Run, wall_s: float, name: str) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------------------- lm-eval
-
-
-def task_metrics(manager: Any, task: str) -> list[str] | None:
-    """The metrics lm-eval reports for a task (its YAML's metric_list, else lm-eval's defaults
-    for its output_type) or group (aggregate_metric_list); None where the index cannot say
-    (a Python-defined task): then only the results can."""
-    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
-
-    entry = manager.task_index.get(task)
-    cfg = getattr(entry, "cfg", None) or {}
-    kind = getattr(getattr(entry, "kind", None), "name", "")
-    if kind == "GROUP":
-        names = [m.get("metric") for m in cfg.get("aggregate_metric_list") or []]
-    elif kind == "TASK":
-        names = [m.get("metric") for m in cfg.get("metric_list") or []]
-        names = names or DEFAULT_METRIC_REGISTRY.get(cfg.get("output_type"), [])
-    else:
-        return None
-    names = [n for n in names if isinstance(n, str)]
-    return names or None
-
-
-def check_lm_eval_targets(sweep: Sweep) -> None:
-    """Every lm-eval:TASK/METRIC names a task lm-eval knows (its TaskManager, with the sweep's
-    include_path, as `compactlm eval` checks) and a metric that task reports; else one line
-    naming the valid ones."""
-    from compactlm.config import ConfigError
-    from compactlm.evaluation.lm_eval_run import parse_options, task_manager
-
-    tasks = ",".join(dict.fromkeys(t for t, _ in sweep.lm_eval_targets))
-    try:
-        manager = task_manager(parse_options([*sweep.lm_eval, f"tasks={tasks}"]))
-    except ConfigError as e:
-        raise SweepError(f"lm-eval metrics: {e}") from None
-    for task, metric in sweep.lm_eval_targets:
-        valid = task_metrics(manager, task)
-        if valid is not None and metric not in valid:
-            raise SweepError(
-                f"metric lm-eval:{task}/{metric}: {task} reports no {metric}; valid: "
-                + ", ".join(f"lm-eval:{task}/{v}" for v in valid)
-            )
-
-
-def read_lm_eval(
-    results: dict[str, Any], targets: Sequence[tuple[str, str]]
-) -> tuple[dict[str, float], list[str]]:
-    """From lm-eval's results JSON: {"lm-eval:TASK/METRIC": value, ".../METRIC_stderr": its
-    standard error} (filter "none"), and one note per target the results lack."""
-    metrics: dict[str, float] = {}
-    missing = []
-    for task, metric in targets:
-        got = results.get("results", {}).get(task, {})
-        key = f"{LM_EVAL_PREFIX}{task}/{metric}"
-        value = got.get(f"{metric},none")
-        if not isinstance(value, int | float):
-            have = sorted({k.partition(",")[0] for k in got if "," in k and "_stderr," not in k})
-            missing.append(f"{key} ({task} has {', '.join(have) or 'no results'})")
-            continue
-        metrics[key] = float(value)
-        stderr = got.get(f"{metric}_stderr,none")
-        if isinstance(stderr, int | float):  # "N/A" where lm-eval computed none
-            metrics[f"{key}_stderr"] = float(stderr)
-    return metrics, missing
-
-
-def _lm_eval(
-    run: Run,
-    sweep: Sweep,
-    record: dict[str, Any],
-    execute: Callable[[Sequence[str], Path], int],
-) -> tuple[dict[str, Any] | None, str]:
-    """Run `compactlm eval WORKDIR tasks=...` like a row's command; (the record with the lm-eval
-    metrics and argv added, a note on metrics the results lack), or (None, why it failed)."""
-    out = run.workdir / "lm_eval"
-    before = set(out.glob("results_*.json"))
-    t0 = time.perf_counter()
-    code = execute(run.eval_argv, run.workdir)
-    wall = time.perf_counter() - t0
-    if code != 0:
-        return None, f"lm-eval exit {code}: {run.eval_line}"
-    new = sorted(set(out.glob("results_*.json")) - before, key=lambda p: p.stat().st_mtime)
-    if not new:
-        return None, f"lm-eval exit 0 without a results JSON in {out}: {run.eval_line}"
-    metrics, missing = read_lm_eval(json.loads(new[-1].read_text()), sweep.lm_eval_targets)
-    stale = {k for k in record["metrics"] if k.startswith(LM_EVAL_PREFIX)}
-    record = {
-        **record,
-        "metrics": {**{k: v for k, v in record["metrics"].items() if k not in stale}, **metrics},
-        "lm_eval_argv": list(run.eval_argv),
-        # what was asked of it: a metric the results lack is not asked again on resume
-        "lm_eval_metrics": [f"{LM_EVAL_PREFIX}{t}/{m}" for t, m in sweep.lm_eval_targets],
-        "lm_eval_results": str(new[-1]),
-        "lm_eval_wall_s": wall,
-        "time": time.time(),
-    }
-    problem = ""
-    if missing:
-        problem = f"lm-eval results lack {'; '.join(missing)}; results: {new[-1]}"
-    return record, problem
-
-
 # ---------------------------------------------------------------------------------- running
 
 
@@ -703,7 +576,10 @@ def run_sweep(
     # Runs still to execute (for the ETA): the planned ones without a (complete) record.
     todo = [not _finished(r, records.get((r.row.name, r.seed, r.argv))) for r in runs]
     if sweep.lm_eval_targets and any(todo):
-        check_lm_eval_targets(sweep)  # before the base fixture and any row trains
+        try:  # before the base fixture and any row trains
+            sweep_lm_eval.check_targets(sweep.lm_eval_targets, sweep.lm_eval)
+        except ValueError as e:
+            raise SweepError(str(e)) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     resume = "re-run the same sweep command to resume"
@@ -777,7 +653,7 @@ def run_sweep(
             _append(path, record)  # the training's record first: an lm-eval failure keeps it
         if run.eval_argv:
             try:
-                record, problem = _lm_eval(run, sweep, record, execute)
+                record, problem = sweep_lm_eval.evaluate(run, record, execute)
             except Interrupted as e:
                 stopped = Interrupted(e.signame, f"stopped in {tag}'s lm-eval; {resume}")
                 break
