@@ -12,7 +12,8 @@ type=auto, per block linear (our `[K, N]` storage becomes GGUF's `[N, K]`, block
 | dense                             | run dtype | always (F32, or BF16 bit for bit)          |
 | int4 symmetric, G % 32 == 0       | Q4_0      | every s is an f16 (d = s, nibble = q + 8)  |
 | int4 affine (zero points)         | Q4_1      | s and −s·z are f16 (d = s, m = −s·z)       |
-| nf4 / fp4 (code books)            | Q8_0      | never (no GGUF code book): error printed   |
+| nf4 / fp4 (code books)            | Q8_0      | never (no GGUF code book): error and the   |
+|                                   |           | eval loss of the file's weights printed    |
 | sparse24 / sparse24_int4          | run dtype | f32 runs: always (zeros stored as zeros)   |
 
 A group of 64 / 128 / 256 / K repeats its scale over its 32-blocks. Forced types (f32, f16,
@@ -20,7 +21,9 @@ bf16, q8_0, q4_0, q4_1) dequantize and convert (or keep the codes where auto wou
 the error against our f32 dequantized weight. Embeddings, the head and norms stay in the run's
 dtype (norms and biases F32). Architectures: llama (q / k rows permuted to llama.cpp's
 interleaved RoPE pairs, convert_hf_to_gguf's `LlamaModel.permute`), qwen2 and qwen3 (NEOX RoPE,
-no permutation). Adapter runs are merged first (`compactlm merge`'s fold).
+no permutation), smollm3 and gemma3 (interop/gguf_arch.py: what each needs and refuses).
+Adapter runs are merged first (`compactlm merge`'s fold), or with adapter=separate written
+unmerged beside a GGUF LoRA adapter (interop/gguf_lora.py).
 """
 
 from __future__ import annotations
@@ -35,14 +38,15 @@ from typing import Any
 import numpy as np
 
 from compactlm import interrupt
+from compactlm.interop import gguf_arch
 from compactlm.interop import gguf_blocks as gb
 from compactlm.interop.hf_config import InteropError, family_of
 from compactlm.interop.hf_tensors import _flatten, split_gate_up, split_qkv, to_hf_tensors
 
 GGUF_FILE = "model.gguf"
 GGUF_TYPES: tuple[str, ...] = ("auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
-# compactlm family (hf_config.Family.model_type) → llama.cpp architecture (gguf.MODEL_ARCH_NAMES)
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# compactlm family → llama.cpp architecture, and what each needs: interop/gguf_arch.py
+ARCHITECTURES = gguf_arch.ARCHITECTURES
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,8 +58,18 @@ class GGUFExportConfig:
     # GGUF type of the block linears. auto: the type that holds the run's codes without rounding
     # them again (table in the module docstring); the others convert and print their error.
     type: typing.Literal["auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"] = "auto"
-    # Adapter runs: "merged" folds the adapters into the base first (as `compactlm merge`).
-    adapter: typing.Literal["merged"] = "merged"
+    # Adapter runs: "merged" folds the adapters into the base first (as `compactlm merge`);
+    # "separate" writes the base unmerged and adapter.gguf, a GGUF LoRA for llama.cpp's --lora
+    # (interop/gguf_lora.py; LoRA / rsLoRA / PiSSA, not DoRA).
+    adapter: typing.Literal["merged", "separate"] = "merged"
+    # Validation tokens scored (twice: the run, the file's weights) when a block linear is
+    # requantized, to print what that does to the eval loss; 0 = not measured (printed so).
+    # 32768: all of a small corpus' validation split (pydocs: 12,330), a bounded cost otherwise.
+    eval_tokens: int = 32768
+
+    def __post_init__(self) -> None:
+        if self.eval_tokens < 0:
+            raise ValueError(f"eval_tokens={self.eval_tokens}; valid: 0 (not measured) or more")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +299,7 @@ def _check_config(cfg) -> str:
         )
     if m.rope_scaling == "llama3" and arch != "llama":
         raise InteropError(f"llama3 RoPE scaling is written for the llama architecture, not {arch}")
+    gguf_arch.check(m, arch)
     return arch
 
 
@@ -358,6 +373,7 @@ def _metadata(writer, cfg, arch: str, n_vocab: int, name: str) -> None:
     if m.rope_scaling == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(m.rope_factor)
+    gguf_arch.metadata(writer, m, arch)
 
 
 def rope_freqs(m) -> np.ndarray:
@@ -412,7 +428,15 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
     from compactlm.train.run_dir import read_config
 
     _check_config(read_config(run_dir))  # before any weight loads
-    cfg, tokenizer, state, params, step, merged = _load(run_dir)
+    lora = None
+    if opts.adapter == "separate":
+        from compactlm.interop import gguf_lora
+
+        gguf_lora.check_run(read_config(run_dir), opts.adapter)
+        cfg, tokenizer, state, params, step, lora = gguf_lora.load_separate(run_dir)
+        merged = False
+    else:
+        cfg, tokenizer, state, params, step, merged = _load(run_dir)
     arch = _check_config(cfg)
     m = cfg.model
     dense = to_hf_tensors(params, m)
@@ -429,7 +453,7 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
         gname = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gname is None:
             raise InteropError(f"tensor {hf_name} has no name in gguf's {arch} tensor map")
-        w = _permuted(hf_name, w, m) if arch == "llama" else w
+        w = _permuted(hf_name, w, m) if arch in gguf_arch.PERMUTED else w
         is_block_linear = hf_name.startswith("model.layers.") and hf_name.endswith("proj.weight")
         if isinstance(w, Packed) or is_block_linear:
             kn = w if isinstance(w, Packed) else np.asarray(w).T
@@ -437,10 +461,9 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
             t = t if opts.type == "auto" else opts.type
             data, raw, rec = encode_linear(gname, kn, t)
             rec.linear = True
-        elif np.ndim(w) == 1:
-            data, raw = np.asarray(w, np.float32), None
-            err = float(np.max(np.abs(data - np.asarray(w, np.float32)), initial=0.0))
-            rec = Written(gname, "F32", "as stored", err)
+        elif np.ndim(w) == 1:  # norms and biases, F32 (Gemma 3's norms as their gain)
+            (data, how), raw = gguf_arch.vector(hf_name, w, m, arch), None
+            rec = Written(gname, "F32", how)
         else:  # embedding / head: the run's dtype, or the float type asked for
             t = opts.type if opts.type in ("f32", "f16", "bf16") else _dense(run_dtype)
             data, raw = _float_tensor(np.asarray(w), t)
@@ -469,10 +492,37 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        adapter = None
+        if lora is not None:  # the same name map and q / k permutation as the base's tensors
+            adapter = gguf_lora.write_adapter(
+                tmp / gguf_lora.ADAPTER_FILE,
+                lora,
+                arch=arch,
+                names=names,
+                t=opts.type,
+                run_dtype=run_dtype,
+                name=Path(run_dir).name,
+                permute=lambda n, w: _permuted(n, w, m) if arch in gguf_arch.PERMUTED else w,
+            )
+    # Requantized linears (NF4 / FP4 → Q8_0, or a forced type): what they change in eval loss,
+    # compactlm's own eval on the file's weights read back by gguf-py (interop/gguf_values.py)
+    loss = None
+    if lora is None and any(r.how == "requantized" for r in written):
+        from compactlm.interop.gguf_values import eval_change
+
+        n = opts.eval_tokens
+        loss = {"tokens": 0, "why": "eval_tokens=0"}
+        if n:
+            try:  # the file is whole already: a failed measurement is reported, not fatal
+                loss = eval_change(run_dir, str(out / GGUF_FILE), arch, n)
+            except (OSError, ValueError) as e:  # (InteropError, ConfigError are ValueErrors)
+                loss = {"tokens": 0, "why": f"{type(e).__name__}: {e}"}
     return {
         "step": step,
         "arch": arch,
         "merged": merged,
+        "eval": loss,
+        "adapter": adapter,
         "written": written,
         "out": str(out / GGUF_FILE),
         "bytes": os.path.getsize(out / GGUF_FILE),
@@ -520,4 +570,18 @@ def report(summary: dict[str, Any]) -> list[str]:
         if inexact:
             line += f"; {inexact:,} scales not exactly float16"
         lines.append(line)
+    e = summary.get("eval")
+    if e and not e["tokens"]:
+        why = e.get("why", "eval_tokens=0")
+        lines.append(f"  eval loss of the requantized weights: not measured ({why})")
+    elif e:
+        lines.append(
+            f"  eval loss over {int(e['tokens']):,} validation tokens: {e['before']:.6f} as the "
+            f"run computes, {e['after']:.6f} with the file's weights "
+            f"({e['after'] - e['before']:+.3g} nats/token)"
+        )
+    if summary.get("adapter"):
+        from compactlm.interop import gguf_lora
+
+        lines += gguf_lora.report(summary["adapter"], str(Path(summary["out"]).parent))
     return lines
