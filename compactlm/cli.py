@@ -18,6 +18,7 @@ compactlm bench train [preset] [key=value ...]
 compactlm bench kernels [formats=int4,nf4,...] [shapes=4096x4096,...] [ms=1,16] [impl=triton]
 compactlm bench kernels sass=1 [formats=...]   SASS instructions per weight (no GPU needed)
 compactlm bench decode RUN_DIR [batch_sizes=1,16] [new_tokens=64]   compressed vs dense tokens/s
+compactlm bench decode RUN_DIR peer=llama.cpp [gguf=PATH]   compactlm vs llama.cpp, one model
 compactlm sweep NAME [--dry-run] [seeds=3] [only=ROW,...] [rerun=true] [root=runs/sweeps]
 compactlm report NAME [out=DIR] [root=runs/sweeps]
 compactlm export RUN_DIR format=hf workdir=OUT
@@ -28,8 +29,8 @@ compactlm quantize RUN_DIR method=rtn|gptq|awq format=int4|int4_affine|nf4|fp4 b
 compactlm prune RUN_DIR method=magnitude|wanda|sparsegpt pattern=2:4|4:8|unstructured
                 sparsity=0.5 [quantize.bits=4 ...] [recover.steps=N
                 recover.mode=finetune|distill] workdir=OUT [--dry-run]
-compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4] [workdir=runs/recipe]
-                 [--dry-run]
+compactlm recipe [RUN_DIR] [preset=tiny] [stages=pretrain,int4,sparse24_int4,gguf]
+                 [workdir=runs/recipe] [--dry-run]
 compactlm COMMAND -h|--help   (or compactlm help COMMAND): its keys, their types, defaults, meaning
 compactlm --version
 """

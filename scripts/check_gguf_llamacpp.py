@@ -6,6 +6,8 @@ was built here):
     PYTHONPATH=/work/main /work/devvenv-llamacpp/bin/python scripts/check_gguf_llamacpp.py \
         RUN_DIR F32_EXPORT/model.gguf [Q4_0_EXPORT/model.gguf] [QUANT_RUN_DIR]
 
+(`scripts/check_gguf_perplexity.py` compares perplexities.)
+
 1. The F32 export of RUN_DIR: llama.cpp's greedy continuation of a prompt must equal
    compactlm's (full forward each step, argmax) token for token; the max |logit difference| of
    the prompt's last position is printed.
@@ -43,9 +45,9 @@ def compactlm_greedy(run_dir: str, ids: list[int], n: int) -> tuple[list[int], n
 
 
 def llamacpp_greedy(path: str, ids: list[int], n: int) -> tuple[list[int], np.ndarray, Any]:
-    from llama_cpp import Llama
+    from compactlm.interop import llamacpp  # the one module that imports llama_cpp
 
-    llm = Llama(model_path=path, n_ctx=128, logits_all=True, verbose=False, seed=0)
+    llm = llamacpp.load(path, n_ctx=128, logits_all=True, threads=1)
     llm.eval(ids)
     first = np.array(llm.scores[len(ids) - 1], np.float32)
     out = []

@@ -10,6 +10,10 @@ size. The dense model is the run that `compactlm quantize` / `prune` started fro
 The figures are also written to RUN_DIR/bench_decode.json (every row, the dense source's too,
 with the device they were measured on), where `compactlm pick` finds them: a measured decode
 latency instead of its bandwidth floor.
+
+`peer=llama.cpp`: the run's own model decoded by compactlm and by llama.cpp (its GGUF export)
+side by side instead, batch 1, 128-token prompt, 128 new tokens, with time to first token and
+the bandwidth used (benchmarks/bench_decode_peer.py; needs llama-cpp-python).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import platform
 import statistics
 import time
+import typing
 from pathlib import Path
 
 import jax
@@ -35,12 +40,22 @@ class BenchDecodeConfig:
     new_tokens: int = 64
     # Timed calls per (model, batch size); the median is reported.
     repeats: int = 3
+    # Another engine on the same model, side by side: batch 1, a 128-token prompt, 128 new tokens
+    # (bench_decode_peer.py; batch_sizes and new_tokens do not apply). none: the run vs its
+    # dense source.
+    peer: typing.Literal["none", "llama.cpp"] = "none"
+    # peer=llama.cpp: the GGUF file it reads; empty = export the run (type=auto) to a temp dir.
+    gguf: str = ""
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch_sizes must be >= 1, got {self.batch_sizes}")
         if self.new_tokens < 1 or self.repeats < 1:
             raise ValueError("new_tokens and repeats must be >= 1")
+        if self.gguf and self.peer != "llama.cpp":
+            raise ValueError(
+                "gguf= is the file peer=llama.cpp reads; valid: peer=llama.cpp gguf=PATH"
+            )
 
 
 BENCH_FILE = "bench_decode.json"
@@ -78,6 +93,11 @@ def _path(fmt: str) -> str:
 
 def bench_decode(run_dir: str, cfg: BenchDecodeConfig) -> list[dict]:
     from compactlm.train.loop import load_run
+
+    if cfg.peer != "none":
+        from compactlm.benchmarks.bench_decode_peer import bench_peer
+
+        return bench_peer(run_dir, peer=cfg.peer, gguf=cfg.gguf, repeats=cfg.repeats)
 
     runs = [run_dir]
     report = Path(run_dir) / "compression.json"
