@@ -99,8 +99,15 @@ class DistillConfig:
     feature_weight: float = 1.0
     # Teacher and student with different tokenizers: "uld" = Universal Logit Distillation
     # (train/distill_uld.py: sorted-probability loss at byte-aligned positions, mixed with CE by
-    # alpha); "none" = one shared tokenizer, the divergence above (today's behaviour).
-    cross_tokenizer: Literal["none", "uld"] = "none"
+    # alpha); "gold" = TRL's GOLD (train/distill_gold.py: probabilities merged over groups of
+    # tokens covering the same bytes; `loss` on tokens both vocabularies share, ULD on the
+    # rest); "none" = one shared tokenizer, the divergence above (today's behaviour).
+    cross_tokenizer: Literal["none", "uld", "gold"] = "none"
+    # gold only: weight of the matched-token divergence and of the unmatched ULD part (>= 0,
+    # set both or neither). None = TRL's adaptive weights: matched = matched ids / teacher
+    # vocabulary, unmatched = 1 − that (a BPE-4096 teacher over a byte student: 0.063 / 0.937).
+    gold_matched_weight: float | None = None
+    gold_unmatched_weight: float | None = None
     # A run directory of the same student trained on hard labels only: the end-of-run report
     # prints it beside the teacher and the distilled student ("" = none).
     baseline: str = ""
@@ -135,13 +142,24 @@ class DistillConfig:
         parse_pairs(self.feature_layers)
         if self.feature_layers and self.features == "none":
             raise ValueError("distill.feature_layers needs distill.features=cosine or l2")
-        if self.cross_tokenizer not in ("none", "uld"):
+        if self.cross_tokenizer not in ("none", "uld", "gold"):
             raise ValueError(
-                f"unknown distill.cross_tokenizer {self.cross_tokenizer!r}; valid: none, uld"
+                f"unknown distill.cross_tokenizer {self.cross_tokenizer!r}; valid: none, uld, gold"
             )
-        if self.cross_tokenizer == "uld":
-            # ULD compares sorted probability vectors at byte-aligned data positions: options
-            # that need one vocabulary or the student's own samples have no meaning there.
+        gold_weights = (self.gold_matched_weight, self.gold_unmatched_weight)
+        if (gold_weights[0] is None) != (gold_weights[1] is None):
+            raise ValueError(
+                "distill.gold_matched_weight and distill.gold_unmatched_weight: set both "
+                "(fixed weights) or neither (adaptive)"
+            )
+        for name, value in zip(("matched", "unmatched"), gold_weights, strict=True):
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"distill.gold_{name}_weight must be >= 0, got {value}")
+        if gold_weights[0] is not None and self.cross_tokenizer != "gold":
+            raise ValueError("distill.gold_*_weight needs distill.cross_tokenizer=gold")
+        if self.cross_tokenizer != "none":
+            # ULD and GOLD compare distributions at byte-aligned data positions: options that
+            # need one vocabulary or the student's own samples have no meaning there.
             for bad, why in (
                 (self.top_k > 0, f"distill.top_k={self.top_k}"),
                 (self.on_policy > 0, f"distill.on_policy={self.on_policy}"),
@@ -149,7 +167,10 @@ class DistillConfig:
                 (self.init_from_teacher, "distill.init_from_teacher=true"),
             ):
                 if bad:
-                    raise ValueError(f"{why} is not supported with distill.cross_tokenizer=uld")
+                    raise ValueError(
+                        f"{why} is not supported with "
+                        f"distill.cross_tokenizer={self.cross_tokenizer}"
+                    )
 
     def check_vocab(self, vocab_size: int) -> None:
         """top_k needs the vocabulary size, known only once the models are."""

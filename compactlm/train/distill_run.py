@@ -6,8 +6,9 @@ teacher's path, its content hash (train/run_dir.py::run_fingerprint) and the Dis
 re-run refuses a changed teacher or changed `distill.*` settings. The student's `data` section
 starts as the teacher's (one tokenizer, one vocabulary: checked by tokenizer fingerprint before
 anything is written), then the command's own overrides apply. With
-`distill.cross_tokenizer=uld` the tokenizers may differ (train/distill_uld.py): each batch then
-carries the teacher's re-tokenization of the student's windows and their byte alignment.
+`distill.cross_tokenizer=uld|gold` the tokenizers may differ (train/distill_uld.py,
+train/distill_gold.py): each batch then carries the teacher's re-tokenization of the student's
+windows and their byte alignment.
 """
 
 from __future__ import annotations
@@ -86,14 +87,19 @@ def check_student(cfg, dcfg: DistillConfig, teacher, workdir: Path) -> None:
             f"teacher and student tokenizers differ: teacher {_tokenizer_desc(t_tok)} "
             f"({teacher.workdir}), student {_tokenizer_desc(tok)}; distillation over one "
             "vocabulary needs one tokenizer: give the teacher's data.tokenizer settings, or "
-            "distill.cross_tokenizer=uld (sorted-probability loss at byte-aligned positions)"
+            "distill.cross_tokenizer=uld (sorted-probability loss at byte-aligned positions) "
+            "or distill.cross_tokenizer=gold (probabilities merged over byte-aligned token "
+            "groups, identical tokens compared directly)"
         )
     student_model = resolve_vocab(cfg, tok.vocab_size).model
     if cross:
         from compactlm.train.distill_uld import teacher_length
 
         if teacher_length(tok, cfg.train.seq_len, teacher.cfg.model.max_seq_len) < 2:
-            raise ConfigError("distill.cross_tokenizer=uld: the teacher's context is too short")
+            raise ConfigError(
+                f"distill.cross_tokenizer={dcfg.cross_tokenizer}: the teacher's context is "
+                "too short"
+            )
     elif student_model.vocab_size != teacher.cfg.model.vocab_size:
         raise ConfigError(
             f"vocabulary mismatch: teacher model.vocab_size {teacher.cfg.model.vocab_size}, "
@@ -189,9 +195,11 @@ def student_config(preset: str, overrides: Sequence[str], teacher_cfg) -> Any:
     return apply_overrides(cfg, overrides)
 
 
-def uld_trainer(teacher, teacher_len: int, *args, **kwargs):
+def uld_trainer(teacher, teacher_len: int, *args, gold: bool = False, **kwargs):
     """A Trainer whose batches carry the teacher's re-tokenization of each window and the byte
-    alignment beside the tokens (train/distill_uld.py: data contract), built on the host."""
+    alignment beside the tokens (train/distill_uld.py: data contract), built on the host; with
+    `gold`, the alignment groups instead (train/distill_gold.py: data contract)."""
+    from compactlm.train.distill_gold import GroupAligner
     from compactlm.train.distill_uld import WindowAligner
     from compactlm.train.loop import Trainer
     from compactlm.train.mesh import shard_batch
@@ -200,7 +208,7 @@ def uld_trainer(teacher, teacher_len: int, *args, **kwargs):
         def batch(self, step: int) -> jax.Array:
             t = self.cfg.train
             if getattr(self, "_aligner", None) is None:
-                self._aligner = WindowAligner(
+                self._aligner = (GroupAligner if gold else WindowAligner)(
                     self.data.tokenizer, teacher.data.tokenizer, teacher_len
                 )
             tokens = np.asarray(jax.device_get(super().batch(step)), np.int32)
@@ -252,7 +260,7 @@ def run(
         pairs = feature_pairs(dcfg.feature_layers, s_model.n_layers, t_model.n_layers)
         model_fn = make_student_fn(s_model, t_model, len(pairs))
     objective_kw: dict[str, Any] = {}
-    if dcfg.cross_tokenizer == "uld":
+    if dcfg.cross_tokenizer != "none":
         from compactlm.data import prepare_data
         from compactlm.train.distill_uld import first_bytes, teacher_length
 
@@ -266,6 +274,10 @@ def run(
             "teacher_len": teacher_len,
             "first_bytes": (first_bytes(s_tok), first_bytes(teacher.data.tokenizer)),
         }
+        if dcfg.cross_tokenizer == "gold":
+            from compactlm.train.distill_gold import vocabulary_map
+
+            objective_kw["vocab_map"] = vocabulary_map(s_tok, teacher.data.tokenizer)
     claim_workdir(workdir, "distill")
     if cfg.data.tokenizer == "hf" and not (workdir / TOKENIZER_FILE).is_file():
         # An imported teacher's tokenizer is read from its run directory, never trained: the
@@ -274,7 +286,13 @@ def run(
     objective = make_objective(dcfg, t_graphdef, pairs, **objective_kw)
     if objective_kw:
         student = uld_trainer(
-            teacher, objective_kw["teacher_len"], cfg, workdir, objective=objective, aux=t_state
+            teacher,
+            objective_kw["teacher_len"],
+            cfg,
+            workdir,
+            gold=dcfg.cross_tokenizer == "gold",
+            objective=objective,
+            aux=t_state,
         )
     else:
         student = Trainer(cfg, workdir, objective=objective, aux=t_state, model_fn=model_fn)

@@ -13,9 +13,10 @@ so a resumed run draws the same batches. On a sampled batch the divergence cover
 that predict sampled tokens and the hard-label CE only the data prompt (the student's own samples
 are not labels); on a data batch both cover every position.
 
-Cross-tokenizer (`distill.cross_tokenizer=uld`, train/distill_uld.py): the batch also carries the
-teacher's re-tokenization of each window and the byte alignment; make_objective hands over to
-distill_uld.make_objective.
+Cross-tokenizer (`distill.cross_tokenizer=uld`, train/distill_uld.py; `=gold`,
+train/distill_gold.py): the batch also carries the teacher's re-tokenization of each window and
+the byte alignment (gold: alignment groups); make_objective hands over to that module's
+make_objective.
 
 Feature distillation (`distill.features`, train/distill_features.py): both models also return
 their hidden states; the paired ones add `feature_weight` × the feature loss (metric
@@ -93,12 +94,20 @@ def make_objective(
     seq_len: int = 0,
     teacher_len: int = 0,
     first_bytes: tuple[np.ndarray, np.ndarray] | None = None,
+    vocab_map: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Callable[[nnx.Module, jax.Array, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]:
     """objective(student, tokens_BT1, rng, teacher_state) -> (loss, metrics) for build().
 
     feature_pairs: (student, teacher) hidden-state indices (distill_features.feature_pairs);
     used when cfg.features != "none". seq_len, teacher_len, first_bytes: the packed batch's
-    layout and the agreement tables of distill.cross_tokenizer=uld (train/distill_uld.py)."""
+    layout and the agreement tables of distill.cross_tokenizer=uld|gold (train/distill_uld.py);
+    vocab_map: gold's (student ids, teacher ids) of identical tokens (train/distill_gold.py)."""
+    if cfg.cross_tokenizer == "gold":
+        from compactlm.train.distill_gold import make_objective as gold_objective
+
+        if seq_len <= 0 or teacher_len <= 1 or vocab_map is None:
+            raise ValueError("distill.cross_tokenizer=gold needs seq_len, teacher_len, vocab_map")
+        return gold_objective(cfg, teacher_graphdef, seq_len, teacher_len, vocab_map, first_bytes)
     if cfg.cross_tokenizer == "uld":
         from compactlm.train.distill_uld import make_objective as uld_objective
 

@@ -38,8 +38,9 @@ student tokens 0 … t: both distributions then condition on the same text and p
 that starts at the same byte. This is the boundary rule of GOLD's alignment groups (TRL
 `GOLDTrainer._build_alignment_groups_from_ids`: decode both token streams, cut a group where
 both prefixes are the same text); the pair compared is the first token of each group. GOLD
-additionally merges the probabilities of the tokens inside a group; we do not (positions inside
-a group are not aligned and carry only the hard-label CE). The original ULD code pairs tokens by
+additionally merges the probabilities of the tokens inside a group; ULD here does not (positions
+inside a group are not aligned and carry only the hard-label CE); `distill.cross_tokenizer=gold`
+does (train/distill_gold.py). The original ULD code pairs tokens by
 index after truncating to the shorter sequence (its tasks compare answers a few tokens long);
 aligning by bytes keeps the contexts equal on 128-token windows. A byte-level student against a
 BPE teacher is aligned at every teacher token boundary (≈ 1 student position in 3 on pydocs).
@@ -67,7 +68,7 @@ from jaxtyping import Array, Float, Int
 
 from compactlm.train.distill import DistillConfig, _masked_mean, _token_nll
 
-CROSS_TOKENIZER = ("none", "uld")
+CROSS_TOKENIZER = ("none", "uld", "gold")  # gold: train/distill_gold.py
 # Metrics of a ULD step (docs/architecture.md §7): split/name.
 METRICS = (
     "distill/divergence",
@@ -83,16 +84,6 @@ METRICS = (
 # ---------------------------------------------------------------------------------------------
 
 
-def sorted_probs(logits: Float[Array, "*B V"], temperature: float, width: int) -> Array:
-    """softmax(logits / T) in f32, sorted decreasing, zero-padded on the right to `width`."""
-    p = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    p = -jnp.sort(-p, axis=-1)  # decreasing: ULD's rank order (Boizard et al. §3)
-    pad = width - p.shape[-1]
-    if pad:
-        p = jnp.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, pad)])  # the shorter vocabulary's zeros
-    return p
-
-
 def uld_distance(
     teacher_logits: Float[Array, "*B Vt"],
     student_logits: Float[Array, "*B Vs"],
@@ -100,10 +91,23 @@ def uld_distance(
 ) -> Float[Array, "*B"]:
     """Per-position ULD: Σ_i |p_(i) − q_(i)| over the sorted, zero-padded probability vectors
     (module docstring: what this distance is and is not). In [0, 2]; f32."""
-    width = max(teacher_logits.shape[-1], student_logits.shape[-1])
-    p = sorted_probs(teacher_logits, temperature, width)
-    q = sorted_probs(student_logits, temperature, width)
-    return jnp.sum(jnp.abs(p - q), axis=-1)
+    p = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    q = jax.nn.softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    return sorted_l1(p, q)
+
+
+def sorted_l1(p: Float[Array, "*B Vt"], q: Float[Array, "*B Vs"]) -> Float[Array, "*B"]:
+    """Σ_i |p_(i) − q_(i)| of two non-negative vectors, each sorted decreasing and the shorter
+    zero-padded: ULD on probabilities (also GOLD's unmatched part, train/distill_gold.py, where
+    the vectors are sub-vectors that need not sum to 1)."""
+    width = max(p.shape[-1], q.shape[-1])
+
+    def ranked(x):
+        x = -jnp.sort(-x.astype(jnp.float32), axis=-1)  # decreasing: ULD's rank order
+        pad = width - x.shape[-1]
+        return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]) if pad else x
+
+    return jnp.sum(jnp.abs(ranked(p) - ranked(q)), axis=-1)
 
 
 class UldLoss:
