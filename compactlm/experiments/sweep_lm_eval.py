@@ -13,10 +13,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from compactlm.experiments.sweep import Run
+from typing import Any
 
 # A metric named "lm-eval:TASK/METRIC" is lm-eval's METRIC of TASK on the row's run.
 LM_EVAL_PREFIX = "lm-eval:"
@@ -128,7 +125,7 @@ def read_lm_eval(
 
 
 def evaluate(
-    run: Run,
+    run: Any,  # a sweep.Run: workdir, eval_argv, eval_line, lm_eval_targets
     record: dict[str, Any],
     execute: Callable[[Sequence[str], Path], int],
 ) -> tuple[dict[str, Any] | None, str]:

@@ -112,47 +112,9 @@ class Packed:
         return np.asarray(w, np.float32)
 
 
-@dataclasses.dataclass
-class Written:
-    """What became of one tensor: its GGUF type, how, and the measured max |error|."""
-
-    name: str
-    ggml_type: str
-    how: str  # "as stored" | "codes kept" | "converted" | "requantized" | "dense"
-    max_error: float = 0.0
-    inexact_scales: int = 0  # scales (or Q4_1 offsets) that are not f16
-    linear: bool = False  # a block linear (what type= chooses for)
-
-
-def _llama_permute_index(rows: int, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf's `LlamaModel.permute` as a row index: within each head, HF's
-    rotate-half order (first half, second half) becomes interleaved pairs (i, H/2 + i)."""
-    return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Encoding one matrix
 # ---------------------------------------------------------------------------------------------
-
-
-def _float_tensor(w_NK: np.ndarray, t: str) -> tuple[np.ndarray, Any]:
-    from gguf import GGMLQuantizationType as Q
-
-    if t == "f32":
-        return np.ascontiguousarray(w_NK, np.float32), None
-    if t == "f16":
-        return np.ascontiguousarray(np.asarray(w_NK, np.float32).astype(np.float16)), None
-    return gb.bf16_bytes(w_NK), Q.BF16
-
-
-def _float_value(w_NK: np.ndarray, t: str) -> np.ndarray:
-    import ml_dtypes
-
-    w = np.asarray(w_NK)
-    if t == "f32":
-        return w.astype(np.float32)
-    dtype = np.float16 if t == "f16" else ml_dtypes.bfloat16
-    return w.astype(np.float32).astype(dtype).astype(np.float32)
 
 
 def _requantize(w_NK: np.ndarray, t: str) -> tuple[np.ndarray, Any, np.ndarray]:
@@ -211,7 +173,7 @@ def auto_type(p: Packed | None, run_dtype: str) -> str:
     return "q8_0"  # nf4 / fp4; int4 whose groups are not whole 32-blocks
 
 
-def encode_linear(name: str, w: np.ndarray | Packed, t: str) -> tuple[np.ndarray, Any, Written]:
+def encode_linear(name: str, w: np.ndarray | Packed, t: str) -> tuple[np.ndarray, Any, gb.Written]:
     """One block linear, [K, N] dense or packed, as GGUF type `t` in GGUF's [N, K] orientation:
     (array for add_tensor, raw_dtype or None, what was done)."""
     ggml = t.upper()
@@ -221,16 +183,16 @@ def encode_linear(name: str, w: np.ndarray | Packed, t: str) -> tuple[np.ndarray
         if kept is not None:
             data, raw, value, inexact = kept
             err = float(np.max(np.abs(value - exact), initial=0.0))
-            return data, raw, Written(name, ggml, "codes kept", err, inexact)
+            return data, raw, gb.Written(name, ggml, "codes kept", err, inexact)
     else:
         exact = np.asarray(w).T
     if t in ("f32", "f16", "bf16"):
-        data, raw = _float_tensor(exact, t)
+        data, raw = gb.float_tensor(exact, t)
         err = float(
-            np.max(np.abs(_float_value(exact, t) - np.asarray(exact, np.float32)), initial=0)
+            np.max(np.abs(gb.float_value(exact, t) - np.asarray(exact, np.float32)), initial=0)
         )
         how = "dense" if isinstance(w, Packed) else ("as stored" if err == 0 else "converted")
-        return data, raw, Written(name, ggml, how, err)
+        return data, raw, gb.Written(name, ggml, how, err)
     if exact.shape[1] % gb.QK:
         raise InteropError(
             f"{name}: rows of {exact.shape[1]} weights are not whole {gb.QK}-blocks; type={t} "
@@ -238,7 +200,7 @@ def encode_linear(name: str, w: np.ndarray | Packed, t: str) -> tuple[np.ndarray
         )
     data, raw, value = _requantize(exact, t)
     err = float(np.max(np.abs(value - np.asarray(exact, np.float32)), initial=0.0))
-    return data, raw, Written(name, ggml, "requantized", err)
+    return data, raw, gb.Written(name, ggml, "requantized", err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,15 +348,6 @@ def rope_freqs(m) -> np.ndarray:
     return plain / np.asarray(rope_inv_freq(H, m.rope_theta, m), np.float32)
 
 
-def _file_type(types: list[str]) -> int:
-    import gguf
-
-    F = gguf.LlamaFileType
-    by = {"F32": F.ALL_F32, "F16": F.MOSTLY_F16, "BF16": F.MOSTLY_BF16, "Q8_0": F.MOSTLY_Q8_0}
-    by |= {"Q4_0": F.MOSTLY_Q4_0, "Q4_1": F.MOSTLY_Q4_1}
-    return int(by[max(set(types), key=types.count)])
-
-
 def _load(run_dir: str):
     """(config, tokenizer, all state, Params, step, merged?) of the run's latest checkpoint."""
     from flax import nnx
@@ -416,7 +369,7 @@ def _load(run_dir: str):
 
 
 def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str, Any]:
-    """Write `out_dir/model.gguf`; returns a summary with one `Written` per tensor."""
+    """Write `out_dir/model.gguf`; returns a summary with one `Written` (gguf_blocks) per tensor."""
     try:
         import gguf
     except ImportError as e:
@@ -446,9 +399,9 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
     n_vocab = dense["model.embed_tokens.weight"].shape[0]
 
     tensors: list[tuple[str, np.ndarray, Any]] = []
-    written: list[Written] = []
+    written: list[gb.Written] = []
     ordered = {**dense, **packed}
-    for hf_name in sorted(ordered, key=_hf_order):
+    for hf_name in sorted(ordered, key=gguf_arch.tensor_order):
         w = ordered[hf_name]
         gname = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gname is None:
@@ -463,18 +416,18 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
             rec.linear = True
         elif np.ndim(w) == 1:  # norms and biases, F32 (Gemma 3's norms as their gain)
             (data, how), raw = gguf_arch.vector(hf_name, w, m, arch), None
-            rec = Written(gname, "F32", how)
+            rec = gb.Written(gname, "F32", how)
         else:  # embedding / head: the run's dtype, or the float type asked for
             t = opts.type if opts.type in ("f32", "f16", "bf16") else _dense(run_dtype)
-            data, raw = _float_tensor(np.asarray(w), t)
-            err = np.abs(_float_value(np.asarray(w), t) - np.asarray(w, np.float32))
-            rec = Written(gname, t.upper(), "as stored", float(np.max(err, initial=0.0)))
+            data, raw = gb.float_tensor(np.asarray(w), t)
+            err = np.abs(gb.float_value(np.asarray(w), t) - np.asarray(w, np.float32))
+            rec = gb.Written(gname, t.upper(), "as stored", float(np.max(err, initial=0.0)))
         tensors.append((gname, data, raw))
         written.append(rec)
     if m.rope_scaling == "llama3":
         freqs = rope_freqs(m)
         tensors.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", freqs, None))
-        written.append(Written("rope_freqs.weight", "F32", "as stored"))
+        written.append(gb.Written("rope_freqs.weight", "F32", "as stored"))
 
     interrupt.check("stopped before the export was written")
     out = Path(out_dir)
@@ -483,7 +436,7 @@ def export_gguf(run_dir: str, out_dir: str, opts: GGUFExportConfig) -> dict[str,
         _metadata(writer, cfg, arch, n_vocab, Path(run_dir).name)
         _tokenizer(writer, tokenizer, n_vocab)
         linear_types = [r.ggml_type for r in written if r.linear]
-        writer.add_file_type(_file_type(linear_types))
+        writer.add_file_type(gb.file_type(linear_types))
         if any(t.startswith("Q") for t in linear_types):
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for gname, data, raw in tensors:
@@ -533,13 +486,6 @@ def _dense(run_dtype: str) -> str:
     return "f32" if run_dtype == "float32" else "bf16"
 
 
-def _hf_order(name: str) -> tuple:
-    """Embedding, then the blocks in order, then the final norm and head (llama.cpp's order)."""
-    if name.startswith("model.layers."):
-        return (1, int(name.split(".")[2]), name)
-    return (0 if "embed" in name else 2, 0, name)
-
-
 def _permuted(hf_name: str, w, m):
     """llama: q / k rows (weights and biases) into llama.cpp's interleaved RoPE pairs."""
     if ".q_proj." in hf_name:
@@ -550,15 +496,15 @@ def _permuted(hf_name: str, w, m):
         return w
     if isinstance(w, Packed):  # our columns are HF's rows
         n = next(iter(w.arrays.values())).shape[1]
-        idx = _llama_permute_index(n, heads)
+        idx = gguf_arch.llama_permute_index(n, heads)
         return w.columns(lambda a: a[:, idx])
-    return np.asarray(w)[_llama_permute_index(np.shape(w)[0], heads)]
+    return np.asarray(w)[gguf_arch.llama_permute_index(np.shape(w)[0], heads)]
 
 
 def report(summary: dict[str, Any]) -> list[str]:
     """The printed lines: one per (type, how) with its worst tensor's error, then warnings."""
     lines = []
-    groups: dict[tuple[str, str], list[Written]] = {}
+    groups: dict[tuple[str, str], list[gb.Written]] = {}
     for r in summary["written"]:
         groups.setdefault((r.ggml_type, r.how), []).append(r)
     for (t, how), rs in sorted(groups.items()):

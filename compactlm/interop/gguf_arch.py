@@ -92,3 +92,16 @@ def metadata(writer: Any, m: Any, arch: str) -> None:
         writer.add_sliding_window(m.sliding_window)
         writer.add_sliding_window_pattern(list(flags))  # per layer: llama.cpp reads an array
         writer.add_rope_freq_base_swa(m.rope_local_theta)
+
+
+def llama_permute_index(rows: int, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf's `LlamaModel.permute` as a row index: within each head, HF's
+    rotate-half order (first half, second half) becomes interleaved pairs (i, H/2 + i)."""
+    return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
+
+
+def tensor_order(name: str) -> tuple:
+    """Embedding, then the blocks in order, then the final norm and head (llama.cpp's order)."""
+    if name.startswith("model.layers."):
+        return (1, int(name.split(".")[2]), name)
+    return (0 if "embed" in name else 2, 0, name)

@@ -21,6 +21,9 @@ the f16 scale that is stored, so the error they print is the error llama.cpp com
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
 QK = 32  # weights per block, the same for the three types (ggml-common.h QK4_0 / QK4_1 / QK8_0)
@@ -155,3 +158,50 @@ def value_q4_1(codes: np.ndarray, d: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 value_q8_0 = value_q4_0  # `d · q` as well
+
+
+# Float types and the record of what became of a tensor (interop/gguf.py, gguf_lora.py)
+
+
+@dataclasses.dataclass
+class Written:
+    """What became of one tensor: its GGUF type, how, and the measured max |error|."""
+
+    name: str
+    ggml_type: str
+    how: str  # "as stored" | "codes kept" | "converted" | "requantized" | "dense"
+    max_error: float = 0.0
+    inexact_scales: int = 0  # scales (or Q4_1 offsets) that are not f16
+    linear: bool = False  # a block linear (what type= chooses for)
+
+
+def float_tensor(w_NK: np.ndarray, t: str) -> tuple[np.ndarray, Any]:
+    """(array or raw bytes, raw GGML type or None) of a float tensor at f32 / f16 / bf16."""
+    from gguf import GGMLQuantizationType as Q
+
+    if t == "f32":
+        return np.ascontiguousarray(w_NK, np.float32), None
+    if t == "f16":
+        return np.ascontiguousarray(np.asarray(w_NK, np.float32).astype(np.float16)), None
+    return bf16_bytes(w_NK), Q.BF16
+
+
+def float_value(w_NK: np.ndarray, t: str) -> np.ndarray:
+    """The f32 values llama.cpp reads back from float_tensor(w_NK, t)."""
+    import ml_dtypes
+
+    w = np.asarray(w_NK)
+    if t == "f32":
+        return w.astype(np.float32)
+    dtype = np.float16 if t == "f16" else ml_dtypes.bfloat16
+    return w.astype(np.float32).astype(dtype).astype(np.float32)
+
+
+def file_type(types: list[str]) -> int:
+    """general.file_type: the most common type among the tensors written."""
+    import gguf
+
+    F = gguf.LlamaFileType
+    by = {"F32": F.ALL_F32, "F16": F.MOSTLY_F16, "BF16": F.MOSTLY_BF16, "Q8_0": F.MOSTLY_Q8_0}
+    by |= {"Q4_0": F.MOSTLY_Q4_0, "Q4_1": F.MOSTLY_Q4_1}
+    return int(by[max(set(types), key=types.count)])

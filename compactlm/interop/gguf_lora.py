@@ -153,7 +153,8 @@ def write_adapter(
     the base's own row permutation (hf_name, array) → array, `t` the export's type=."""
     import gguf
 
-    from compactlm.interop.gguf import Written, _file_type, _float_tensor, _float_value, _hf_order
+    from compactlm.interop.gguf_arch import tensor_order
+    from compactlm.interop.gguf_blocks import Written, file_type, float_tensor, float_value
 
     # The factors are small and llama.cpp multiplies them in float: a float type, as
     # convert_lora_to_gguf's --outtype f32 / f16 / bf16; quantized types apply to the base only.
@@ -163,16 +164,16 @@ def write_adapter(
     writer.add_name(name)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, lora.alpha)
-    writer.add_file_type(_file_type([ft.upper()]))
+    writer.add_file_type(file_type([ft.upper()]))
     written: list[Written] = []
-    for hf_name in sorted(lora.factors, key=_hf_order):
+    for hf_name in sorted(lora.factors, key=tensor_order):
         gname = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gname is None:
             raise InteropError(f"tensor {hf_name} has no name in gguf's {arch} tensor map")
         a, b = lora.factors[hf_name]
         for suffix, w in ((".lora_a", a), (".lora_b", permute(hf_name, b))):
-            data, raw = _float_tensor(w, ft)
-            err = float(np.max(np.abs(_float_value(w, ft) - w), initial=0.0))
+            data, raw = float_tensor(w, ft)
+            err = float(np.max(np.abs(float_value(w, ft) - w), initial=0.0))
             writer.add_tensor(gname + suffix, data, raw_dtype=raw)
             written.append(Written(gname + suffix, ft.upper(), "as stored", err))
     writer.write_header_to_file()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from compactlm.interop.gguf_arch import PERMUTED
+from compactlm.interop.gguf_arch import PERMUTED, llama_permute_index
 from compactlm.interop.hf_config import InteropError
 
 
@@ -23,8 +23,6 @@ def read_linears(gguf_path: str, cfg: Any, arch: str) -> dict[str, np.ndarray]:
     """HF name → f32 [out, in] of every block linear in the file, dequantized by gguf-py and (for
     the llama / smollm3 architectures) with the q / k rows back in HF's rotate-half order."""
     import gguf
-
-    from compactlm.interop.gguf import _llama_permute_index
 
     m = cfg.model
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], m.n_layers)
@@ -41,7 +39,7 @@ def read_linears(gguf_path: str, cfg: Any, arch: str) -> dict[str, np.ndarray]:
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
         if arch in PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
             heads = m.n_heads if ".q_proj." in hf else m.n_kv_heads
-            w = w[np.argsort(_llama_permute_index(w.shape[0], heads))]
+            w = w[np.argsort(llama_permute_index(w.shape[0], heads))]
         out[hf] = w
     missing = [n for n in wanted if n not in out]
     if missing:
