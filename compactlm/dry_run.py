@@ -66,10 +66,14 @@ def distill(teacher_dir: str, preset: str, overrides: Sequence[str], workdir: st
     if dcfg.baseline:
         read_config(dcfg.baseline)
         latest_checkpoint_dir(dcfg.baseline)
-    cfg = student_config(preset, rest, teacher)  # what `distill` builds (one tokenizer)
-    cfg = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, vocab_size=teacher.model.vocab_size)
-    )
+    cfg = student_config(preset, rest, teacher)  # what `distill` builds
+    # One tokenizer: the teacher's vocabulary. Across tokenizers (distill.cross_tokenizer) the
+    # student's own, known without building it (an "hf" student's only from a run: the teacher's).
+    from compactlm.data.dataset import configured_vocab_size, padded_vocab_size
+
+    n = configured_vocab_size(cfg.data) if dcfg.cross_tokenizer != "none" else None
+    vocab = padded_vocab_size(n) if n is not None else teacher.model.vocab_size
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
     print(to_json(cfg))
     print(json.dumps({"distill": dataclasses.asdict(dcfg)}, indent=2))
     print(_written(workdir, "config.json, distill.json, tokenizer.json, checkpoints/, eval.json"))

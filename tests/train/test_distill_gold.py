@@ -337,6 +337,11 @@ def test_cli_both_directions_and_bad_input(nano_run, tmp_path, monkeypatch, caps
             assert all(np.isfinite(r[key]) for r in rows)
         assert 0 < rows[-1]["distill/aligned"] <= 1
     capsys.readouterr()
+    # --dry-run plans the student on its own tokenizer (BPE-512), not the byte teacher's 320 ids
+    bpe512 = ["data.tokenizer=bpe", "data.bpe_vocab_size=512"]
+    dry = ("distill", str(nano_run), "nano", *small, *bpe512, *QUICK, f"workdir={tmp_path / 'd'}")
+    assert main(*dry, "--dry-run") == 0
+    assert '"vocab_size": 512,' in capsys.readouterr().out
     bad = tmp_path / "bad"
     for extra, message in (
         (["distill.gold_matched_weight=0.5"], "set both"),
