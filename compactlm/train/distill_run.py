@@ -183,16 +183,19 @@ def evaluate_on(trainer, program_owner, val_tokens) -> dict[str, float]:
 
 def student_config(preset: str, overrides: Sequence[str], teacher_cfg) -> Any:
     """`preset` with the teacher's data section (one tokenizer), then `overrides`. An imported
-    teacher's vocabulary is the student's too: its padding ids (model.vocab_valid) stay masked,
-    so both softmaxes run over the same ids (a student of ours has vocab_valid 0 otherwise)."""
+    teacher's vocabulary is the student's too while the student keeps its tokenizer: its padding
+    ids (model.vocab_valid) stay masked, so both softmaxes run over the same ids (a student of
+    ours has vocab_valid 0 otherwise)."""
     from compactlm.config import apply_overrides, get_preset
 
     cfg = dataclasses.replace(get_preset(preset), data=teacher_cfg.data)
     t = teacher_cfg.model
-    if t.vocab_valid and teacher_cfg.data.tokenizer == "hf":
+    own = apply_overrides(cfg, overrides)
+    # (a student on its own tokenizer, distill.cross_tokenizer, has its own vocabulary)
+    if t.vocab_valid and teacher_cfg.data.tokenizer == "hf" and own.data == teacher_cfg.data:
         model = dataclasses.replace(cfg.model, vocab_size=t.vocab_size, vocab_valid=t.vocab_valid)
-        cfg = dataclasses.replace(cfg, model=model)
-    return apply_overrides(cfg, overrides)
+        return apply_overrides(dataclasses.replace(cfg, model=model), overrides)
+    return own
 
 
 def uld_trainer(teacher, teacher_len: int, *args, gold: bool = False, **kwargs):

@@ -403,6 +403,24 @@ def test_distill_a_smaller_student_of_the_imported_family(runs, tmp_path):
     assert rows["student"]["params"] < rows["teacher"]["params"]
 
 
+def test_cross_tokenizer_student_of_an_imported_teacher(runs, tmp_path):
+    """A byte-level nano student of the imported qwen3 (its own BPE, 464 ids padded to 512)
+    with distill.cross_tokenizer=gold: the student keeps its own vocabulary (the teacher's
+    vocab_valid was once copied into it and refused), the teacher's ids come from re-tokenizing
+    each window, and GOLD's matched / unmatched parts are logged."""
+    student = tmp_path / "student"
+    steps = ["train.steps=2", "train.log_every=1", "model.n_layers=1", "mesh.devices=1", *QUIET]
+    gold = ["data.tokenizer=byte", "distill.cross_tokenizer=gold", "distill.loss=jsd"]
+    assert cli("distill", str(runs["qwen3"]), "nano", *gold, *steps, f"workdir={student}") == 0
+    s = read_config(student)
+    assert (s.data.tokenizer, s.model.vocab_size, s.model.vocab_valid) == ("byte", 320, 0)
+    metrics = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    rows = [m for m in metrics if "distill/matched" in m]
+    assert [m["step"] for m in rows] == [1, 2]
+    assert all(math.isfinite(m["distill/matched"] + m["distill/unmatched"]) for m in rows)
+    assert all(0 < m["distill/aligned"] <= 1 for m in rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. generate: greedy through the KV cache = argmax of repeated full forward passes
 # ---------------------------------------------------------------------------------------------
