@@ -32,22 +32,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from compactlm.benchmarks.bench_kernels import measure_cpu_bandwidth
+
 PEERS = ("none", "llama.cpp")
 PROMPT_TOKENS = 128  # the issue's protocol; prompt + new tokens = tiny's max_seq_len (256)
 NEW_TOKENS = 128
-
-
-def copy_bandwidth(n_bytes: int = 256 << 20, repeats: int = 5) -> float:
-    """Bytes/s of `np.copyto` on `n_bytes` arrays (read + write), best of `repeats`: the
-    achievable DRAM bandwidth of this process (far beyond any cache here)."""
-    src = np.ones(n_bytes // 8, np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n_bytes / best
 
 
 def _compactlm_timing(model, prompt: np.ndarray, new_tokens: int, repeats: int):
@@ -101,7 +90,7 @@ def bench_peer(run_dir: str, *, peer: str, gguf: str = "", repeats: int = 3) -> 
 
             gguf = export_gguf(run_dir, str(Path(tmp) / "gguf"), GGUFExportConfig())["out"]
             print(f"  exported {gguf} (type=auto)", flush=True)
-        bandwidth = copy_bandwidth()
+        bandwidth = measure_cpu_bandwidth()
         fmt = trainer.cfg.model.weight_format
         ttft, tps, ours = _compactlm_timing(model, prompt, NEW_TOKENS, repeats)
         rows: list[dict[str, Any]] = [
@@ -120,7 +109,7 @@ def bench_peer(run_dir: str, *, peer: str, gguf: str = "", repeats: int = 3) -> 
                  "weight_bytes": n_bytes}
             )  # fmt: skip
             theirs = timing.tokens
-        bandwidth = max(bandwidth, copy_bandwidth())  # before and after: the better one
+        bandwidth = max(bandwidth, measure_cpu_bandwidth())  # before and after: the better one
     same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
     for r in rows:
         r["bandwidth_used"] = r["weight_bytes"] * r["tokens_per_s"] / bandwidth

@@ -44,6 +44,22 @@ from compactlm.benchmarks import sass as sass_lib
 
 # Vendor peak HBM bandwidth of the SXM parts, TB/s (for comparison; the roofline is measured).
 PEAK_BANDWIDTH_TBS = {"h100": 3.35, "h200": 4.8}
+
+
+def measure_cpu_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Bytes/s of a large NumPy copy (read + write counted), best of `repeats`: the achievable
+    DRAM bandwidth of this process (256 MiB: far beyond any cache here). The CPU's entry of the
+    device table (`compactlm pick`, `bench decode peer=`)."""
+    src = np.ones(nbytes // 8, np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best
+
+
 # (K, N) of x[M, K] @ W[K, N]; Llama-style MLP projections (d_model → d_ff and back).
 SHAPES: dict[str, tuple[int, int]] = {
     "4096x4096": (4096, 4096),

@@ -92,23 +92,9 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * _UNITS.get(unit, 1))
 
 
-def measure_cpu_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
-    """Bytes/s of a large NumPy copy (read + write counted), best of `repeats`."""
-    import numpy as np
-
-    src = np.ones(nbytes // 8, np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * nbytes / best
-
-
 def device_bandwidth(device: str) -> tuple[float, str]:
     """(bytes/s, where the figure comes from) — the one device table for predictions."""
-    from compactlm.benchmarks.bench_kernels import PEAK_BANDWIDTH_TBS
+    from compactlm.benchmarks.bench_kernels import PEAK_BANDWIDTH_TBS, measure_cpu_bandwidth
 
     if device == "cpu":
         return measure_cpu_bandwidth(), "measured now: 256 MiB NumPy copy"

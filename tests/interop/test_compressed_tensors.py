@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.commandline import cli
+from tests.commandline import cli, refused
 
 
 def unpack_nibbles(words, along_rows=False):
@@ -118,15 +118,10 @@ def test_quantization_config_fields(runs):
 
 
 def test_bad_inputs_exit_2_and_write_nothing(nano_run, tmp_path, capsys):
-    def refused(*args):
-        capsys.readouterr()
-        code = cli("export", *args)
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        return err
-
     out = tmp_path / "o"
-    err = refused(str(nano_run), "format=compressed-tensors", "type=q4_0", f"workdir={out}")
+    err = refused(
+        capsys, "export", str(nano_run), "format=compressed-tensors", "type=q4_0", f"workdir={out}"
+    )
     assert "type" in err and not out.exists()
     # An NF4 run: no compressed-tensors form, refused from config.json before any weight loads.
     nf4 = tmp_path / "nf4"
@@ -134,11 +129,11 @@ def test_bad_inputs_exit_2_and_write_nothing(nano_run, tmp_path, capsys):
     cfg = json.loads((nf4 / "config.json").read_text())
     cfg["model"]["weight_format"] = "nf4"
     (nf4 / "config.json").write_text(json.dumps(cfg))
-    err = refused(str(nf4), "format=compressed-tensors", f"workdir={out}")
+    err = refused(capsys, "export", str(nf4), "format=compressed-tensors", f"workdir={out}")
     assert "format=gguf" in err and "format=hf" in err and not out.exists()
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
-    refused(str(nano_run), "format=compressed-tensors", f"workdir={busy}")
+    refused(capsys, "export", str(nano_run), "format=compressed-tensors", f"workdir={busy}")
     assert [p.name for p in busy.iterdir()] == ["x"]
     assert not any(p.name.startswith(".o.") for p in tmp_path.iterdir())

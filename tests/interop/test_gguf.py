@@ -17,7 +17,7 @@ gguf = pytest.importorskip("gguf")
 from compactlm.interop import gguf as gx  # noqa: E402
 from compactlm.interop import gguf_blocks as gb  # noqa: E402
 from compactlm.kernels import packing  # noqa: E402
-from tests.commandline import cli  # noqa: E402
+from tests.commandline import cli, refused  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 
@@ -260,20 +260,13 @@ def test_dense_f32_export_equals_weights(nano_run, tmp_path):
 
 
 def test_bad_inputs_exit_2_and_write_nothing(nano_run, tmp_path, capsys):
-    def refused(*args):
-        capsys.readouterr()
-        code = cli("export", *args)
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        return err
-
     out = tmp_path / "o"
-    err = refused(str(nano_run), "format=gguf", "type=q3_k", f"workdir={out}")
+    err = refused(capsys, "export", str(nano_run), "format=gguf", "type=q3_k", f"workdir={out}")
     assert "q4_0" in err and not out.exists()
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
-    refused(str(nano_run), "format=gguf", f"workdir={busy}")
+    refused(capsys, "export", str(nano_run), "format=gguf", f"workdir={busy}")
     assert [p.name for p in busy.iterdir()] == ["x"]
     # A run whose architecture llama.cpp's llama / qwen2 / qwen3 cannot compute (a sliding
     # window on a Llama): refused from config.json, before any weight is read.
@@ -282,14 +275,14 @@ def test_bad_inputs_exit_2_and_write_nothing(nano_run, tmp_path, capsys):
     cfg = json.loads((odd / "config.json").read_text())
     cfg["model"]["sliding_window"] = 16
     (odd / "config.json").write_text(json.dumps(cfg))
-    err = refused(str(odd), "format=gguf", f"workdir={out}")
+    err = refused(capsys, "export", str(odd), "format=gguf", f"workdir={out}")
     assert "sliding_window" in err and not out.exists()
     assert not any(p.name.startswith(".o.") for p in tmp_path.iterdir())
     # A finished GGUF export is recognised as one (train/workdir.py), and never overwritten.
     done = tmp_path / "done"
     done.mkdir()
     (done / "model.gguf").write_bytes(b"GGUF")
-    err = refused(str(nano_run), "format=gguf", f"workdir={done}")
+    err = refused(capsys, "export", str(nano_run), "format=gguf", f"workdir={done}")
     assert "`compactlm export`" in err and (done / "model.gguf").read_bytes() == b"GGUF"
 
 

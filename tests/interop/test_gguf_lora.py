@@ -17,7 +17,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from tests.commandline import cli  # noqa: E402
+from tests.commandline import cli, refused  # noqa: E402
 
 RANK, ALPHA = 4, 12.0  # alpha / r = 3: a scale that is neither 1 nor alpha
 TARGETS = "q,k,v,up,down"
@@ -165,17 +165,12 @@ def test_adapter_merged_stays_the_default(lora_run, tmp_path):
 
 
 def test_bad_adapter_inputs_exit_2_and_write_nothing(lora_run, nano_run, tmp_path, capsys):
-    def refused(*args):
-        capsys.readouterr()
-        code = cli("export", *args)
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        return err
-
     out = tmp_path / "o"
-    err = refused(str(lora_run), "format=gguf", "adapter=peft", f"workdir={out}")
+    err = refused(capsys, "export", str(lora_run), "format=gguf", "adapter=peft", f"workdir={out}")
     assert "merged" in err and "separate" in err and not out.exists()
-    err = refused(str(nano_run), "format=gguf", "adapter=separate", f"workdir={out}")
+    err = refused(
+        capsys, "export", str(nano_run), "format=gguf", "adapter=separate", f"workdir={out}"
+    )
     assert "no adapter" in err and "adapter=merged" in err and not out.exists()
     # DoRA's magnitude has no GGUF LoRA counterpart: refused from config.json, before weights
     dora = tmp_path / "dora"
@@ -183,6 +178,6 @@ def test_bad_adapter_inputs_exit_2_and_write_nothing(lora_run, nano_run, tmp_pat
     cfg = json.loads((dora / "config.json").read_text())
     cfg["model"]["adapter"]["kind"] = "dora"
     (dora / "config.json").write_text(json.dumps(cfg))
-    err = refused(str(dora), "format=gguf", "adapter=separate", f"workdir={out}")
+    err = refused(capsys, "export", str(dora), "format=gguf", "adapter=separate", f"workdir={out}")
     assert "DoRA" in err and "adapter=merged" in err and not out.exists()
     assert not any(p.name.startswith(".o.") for p in tmp_path.iterdir())

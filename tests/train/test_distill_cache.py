@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from compactlm import cli
 from compactlm.train.distill_cache import PROGRESS_FILE
 from compactlm.train.loop import load_metrics
+from tests.commandline import cli as main
 
 FAST = [
     "data.max_corpus_bytes=200000",
@@ -30,12 +30,6 @@ COMPARED = (
     "distill/teacher_ce",
     "distill/agreement",
 )
-
-
-def main(*argv: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(list(argv))
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from compactlm import cli
 from compactlm.data.tokenizer import BpeTokenizer, ByteTokenizer
 from compactlm.models.transformer import ModelConfig, Transformer
 from compactlm.train.distill import DistillConfig, DistillLoss
@@ -23,35 +22,9 @@ from compactlm.train.distill_gold import (
     vocabulary_map,
 )
 from compactlm.train.loop import load_metrics
+from tests.commandline import cli as main
 from tests.tolerances import tol
-
-
-class _Pieces:
-    """A hand-built tokenizer from a list of byte pieces (+ one special, the eos)."""
-
-    kind = "pieces"
-
-    def __init__(self, pieces):
-        self.pieces = [p.encode() for p in pieces]
-        self.eos_id = len(pieces)
-
-    def token_bytes(self):
-        return self.pieces + [b""]
-
-    def token_byte_lengths(self):
-        return np.array([len(p) for p in self.token_bytes()], np.int64)
-
-    def encode(self, text):  # greedy longest match
-        data, out = text.encode(), []
-        while data:
-            best = max(
-                (i for i, p in enumerate(self.pieces) if data.startswith(p)),
-                key=lambda i: len(self.pieces[i]),
-            )
-            out.append(best)
-            data = data[len(self.pieces[best]) :]
-        return np.asarray(out, np.int32)
-
+from tests.train.pieces import Pieces
 
 # ---------------------------------------------------------------------------------------------
 # NumPy reference, from the definition (TRL ULDLoss: byte-offset groups, "bayesian" merge,
@@ -150,7 +123,7 @@ def test_two_student_tokens_against_one_teacher_token_by_hand():
     """Text "b"+"ab"+"a". Student "b" "a" "b" "a" (vocab a b ba), teacher "b" "ab" "a" (vocab a b
     ab): one group, student "a" "b" vs teacher "ab". Merged student = q0[a] · q1; matched a, b,
     eos; unmatched teacher {ab}, student {ba}: |0.6 − 0.1| = 0.5 exactly."""
-    s_tok, t_tok = _Pieces(["a", "b", "ba"]), _Pieces(["a", "b", "ab"])
+    s_tok, t_tok = Pieces(["a", "b", "ba"]), Pieces(["a", "b", "ab"])
     tokens = np.array([1, 0, 1, 0])  # b a b a
     t_ids, group_j, s_last, t_last = GroupAligner(s_tok, t_tok, 4).window(tokens)
     np.testing.assert_array_equal(t_ids, [1, 2, 0, -1])  # b ab a
@@ -180,7 +153,7 @@ def test_two_student_tokens_against_one_teacher_token_by_hand():
 
 @pytest.mark.parametrize("loss", ["jsd", "fkl"])
 def test_identical_tokenizers_reduce_to_the_plain_divergence(loss):
-    tok = _Pieces(["de", "f", " ", "x", "a", "b"])
+    tok = Pieces(["de", "f", " ", "x", "a", "b"])
     tokens = np.concatenate([tok.encode("def x"), [tok.eos_id], tok.encode("ab de")])
     S = len(tokens) - 1
     t_ids, group_j, s_last, t_last = GroupAligner(tok, tok, S + 1).window(tokens)
@@ -213,7 +186,7 @@ def _model(vocab, seed):
 
 @pytest.mark.parametrize("direction", ["byte_student", "byte_teacher"])
 def test_objective_matches_the_numpy_reference_both_directions(direction):
-    byte, pieces = ByteTokenizer(), _Pieces(["de", "f", " ", "x", "ab", "a", "b", "d", "e", "fx"])
+    byte, pieces = ByteTokenizer(), Pieces(["de", "f", " ", "x", "ab", "a", "b", "d", "e", "fx"])
     texts = ["def xab", "ab de f", "fx abde"]
     if direction == "byte_student":
         s_tok, t_tok, Vs, Vt, L = byte, pieces, 259, pieces.eos_id + 1, 8
@@ -310,12 +283,6 @@ QUICK = [
     "distill.loss=jsd",
     "distill.temperature=1.0",
 ]
-
-
-def main(*argv: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(list(argv))
-    return exit_info.value.code
 
 
 def test_cli_both_directions_and_bad_input(nano_run, tmp_path, monkeypatch, capsys):

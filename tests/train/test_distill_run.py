@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from compactlm import cli
 from compactlm.train.loop import load_metrics
 from compactlm.train.run_dir import run_fingerprint
+from tests.commandline import cli as main
 
 # Small and quick: 200 KB of pystdlib, short sequences, a handful of steps.
 FAST = [
@@ -22,12 +22,6 @@ FAST = [
     "train.tensorboard=false",
     "train.log_every=2",
 ]
-
-
-def main(*argv: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(list(argv))
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="module")

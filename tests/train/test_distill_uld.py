@@ -24,6 +24,7 @@ from compactlm.train.distill_uld import (
     unpack,
 )
 from tests.tolerances import tol
+from tests.train.pieces import Pieces
 
 ULD = DistillConfig(cross_tokenizer="uld", alpha=0.6, temperature=1.0)
 
@@ -109,37 +110,9 @@ def test_alignment_pairs_equal_byte_offsets_on_hand_built_tokenizations():
     np.testing.assert_array_equal(align_positions(np.array([2, 4, 6, 7]), t_ends), [-1, -1, -1, 2])
 
 
-class _Pieces:
-    """A hand-built tokenizer from a list of byte pieces (+ one special, the eos)."""
-
-    kind = "pieces"
-
-    def __init__(self, pieces):
-        self.pieces = [p.encode() for p in pieces]
-        self.eos_id = len(pieces)
-        self.pad_id = self.eos_id
-
-    def token_bytes(self):
-        return self.pieces + [b""]
-
-    def token_byte_lengths(self):
-        return np.array([len(p) for p in self.token_bytes()], np.int64)
-
-    def encode(self, text):  # greedy longest match
-        data, out = text.encode(), []
-        while data:
-            best = max(
-                (i for i, p in enumerate(self.pieces) if data.startswith(p)),
-                key=lambda i: len(self.pieces[i]),
-            )
-            out.append(best)
-            data = data[len(self.pieces[best]) :]
-        return np.asarray(out, np.int32)
-
-
 def test_window_aligner_re_tokenizes_and_pairs_eos():
     byte = ByteTokenizer()
-    teacher = _Pieces(["de", "f", " ", "x", "ab", "a", "b", "d", "e"])
+    teacher = Pieces(["de", "f", " ", "x", "ab", "a", "b", "d", "e"])
     window = np.concatenate([byte.encode("def x"), [byte.eos_id], byte.encode("ab")])
     aligner = WindowAligner(byte, teacher, teacher_len=10)
     ids, align = aligner.window(window)
@@ -176,7 +149,7 @@ def test_objective_is_alpha_uld_plus_ce_at_aligned_positions(alpha):
         Transformer(student_cfg, rngs=nnx.Rngs(0)),
         Transformer(teacher_cfg, rngs=nnx.Rngs(1)),
     )
-    byte, t_tok = ByteTokenizer(), _Pieces(["de", "f", " ", "x", "ab", "a", "b", "d", "e"])
+    byte, t_tok = ByteTokenizer(), Pieces(["de", "f", " ", "x", "ab", "a", "b", "d", "e"])
     windows = np.stack([byte.encode("def xab"), byte.encode("ab de f")])
     packed = WindowAligner(byte, t_tok, 8).batch(windows)
     cfg = DistillConfig(cross_tokenizer="uld", alpha=alpha, temperature=1.0)
