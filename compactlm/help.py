@@ -248,6 +248,19 @@ def _options(module: str, name: str, *notes: str):
     return options
 
 
+def _export(positional: list[str]) -> tuple[list[str], list[Section]]:
+    """Each format's own keys (format=gguf and format=compressed-tensors take more than hf)."""
+    from compactlm.commands import ExportConfig
+    from compactlm.interop.compressed_tensors import CTExportConfig
+    from compactlm.interop.gguf import GGUFExportConfig
+
+    return [], [
+        ("keys (key=value):", ExportConfig(), True),
+        ("format=gguf keys (key=value):", GGUFExportConfig(), True),
+        ("format=compressed-tensors keys (key=value):", CTExportConfig(), True),
+    ]
+
+
 def _sweep(positional: list[str]) -> tuple[list[str], list[Section]]:
     from compactlm.experiments.sweep import available
 
@@ -275,7 +288,7 @@ _COMMANDS = {
     ),
     "generate": _options("compactlm.commands", "SampleConfig"),
     "merge": _options("compactlm.commands", "MergeConfig"),
-    "export": _options("compactlm.commands", "ExportConfig"),
+    "export": _export,
     "quantize": _options("compactlm.compress.job", "QuantizeJob"),
     "prune": _options(
         "compactlm.compress.job",

@@ -32,11 +32,16 @@ def _options(command: str) -> list:
         return [Config()]
     if command == "distill":
         return [instance("compactlm.train.distill_run", "DistillArgs"), get_preset("nano")]
+    if command == "export":  # commands.export applies format=gguf / compressed-tensors' own keys
+        return [
+            instance("compactlm.commands", "ExportConfig"),
+            instance("compactlm.interop.gguf", "GGUFExportConfig"),
+            instance("compactlm.interop.compressed_tensors", "CTExportConfig"),
+        ]
     where = {
         "generate": ("compactlm.commands", "SampleConfig"),
         "merge": ("compactlm.commands", "MergeConfig"),
         "distill-cache": ("compactlm.train.distill_cache", "CacheConfig"),
-        "export": ("compactlm.commands", "ExportConfig"),
         "quantize": ("compactlm.compress.job", "QuantizeJob"),
         "prune": ("compactlm.compress.job", "PruneJob"),
         "sweep": ("compactlm.experiments.sweep", "SweepOptions"),
@@ -102,7 +107,14 @@ def test_help_lists_usage_and_every_key(command, capsys):
         ),
         ("generate", ["  temperature: float = 0.8", "  max_new_tokens: int | None = None"]),
         ("merge", ["  dequantize: bool = false"]),
-        ("export", ["  format: 'hf' | 'gguf' | 'compressed-tensors' = 'hf'"]),
+        (
+            "export",
+            [
+                "  format: 'hf' | 'gguf' | 'compressed-tensors' = 'hf'",
+                "  adapter: 'merged' | 'separate' = 'merged'",
+                "  eval_tokens: int = 32768",
+            ],
+        ),
         ("distill", ["  distill.loss: 'fkl' | 'rkl' | 'jsd' | 'skl' | 'srkl' | 'tvd' = 'fkl'"]),
         ("pick", ["  device: 'cpu' | 'h100' | 'h200' = 'cpu'", "  memory: str = '2GiB'"]),
         ("recipe", ["  stages: tuple = pretrain,"]),
