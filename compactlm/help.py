@@ -250,15 +250,19 @@ def _options(module: str, name: str, *notes: str):
 
 def _export(positional: list[str]) -> tuple[list[str], list[Section]]:
     """Each format's own keys (format=gguf and format=compressed-tensors take more than hf)."""
-    from compactlm.commands import ExportConfig
-    from compactlm.interop.compressed_tensors import CTExportConfig
-    from compactlm.interop.gguf import GGUFExportConfig
-
-    return [], [
-        ("keys (key=value):", ExportConfig(), True),
-        ("format=gguf keys (key=value):", GGUFExportConfig(), True),
-        ("format=compressed-tensors keys (key=value):", CTExportConfig(), True),
-    ]
+    sections = []
+    for title, module, name in (
+        ("keys (key=value):", "compactlm.commands", "ExportConfig"),
+        ("format=gguf keys (key=value):", "compactlm.interop.gguf", "GGUFExportConfig"),
+        (
+            "format=compressed-tensors keys (key=value):",
+            "compactlm.interop.compressed_tensors",
+            "CTExportConfig",
+        ),
+    ):  # by name, as _options does: help sits below the entry point commands.py
+        sections += _options(module, name)(positional)[1]
+        sections[-1] = (title, *sections[-1][1:])
+    return [], sections
 
 
 def _sweep(positional: list[str]) -> tuple[list[str], list[Section]]:
